@@ -1,0 +1,492 @@
+//! The coordinator of a ferry node: stage "validate, route, deduplicate" between ingest and the
+//! shards.
+//!
+//! It owns the node's shards ([`ferry_shard::Shard`]), validates each message
+//! (`ferry_model::validate`), routes it by its normalized recipient with the stable function in
+//! [`routing`], enforces idempotency keys, and hands each shard one append per request (a
+//! `SendBatch` becomes at most one append per shard). It answers only once every append it made
+//! is durable.
+//!
+//! Invariants:
+//! - No message id leaves this crate before the shard reported its batch synced.
+//! - A rejected message writes nothing (validation happens before any shard sees it).
+//! - Routing never uses `std::hash` or `ahash`.
+//! - An idempotency key that answered once answers the same id for 24 h, across restarts:
+//!   start-up replays pending idempotency intents before the node serves ([`Coordinator::open`]).
+
+pub mod config;
+pub mod routing;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ferry_model::message::OutboundMessage;
+use ferry_model::validate::{ValidatedMessage, ValidationContext};
+use ferry_model::{ApiError, ErrorCode, MessageId, ShardId, WaId, phone};
+use ferry_shard::storage::{idempotency_key, now_ms};
+use ferry_shard::{
+    IdempotencyPlacement, IdempotencyRecord, NewMessage, NodeLayout, QueueRecord, Shard, ShardError, ShardStats,
+    SharedResources,
+};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+use xxhash_rust::xxh3::xxh3_128;
+
+pub use config::CoordinatorConfig;
+
+/// The longest idempotency key accepted, in characters.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 256;
+/// Stripes of the in-process lock that serializes sends sharing an idempotency key.
+const KEY_LOCK_STRIPES: usize = 1024;
+
+/// One message to send, as the ingest layer hands it in.
+#[derive(Debug, Clone)]
+pub struct SendCommand {
+    pub message: OutboundMessage,
+    /// Empty or `None`: no idempotency.
+    pub idempotency_key: Option<String>,
+    /// The business number to send from; `None` means the configured default sender.
+    pub sender: Option<String>,
+}
+
+/// A durably accepted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub message_id: MessageId,
+    pub wa_id: WaId,
+    /// True when an earlier send with the same idempotency key answered this id.
+    pub idempotent_replay: bool,
+}
+
+/// A message as `GetMessage` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageView {
+    pub message_id: MessageId,
+    pub wa_id: WaId,
+    pub shard: ShardId,
+    pub status: &'static str,
+    pub message_type: String,
+    pub sender: String,
+    pub accepted_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub biz_opaque_callback_data: String,
+    /// `(status, timestamp_ms)`, oldest first.
+    pub history: Vec<(&'static str, i64)>,
+}
+
+/// Errors opening a node.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("invalid config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] ferry_shard::storage::RocksError),
+}
+
+pub struct Coordinator {
+    layout: NodeLayout,
+    shards: Vec<Shard>,
+    country_code: String,
+    default_sender: WaId,
+    key_locks: Vec<Arc<Mutex<()>>>,
+    /// Failpoint for tests: skip the key-shard write after appending, as a crash there would.
+    skip_key_shard_write: AtomicBool,
+    // Declared last so it is dropped after the shards that use it.
+    _resources: SharedResources,
+}
+
+/// A validated message on its way to a shard.
+struct Prepared {
+    index: usize,
+    validated: ValidatedMessage,
+    sender: WaId,
+    shard: ShardId,
+    payload: Vec<u8>,
+    idempotency: Option<KeyInfo>,
+}
+
+struct KeyInfo {
+    raw: String,
+    storage_key: Vec<u8>,
+    key_shard: ShardId,
+    payload_hash: Vec<u8>,
+}
+
+impl Coordinator {
+    /// Opens (or creates) the node's data dir and every shard, then replays pending idempotency
+    /// intents so that keys are consistent before the first send.
+    pub async fn open(config: &CoordinatorConfig) -> Result<Coordinator, OpenError> {
+        config.validate().map_err(OpenError::Config)?;
+        let default_sender = phone::normalize(&config.default_sender, &config.country_code)
+            .map_err(|e| OpenError::Config(format!("default_sender: {e}")))?;
+        let layout = NodeLayout::open_or_create(&config.data_dir, config.shards)?;
+        let resources = SharedResources::new(&config.storage)?;
+        let mut shards = Vec::with_capacity(config.shards as usize);
+        for i in 0..config.shards {
+            let dir = layout.shard_dir(i);
+            shards.push(Shard::open(&dir, ShardId(i), config.shards, layout.meta.node_id, &resources, &config.shard)?);
+        }
+        let coordinator = Coordinator {
+            layout,
+            shards,
+            country_code: config.country_code.clone(),
+            default_sender,
+            key_locks: (0..KEY_LOCK_STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
+            skip_key_shard_write: AtomicBool::new(false),
+            _resources: resources,
+        };
+        coordinator.replay_idempotency_intents().await?;
+        Ok(coordinator)
+    }
+
+    pub fn shard_count(&self) -> u16 {
+        self.shards.len() as u16
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.layout.meta.node_id
+    }
+
+    pub fn shard_stats(&self) -> Vec<ShardStats> {
+        self.shards.iter().map(Shard::stats).collect()
+    }
+
+    /// Sends one message. Resolves once it is durable (or was already, for an idempotent replay).
+    ///
+    /// Cancel safety: dropping the future after submission does not cancel the write.
+    pub async fn send(&self, command: SendCommand) -> Result<Accepted, ApiError> {
+        self.send_many(vec![command]).await.pop().expect("one result per command")
+    }
+
+    /// Sends many messages: one result per command, in order. Valid messages are accepted even
+    /// when others are rejected; each shard gets at most one append for the whole call.
+    pub async fn send_many(&self, commands: Vec<SendCommand>) -> Vec<Result<Accepted, ApiError>> {
+        let now = now_ms();
+        let mut results: Vec<Option<Result<Accepted, ApiError>>> = vec![None; commands.len()];
+        let mut prepared = Vec::with_capacity(commands.len());
+        for (index, command) in commands.into_iter().enumerate() {
+            match self.prepare(index, command) {
+                Ok(p) => prepared.push(p),
+                Err(e) => results[index] = Some(Err(e)),
+            }
+        }
+
+        // Serialize sends that share a key (stripes taken in ascending order: no deadlock).
+        let stripes: BTreeSet<usize> = prepared
+            .iter()
+            .filter_map(|p| p.idempotency.as_ref())
+            .map(|k| (routing::routing_hash(&k.storage_key) % KEY_LOCK_STRIPES as u64) as usize)
+            .collect();
+        let mut guards: Vec<OwnedMutexGuard<()>> = Vec::with_capacity(stripes.len());
+        for s in stripes {
+            guards.push(self.key_locks[s].clone().lock_owned().await);
+        }
+
+        // Resolve keys: replay, conflict, duplicate within this call, or fresh.
+        let mut first_with_key: HashMap<Vec<u8>, usize> = HashMap::new(); // key -> position in `prepared`
+        let mut same_as: Vec<(usize, usize)> = Vec::new(); // (result index, position of first)
+        let mut fresh = Vec::with_capacity(prepared.len());
+        for (pos, p) in prepared.iter().enumerate() {
+            let Some(k) = &p.idempotency else {
+                fresh.push(pos);
+                continue;
+            };
+            if let Some(&first) = first_with_key.get(&k.storage_key) {
+                let first_hash = &prepared[first].idempotency.as_ref().expect("keyed").payload_hash;
+                if *first_hash == k.payload_hash {
+                    same_as.push((p.index, first));
+                } else {
+                    results[p.index] = Some(Err(conflict(&k.raw)));
+                }
+                continue;
+            }
+            match self.shards[k.key_shard.index()].get_idempotency(&k.storage_key, now) {
+                Ok(Some(record)) if record.payload_hash == k.payload_hash => {
+                    results[p.index] = Some(Ok(Accepted {
+                        message_id: MessageId::from_stored(record.message_id),
+                        wa_id: WaId::from_normalized(record.wa_id),
+                        idempotent_replay: true,
+                    }));
+                }
+                Ok(Some(_)) => results[p.index] = Some(Err(conflict(&k.raw))),
+                Ok(None) => {
+                    first_with_key.insert(k.storage_key.clone(), pos);
+                    fresh.push(pos);
+                }
+                Err(e) => results[p.index] = Some(Err(shard_error(e))),
+            }
+        }
+
+        // One durable append per shard.
+        let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
+        for pos in fresh {
+            by_shard[prepared[pos].shard.index()].push(pos);
+        }
+        let mut waits = Vec::new();
+        for (shard, positions) in by_shard.into_iter().enumerate() {
+            if positions.is_empty() {
+                continue;
+            }
+            let messages = positions.iter().map(|&pos| new_message(&mut prepared[pos], now)).collect();
+            match self.shards[shard].append_durably(messages) {
+                Ok(wait) => waits.push((shard, positions, wait)),
+                Err(e) => {
+                    let e = shard_error(e);
+                    for pos in positions {
+                        results[prepared[pos].index] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        let mut accepted_at: Vec<Option<Accepted>> = (0..prepared.len()).map(|_| None).collect();
+        let mut records_elsewhere: Vec<Vec<(Vec<u8>, IdempotencyRecord)>> = vec![Vec::new(); self.shards.len()];
+        let mut intents_to_clear: Vec<Vec<u64>> = vec![Vec::new(); self.shards.len()];
+        for (shard, positions, wait) in waits {
+            match wait.await {
+                Ok(outcomes) => {
+                    for (pos, outcome) in positions.into_iter().zip(outcomes) {
+                        let p = &prepared[pos];
+                        if let Some(k) = &p.idempotency
+                            && k.key_shard.index() != shard
+                        {
+                            records_elsewhere[k.key_shard.index()].push((
+                                k.storage_key.clone(),
+                                IdempotencyRecord {
+                                    message_id: outcome.message_id.as_str().to_owned(),
+                                    wa_id: p.validated.wa_id.as_str().to_owned(),
+                                    payload_hash: k.payload_hash.clone(),
+                                    created_at_ms: now,
+                                },
+                            ));
+                            intents_to_clear[shard].push(outcome.seq);
+                        }
+                        accepted_at[pos] = Some(Accepted {
+                            message_id: outcome.message_id,
+                            wa_id: p.validated.wa_id.clone(),
+                            idempotent_replay: false,
+                        });
+                    }
+                }
+                Err(e) => {
+                    let e = shard_error(e);
+                    for pos in positions {
+                        results[prepared[pos].index] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+
+        // Idempotency records whose key shard differs from the message's shard. The messages are
+        // already durable with an intent, so a failure here is only logged: start-up replays it.
+        if records_elsewhere.iter().any(|r| !r.is_empty()) && !self.skip_key_shard_write.load(Ordering::Relaxed) {
+            let mut ok = true;
+            for (key_shard, entries) in records_elsewhere.into_iter().enumerate() {
+                if entries.is_empty() {
+                    continue;
+                }
+                let outcome = match self.shards[key_shard].put_idempotency_durably(entries) {
+                    Ok(wait) => wait.await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = outcome {
+                    ok = false;
+                    tracing::error!(shard = key_shard, error = %e, "idempotency records not written; intents kept for replay");
+                }
+            }
+            if ok {
+                for (shard, seqs) in intents_to_clear.into_iter().enumerate() {
+                    if !seqs.is_empty() {
+                        self.shards[shard].clear_intents(seqs);
+                    }
+                }
+            }
+        }
+        drop(guards);
+
+        for (pos, acc) in accepted_at.iter().enumerate() {
+            if let Some(acc) = acc {
+                results[prepared[pos].index] = Some(Ok(acc.clone()));
+            }
+        }
+        for (index, first) in same_as {
+            results[index] = Some(match (&accepted_at[first], &results[prepared[first].index]) {
+                (Some(acc), _) => Ok(Accepted { idempotent_replay: true, ..acc.clone() }),
+                (None, Some(Err(e))) => Err(e.clone()),
+                _ => Err(ApiError::new(ErrorCode::Internal, "", "first send with this key has no result")),
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(ApiError::new(ErrorCode::Internal, "", "message was not processed"))))
+            .collect()
+    }
+
+    fn prepare(&self, index: usize, command: SendCommand) -> Result<Prepared, ApiError> {
+        let sender = match command.sender.as_deref() {
+            None | Some("") => self.default_sender.clone(),
+            Some(raw) => phone::normalize(raw, &self.country_code).map_err(|e| ApiError {
+                field: "sender".into(),
+                details: format!("invalid sender: {}", e.details),
+                ..e
+            })?,
+        };
+        let ctx = ValidationContext { default_country_code: self.country_code.clone(), sender: Some(sender.clone()) };
+        let validated = command.message.validate(&ctx)?;
+        let shard = routing::shard_for_recipient(&validated.wa_id, self.shard_count());
+        let payload = validated.encode();
+        let idempotency = match command.idempotency_key.filter(|k| !k.is_empty()) {
+            None => None,
+            Some(raw) => {
+                let chars = raw.chars().count();
+                if chars > MAX_IDEMPOTENCY_KEY_CHARS {
+                    return Err(ApiError::too_long("idempotency_key", MAX_IDEMPOTENCY_KEY_CHARS, chars));
+                }
+                let storage_key = idempotency_key(sender.as_str(), &raw);
+                let key_shard = routing::shard_for_idempotency_key(&storage_key, self.shard_count());
+                let mut hashed = sender.as_str().as_bytes().to_vec();
+                hashed.push(0);
+                hashed.extend_from_slice(&payload);
+                let payload_hash = xxh3_128(&hashed).to_be_bytes().to_vec();
+                Some(KeyInfo { raw, storage_key, key_shard, payload_hash })
+            }
+        };
+        Ok(Prepared { index, validated, sender, shard, payload, idempotency })
+    }
+
+    /// Failpoint for tests: when set, sends stop after the durable append and never write the
+    /// idempotency record to a different key shard, leaving the intent exactly as a crash between
+    /// the two writes would.
+    #[doc(hidden)]
+    pub fn failpoint_skip_key_shard_write(&self, skip: bool) {
+        self.skip_key_shard_write.store(skip, Ordering::Relaxed);
+    }
+
+    /// Test support: see [`Shard::hold_writer_for_test`].
+    #[doc(hidden)]
+    pub fn hold_shard_writer_for_test(&self, shard: ShardId) -> ferry_shard::shard::WriterHold {
+        self.shards[shard.index()].hold_writer_for_test()
+    }
+
+    /// Looks a message up by id.
+    pub fn get_message(&self, message_id: &str) -> Result<MessageView, ApiError> {
+        let not_found = || {
+            ApiError::new(ErrorCode::NotFound, "message_id", format!("no message with id `{message_id}` on this node"))
+        };
+        let key = MessageId::decode(message_id).ok_or_else(not_found)?;
+        if key.node_id != self.layout.meta.node_id || key.shard.index() >= self.shards.len() {
+            return Err(not_found());
+        }
+        let record = self.shards[key.shard.index()].get_queued(key.seq).map_err(shard_error)?.ok_or_else(not_found)?;
+        Ok(MessageView {
+            message_id: MessageId::encode(key),
+            wa_id: WaId::from_normalized(record.wa_id),
+            shard: key.shard,
+            status: "accepted",
+            message_type: record.message_type,
+            sender: record.sender,
+            accepted_at_ms: record.accepted_at_ms,
+            expires_at_ms: record.expires_at_ms,
+            updated_at_ms: record.accepted_at_ms,
+            biz_opaque_callback_data: record.biz_opaque_callback_data,
+            history: vec![("accepted", record.accepted_at_ms)],
+        })
+    }
+
+    /// Writes every idempotency record still pending as an intent to its key shard, then clears
+    /// the intents. Runs at open, before any send.
+    async fn replay_idempotency_intents(&self) -> Result<(), ShardError> {
+        let mut replayed = 0usize;
+        for shard in &self.shards {
+            let intents = shard.idempotency_intents()?;
+            if intents.is_empty() {
+                continue;
+            }
+            let mut by_key_shard: Vec<Vec<(Vec<u8>, IdempotencyRecord)>> = vec![Vec::new(); self.shards.len()];
+            let mut seqs = Vec::with_capacity(intents.len());
+            for (seq, intent) in intents {
+                seqs.push(seq);
+                let (Some(record), Some(target)) = (intent.record, by_key_shard.get_mut(intent.key_shard as usize))
+                else {
+                    tracing::warn!(shard = %shard.id(), seq, "dropping malformed idempotency intent");
+                    continue;
+                };
+                target.push((intent.key, record));
+            }
+            for (key_shard, entries) in by_key_shard.into_iter().enumerate() {
+                if !entries.is_empty() {
+                    replayed += entries.len();
+                    self.shards[key_shard].put_idempotency_durably(entries)?.await?;
+                }
+            }
+            shard.clear_intents(seqs);
+        }
+        if replayed > 0 {
+            tracing::info!(replayed, "replayed idempotency intents left by an unclean stop");
+        }
+        Ok(())
+    }
+
+    /// Stops every shard after its writer committed what was already submitted.
+    pub fn close(self) {
+        for shard in self.shards {
+            shard.close();
+        }
+    }
+}
+
+/// Builds the queue record, moving the encoded payload out of `p` (it is not needed again).
+fn new_message(p: &mut Prepared, now: i64) -> NewMessage {
+    let v = &p.validated;
+    let idempotency = p.idempotency.as_ref().map(|k| {
+        if k.key_shard == p.shard {
+            IdempotencyPlacement::Here { key: k.storage_key.clone(), payload_hash: k.payload_hash.clone() }
+        } else {
+            IdempotencyPlacement::Elsewhere {
+                key_shard: k.key_shard.0,
+                key: k.storage_key.clone(),
+                payload_hash: k.payload_hash.clone(),
+            }
+        }
+    });
+    NewMessage {
+        record: QueueRecord {
+            wa_id: v.wa_id.as_str().to_owned(),
+            sender: p.sender.as_str().to_owned(),
+            message_type: v.message_type().to_owned(),
+            accepted_at_ms: now,
+            expires_at_ms: now + i64::from(v.ttl_seconds) * 1000,
+            payload: std::mem::take(&mut p.payload),
+            biz_opaque_callback_data: v.message.biz_opaque_callback_data.clone().unwrap_or_default(),
+            idempotency_key: p.idempotency.as_ref().map(|k| k.raw.clone()).unwrap_or_default(),
+        },
+        idempotency,
+    }
+}
+
+fn conflict(key: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::IdempotencyConflict,
+        "idempotency_key",
+        format!(
+            "idempotency key `{key}` was already used by this sender in the last 24 h for a different message: \
+             expected the same message, or a new key"
+        ),
+    )
+}
+
+/// The one place shard errors become client-facing codes.
+fn shard_error(e: ShardError) -> ApiError {
+    match e {
+        ShardError::Overloaded { .. } => {
+            ApiError::new(ErrorCode::TooManyRequests, "", format!("{e}: retry with backoff"))
+        }
+        ShardError::Stopped(_) => ApiError::new(ErrorCode::ServiceNotReady, "", e.to_string()),
+        other => {
+            tracing::error!(error = %other, "storage error");
+            ApiError::new(ErrorCode::Internal, "", "storage error; the message was not accepted")
+        }
+    }
+}

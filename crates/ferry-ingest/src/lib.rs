@@ -1,0 +1,184 @@
+//! ferry's gRPC ingest: stage "accept" of the pipeline.
+//!
+//! [`MessagesService`] implements `ferry.v1.Messages`: it converts wire types to domain types
+//! (`ferry_proto::convert`), hands them to the [`Coordinator`], and maps every failure through the
+//! one error table (`ferry_model::ErrorCode`) to a gRPC status. [`serve`] runs it on a bound
+//! listener together with `grpc.health.v1.Health` and server reflection.
+//!
+//! Invariants: this crate never touches storage (it only awaits the coordinator), and it answers a
+//! send only with what the coordinator returned after the durable write.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use ferry_coordinator::{Accepted, Coordinator, MessageView, SendCommand};
+use ferry_model::message::OutboundMessage;
+use ferry_model::{ApiError, ErrorCode};
+use ferry_proto::v1::messages_server::{Messages, MessagesServer};
+use ferry_proto::v1::{self, send_result};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+/// Most messages in one `SendBatch`.
+pub const MAX_BATCH: usize = 1_000;
+
+/// Metadata key carrying the ferry error code on every error status.
+pub const ERROR_CODE_METADATA: &str = "ferry-error-code";
+/// Metadata key carrying the field path on error statuses about a field.
+pub const ERROR_FIELD_METADATA: &str = "ferry-error-field";
+
+pub struct MessagesService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl MessagesService {
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        MessagesService { coordinator }
+    }
+}
+
+/// Maps a client-facing error to a gRPC status: the message names the code, field and
+/// expectation; the code and field are also in metadata, and the status details hold the
+/// encoded `ferry.v1.Error`.
+pub fn status_from(e: &ApiError) -> Status {
+    let code = tonic::Code::from_i32(e.code.grpc_code() as i32);
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert(ERROR_CODE_METADATA, MetadataValue::from(e.code.code()));
+    if !e.field.is_empty()
+        && let Ok(v) = MetadataValue::try_from(e.field.as_str())
+    {
+        metadata.insert(ERROR_FIELD_METADATA, v);
+    }
+    let details = prost::Message::encode_to_vec(&v1::Error::from(e));
+    Status::with_details_and_metadata(code, e.to_string(), details.into(), metadata)
+}
+
+fn command_from(request: v1::SendRequest) -> Result<SendCommand, ApiError> {
+    let idempotency_key = Some(request.idempotency_key.clone()).filter(|k| !k.is_empty());
+    let sender = Some(request.sender.clone()).filter(|s| !s.is_empty());
+    let message = OutboundMessage::try_from(request)?;
+    Ok(SendCommand { message, idempotency_key, sender })
+}
+
+fn response_from(a: Accepted) -> v1::SendResponse {
+    v1::SendResponse {
+        message_id: a.message_id.into_string(),
+        wa_id: a.wa_id.as_str().to_owned(),
+        message_status: "accepted".into(),
+        idempotent_replay: a.idempotent_replay,
+    }
+}
+
+fn record_from(m: MessageView) -> v1::MessageRecord {
+    v1::MessageRecord {
+        message_id: m.message_id.into_string(),
+        to: m.wa_id.as_str().to_owned(),
+        shard: m.shard.0 as u32,
+        status: m.status.to_owned(),
+        accepted_at_ms: m.accepted_at_ms,
+        expires_at_ms: m.expires_at_ms,
+        updated_at_ms: m.updated_at_ms,
+        error: None,
+        r#type: m.message_type,
+        sender: m.sender,
+        biz_opaque_callback_data: m.biz_opaque_callback_data,
+        history: m
+            .history
+            .into_iter()
+            .map(|(status, timestamp_ms)| v1::StatusChange { status: status.to_owned(), timestamp_ms })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl Messages for MessagesService {
+    async fn send(&self, request: Request<v1::SendRequest>) -> Result<Response<v1::SendResponse>, Status> {
+        let command = command_from(request.into_inner()).map_err(|e| status_from(&e))?;
+        match self.coordinator.send(command).await {
+            Ok(a) => Ok(Response::new(response_from(a))),
+            Err(e) => Err(status_from(&e)),
+        }
+    }
+
+    async fn send_batch(
+        &self,
+        request: Request<v1::SendBatchRequest>,
+    ) -> Result<Response<v1::SendBatchResponse>, Status> {
+        let messages = request.into_inner().messages;
+        if messages.is_empty() || messages.len() > MAX_BATCH {
+            let e = ApiError::invalid(
+                "messages",
+                format_args!("between 1 and {MAX_BATCH} messages in one batch, got {}", messages.len()),
+            );
+            return Err(status_from(&e));
+        }
+        let n = messages.len();
+        let mut results: Vec<Option<v1::SendResult>> = vec![None; n];
+        let mut commands = Vec::with_capacity(n);
+        let mut command_index = Vec::with_capacity(n);
+        for (i, m) in messages.into_iter().enumerate() {
+            match command_from(m) {
+                Ok(c) => {
+                    commands.push(c);
+                    command_index.push(i);
+                }
+                Err(e) => results[i] = Some(error_result(&e)),
+            }
+        }
+        let outcomes = self.coordinator.send_many(commands).await;
+        for (i, outcome) in command_index.into_iter().zip(outcomes) {
+            results[i] = Some(match outcome {
+                Ok(a) => v1::SendResult { outcome: Some(send_result::Outcome::Accepted(response_from(a))) },
+                Err(e) => error_result(&e),
+            });
+        }
+        Ok(Response::new(v1::SendBatchResponse {
+            results: results.into_iter().map(|r| r.expect("every message has a result")).collect(),
+        }))
+    }
+
+    async fn get_message(
+        &self,
+        request: Request<v1::GetMessageRequest>,
+    ) -> Result<Response<v1::MessageRecord>, Status> {
+        let id = request.into_inner().message_id;
+        if id.is_empty() {
+            return Err(status_from(&ApiError::missing("message_id")));
+        }
+        // A point read may touch disk: keep it off the async workers.
+        let coordinator = self.coordinator.clone();
+        let found = tokio::task::spawn_blocking(move || coordinator.get_message(&id))
+            .await
+            .map_err(|e| status_from(&ApiError::new(ErrorCode::Internal, "", e.to_string())))?;
+        found.map(|m| Response::new(record_from(m))).map_err(|e| status_from(&e))
+    }
+}
+
+fn error_result(e: &ApiError) -> v1::SendResult {
+    v1::SendResult { outcome: Some(send_result::Outcome::Error(v1::Error::from(e))) }
+}
+
+/// Serves `ferry.v1.Messages`, `grpc.health.v1.Health` and reflection on `listener` until
+/// `shutdown` resolves; then stops accepting and finishes in-flight calls.
+pub async fn serve(
+    listener: TcpListener,
+    coordinator: Arc<Coordinator>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<MessagesServer<MessagesService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("descriptor sets are valid");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(MessagesServer::new(MessagesService::new(coordinator)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

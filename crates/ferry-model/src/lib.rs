@@ -1,0 +1,20 @@
+//! ferry's domain: what a message is, what makes it valid, and how failures are named.
+//!
+//! This crate is the leaf of the workspace: wire crates (`ferry-proto`, later the JSON API) convert
+//! *into* these types, and everything inward (coordinator, shards) carries only these types.
+//!
+//! - [`message`]: one type per message kind in MISSION.md, shaped (with serde) like the reference's
+//!   JSON so the JSON API and storage share one encoding.
+//! - [`validate`]: every rule of MISSION.md and reference/, producing a [`validate::ValidatedMessage`].
+//! - [`phone`]: recipient normalization to a [`ids::WaId`].
+//! - [`ids`]: `MessageId`, `WaId`, `ShardId` newtypes.
+//! - [`error`]: the one table of error codes (reference code, Cloud code, HTTP, gRPC).
+
+pub mod error;
+pub mod ids;
+pub mod message;
+pub mod phone;
+pub mod validate;
+
+pub use error::{ApiError, ErrorCode, GrpcCode};
+pub use ids::{MAX_SHARDS, MessageId, MessageKey, ShardId, WaId};

@@ -1,0 +1,48 @@
+//! One ferry shard: its own RocksDB instance in its own directory, and one writer thread that
+//! group-commits every pending append as a single synced `WriteBatch`.
+//!
+//! Where it sits: `ferry-ingest` (gRPC) → `ferry-coordinator` (validate, route, idempotency) →
+//! **`ferry-shard`** (durable append) → later the delivery loop reads the shard's queue.
+//!
+//! Invariants (written as absences):
+//! - Only this crate opens RocksDB. Other crates see [`Shard`], [`QueueRecord`] and friends.
+//! - No append is reported as done before the batch holding it was written with a synced WAL
+//!   ([`writer`]). A failed write fails every request of its batch; none is reported durable.
+//! - Nothing but the shard's one writer thread writes to its database, so sequence numbers are
+//!   assigned in commit order without locks.
+//! - The in-memory mailbox is bounded (in messages): a full shard answers
+//!   [`ShardError::Overloaded`] at once instead of queueing without bound.
+//!
+//! Modules: [`storage`] (on-disk format: column families, key and value encoding),
+//! [`resources`] (block cache, write-buffer manager and thread pools shared by all shards of a
+//! node), [`writer`] (the group-commit thread), [`layout`] (the data dir: node file, shard dirs),
+//! and [`shard`] (the handle the coordinator uses).
+
+pub mod layout;
+pub mod resources;
+pub mod shard;
+pub mod storage;
+pub mod writer;
+
+pub use layout::{NodeLayout, NodeMeta};
+pub use resources::{SharedResources, StorageTuning};
+pub use shard::{Shard, ShardConfig, ShardStats};
+pub use storage::{IdempotencyIntent, IdempotencyRecord, QueueRecord};
+pub use writer::{AppendOutcome, IdempotencyPlacement, NewMessage};
+
+/// Errors of the shard layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// The shard's mailbox is full; the caller should back off (1015 / RESOURCE_EXHAUSTED).
+    #[error("shard {shard} is overloaded: {pending} messages pending, capacity {capacity}")]
+    Overloaded { shard: u16, pending: usize, capacity: usize },
+    /// The shard is shutting down or its writer stopped.
+    #[error("shard {0} is not accepting writes (stopped)")]
+    Stopped(u16),
+    #[error("rocksdb error in shard {shard}: {source}")]
+    Rocks { shard: u16, source: rocksdb::Error },
+    #[error("corrupt record in shard {shard}: {what}")]
+    Corrupt { shard: u16, what: String },
+    #[error("data dir error: {0}")]
+    Layout(String),
+}

@@ -1,0 +1,292 @@
+//! The on-disk format of a shard. **Config may evolve loosely; this format may not.** Any change
+//! to a key or value layout bumps [`FORMAT_VERSION`] and comes with a migration.
+//!
+//! One RocksDB instance per shard, in `<data_dir>/shard-NN/` (see [`crate::layout`]).
+//!
+//! ## Column families
+//!
+//! | CF | key | value | written by |
+//! |---|---|---|---|
+//! | `meta` | ASCII name | see below | writer (open, every batch) |
+//! | `queue` | `seq` as u64 big-endian (8 bytes) | `[1u8] ++ QueueRecord` (protobuf) | writer (append) |
+//! | `idempotency` | `sender ++ 0x00 ++ idempotency_key` (UTF-8) | `[1u8] ++ IdempotencyRecord` (protobuf) | writer |
+//! | `idempotency_intents` | `seq` as u64 big-endian | `[1u8] ++ IdempotencyIntent` (protobuf) | writer |
+//!
+//! `meta` keys: `format_version` (u32 BE), `shard` (u16 BE index ++ u16 BE shard count),
+//! `node_id` (u64 BE), `next_seq` (u64 BE: the next sequence number to assign; rewritten in every
+//! batch that appends, in the same synced write, so a sequence number is never reused after a
+//! crash).
+//!
+//! Every value starts with a one-byte value version (currently 1) followed by a protobuf message
+//! (prost); protobuf lets fields be added without a format bump. Timestamps are milliseconds since
+//! the Unix epoch. Message payloads are the JSON encoding of `ferry_model::message::OutboundMessage`
+//! (the reference's request shape), so the stored message is readable with `ldb` and shared with
+//! the JSON API.
+//!
+//! ## Queue
+//!
+//! `queue` is a FIFO keyed by sequence number: big-endian keys sort in append order, so the
+//! delivery loop reads it with one forward iterator from its head. Sequence numbers start at 1 and
+//! only grow. A message id (`ferry_model::MessageId`) encodes (shard, node id, seq), so a lookup by
+//! id is one point read here.
+//!
+//! ## Idempotency
+//!
+//! An idempotency record lives in the shard chosen by hashing `(sender, key)` (the *key shard*),
+//! not necessarily the recipient's shard. When the two differ, the recipient's shard writes an
+//! `idempotency_intents` entry atomically with the message; the coordinator then writes the record
+//! to the key shard and clears the intent. At start-up every remaining intent is replayed before
+//! the node serves, so a crash between the two writes cannot let a retry create a second message.
+//! Records older than 24 h are ignored on lookup and dropped by a compaction filter.
+
+use std::path::Path;
+
+use prost::Message as _;
+use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, DB, Options, ReadOptions};
+
+use crate::ShardError;
+use crate::resources::SharedResources;
+
+pub use rocksdb::Error as RocksError;
+
+/// Version of the layout described above, stored in `meta/format_version`.
+pub const FORMAT_VERSION: u32 = 1;
+/// Version byte that starts every value.
+pub const VALUE_VERSION: u8 = 1;
+
+pub const CF_META: &str = "meta";
+pub const CF_QUEUE: &str = "queue";
+pub const CF_IDEMPOTENCY: &str = "idempotency";
+pub const CF_IDEMPOTENCY_INTENTS: &str = "idempotency_intents";
+const ALL_CFS: [&str; 4] = [CF_META, CF_QUEUE, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS];
+
+pub const META_FORMAT_VERSION: &[u8] = b"format_version";
+pub const META_SHARD: &[u8] = b"shard";
+pub const META_NODE_ID: &[u8] = b"node_id";
+pub const META_NEXT_SEQ: &[u8] = b"next_seq";
+
+/// How long an idempotency key holds.
+pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// A message waiting in a shard's queue.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QueueRecord {
+    /// Normalized recipient.
+    #[prost(string, tag = "1")]
+    pub wa_id: String,
+    /// Business number the message is sent from.
+    #[prost(string, tag = "2")]
+    pub sender: String,
+    /// Message type ("text", "template", ...).
+    #[prost(string, tag = "3")]
+    pub message_type: String,
+    #[prost(int64, tag = "4")]
+    pub accepted_at_ms: i64,
+    #[prost(int64, tag = "5")]
+    pub expires_at_ms: i64,
+    /// JSON of `ferry_model::message::OutboundMessage`.
+    #[prost(bytes = "vec", tag = "6")]
+    pub payload: Vec<u8>,
+    #[prost(string, tag = "7")]
+    pub biz_opaque_callback_data: String,
+    /// Empty when the send carried no key.
+    #[prost(string, tag = "8")]
+    pub idempotency_key: String,
+}
+
+/// What an idempotency key answered the first time.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IdempotencyRecord {
+    #[prost(string, tag = "1")]
+    pub message_id: String,
+    #[prost(string, tag = "2")]
+    pub wa_id: String,
+    /// xxh3-128 of the validated message and sender: a reuse with another payload is a conflict.
+    #[prost(bytes = "vec", tag = "3")]
+    pub payload_hash: Vec<u8>,
+    #[prost(int64, tag = "4")]
+    pub created_at_ms: i64,
+}
+
+/// A pending idempotency record that must reach its key shard (see the module docs).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IdempotencyIntent {
+    #[prost(uint32, tag = "1")]
+    pub key_shard: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub key: Vec<u8>,
+    #[prost(message, optional, tag = "3")]
+    pub record: Option<IdempotencyRecord>,
+}
+
+pub fn queue_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+pub fn decode_seq(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+/// `sender ++ 0x00 ++ key`.
+pub fn idempotency_key(sender: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(sender.len() + 1 + key.len());
+    k.extend_from_slice(sender.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+pub fn encode_value<M: prost::Message>(m: &M) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + m.encoded_len());
+    v.push(VALUE_VERSION);
+    m.encode(&mut v).expect("vec has capacity");
+    v
+}
+
+pub fn decode_value<M: prost::Message + Default>(shard: u16, bytes: &[u8]) -> Result<M, ShardError> {
+    match bytes.split_first() {
+        Some((&VALUE_VERSION, rest)) => M::decode(rest).map_err(|e| ShardError::Corrupt {
+            shard,
+            what: format!("undecodable value: {e}"),
+        }),
+        Some((v, _)) => Err(ShardError::Corrupt { shard, what: format!("unknown value version {v}") }),
+        None => Err(ShardError::Corrupt { shard, what: "empty value".into() }),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// An open shard database. Reads may come from any thread; writes come only from the shard's
+/// writer thread.
+pub struct Store {
+    pub(crate) shard: u16,
+    pub(crate) db: DB,
+}
+
+impl Store {
+    /// Opens (creating if needed) the shard database in `dir` with the node's shared resources.
+    pub fn open(dir: &Path, shard: u16, resources: &SharedResources) -> Result<Store, ShardError> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        resources.apply_db_options(&mut db_opts);
+
+        let cfs = ALL_CFS.iter().map(|name| {
+            let mut cf_opts = Options::default();
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&resources.block_cache);
+            table.set_bloom_filter(10.0, false);
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            cf_opts.set_block_based_table_factory(&table);
+            resources.apply_cf_options(&mut cf_opts);
+            if *name == CF_IDEMPOTENCY {
+                cf_opts.set_compaction_filter("ferry-idempotency-expiry", |_level, _key, value| {
+                    match decode_value::<IdempotencyRecord>(0, value) {
+                        Ok(r) if now_ms() - r.created_at_ms > IDEMPOTENCY_WINDOW_MS + 60_000 => {
+                            rocksdb::CompactionDecision::Remove
+                        }
+                        _ => rocksdb::CompactionDecision::Keep,
+                    }
+                });
+            }
+            ColumnFamilyDescriptor::new(*name, cf_opts)
+        });
+        let db = DB::open_cf_descriptors(&db_opts, dir, cfs)
+            .map_err(|source| ShardError::Rocks { shard, source })?;
+        Ok(Store { shard, db })
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    fn rocks(&self, source: rocksdb::Error) -> ShardError {
+        ShardError::Rocks { shard: self.shard, source }
+    }
+
+    pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ShardError> {
+        self.db.get_cf(self.cf(CF_META), key).map_err(|e| self.rocks(e))
+    }
+
+    pub fn get_meta_u64(&self, key: &[u8]) -> Result<Option<u64>, ShardError> {
+        match self.get_meta(key)? {
+            None => Ok(None),
+            Some(v) => v
+                .as_slice()
+                .try_into()
+                .map(|b| Some(u64::from_be_bytes(b)))
+                .map_err(|_| ShardError::Corrupt {
+                    shard: self.shard,
+                    what: format!("meta {} is not a u64", String::from_utf8_lossy(key)),
+                }),
+        }
+    }
+
+    pub fn get_queued(&self, seq: u64) -> Result<Option<QueueRecord>, ShardError> {
+        match self.db.get_pinned_cf(self.cf(CF_QUEUE), queue_key(seq)).map_err(|e| self.rocks(e))? {
+            None => Ok(None),
+            Some(v) => decode_value(self.shard, &v).map(Some),
+        }
+    }
+
+    /// The live (younger than 24 h) idempotency record for `key`, if any.
+    pub fn get_idempotency(&self, key: &[u8], now_ms: i64) -> Result<Option<IdempotencyRecord>, ShardError> {
+        match self.db.get_pinned_cf(self.cf(CF_IDEMPOTENCY), key).map_err(|e| self.rocks(e))? {
+            None => Ok(None),
+            Some(v) => {
+                let r: IdempotencyRecord = decode_value(self.shard, &v)?;
+                Ok((now_ms - r.created_at_ms <= IDEMPOTENCY_WINDOW_MS).then_some(r))
+            }
+        }
+    }
+
+    /// Every pending idempotency intent, oldest first.
+    pub fn idempotency_intents(&self) -> Result<Vec<(u64, IdempotencyIntent)>, ShardError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_IDEMPOTENCY_INTENTS), rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            let seq = decode_seq(&k).ok_or_else(|| ShardError::Corrupt {
+                shard: self.shard,
+                what: "intent key is not a u64".into(),
+            })?;
+            out.push((seq, decode_value(self.shard, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` queued messages starting at sequence `from`, in queue order.
+    pub fn scan_queue(&self, from: u64, limit: usize) -> Result<Vec<(u64, QueueRecord)>, ShardError> {
+        let mut opts = ReadOptions::default();
+        opts.fill_cache(false);
+        let iter = self.db.iterator_cf_opt(
+            self.cf(CF_QUEUE),
+            opts,
+            rocksdb::IteratorMode::From(&queue_key(from), rocksdb::Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            let seq = decode_seq(&k).ok_or_else(|| ShardError::Corrupt {
+                shard: self.shard,
+                what: "queue key is not a u64".into(),
+            })?;
+            out.push((seq, decode_value(self.shard, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Approximate number of live keys in the queue (RocksDB estimate).
+    pub fn estimated_queue_len(&self) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(CF_QUEUE), "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+}

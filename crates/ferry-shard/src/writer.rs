@@ -1,0 +1,235 @@
+//! The group-commit writer: stage "append durably" of a shard.
+//!
+//! Each shard has exactly one writer, an OS thread that owns the shard's sequence counter. It
+//! blocks for the first pending [`WriteOp`], takes every other op already waiting (up to
+//! `max_batch_messages`), writes all of them as **one** RocksDB `WriteBatch` with `sync = true`
+//! (the WAL is fsynced before `write` returns), and only then completes each op's reply. So many
+//! concurrent sends share one fsync (group commit), and no reply is sent before its data is on
+//! disk. If the write fails, every op of the batch gets the error and nothing of it is reported
+//! durable.
+//!
+//! The writer is a thread rather than a tokio task because RocksDB's synced write blocks; the
+//! async side only awaits a oneshot reply.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crossbeam_channel::Receiver;
+use ferry_model::{MessageId, MessageKey, ShardId};
+use rocksdb::{WriteBatch, WriteOptions};
+use tokio::sync::oneshot;
+
+use crate::ShardError;
+use crate::storage::{
+    CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_META, CF_QUEUE, IdempotencyIntent, IdempotencyRecord, META_NEXT_SEQ,
+    QueueRecord, Store, encode_value, queue_key,
+};
+
+/// Where the idempotency record of a new message goes (see `storage` module docs).
+#[derive(Debug, Clone)]
+pub enum IdempotencyPlacement {
+    /// This shard is also the key shard: the record is written in the same batch as the message.
+    Here { key: Vec<u8>, payload_hash: Vec<u8> },
+    /// Another shard owns the key: an intent is written with the message; the coordinator then
+    /// writes the record to `key_shard` and clears the intent.
+    Elsewhere { key_shard: u16, key: Vec<u8>, payload_hash: Vec<u8> },
+}
+
+/// One message to append to the queue.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub record: QueueRecord,
+    pub idempotency: Option<IdempotencyPlacement>,
+}
+
+/// The result of one durable append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub seq: u64,
+    pub message_id: MessageId,
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, ShardError>>;
+
+/// A unit of work for the writer. Ops arriving together are committed together.
+pub(crate) enum WriteOp {
+    Append { messages: Vec<NewMessage>, reply: Reply<Vec<AppendOutcome>> },
+    PutIdempotency { entries: Vec<(Vec<u8>, IdempotencyRecord)>, reply: Reply<()> },
+    ClearIntents { seqs: Vec<u64> },
+    /// Removes messages from the queue (after the server acked them, or they expired).
+    Remove { seqs: Vec<u64>, reply: Reply<()> },
+    /// Test support: blocks the writer until `release` is dropped, counting `weight` against the
+    /// mailbox meanwhile (see `Shard::hold_writer_for_test`).
+    Hold { release: crossbeam_channel::Receiver<()>, weight: usize },
+}
+
+impl WriteOp {
+    /// How many messages this op counts against the mailbox capacity.
+    pub(crate) fn weight(&self) -> usize {
+        match self {
+            WriteOp::Append { messages, .. } => messages.len(),
+            WriteOp::PutIdempotency { entries, .. } => entries.len(),
+            WriteOp::ClearIntents { .. } => 0,
+            WriteOp::Remove { seqs, .. } => seqs.len(),
+            WriteOp::Hold { weight, .. } => *weight,
+        }
+    }
+}
+
+/// Counters the writer keeps (read by metrics and benchmarks).
+#[derive(Debug, Default)]
+pub struct WriterCounters {
+    pub appended: AtomicU64,
+    pub batches: AtomicU64,
+    pub synced_writes: AtomicU64,
+}
+
+pub(crate) struct Writer {
+    pub(crate) store: Arc<Store>,
+    pub(crate) shard: ShardId,
+    pub(crate) node_id: u64,
+    pub(crate) next_seq: u64,
+    pub(crate) max_batch_messages: usize,
+    pub(crate) pending: Arc<AtomicUsize>,
+    pub(crate) counters: Arc<WriterCounters>,
+}
+
+enum Pending {
+    Append { reply: Reply<Vec<AppendOutcome>>, outcomes: Vec<AppendOutcome> },
+    Done(Reply<()>),
+}
+
+impl Writer {
+    /// Runs until every sender of `rx` is dropped; then returns after finishing what it took.
+    pub(crate) fn run(mut self, rx: Receiver<WriteOp>) {
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        while let Ok(first) = rx.recv() {
+            let mut ops = Vec::new();
+            let mut weight = 0;
+            let mut next = Some(first);
+            while let Some(op) = next.take() {
+                if let WriteOp::Hold { release, weight: held } = op {
+                    self.commit(std::mem::take(&mut ops), std::mem::take(&mut weight), &sync);
+                    let _ = release.recv();
+                    self.pending.fetch_sub(held, Ordering::AcqRel);
+                } else {
+                    weight += op.weight();
+                    ops.push(op);
+                }
+                if weight < self.max_batch_messages {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit(ops, weight, &sync);
+        }
+        tracing::debug!(shard = %self.shard, "writer stopped");
+    }
+
+    fn commit(&mut self, ops: Vec<WriteOp>, weight: usize, sync: &WriteOptions) {
+        if ops.is_empty() {
+            return;
+        }
+        let store = &self.store;
+        let (queue, idem, intents, meta) =
+            (store.cf(CF_QUEUE), store.cf(CF_IDEMPOTENCY), store.cf(CF_IDEMPOTENCY_INTENTS), store.cf(CF_META));
+        let mut batch = WriteBatch::default();
+        let mut pending = Vec::with_capacity(ops.len());
+        let seq_before = self.next_seq;
+        let mut appended = 0u64;
+        for op in ops {
+            match op {
+                WriteOp::Append { messages, reply } => {
+                    let mut outcomes = Vec::with_capacity(messages.len());
+                    for m in messages {
+                        let seq = self.next_seq;
+                        self.next_seq += 1;
+                        let message_id =
+                            MessageId::encode(MessageKey { shard: self.shard, node_id: self.node_id, seq });
+                        batch.put_cf(queue, queue_key(seq), encode_value(&m.record));
+                        match m.idempotency {
+                            None => {}
+                            Some(IdempotencyPlacement::Here { key, payload_hash }) => {
+                                let r = IdempotencyRecord {
+                                    message_id: message_id.as_str().to_owned(),
+                                    wa_id: m.record.wa_id.clone(),
+                                    payload_hash,
+                                    created_at_ms: m.record.accepted_at_ms,
+                                };
+                                batch.put_cf(idem, key, encode_value(&r));
+                            }
+                            Some(IdempotencyPlacement::Elsewhere { key_shard, key, payload_hash }) => {
+                                let intent = IdempotencyIntent {
+                                    key_shard: key_shard as u32,
+                                    key,
+                                    record: Some(IdempotencyRecord {
+                                        message_id: message_id.as_str().to_owned(),
+                                        wa_id: m.record.wa_id.clone(),
+                                        payload_hash,
+                                        created_at_ms: m.record.accepted_at_ms,
+                                    }),
+                                };
+                                batch.put_cf(intents, queue_key(seq), encode_value(&intent));
+                            }
+                        }
+                        outcomes.push(AppendOutcome { seq, message_id });
+                        appended += 1;
+                    }
+                    pending.push(Pending::Append { reply, outcomes });
+                }
+                WriteOp::PutIdempotency { entries, reply } => {
+                    for (key, record) in entries {
+                        batch.put_cf(idem, key, encode_value(&record));
+                    }
+                    pending.push(Pending::Done(reply));
+                }
+                WriteOp::ClearIntents { seqs } => {
+                    for seq in seqs {
+                        batch.delete_cf(intents, queue_key(seq));
+                    }
+                }
+                WriteOp::Remove { seqs, reply } => {
+                    // Queue keys are written exactly once (sequence numbers are never reused), so
+                    // SingleDelete is valid: its tombstone vanishes with the put at compaction
+                    // instead of lingering to the bottom level.
+                    for seq in seqs {
+                        batch.single_delete_cf(queue, queue_key(seq));
+                    }
+                    pending.push(Pending::Done(reply));
+                }
+                WriteOp::Hold { .. } => unreachable!("holds are handled by run"),
+            }
+        }
+        if self.next_seq != seq_before {
+            batch.put_cf(meta, META_NEXT_SEQ, self.next_seq.to_be_bytes());
+        }
+        let result = store.db.write_opt(batch, sync);
+        self.counters.synced_writes.fetch_add(1, Ordering::Relaxed);
+        self.pending.fetch_sub(weight, Ordering::AcqRel);
+        match result {
+            Ok(()) => {
+                self.counters.appended.fetch_add(appended, Ordering::Relaxed);
+                self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                for p in pending {
+                    // A dropped receiver means the caller went away; the data is durable anyway.
+                    match p {
+                        Pending::Append { reply, outcomes } => drop(reply.send(Ok(outcomes))),
+                        Pending::Done(reply) => drop(reply.send(Ok(()))),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(shard = %self.shard, error = %e, "synced write failed; failing its batch");
+                // Sequence numbers of a failed batch are not reused: a later success persists a
+                // higher next_seq, and ids stay unique whether or not the failed write reached disk.
+                for p in pending {
+                    let err = ShardError::Rocks { shard: self.shard.0, source: e.clone() };
+                    match p {
+                        Pending::Append { reply, .. } => drop(reply.send(Err(err))),
+                        Pending::Done(reply) => drop(reply.send(Err(err))),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! `ferry.toml`: one file, every key optional (defaults below, all listed with comments in
+//! `deploy/ferry.example.toml`). Precedence: built-in defaults < config file < `FERRY_*` env vars
+//! < command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use ferry_coordinator::CoordinatorConfig;
+use ferry_shard::{ShardConfig, StorageTuning};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FerryConfig {
+    /// Address of the gRPC API (`ferry.v1.Messages`, health, reflection).
+    pub grpc_listen: String,
+    /// Where the node keeps its shards.
+    pub data_dir: PathBuf,
+    /// Number of shards, 1..=32; fixed when the data dir is created.
+    pub shards: u16,
+    /// Country calling code of the business number (prepended to recipients without `+`).
+    pub country_code: String,
+    /// The business number messages are sent from when a request names none.
+    pub default_sender: String,
+    /// `tracing` filter, e.g. `info` or `ferry=debug,info`. `RUST_LOG` overrides it.
+    pub log: String,
+    pub shard: ShardConfig,
+    pub storage: StorageTuning,
+}
+
+impl Default for FerryConfig {
+    fn default() -> Self {
+        let node = CoordinatorConfig::default();
+        FerryConfig {
+            grpc_listen: "127.0.0.1:50051".into(),
+            data_dir: node.data_dir,
+            shards: node.shards,
+            country_code: node.country_code,
+            default_sender: node.default_sender,
+            log: "info".into(),
+            shard: node.shard,
+            storage: node.storage,
+        }
+    }
+}
+
+/// Values given as flags or `FERRY_*` env vars; each overrides the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// Config file (TOML); see deploy/ferry.example.toml.
+    #[arg(long, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./data].
+    #[arg(long, env = "FERRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051]; port 0 picks a free port.
+    #[arg(long, env = "FERRY_GRPC_LISTEN")]
+    pub grpc_listen: Option<String>,
+    /// Number of shards, 1..=32 [default: 8].
+    #[arg(long, env = "FERRY_SHARDS")]
+    pub shards: Option<u16>,
+    /// Country calling code of the business number [default: 1].
+    #[arg(long, env = "FERRY_COUNTRY_CODE")]
+    pub country_code: Option<String>,
+    /// Default sender business number [default: +15550100000].
+    #[arg(long, env = "FERRY_DEFAULT_SENDER")]
+    pub default_sender: Option<String>,
+}
+
+impl FerryConfig {
+    /// Defaults, then the file (if any), then the overrides; validated.
+    pub fn load(o: &Overrides) -> anyhow::Result<FerryConfig> {
+        let mut c = match &o.config {
+            Some(path) => FerryConfig::from_file(path)?,
+            None => FerryConfig::default(),
+        };
+        if let Some(v) = &o.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = &o.grpc_listen {
+            c.grpc_listen = v.clone();
+        }
+        if let Some(v) = o.shards {
+            c.shards = v;
+        }
+        if let Some(v) = &o.country_code {
+            c.country_code = v.clone();
+        }
+        if let Some(v) = &o.default_sender {
+            c.default_sender = v.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn from_file(path: &Path) -> anyhow::Result<FerryConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    pub fn grpc_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.grpc_listen
+            .parse()
+            .with_context(|| format!("grpc_listen `{}`: expected HOST:PORT, e.g. 127.0.0.1:50051", self.grpc_listen))
+    }
+
+    pub fn coordinator(&self) -> CoordinatorConfig {
+        CoordinatorConfig {
+            data_dir: self.data_dir.clone(),
+            shards: self.shards,
+            country_code: self.country_code.clone(),
+            default_sender: self.default_sender.clone(),
+            shard: self.shard.clone(),
+            storage: self.storage.clone(),
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.grpc_addr()?;
+        if let Err(e) = self.coordinator().validate() {
+            bail!("{e}");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_is_the_defaults() {
+        let text = include_str!("../../../deploy/ferry.example.toml");
+        let parsed: FerryConfig = toml::from_str(text).expect("example config parses");
+        assert_eq!(parsed, FerryConfig::default(), "deploy/ferry.example.toml must list the defaults");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<FerryConfig>("shardz = 3").unwrap_err().to_string().contains("shardz"));
+        let c = FerryConfig { shards: 33, ..FerryConfig::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("expected 1 to 32"));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.toml");
+        std::fs::write(&path, "shards = 4\ndata_dir = \"/tmp/x\"\n").unwrap();
+        let o = Overrides { config: Some(path), shards: Some(2), ..Overrides::default() };
+        let c = FerryConfig::load(&o).unwrap();
+        assert_eq!((c.shards, c.data_dir.as_path()), (2, Path::new("/tmp/x")));
+    }
+}

@@ -1,0 +1,203 @@
+//! The `ferry` command: `serve` runs a node, `send` and `get` talk to one over gRPC,
+//! `config check` validates a config file.
+
+mod config;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ferry_coordinator::Coordinator;
+use ferry_proto::v1::messages_client::MessagesClient;
+use ferry_proto::v1::{self, send_request::Content};
+
+use crate::config::{FerryConfig, Overrides};
+
+#[derive(Parser)]
+#[command(name = "ferry", version, about = "Durable, sharded delivery engine for business messages")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (embedded defaults: ./data, 8 shards, gRPC on 127.0.0.1:50051).
+    Serve(Overrides),
+    /// Send a text message and print its id.
+    Send(SendArgs),
+    /// Print the stored record of a message as JSON.
+    Get(GetArgs),
+    /// Validate a config file and print the effective config.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE and print the effective config (defaults filled in) as TOML.
+    Check { file: std::path::PathBuf },
+}
+
+#[derive(clap::Args)]
+struct SendArgs {
+    /// gRPC address of a ferry node.
+    #[arg(long, env = "FERRY_TARGET", default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// Recipient phone number, e.g. "+1 (631) 555-1234".
+    #[arg(long)]
+    to: String,
+    /// Text body.
+    #[arg(long)]
+    text: String,
+    /// Ask for a link preview.
+    #[arg(long)]
+    preview_url: bool,
+    /// Idempotency key: resending with the same key returns the first id.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Business number to send from (default: the node's default sender).
+    #[arg(long)]
+    sender: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct GetArgs {
+    /// gRPC address of a ferry node.
+    #[arg(long, env = "FERRY_TARGET", default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// The message id (`wamid.…`).
+    message_id: String,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(o) => serve(o).await,
+            Command::Send(a) => send(a).await,
+            Command::Get(a) => get(a).await,
+            Command::Config { command: ConfigCommand::Check { file } } => config_check(file),
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// signal → stop accepting → let in-flight calls finish → shards commit what they took → exit.
+async fn serve(overrides: Overrides) -> anyhow::Result<()> {
+    let config = FerryConfig::load(&overrides)?;
+    init_logging(&config.log);
+    let addr = config.grpc_addr()?;
+    let coordinator = Arc::new(
+        Coordinator::open(&config.coordinator())
+            .await
+            .with_context(|| format!("cannot open data dir {}", config.data_dir.display()))?,
+    );
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (grpc_listen)"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(%bound, shards = config.shards, data_dir = %config.data_dir.display(), "ferry serving");
+    // Machine-readable readiness line (tests and scripts wait for it).
+    println!("ferry: grpc listening on {bound}");
+
+    ferry_ingest::serve(listener, coordinator.clone(), shutdown_signal()).await?;
+    tracing::info!("stopped accepting; closing shards");
+    match Arc::try_unwrap(coordinator) {
+        Ok(c) => c.close(),
+        Err(_) => tracing::warn!("requests still hold the coordinator; shards close on exit"),
+    }
+    tracing::info!("ferry stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+async fn connect(target: &str) -> anyhow::Result<MessagesClient<tonic::transport::Channel>> {
+    MessagesClient::connect(target.to_owned()).await.with_context(|| format!("cannot connect to {target}"))
+}
+
+fn describe(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+async fn send(a: SendArgs) -> anyhow::Result<()> {
+    let mut client = connect(&a.target).await?;
+    let request = v1::SendRequest {
+        to: a.to,
+        content: Some(Content::Text(v1::TextMessage { body: a.text, preview_url: a.preview_url })),
+        idempotency_key: a.idempotency_key.unwrap_or_default(),
+        sender: a.sender.unwrap_or_default(),
+        ..Default::default()
+    };
+    let r = client.send(request).await.map_err(|s| anyhow::anyhow!("send rejected: {}", describe(&s)))?;
+    println!("{}", r.into_inner().message_id);
+    Ok(())
+}
+
+async fn get(a: GetArgs) -> anyhow::Result<()> {
+    let mut client = connect(&a.target).await?;
+    let r = client
+        .get_message(v1::GetMessageRequest { message_id: a.message_id })
+        .await
+        .map_err(|s| anyhow::anyhow!("get failed: {}", describe(&s)))?
+        .into_inner();
+    let history: Vec<_> = r
+        .history
+        .iter()
+        .map(|h| serde_json::json!({"status": h.status, "timestamp_ms": h.timestamp_ms}))
+        .collect();
+    let out = serde_json::json!({
+        "message_id": r.message_id, "to": r.to, "shard": r.shard, "status": r.status, "type": r.r#type,
+        "sender": r.sender, "accepted_at_ms": r.accepted_at_ms, "expires_at_ms": r.expires_at_ms,
+        "updated_at_ms": r.updated_at_ms, "biz_opaque_callback_data": r.biz_opaque_callback_data,
+        "history": history,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn config_check(file: std::path::PathBuf) -> anyhow::Result<()> {
+    let overrides = Overrides { config: Some(file), ..Overrides::default() };
+    let config = FerryConfig::load(&overrides)?;
+    println!("{}", toml::to_string_pretty(&config)?);
+    Ok(())
+}
