@@ -73,7 +73,8 @@ async fn every_acknowledged_send_survives_sigkill() {
             .await
             .unwrap_or_else(|s| panic!("acknowledged {id} lost after SIGKILL: {s}"))
             .into_inner();
-        assert_eq!(r.status, "accepted");
+        // Delivery runs too (in-process chatsim): queued, or already acked by the server.
+        assert!(matches!(r.status.as_str(), "accepted" | "sent" | "delivered" | "read"), "{id}: {}", r.status);
     }
     // Idempotency holds across the crash: same id for the same message, conflict for another.
     for (m, id) in &keyed {

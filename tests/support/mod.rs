@@ -53,6 +53,11 @@ impl InProcess {
 
     pub async fn start_with(dir: tempfile::TempDir, config: CoordinatorConfig) -> InProcess {
         let coordinator = Arc::new(Coordinator::open(&config).await.expect("open node"));
+        InProcess::serve(dir, coordinator).await
+    }
+
+    /// Serves an open coordinator over gRPC on a port-0 listener.
+    pub async fn serve(dir: tempfile::TempDir, coordinator: Arc<Coordinator>) -> InProcess {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -79,6 +84,88 @@ impl InProcess {
             let _ = h.await;
         }
     }
+
+    /// Stops serving and hands back the data dir (the coordinator stays open until dropped).
+    pub async fn stop_keep_dir(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.server.take() {
+            let _ = h.await;
+        }
+        let dir = tempfile::TempDir::new().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+/// A node that also delivers: coordinator, gRPC ingest and delivery loops in this process, sending
+/// to `upstream` (usually an in-process [`ferry_chatsim::ChatSim`]).
+pub struct Delivering {
+    pub node: InProcess,
+    pub delivery: Option<ferry_delivery::DeliveryEngine>,
+}
+
+impl Delivering {
+    pub async fn start(
+        dir: tempfile::TempDir,
+        config: CoordinatorConfig,
+        upstream: SocketAddr,
+        delivery: ferry_delivery::DeliveryConfig,
+        clock: ferry_model::clock::SharedClock,
+    ) -> Delivering {
+        let coordinator = Arc::new(Coordinator::open_with_clock(&config, clock.clone()).await.expect("open node"));
+        let engine = ferry_delivery::DeliveryEngine::start(coordinator.shards(), &upstream.to_string(), delivery, clock)
+            .expect("start delivery");
+        let node = InProcess::serve(dir, coordinator).await;
+        Delivering { node, delivery: Some(engine) }
+    }
+
+    pub fn totals(&self) -> ferry_delivery::DeliverySnapshot {
+        self.delivery.as_ref().expect("running").totals()
+    }
+
+    /// Stops ingest and delivery and closes the shards; returns the data dir for a restart.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        let coordinator = self.node.coordinator.clone();
+        if let Some(d) = self.delivery.take() {
+            d.shutdown(Duration::from_secs(10)).await;
+        }
+        let dir = self.node.stop_keep_dir().await;
+        coordinator.close();
+        // The databases close when the last handle goes; background tasks drop theirs shortly
+        // after shutdown. Wait, so a restart on the same dir does not find them locked.
+        for _ in 0..200 {
+            if Arc::strong_count(&coordinator) == 1 && coordinator.shards().iter().all(|s| Arc::strong_count(s) == 1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        drop(coordinator);
+        dir
+    }
+}
+
+/// Status of a message by id, over gRPC.
+pub async fn status_of(client: &mut Client, id: &str) -> v1::MessageRecord {
+    client.get_message(v1::GetMessageRequest { message_id: id.to_owned() }).await.expect("get message").into_inner()
+}
+
+/// Polls `check` every 50 ms until it returns true, or panics after `timeout` with `what`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A real `ferry serve` process.
@@ -92,11 +179,18 @@ pub fn ferry_bin() -> PathBuf {
 }
 
 impl FerryProcess {
-    /// Starts `ferry serve` on port 0 and waits for its readiness line.
+    /// Starts `ferry serve` on port 0 (with its in-process chat server) and waits for its
+    /// readiness line.
     pub fn spawn(data_dir: &Path, shards: u16) -> FerryProcess {
+        FerryProcess::spawn_with(data_dir, shards, &[])
+    }
+
+    /// [`FerryProcess::spawn`] with extra flags, e.g. `["--upstream", addr]`.
+    pub fn spawn_with(data_dir: &Path, shards: u16, extra: &[&str]) -> FerryProcess {
         let mut child = Command::new(ferry_bin())
             .args(["serve", "--grpc-listen", "127.0.0.1:0", "--shards", &shards.to_string(), "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -133,4 +227,49 @@ impl Drop for FerryProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A real `ferry chatsim` process.
+pub struct ChatSimProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ChatSimProcess {
+    /// Starts `ferry chatsim --listen LISTEN` and waits for its readiness line.
+    pub fn spawn(listen: &str, extra: &[&str]) -> ChatSimProcess {
+        let mut child = Command::new(ferry_bin())
+            .args(["chatsim", "--listen", listen])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ferry chatsim");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines.next().expect("ferry chatsim exited before listening").unwrap();
+            if let Some(a) = line.strip_prefix("chatsim: listening on ") {
+                break a.trim().parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        ChatSimProcess { child, addr }
+    }
+}
+
+impl Drop for ChatSimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The chat server's counters, over gRPC.
+pub async fn chat_stats(addr: SocketAddr) -> ferry_proto::chat::v1::StatsResponse {
+    let mut c = ferry_proto::chat::v1::chat_admin_client::ChatAdminClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to chatsim");
+    c.stats(ferry_proto::chat::v1::StatsRequest {}).await.expect("chatsim stats").into_inner()
 }

@@ -23,8 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferry_model::message::OutboundMessage;
 use ferry_model::validate::{ValidatedMessage, ValidationContext};
-use ferry_model::{ApiError, ErrorCode, MessageId, ShardId, WaId, phone};
-use ferry_shard::storage::{idempotency_key, now_ms};
+use ferry_model::clock::SharedClock;
+use ferry_model::{ApiError, ErrorCode, MessageId, MessageStatus, ShardId, WaId, phone};
+use ferry_shard::storage::idempotency_key;
 use ferry_shard::{
     IdempotencyPlacement, IdempotencyRecord, NewMessage, NodeLayout, QueueRecord, Shard, ShardError, ShardStats,
     SharedResources,
@@ -64,7 +65,7 @@ pub struct MessageView {
     pub message_id: MessageId,
     pub wa_id: WaId,
     pub shard: ShardId,
-    pub status: &'static str,
+    pub status: MessageStatus,
     pub message_type: String,
     pub sender: String,
     pub accepted_at_ms: i64,
@@ -72,7 +73,17 @@ pub struct MessageView {
     pub updated_at_ms: i64,
     pub biz_opaque_callback_data: String,
     /// `(status, timestamp_ms)`, oldest first.
-    pub history: Vec<(&'static str, i64)>,
+    pub history: Vec<(MessageStatus, i64)>,
+    /// Why the message failed (status `failed` only).
+    pub error: Option<FailureView>,
+}
+
+/// Why a message failed: the reference code (410 expired, 1013 recipient invalid, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureView {
+    pub code: u32,
+    pub title: String,
+    pub details: String,
 }
 
 /// Errors opening a node.
@@ -88,7 +99,8 @@ pub enum OpenError {
 
 pub struct Coordinator {
     layout: NodeLayout,
-    shards: Vec<Shard>,
+    shards: Vec<Arc<Shard>>,
+    clock: SharedClock,
     country_code: String,
     default_sender: WaId,
     key_locks: Vec<Arc<Mutex<()>>>,
@@ -119,6 +131,11 @@ impl Coordinator {
     /// Opens (or creates) the node's data dir and every shard, then replays pending idempotency
     /// intents so that keys are consistent before the first send.
     pub async fn open(config: &CoordinatorConfig) -> Result<Coordinator, OpenError> {
+        Coordinator::open_with_clock(config, ferry_model::clock::system()).await
+    }
+
+    /// [`Coordinator::open`] with a clock of the caller's choosing (tests move time for TTLs).
+    pub async fn open_with_clock(config: &CoordinatorConfig, clock: SharedClock) -> Result<Coordinator, OpenError> {
         config.validate().map_err(OpenError::Config)?;
         let default_sender = phone::normalize(&config.default_sender, &config.country_code)
             .map_err(|e| OpenError::Config(format!("default_sender: {e}")))?;
@@ -127,11 +144,19 @@ impl Coordinator {
         let mut shards = Vec::with_capacity(config.shards as usize);
         for i in 0..config.shards {
             let dir = layout.shard_dir(i);
-            shards.push(Shard::open(&dir, ShardId(i), config.shards, layout.meta.node_id, &resources, &config.shard)?);
+            shards.push(Arc::new(Shard::open(
+                &dir,
+                ShardId(i),
+                config.shards,
+                layout.meta.node_id,
+                &resources,
+                &config.shard,
+            )?));
         }
         let coordinator = Coordinator {
             layout,
             shards,
+            clock,
             country_code: config.country_code.clone(),
             default_sender,
             key_locks: (0..KEY_LOCK_STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
@@ -151,7 +176,16 @@ impl Coordinator {
     }
 
     pub fn shard_stats(&self) -> Vec<ShardStats> {
-        self.shards.iter().map(Shard::stats).collect()
+        self.shards.iter().map(|s| s.stats()).collect()
+    }
+
+    /// The node's shards, in index order (the delivery loops share them).
+    pub fn shards(&self) -> &[Arc<Shard>] {
+        &self.shards
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
     }
 
     /// Sends one message. Resolves once it is durable (or was already, for an idempotent replay).
@@ -164,7 +198,7 @@ impl Coordinator {
     /// Sends many messages: one result per command, in order. Valid messages are accepted even
     /// when others are rejected; each shard gets at most one append for the whole call.
     pub async fn send_many(&self, commands: Vec<SendCommand>) -> Vec<Result<Accepted, ApiError>> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut results: Vec<Option<Result<Accepted, ApiError>>> = vec![None; commands.len()];
         let mut prepared = Vec::with_capacity(commands.len());
         for (index, command) in commands.into_iter().enumerate() {
@@ -379,19 +413,50 @@ impl Coordinator {
         if key.node_id != self.layout.meta.node_id || key.shard.index() >= self.shards.len() {
             return Err(not_found());
         }
-        let record = self.shards[key.shard.index()].get_queued(key.seq).map_err(shard_error)?.ok_or_else(not_found)?;
+        let shard = &self.shards[key.shard.index()];
+        if let Some(record) = shard.get_queued(key.seq).map_err(shard_error)? {
+            return Ok(MessageView {
+                message_id: MessageId::encode(key),
+                wa_id: WaId::from_normalized(record.wa_id),
+                shard: key.shard,
+                status: MessageStatus::Accepted,
+                message_type: record.message_type,
+                sender: record.sender,
+                accepted_at_ms: record.accepted_at_ms,
+                expires_at_ms: record.expires_at_ms,
+                updated_at_ms: record.accepted_at_ms,
+                biz_opaque_callback_data: record.biz_opaque_callback_data,
+                history: vec![(MessageStatus::Accepted, record.accepted_at_ms)],
+                error: None,
+            });
+        }
+        // Not queued: settled (sent, delivered, read, failed), or unknown. A receipt that overtook
+        // its ack leaves a record without the message's fields: the message is then still queued,
+        // and was answered above.
+        let record = shard.get_status(key.seq).map_err(shard_error)?.filter(|r| !r.wa_id.is_empty()).ok_or_else(not_found)?;
+        let status = MessageStatus::from_code(record.status).unwrap_or(MessageStatus::Accepted);
+        let error = (status == MessageStatus::Failed).then(|| FailureView {
+            code: record.error_code,
+            title: record.error_title.clone(),
+            details: record.error_details.clone(),
+        });
         Ok(MessageView {
             message_id: MessageId::encode(key),
             wa_id: WaId::from_normalized(record.wa_id),
             shard: key.shard,
-            status: "accepted",
+            status,
             message_type: record.message_type,
             sender: record.sender,
             accepted_at_ms: record.accepted_at_ms,
             expires_at_ms: record.expires_at_ms,
-            updated_at_ms: record.accepted_at_ms,
+            updated_at_ms: record.updated_at_ms,
             biz_opaque_callback_data: record.biz_opaque_callback_data,
-            history: vec![("accepted", record.accepted_at_ms)],
+            history: record
+                .history
+                .iter()
+                .filter_map(|e| MessageStatus::from_code(e.status).map(|s| (s, e.at_ms)))
+                .collect(),
+            error,
         })
     }
 
@@ -430,8 +495,8 @@ impl Coordinator {
     }
 
     /// Stops every shard after its writer committed what was already submitted.
-    pub fn close(self) {
-        for shard in self.shards {
+    pub fn close(&self) {
+        for shard in &self.shards {
             shard.close();
         }
     }

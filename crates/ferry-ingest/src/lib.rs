@@ -76,18 +76,18 @@ fn record_from(m: MessageView) -> v1::MessageRecord {
         message_id: m.message_id.into_string(),
         to: m.wa_id.as_str().to_owned(),
         shard: m.shard.0 as u32,
-        status: m.status.to_owned(),
+        status: m.status.as_str().to_owned(),
         accepted_at_ms: m.accepted_at_ms,
         expires_at_ms: m.expires_at_ms,
         updated_at_ms: m.updated_at_ms,
-        error: None,
+        error: m.error.map(|e| v1::Error { code: e.code, title: e.title, field: String::new(), details: e.details }),
         r#type: m.message_type,
         sender: m.sender,
         biz_opaque_callback_data: m.biz_opaque_callback_data,
         history: m
             .history
             .into_iter()
-            .map(|(status, timestamp_ms)| v1::StatusChange { status: status.to_owned(), timestamp_ms })
+            .map(|(status, timestamp_ms)| v1::StatusChange { status: status.as_str().to_owned(), timestamp_ms })
             .collect(),
     }
 }

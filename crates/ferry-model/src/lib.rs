@@ -8,13 +8,18 @@
 //! - [`validate`]: every rule of MISSION.md and reference/, producing a [`validate::ValidatedMessage`].
 //! - [`phone`]: recipient normalization to a [`ids::WaId`].
 //! - [`ids`]: `MessageId`, `WaId`, `ShardId` newtypes.
+//! - [`status`]: message statuses and the never-backwards rule.
+//! - [`clock`]: wall-clock time behind a trait, so tests can move it (TTL).
 //! - [`error`]: the one table of error codes (reference code, Cloud code, HTTP, gRPC).
 
+pub mod clock;
 pub mod error;
 pub mod ids;
 pub mod message;
 pub mod phone;
+pub mod status;
 pub mod validate;
 
 pub use error::{ApiError, ErrorCode, GrpcCode};
 pub use ids::{MAX_SHARDS, MessageId, MessageKey, ShardId, WaId};
+pub use status::MessageStatus;

@@ -267,6 +267,11 @@ pub struct TemplateMessage {
     pub language: Option<TemplateLanguage>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub components: Vec<TemplateComponent>,
+    /// ferry extension: the template's category (`authentication`, `utility`, `marketing`), which
+    /// sets the default TTL and its bounds (authentication: 10 minutes by default, 30–900 s;
+    /// utility: 30–43,200 s). Absent: treated like any message (30 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
 }
 
 /// `template.language`: `{"policy": "deterministic", "code": "en_US"}`.

@@ -163,17 +163,46 @@ impl OutboundMessage {
         if let Some(b) = &self.biz_opaque_callback_data {
             max_chars(b, MAX_BIZ_OPAQUE_CALLBACK_DATA, "biz_opaque_callback_data")?;
         }
+        let (ttl_bounds, default_ttl, what) = ttl_policy(&self.content)?;
         if let Some(ttl) = self.ttl_seconds
-            && !(MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(&ttl)
+            && !ttl_bounds.contains(&ttl)
         {
             return Err(ApiError::invalid(
                 "ttl_seconds",
-                format!("a time to live from {MIN_TTL_SECONDS} to {MAX_TTL_SECONDS} seconds (30 days), got {ttl}"),
+                format!("a time to live from {} to {} seconds for {what}, got {ttl}", ttl_bounds.start(), ttl_bounds.end()),
             ));
         }
-        let ttl_seconds = self.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
+        let ttl_seconds = self.ttl_seconds.unwrap_or(default_ttl);
         self.to = wa_id.as_str().to_owned();
         Ok(ValidatedMessage { wa_id, message: self, ttl_seconds })
+    }
+}
+
+/// Default TTL of authentication templates (mission: 10 minutes).
+pub const AUTHENTICATION_DEFAULT_TTL_SECONDS: u32 = 600;
+/// Longest custom TTL of authentication templates (mission: 30–900 s).
+pub const AUTHENTICATION_MAX_TTL_SECONDS: u32 = 900;
+/// Longest custom TTL of utility templates (mission: 30–43,200 s).
+pub const UTILITY_MAX_TTL_SECONDS: u32 = 43_200;
+
+/// TTL bounds and default of a message: by template category, else the general 30 s–30 days.
+fn ttl_policy(content: &Content) -> Result<(std::ops::RangeInclusive<u32>, u32, &'static str), ApiError> {
+    let category = match content {
+        Content::Template(t) => t.category.as_deref(),
+        _ => None,
+    };
+    match category {
+        None | Some("marketing") => Ok((MIN_TTL_SECONDS..=MAX_TTL_SECONDS, DEFAULT_TTL_SECONDS, "this message")),
+        Some("authentication") => Ok((
+            MIN_TTL_SECONDS..=AUTHENTICATION_MAX_TTL_SECONDS,
+            AUTHENTICATION_DEFAULT_TTL_SECONDS,
+            "an authentication template",
+        )),
+        Some("utility") => Ok((MIN_TTL_SECONDS..=UTILITY_MAX_TTL_SECONDS, DEFAULT_TTL_SECONDS, "a utility template")),
+        Some(other) => Err(ApiError::invalid(
+            "template.category",
+            format!("`authentication`, `utility` or `marketing`, got `{other}`"),
+        )),
     }
 }
 

@@ -134,6 +134,7 @@ fn location(l: v1::LocationMessage) -> m::LocationMessage {
 fn template(t: v1::TemplateMessage) -> m::TemplateMessage {
     m::TemplateMessage {
         namespace: opt(t.namespace),
+        category: opt(t.category),
         name: opt(t.name),
         language: t.language.map(|l| m::TemplateLanguage { policy: opt(l.policy), code: opt(l.code) }),
         components: t

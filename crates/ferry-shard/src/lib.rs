@@ -13,13 +13,18 @@
 //! - The in-memory mailbox is bounded (in messages): a full shard answers
 //!   [`ShardError::Overloaded`] at once instead of queueing without bound.
 //!
+//! - The queue and the status of a message change only together: an acked or failed message
+//!   leaves the queue in the same synced batch that writes its status ([`settle`]).
+//!
 //! Modules: [`storage`] (on-disk format: column families, key and value encoding),
+//! [`settle`] (recording acks, failures and receipts; statuses never go backwards),
 //! [`resources`] (block cache, write-buffer manager and thread pools shared by all shards of a
 //! node), [`writer`] (the group-commit thread), [`layout`] (the data dir: node file, shard dirs),
 //! and [`shard`] (the handle the coordinator uses).
 
 pub mod layout;
 pub mod resources;
+pub mod settle;
 pub mod shard;
 pub mod storage;
 pub mod writer;
@@ -27,7 +32,8 @@ pub mod writer;
 pub use layout::{NodeLayout, NodeMeta};
 pub use resources::{SharedResources, StorageTuning};
 pub use shard::{Shard, ShardConfig, ShardStats};
-pub use storage::{IdempotencyIntent, IdempotencyRecord, QueueRecord};
+pub use settle::{FailureReason, Settlement};
+pub use storage::{IdempotencyIntent, IdempotencyRecord, QueueRecord, StatusEvent, StatusRecord};
 pub use writer::{AppendOutcome, IdempotencyPlacement, NewMessage};
 
 /// Errors of the shard layer.

@@ -1,8 +1,8 @@
 //! The handle to one shard: its store (for reads from any thread) and the mailbox of its writer.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
@@ -12,11 +12,12 @@ use tokio::sync::oneshot;
 
 use crate::ShardError;
 use crate::resources::SharedResources;
+use crate::settle::Settlement;
 use crate::storage::{
-    FORMAT_VERSION, IdempotencyIntent, IdempotencyRecord, META_FORMAT_VERSION, META_NEXT_SEQ, META_NODE_ID,
-    META_SHARD, QueueRecord, Store,
+    FORMAT_VERSION, IdempotencyIntent, IdempotencyRecord, META_FORMAT_VERSION, META_IDENTITY_KEY, META_NEXT_SEQ,
+    META_NODE_ID, META_QUEUE_LOW_WATERMARK, META_SHARD, QueueRecord, StatusRecord, Store, session_key,
 };
-use crate::writer::{AppendOutcome, NewMessage, WriteOp, Writer, WriterCounters};
+use crate::writer::{AppendOutcome, Committed, NewMessage, WriteOp, Writer, WriterCounters};
 
 /// Per-shard knobs (config keys under `[shard]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,11 +27,14 @@ pub struct ShardConfig {
     pub queue_capacity: usize,
     /// Most messages committed in one synced write.
     pub max_batch_messages: usize,
+    /// How long the status of a message that left the queue is kept (for `GetMessage`), in
+    /// seconds. Records older than this are dropped at compaction.
+    pub status_retention_secs: u64,
 }
 
 impl Default for ShardConfig {
     fn default() -> Self {
-        ShardConfig { queue_capacity: 16_384, max_batch_messages: 4_096 }
+        ShardConfig { queue_capacity: 16_384, max_batch_messages: 4_096, status_retention_secs: 30 * 24 * 3600 }
     }
 }
 
@@ -51,6 +55,8 @@ pub struct ShardStats {
     pub synced_writes: u64,
     pub pending: usize,
     pub estimated_queue_len: u64,
+    /// Messages that left the queue (acked or failed).
+    pub settled: u64,
 }
 
 /// Releases a held writer when dropped.
@@ -59,14 +65,21 @@ pub struct WriterHold {
     _tx: crossbeam_channel::Sender<()>,
 }
 
+/// One shard. Shared (`Arc`) by the coordinator, which appends, and the delivery loop, which
+/// reads the queue and settles; [`Shard::close`] stops its writer.
 pub struct Shard {
     id: ShardId,
+    node_id: u64,
     store: Arc<Store>,
-    tx: Option<Sender<WriteOp>>,
+    tx: Sender<WriteOp>,
+    closed: AtomicBool,
     pending: Arc<AtomicUsize>,
     capacity: usize,
     counters: Arc<WriterCounters>,
-    writer: Option<JoinHandle<()>>,
+    committed: Arc<Committed>,
+    identity_key: [u8; 32],
+    queue_low_watermark: AtomicU64,
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Shard {
@@ -79,11 +92,16 @@ impl Shard {
         resources: &SharedResources,
         config: &ShardConfig,
     ) -> Result<Shard, ShardError> {
-        let store = Arc::new(Store::open(dir, id.0, resources)?);
+        let retention_ms = i64::try_from(config.status_retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let store = Arc::new(Store::open(dir, id.0, resources, retention_ms)?);
         let next_seq = init_meta(&store, id, shard_count, node_id)?;
+        let identity_key = init_identity_key(&store, id)?;
+        let queue_low_watermark = store.get_meta_u64(META_QUEUE_LOW_WATERMARK)?.unwrap_or(1);
         let (tx, rx) = crossbeam_channel::unbounded();
         let pending = Arc::new(AtomicUsize::new(0));
         let counters = Arc::new(WriterCounters::default());
+        let committed =
+            Arc::new(Committed { next_seq: AtomicU64::new(next_seq), appended: tokio::sync::Notify::new() });
         let writer = Writer {
             store: store.clone(),
             shard: id,
@@ -92,6 +110,7 @@ impl Shard {
             max_batch_messages: config.max_batch_messages,
             pending: pending.clone(),
             counters: counters.clone(),
+            committed: committed.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("shard-{:02}-writer", id.0))
@@ -100,17 +119,47 @@ impl Shard {
         tracing::info!(shard = %id, next_seq, dir = %dir.display(), "shard open");
         Ok(Shard {
             id,
+            node_id,
             store,
-            tx: Some(tx),
+            tx,
+            closed: AtomicBool::new(false),
             pending,
             capacity: config.queue_capacity,
             counters,
-            writer: Some(handle),
+            committed,
+            identity_key,
+            queue_low_watermark: AtomicU64::new(queue_low_watermark),
+            writer: Mutex::new(Some(handle)),
         })
     }
 
     pub fn id(&self) -> ShardId {
         self.id
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The shard's long-term identity secret (32 bytes) for encryption sessions.
+    pub fn identity_key(&self) -> [u8; 32] {
+        self.identity_key
+    }
+
+    /// Every queue key below this is deleted (as of the last settle batch, or open).
+    pub fn queue_low_watermark(&self) -> u64 {
+        self.queue_low_watermark.load(Ordering::Acquire)
+    }
+
+    /// The sequence number below which every appended message is durable.
+    pub fn committed_next_seq(&self) -> u64 {
+        self.committed.next_seq.load(Ordering::Acquire)
+    }
+
+    /// Resolves after the next durable append (or at once if one happened since the last call):
+    /// the delivery loop's wake-up. Meant for one waiter (the shard's delivery loop).
+    pub async fn appended(&self) {
+        self.committed.appended.notified().await
     }
 
     /// Submits an op, or refuses at once with [`ShardError::Overloaded`] when the mailbox holds
@@ -128,8 +177,11 @@ impl Shard {
                 Err(now) => current = now,
             }
         }
-        let tx = self.tx.as_ref().ok_or(ShardError::Stopped(self.id.0))?;
-        tx.send(op).map_err(|_| {
+        if self.closed.load(Ordering::Acquire) {
+            self.pending.fetch_sub(weight, Ordering::AcqRel);
+            return Err(ShardError::Stopped(self.id.0));
+        }
+        self.tx.send(op).map_err(|_| {
             self.pending.fetch_sub(weight, Ordering::AcqRel);
             ShardError::Stopped(self.id.0)
         })
@@ -173,6 +225,50 @@ impl Shard {
         Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
     }
 
+    /// Records outcomes durably (synced): acked and failed messages leave the queue and get their
+    /// status record in the same batch; receipts move statuses forward. `low_watermark`, when given,
+    /// is persisted as the queue's low watermark (every queue key below it is deleted).
+    ///
+    /// Never refused for capacity: recording an ack must not wait behind sends.
+    pub fn settle_durably(
+        &self,
+        entries: Vec<Settlement>,
+        low_watermark: Option<u64>,
+    ) -> Result<impl Future<Output = Result<(), ShardError>> + use<>, ShardError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(WriteOp::Settle { entries, low_watermark, reply })?;
+        if let Some(mark) = low_watermark {
+            self.queue_low_watermark.fetch_max(mark, Ordering::AcqRel);
+        }
+        let shard = self.id.0;
+        Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
+    }
+
+    /// Stores encryption-session snapshots durably (synced): `(sender, recipient, snapshot)`.
+    pub fn put_sessions_durably(
+        &self,
+        entries: Vec<(String, String, Vec<u8>)>,
+    ) -> Result<impl Future<Output = Result<(), ShardError>> + use<>, ShardError> {
+        let (reply, rx) = oneshot::channel();
+        let entries = entries.into_iter().map(|(s, r, snap)| (session_key(&s, &r), snap)).collect();
+        self.submit(WriteOp::PutSessions { entries, reply })?;
+        let shard = self.id.0;
+        Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
+    }
+
+    pub fn get_status(&self, seq: u64) -> Result<Option<StatusRecord>, ShardError> {
+        self.store.get_status(seq)
+    }
+
+    pub fn get_session(&self, sender: &str, recipient: &str) -> Result<Option<Vec<u8>>, ShardError> {
+        self.store.get_session(sender, recipient)
+    }
+
+    /// Queued messages with sequence in `[from, until)`, at most `limit`, in order.
+    pub fn scan_queue_range(&self, from: u64, until: u64, limit: usize) -> Result<Vec<(u64, QueueRecord)>, ShardError> {
+        self.store.scan_queue_range(from, until, limit)
+    }
+
     /// Deletes idempotency intents whose records reached their key shard. Rides on the next batch;
     /// a crash before that only means the intents are replayed (idempotently) at start-up.
     pub fn clear_intents(&self, seqs: Vec<u64>) {
@@ -187,9 +283,7 @@ impl Shard {
     pub fn hold_writer_for_test(&self) -> WriterHold {
         let (tx, release) = crossbeam_channel::bounded(0);
         self.pending.fetch_add(self.capacity, Ordering::AcqRel);
-        if let Some(mailbox) = &self.tx
-            && mailbox.send(WriteOp::Hold { release, weight: self.capacity }).is_ok()
-        {
+        if self.tx.send(WriteOp::Hold { release, weight: self.capacity }).is_ok() {
             return WriterHold { _tx: tx };
         }
         self.pending.fetch_sub(self.capacity, Ordering::AcqRel);
@@ -212,6 +306,11 @@ impl Shard {
         self.store.scan_queue(from, limit)
     }
 
+    /// Compacts the whole queue column family now (drops the tombstones of delivered messages).
+    pub fn compact_queue(&self) {
+        self.store.compact_queue();
+    }
+
     pub fn stats(&self) -> ShardStats {
         ShardStats {
             appended: self.counters.appended.load(Ordering::Relaxed),
@@ -219,17 +318,18 @@ impl Shard {
             synced_writes: self.counters.synced_writes.load(Ordering::Relaxed),
             pending: self.pending.load(Ordering::Relaxed),
             estimated_queue_len: self.store.estimated_queue_len(),
+            settled: self.counters.settled.load(Ordering::Relaxed),
         }
     }
 
     /// Stops accepting ops, lets the writer commit everything already submitted, and joins it.
-    pub fn close(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
-        self.tx.take();
-        if let Some(h) = self.writer.take() {
+    /// Later calls return at once; ops submitted afterwards fail with [`ShardError::Stopped`].
+    pub fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(WriteOp::Stop);
+        }
+        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
             let _ = h.join();
         }
     }
@@ -237,7 +337,7 @@ impl Shard {
 
 impl Drop for Shard {
     fn drop(&mut self) {
-        self.stop();
+        self.close();
     }
 }
 
@@ -273,4 +373,21 @@ fn init_meta(store: &Store, id: ShardId, shard_count: u16, node_id: u64) -> Resu
             store.get_meta_u64(META_NEXT_SEQ)?.ok_or_else(|| corrupt("missing next_seq".into()))
         }
     }
+}
+
+/// Reads the shard's identity secret, drawing and storing (synced) one if the shard has none yet.
+fn init_identity_key(store: &Store, id: ShardId) -> Result<[u8; 32], ShardError> {
+    if let Some(v) = store.get_meta(META_IDENTITY_KEY)? {
+        return v
+            .as_slice()
+            .try_into()
+            .map_err(|_| ShardError::Corrupt { shard: id.0, what: "meta identity_key is not 32 bytes".into() });
+    }
+    let key: [u8; 32] = rand::random();
+    let mut batch = rocksdb::WriteBatch::default();
+    batch.put_cf(store.cf(crate::storage::CF_META), META_IDENTITY_KEY, key);
+    let mut sync = rocksdb::WriteOptions::default();
+    sync.set_sync(true);
+    store.db.write_opt(batch, &sync).map_err(|source| ShardError::Rocks { shard: id.0, source })?;
+    Ok(key)
 }

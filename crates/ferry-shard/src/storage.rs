@@ -11,11 +11,16 @@
 //! | `queue` | `seq` as u64 big-endian (8 bytes) | `[1u8] ++ QueueRecord` (protobuf) | writer (append) |
 //! | `idempotency` | `sender ++ 0x00 ++ idempotency_key` (UTF-8) | `[1u8] ++ IdempotencyRecord` (protobuf) | writer |
 //! | `idempotency_intents` | `seq` as u64 big-endian | `[1u8] ++ IdempotencyIntent` (protobuf) | writer |
+//! | `status` | `seq` as u64 big-endian | `[1u8] ++ StatusRecord` (protobuf) | writer (settle) |
+//! | `sessions` | `sender ++ 0x00 ++ recipient` (UTF-8 wa_ids) | `[1u8] ++` ferry-session snapshot | writer |
 //!
 //! `meta` keys: `format_version` (u32 BE), `shard` (u16 BE index ++ u16 BE shard count),
 //! `node_id` (u64 BE), `next_seq` (u64 BE: the next sequence number to assign; rewritten in every
 //! batch that appends, in the same synced write, so a sequence number is never reused after a
-//! crash).
+//! crash), `queue_low_watermark` (u64 BE: every queue key below it is deleted; a hint that lets the
+//! delivery loop start its scan past the deleted head), `identity_key` (32 random bytes: the
+//! shard's long-term X25519 identity secret for encryption sessions, drawn when the shard is
+//! first opened).
 //!
 //! Every value starts with a one-byte value version (currently 1) followed by a protobuf message
 //! (prost); protobuf lets fields be added without a format bump. Timestamps are milliseconds since
@@ -29,6 +34,31 @@
 //! delivery loop reads it with one forward iterator from its head. Sequence numbers start at 1 and
 //! only grow. A message id (`ferry_model::MessageId`) encodes (shard, node id, seq), so a lookup by
 //! id is one point read here.
+//!
+//! ## Delivery: queue → status
+//!
+//! When the chat server acknowledges a message (or it fails for good: TTL expired, recipient
+//! invalid), the writer deletes its `queue` key and writes its `status` record **in one synced
+//! batch** (`Settle`), so a message is in exactly one of the two places. Receipts (`delivered`,
+//! `read`) update the `status` record; the writer merges every change with the stored record so a
+//! status never goes backwards (`ferry_model::MessageStatus::advances`), also when a receipt
+//! overtakes the ack that precedes it. `status` records are dropped by a compaction filter once
+//! `updated_at_ms` is older than the configured retention.
+//!
+//! ## Queue hygiene (tombstones at the head of an LSM FIFO)
+//!
+//! Deleting the head of a FIFO leaves tombstones that a scan from the start has to step over until
+//! compaction removes them. Three measures keep reads off them:
+//! 1. Queue keys are written once (sequence numbers are never reused), so removal uses
+//!    `SingleDelete`, whose tombstone vanishes together with the put in the first compaction that
+//!    sees both, instead of travelling to the bottom level like a `Delete`.
+//! 2. The delivery loop never rescans: it keeps a cursor and reads forward from it with
+//!    `iterate_lower_bound`/`iterate_upper_bound` set to `[cursor, committed next_seq)`, so
+//!    it never seeks into the deleted head. At start-up it begins at `meta/queue_low_watermark`,
+//!    which every settle batch advances.
+//! 3. Each scan is bounded by the in-memory window, not by the queue length.
+//! The measurement (10 million appends and deletes, then a scan) is in `benches/README.md`
+//! (`cargo bench --bench queue_tombstones`).
 //!
 //! ## Idempotency
 //!
@@ -58,12 +88,16 @@ pub const CF_META: &str = "meta";
 pub const CF_QUEUE: &str = "queue";
 pub const CF_IDEMPOTENCY: &str = "idempotency";
 pub const CF_IDEMPOTENCY_INTENTS: &str = "idempotency_intents";
-const ALL_CFS: [&str; 4] = [CF_META, CF_QUEUE, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS];
+pub const CF_STATUS: &str = "status";
+pub const CF_SESSIONS: &str = "sessions";
+const ALL_CFS: [&str; 6] = [CF_META, CF_QUEUE, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_STATUS, CF_SESSIONS];
 
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
 pub const META_SHARD: &[u8] = b"shard";
 pub const META_NODE_ID: &[u8] = b"node_id";
 pub const META_NEXT_SEQ: &[u8] = b"next_seq";
+pub const META_QUEUE_LOW_WATERMARK: &[u8] = b"queue_low_watermark";
+pub const META_IDENTITY_KEY: &[u8] = b"identity_key";
 
 /// How long an idempotency key holds.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
@@ -108,6 +142,48 @@ pub struct IdempotencyRecord {
     pub created_at_ms: i64,
 }
 
+/// One status a message was in, and when.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StatusEvent {
+    /// `ferry_model::MessageStatus::code()`.
+    #[prost(uint32, tag = "1")]
+    pub status: u32,
+    #[prost(int64, tag = "2")]
+    pub at_ms: i64,
+}
+
+/// What became of a message that left the queue (or got a receipt).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StatusRecord {
+    /// `ferry_model::MessageStatus::code()` of the current status.
+    #[prost(uint32, tag = "1")]
+    pub status: u32,
+    #[prost(string, tag = "2")]
+    pub wa_id: String,
+    #[prost(string, tag = "3")]
+    pub sender: String,
+    #[prost(string, tag = "4")]
+    pub message_type: String,
+    #[prost(int64, tag = "5")]
+    pub accepted_at_ms: i64,
+    #[prost(int64, tag = "6")]
+    pub expires_at_ms: i64,
+    #[prost(int64, tag = "7")]
+    pub updated_at_ms: i64,
+    /// Every status the message was in, oldest first.
+    #[prost(message, repeated, tag = "8")]
+    pub history: Vec<StatusEvent>,
+    /// Set when status is failed: the reference code (e.g. 410, 1013), title and details.
+    #[prost(uint32, tag = "9")]
+    pub error_code: u32,
+    #[prost(string, tag = "10")]
+    pub error_title: String,
+    #[prost(string, tag = "11")]
+    pub error_details: String,
+    #[prost(string, tag = "12")]
+    pub biz_opaque_callback_data: String,
+}
+
 /// A pending idempotency record that must reach its key shard (see the module docs).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct IdempotencyIntent {
@@ -125,6 +201,11 @@ pub fn queue_key(seq: u64) -> [u8; 8] {
 
 pub fn decode_seq(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+/// `sender ++ 0x00 ++ recipient`: the key of an encryption session.
+pub fn session_key(sender: &str, recipient: &str) -> Vec<u8> {
+    idempotency_key(sender, recipient)
 }
 
 /// `sender ++ 0x00 ++ key`.
@@ -170,7 +251,12 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the shard database in `dir` with the node's shared resources.
-    pub fn open(dir: &Path, shard: u16, resources: &SharedResources) -> Result<Store, ShardError> {
+    pub fn open(
+        dir: &Path,
+        shard: u16,
+        resources: &SharedResources,
+        status_retention_ms: i64,
+    ) -> Result<Store, ShardError> {
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
@@ -191,6 +277,14 @@ impl Store {
                         Ok(r) if now_ms() - r.created_at_ms > IDEMPOTENCY_WINDOW_MS + 60_000 => {
                             rocksdb::CompactionDecision::Remove
                         }
+                        _ => rocksdb::CompactionDecision::Keep,
+                    }
+                });
+            }
+            if *name == CF_STATUS {
+                cf_opts.set_compaction_filter("ferry-status-retention", move |_level, _key, value| {
+                    match decode_value::<StatusRecord>(0, value) {
+                        Ok(r) if now_ms() - r.updated_at_ms > status_retention_ms => rocksdb::CompactionDecision::Remove,
                         _ => rocksdb::CompactionDecision::Keep,
                     }
                 });
@@ -235,6 +329,24 @@ impl Store {
         }
     }
 
+    pub fn get_status(&self, seq: u64) -> Result<Option<StatusRecord>, ShardError> {
+        match self.db.get_pinned_cf(self.cf(CF_STATUS), queue_key(seq)).map_err(|e| self.rocks(e))? {
+            None => Ok(None),
+            Some(v) => decode_value(self.shard, &v).map(Some),
+        }
+    }
+
+    /// The stored snapshot of the session from `sender` to `recipient` (without the value version).
+    pub fn get_session(&self, sender: &str, recipient: &str) -> Result<Option<Vec<u8>>, ShardError> {
+        match self.db.get_pinned_cf(self.cf(CF_SESSIONS), session_key(sender, recipient)).map_err(|e| self.rocks(e))? {
+            None => Ok(None),
+            Some(v) => match v.split_first() {
+                Some((&VALUE_VERSION, rest)) => Ok(Some(rest.to_vec())),
+                _ => Err(ShardError::Corrupt { shard: self.shard, what: "session value has an unknown version".into() }),
+            },
+        }
+    }
+
     /// The live (younger than 24 h) idempotency record for `key`, if any.
     pub fn get_idempotency(&self, key: &[u8], now_ms: i64) -> Result<Option<IdempotencyRecord>, ShardError> {
         match self.db.get_pinned_cf(self.cf(CF_IDEMPOTENCY), key).map_err(|e| self.rocks(e))? {
@@ -260,10 +372,28 @@ impl Store {
         Ok(out)
     }
 
+    /// Up to `limit` queued messages with sequence in `[from, until)`, in queue order. Both bounds
+    /// are given to RocksDB (`iterate_lower_bound`/`iterate_upper_bound`), so the iterator never
+    /// looks at tombstones outside the range.
+    pub fn scan_queue_range(&self, from: u64, until: u64, limit: usize) -> Result<Vec<(u64, QueueRecord)>, ShardError> {
+        if from >= until {
+            return Ok(Vec::new());
+        }
+        let mut opts = ReadOptions::default();
+        opts.fill_cache(false);
+        opts.set_iterate_lower_bound(queue_key(from).to_vec());
+        opts.set_iterate_upper_bound(queue_key(until).to_vec());
+        self.collect_queue(opts, from, limit)
+    }
+
     /// Up to `limit` queued messages starting at sequence `from`, in queue order.
     pub fn scan_queue(&self, from: u64, limit: usize) -> Result<Vec<(u64, QueueRecord)>, ShardError> {
         let mut opts = ReadOptions::default();
         opts.fill_cache(false);
+        self.collect_queue(opts, from, limit)
+    }
+
+    fn collect_queue(&self, opts: ReadOptions, from: u64, limit: usize) -> Result<Vec<(u64, QueueRecord)>, ShardError> {
         let iter = self.db.iterator_cf_opt(
             self.cf(CF_QUEUE),
             opts,
@@ -279,6 +409,10 @@ impl Store {
             out.push((seq, decode_value(self.shard, &v)?));
         }
         Ok(out)
+    }
+
+    pub fn compact_queue(&self) {
+        self.db.compact_range_cf(self.cf(CF_QUEUE), None::<&[u8]>, None::<&[u8]>);
     }
 
     /// Approximate number of live keys in the queue (RocksDB estimate).

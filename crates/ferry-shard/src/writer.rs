@@ -11,6 +11,7 @@
 //! The writer is a thread rather than a tokio task because RocksDB's synced write blocks; the
 //! async side only awaits a oneshot reply.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -20,9 +21,11 @@ use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::oneshot;
 
 use crate::ShardError;
+use crate::settle::Settlement;
 use crate::storage::{
-    CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_META, CF_QUEUE, IdempotencyIntent, IdempotencyRecord, META_NEXT_SEQ,
-    QueueRecord, Store, encode_value, queue_key,
+    CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_META, CF_QUEUE, CF_SESSIONS, CF_STATUS, IdempotencyIntent,
+    IdempotencyRecord, META_NEXT_SEQ, META_QUEUE_LOW_WATERMARK, QueueRecord, StatusRecord, Store, encode_value,
+    queue_key,
 };
 
 /// Where the idempotency record of a new message goes (see `storage` module docs).
@@ -58,6 +61,13 @@ pub(crate) enum WriteOp {
     ClearIntents { seqs: Vec<u64> },
     /// Removes messages from the queue (after the server acked them, or they expired).
     Remove { seqs: Vec<u64>, reply: Reply<()> },
+    /// Records outcomes: queue removals and status changes in one batch (see [`crate::settle`]),
+    /// and advances the queue's low watermark.
+    Settle { entries: Vec<Settlement>, low_watermark: Option<u64>, reply: Reply<()> },
+    /// Stores encryption-session snapshots (`sender ++ 0 ++ recipient` → snapshot).
+    PutSessions { entries: Vec<(Vec<u8>, Vec<u8>)>, reply: Reply<()> },
+    /// Commits what was taken so far, then stops the writer.
+    Stop,
     /// Test support: blocks the writer until `release` is dropped, counting `weight` against the
     /// mailbox meanwhile (see `Shard::hold_writer_for_test`).
     Hold { release: crossbeam_channel::Receiver<()>, weight: usize },
@@ -71,6 +81,9 @@ impl WriteOp {
             WriteOp::PutIdempotency { entries, .. } => entries.len(),
             WriteOp::ClearIntents { .. } => 0,
             WriteOp::Remove { seqs, .. } => seqs.len(),
+            // Settlements and sessions free or hold no queue space: never refused for capacity
+            // (the delivery loop must always be able to record an ack).
+            WriteOp::Settle { .. } | WriteOp::PutSessions { .. } | WriteOp::Stop => 0,
             WriteOp::Hold { weight, .. } => *weight,
         }
     }
@@ -82,6 +95,15 @@ pub struct WriterCounters {
     pub appended: AtomicU64,
     pub batches: AtomicU64,
     pub synced_writes: AtomicU64,
+    pub settled: AtomicU64,
+}
+
+/// What the writer publishes to readers after each durable commit: the sequence number below which
+/// every appended message is durable, and a wake-up for the delivery loop.
+#[derive(Debug)]
+pub struct Committed {
+    pub next_seq: AtomicU64,
+    pub appended: tokio::sync::Notify,
 }
 
 pub(crate) struct Writer {
@@ -92,6 +114,7 @@ pub(crate) struct Writer {
     pub(crate) max_batch_messages: usize,
     pub(crate) pending: Arc<AtomicUsize>,
     pub(crate) counters: Arc<WriterCounters>,
+    pub(crate) committed: Arc<Committed>,
 }
 
 enum Pending {
@@ -104,11 +127,16 @@ impl Writer {
     pub(crate) fn run(mut self, rx: Receiver<WriteOp>) {
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
-        while let Ok(first) = rx.recv() {
+        let mut stopping = false;
+        while !stopping && let Ok(first) = rx.recv() {
             let mut ops = Vec::new();
             let mut weight = 0;
             let mut next = Some(first);
             while let Some(op) = next.take() {
+                if let WriteOp::Stop = op {
+                    stopping = true;
+                    break;
+                }
                 if let WriteOp::Hold { release, weight: held } = op {
                     self.commit(std::mem::take(&mut ops), std::mem::take(&mut weight), &sync);
                     let _ = release.recv();
@@ -133,6 +161,11 @@ impl Writer {
         let store = &self.store;
         let (queue, idem, intents, meta) =
             (store.cf(CF_QUEUE), store.cf(CF_IDEMPOTENCY), store.cf(CF_IDEMPOTENCY_INTENTS), store.cf(CF_META));
+        let (status_cf, sessions_cf) = (store.cf(CF_STATUS), store.cf(CF_SESSIONS));
+        // Status records as of this batch, so several changes to one message in a batch compose.
+        let mut statuses: HashMap<u64, StatusRecord> = HashMap::new();
+        let mut settled = 0u64;
+        let mut read_error = None;
         let mut batch = WriteBatch::default();
         let mut pending = Vec::with_capacity(ops.len());
         let seq_before = self.next_seq;
@@ -197,19 +230,68 @@ impl Writer {
                     }
                     pending.push(Pending::Done(reply));
                 }
-                WriteOp::Hold { .. } => unreachable!("holds are handled by run"),
+                WriteOp::Settle { entries, low_watermark, reply } => {
+                    for change in entries {
+                        let seq = change.seq();
+                        if change.leaves_queue() {
+                            batch.single_delete_cf(queue, queue_key(seq));
+                            settled += 1;
+                        }
+                        let current = match statuses.get(&seq) {
+                            Some(r) => Some(r.clone()),
+                            None => match store.get_status(seq) {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    read_error = Some(e);
+                                    None
+                                }
+                            },
+                        };
+                        if let Some(next) = crate::settle::merge(current.as_ref(), &change) {
+                            batch.put_cf(status_cf, queue_key(seq), encode_value(&next));
+                            statuses.insert(seq, next);
+                        }
+                    }
+                    if let Some(mark) = low_watermark {
+                        batch.put_cf(meta, META_QUEUE_LOW_WATERMARK, mark.to_be_bytes());
+                    }
+                    pending.push(Pending::Done(reply));
+                }
+                WriteOp::PutSessions { entries, reply } => {
+                    for (key, snapshot) in entries {
+                        let mut value = Vec::with_capacity(1 + snapshot.len());
+                        value.push(crate::storage::VALUE_VERSION);
+                        value.extend_from_slice(&snapshot);
+                        batch.put_cf(sessions_cf, key, value);
+                    }
+                    pending.push(Pending::Done(reply));
+                }
+                WriteOp::Hold { .. } | WriteOp::Stop => unreachable!("holds and stops are handled by run"),
             }
         }
         if self.next_seq != seq_before {
             batch.put_cf(meta, META_NEXT_SEQ, self.next_seq.to_be_bytes());
         }
-        let result = store.db.write_opt(batch, sync);
+        let result = match read_error {
+            // A status we could not read cannot be merged: fail the batch rather than overwrite it.
+            Some(ShardError::Rocks { source, .. }) => Err(source),
+            Some(other) => {
+                tracing::error!(shard = %self.shard, error = %other, "unreadable status record; overwriting it");
+                store.db.write_opt(batch, sync)
+            }
+            None => store.db.write_opt(batch, sync),
+        };
         self.counters.synced_writes.fetch_add(1, Ordering::Relaxed);
         self.pending.fetch_sub(weight, Ordering::AcqRel);
         match result {
             Ok(()) => {
                 self.counters.appended.fetch_add(appended, Ordering::Relaxed);
                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                self.counters.settled.fetch_add(settled, Ordering::Relaxed);
+                if appended > 0 {
+                    self.committed.next_seq.store(self.next_seq, Ordering::Release);
+                    self.committed.appended.notify_one();
+                }
                 for p in pending {
                     // A dropped receiver means the caller went away; the data is durable anyway.
                     match p {

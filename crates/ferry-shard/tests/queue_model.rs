@@ -91,6 +91,7 @@ proptest! {
                 }
                 Op::Reopen => {
                     shard.close();
+                    drop(shard);
                     shard = open(dir.path(), &resources);
                 }
             }

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use ferry_chatsim::ChatSimConfig;
 use ferry_coordinator::CoordinatorConfig;
+use ferry_delivery::DeliveryConfig;
 use ferry_shard::{ShardConfig, StorageTuning};
 use serde::{Deserialize, Serialize};
 
@@ -25,8 +27,15 @@ pub struct FerryConfig {
     pub default_sender: String,
     /// `tracing` filter, e.g. `info` or `ferry=debug,info`. `RUST_LOG` overrides it.
     pub log: String,
+    /// The chat server to deliver to (`HOST:PORT`). Unset: `ferry serve` starts the reference
+    /// chat server (`ferry chatsim`) in-process on a free loopback port and delivers to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
     pub shard: ShardConfig,
     pub storage: StorageTuning,
+    pub delivery: DeliveryConfig,
+    /// Knobs of the in-process chat server (used only when `upstream` is unset).
+    pub chatsim: ChatSimConfig,
 }
 
 impl Default for FerryConfig {
@@ -39,8 +48,11 @@ impl Default for FerryConfig {
             country_code: node.country_code,
             default_sender: node.default_sender,
             log: "info".into(),
+            upstream: None,
             shard: node.shard,
             storage: node.storage,
+            delivery: DeliveryConfig::default(),
+            chatsim: ChatSimConfig::default(),
         }
     }
 }
@@ -66,6 +78,9 @@ pub struct Overrides {
     /// Default sender business number [default: +15550100000].
     #[arg(long, env = "FERRY_DEFAULT_SENDER")]
     pub default_sender: Option<String>,
+    /// Chat server to deliver to, HOST:PORT [default: none: an in-process `ferry chatsim`].
+    #[arg(long, env = "FERRY_UPSTREAM")]
+    pub upstream: Option<String>,
 }
 
 impl FerryConfig {
@@ -89,6 +104,9 @@ impl FerryConfig {
         }
         if let Some(v) = &o.default_sender {
             c.default_sender = v.clone();
+        }
+        if let Some(v) = &o.upstream {
+            c.upstream = Some(v.clone()).filter(|u| !u.is_empty());
         }
         c.validate()?;
         Ok(c)
@@ -120,6 +138,17 @@ impl FerryConfig {
         self.grpc_addr()?;
         if let Err(e) = self.coordinator().validate() {
             bail!("{e}");
+        }
+        if let Err(e) = self.delivery.validate() {
+            bail!("{e}");
+        }
+        if let Some(u) = &self.upstream
+            && (u.trim().is_empty() || !u.contains(':'))
+        {
+            bail!("upstream `{u}`: expected HOST:PORT of a chat server, e.g. 127.0.0.1:50061");
+        }
+        if let Err(e) = self.chatsim.validate() {
+            bail!("chatsim: {e}");
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! The `ferry` command: `serve` runs a node, `send` and `get` talk to one over gRPC,
-//! `config check` validates a config file.
+//! `chatsim` runs the reference chat server, `config check` validates a config file.
 
 mod config;
 
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferry_coordinator::Coordinator;
+use ferry_delivery::DeliveryEngine;
 use ferry_proto::v1::messages_client::MessagesClient;
 use ferry_proto::v1::{self, send_request::Content};
 
@@ -28,6 +29,8 @@ enum Command {
     Send(SendArgs),
     /// Print the stored record of a message as JSON.
     Get(GetArgs),
+    /// Run the reference chat server (decrypts and acks envelopes, sends receipts, fault knobs).
+    Chatsim(ferry_chatsim::ChatSimArgs),
     /// Validate a config file and print the effective config.
     Config {
         #[command(subcommand)]
@@ -86,6 +89,10 @@ fn main() -> std::process::ExitCode {
             Command::Serve(o) => serve(o).await,
             Command::Send(a) => send(a).await,
             Command::Get(a) => get(a).await,
+            Command::Chatsim(a) => {
+                init_logging("info");
+                ferry_chatsim::run_cli(a).await
+            }
             Command::Config { command: ConfigCommand::Check { file } } => config_check(file),
         }
     });
@@ -104,7 +111,8 @@ fn init_logging(filter: &str) {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-/// signal → stop accepting → let in-flight calls finish → shards commit what they took → exit.
+/// signal → stop accepting → let in-flight calls finish → stop delivery (settled outcomes are
+/// written) → stop the in-process chat server → shards commit what they took → exit.
 async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     let config = FerryConfig::load(&overrides)?;
     init_logging(&config.log);
@@ -114,19 +122,38 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot open data dir {}", config.data_dir.display()))?,
     );
+    // The chat server: the configured upstream, or the reference one in this process.
+    let (chatsim, upstream) = match &config.upstream {
+        Some(upstream) => (None, upstream.clone()),
+        None => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot bind the in-process chatsim")?;
+            let sim = ferry_chatsim::ChatSim::start(listener, config.chatsim.clone()).await?;
+            let addr = sim.local_addr().to_string();
+            tracing::info!(%addr, "no upstream configured: delivering to the in-process reference chat server");
+            (Some(sim), addr)
+        }
+    };
+    let delivery = DeliveryEngine::start(
+        coordinator.shards(),
+        &upstream,
+        config.delivery.clone(),
+        coordinator.clock().clone(),
+    )?;
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (grpc_listen)"))?;
     let bound = listener.local_addr()?;
-    tracing::info!(%bound, shards = config.shards, data_dir = %config.data_dir.display(), "ferry serving");
-    // Machine-readable readiness line (tests and scripts wait for it).
+    tracing::info!(%bound, shards = config.shards, data_dir = %config.data_dir.display(), %upstream, "ferry serving");
+    // Machine-readable readiness lines (tests and scripts wait for them).
+    println!("ferry: upstream {upstream}");
     println!("ferry: grpc listening on {bound}");
 
     ferry_ingest::serve(listener, coordinator.clone(), shutdown_signal()).await?;
-    tracing::info!("stopped accepting; closing shards");
-    match Arc::try_unwrap(coordinator) {
-        Ok(c) => c.close(),
-        Err(_) => tracing::warn!("requests still hold the coordinator; shards close on exit"),
+    tracing::info!("stopped accepting; stopping delivery");
+    delivery.shutdown(std::time::Duration::from_secs(10)).await;
+    if let Some(sim) = chatsim {
+        sim.shutdown().await;
     }
+    coordinator.close();
     tracing::info!("ferry stopped cleanly");
     Ok(())
 }
@@ -190,6 +217,7 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
         "sender": r.sender, "accepted_at_ms": r.accepted_at_ms, "expires_at_ms": r.expires_at_ms,
         "updated_at_ms": r.updated_at_ms, "biz_opaque_callback_data": r.biz_opaque_callback_data,
         "history": history,
+        "error": r.error.map(|e| serde_json::json!({"code": e.code, "title": e.title, "details": e.details})),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

@@ -1,0 +1,85 @@
+//! Knobs of the delivery loops (config keys under `[delivery]`).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Messages of one shard held in memory at once (waiting, in flight, backing off). Bounds
+    /// memory whatever the backlog on disk, and is the shard's window of envelopes in flight.
+    pub window: usize,
+    /// Envelopes in flight to one recipient at a time. 1 (the default) delivers the messages of a
+    /// recipient in send order; more trades order for throughput to a single recipient.
+    pub max_in_flight_per_recipient: usize,
+    /// An envelope with no answer after this long is sent again (ms).
+    pub ack_timeout_ms: u64,
+    /// First retry delay after a temporary failure (ms); doubles per attempt, with jitter.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay (ms). Retries go on forever (until the message's TTL).
+    pub retry_max_ms: u64,
+    /// Encryption sessions cached in memory per shard; an evicted one is reloaded from the shard's
+    /// `sessions` column family.
+    pub session_cache_capacity: usize,
+    /// Message counters reserved (and persisted) per session write: a session is written once
+    /// per this many messages to its recipient.
+    pub session_reservation: u64,
+    /// Session setups (bundle fetch + key agreement) running at once per shard.
+    pub max_concurrent_session_setups: usize,
+    /// Delay before reconnecting to the chat server after the stream ended (ms; doubles up to
+    /// 5 s).
+    pub reconnect_initial_ms: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            window: 4096,
+            max_in_flight_per_recipient: 1,
+            ack_timeout_ms: 30_000,
+            retry_initial_ms: 200,
+            retry_max_ms: 60_000,
+            session_cache_capacity: 65_536,
+            session_reservation: 1024,
+            max_concurrent_session_setups: 256,
+            reconnect_initial_ms: 100,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// Short timeouts and small windows for tests.
+    pub fn for_test() -> Self {
+        DeliveryConfig { ack_timeout_ms: 5_000, retry_initial_ms: 20, retry_max_ms: 500, ..DeliveryConfig::default() }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("delivery.window", self.window as u64),
+            ("delivery.max_in_flight_per_recipient", self.max_in_flight_per_recipient as u64),
+            ("delivery.ack_timeout_ms", self.ack_timeout_ms),
+            ("delivery.retry_initial_ms", self.retry_initial_ms),
+            ("delivery.session_cache_capacity", self.session_cache_capacity as u64),
+            ("delivery.session_reservation", self.session_reservation),
+            ("delivery.max_concurrent_session_setups", self.max_concurrent_session_setups as u64),
+            ("delivery.reconnect_initial_ms", self.reconnect_initial_ms),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("{name} is 0: expected at least 1"));
+            }
+        }
+        if self.retry_max_ms < self.retry_initial_ms {
+            return Err(format!(
+                "delivery.retry_max_ms is {}: expected at least delivery.retry_initial_ms ({})",
+                self.retry_max_ms, self.retry_initial_ms
+            ));
+        }
+        if self.session_reservation > 2048 {
+            return Err(format!(
+                "delivery.session_reservation is {}: expected at most 2048 (the chat server skips at most 8192 keys)",
+                self.session_reservation
+            ));
+        }
+        Ok(())
+    }
+}

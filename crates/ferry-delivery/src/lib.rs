@@ -1,0 +1,132 @@
+//! ferry's delivery: stage "deliver until the server acks" of the pipeline.
+//!
+//! `ferry-ingest` → `ferry-coordinator` → `ferry-shard` (durable queue) → **`ferry-delivery`** →
+//! the chat server (`proto/ferry/chat/v1`, or `ferry chatsim`).
+//!
+//! [`DeliveryEngine::start`] runs, for every shard of the node, one delivery loop
+//! ([`shard_loop`]) and one link to the chat server ([`link`]). Encryption sessions come from
+//! `ferry-session` (Signal-style X3DH + symmetric ratchet; not wire-compatible with WhatsApp),
+//! cached per shard and persisted in the shard's `sessions` column family.
+//!
+//! Invariants (written as absences):
+//! - No message leaves a shard's queue before the server acked it, or it failed for good (TTL
+//!   expired: 410; recipient invalid: 1013); the removal and the status are one synced write.
+//! - No retry limit short of the TTL: temporary failures back off (exponential, jitter) forever.
+//! - No more than `window` messages of a shard in memory, whatever the backlog on disk.
+//! - No encryption with a message counter that was not first reserved durably, so a crash never
+//!   makes a session reuse a key.
+//! - No receipt is acknowledged to the server before the status change it caused is durable.
+
+pub mod config;
+pub mod link;
+pub mod shard_loop;
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_model::clock::SharedClock;
+use ferry_proto::chat::v1::Hello;
+use ferry_proto::chat::v1::chat_client::ChatClient;
+use ferry_shard::Shard;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use config::DeliveryConfig;
+pub use link::LinkState;
+pub use stats::{DeliverySnapshot, ShardDeliveryStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("invalid upstream address `{address}`: {reason}")]
+    BadUpstream { address: String, reason: String },
+    #[error("invalid delivery config: {0}")]
+    Config(String),
+}
+
+/// The delivery loops of a node.
+pub struct DeliveryEngine {
+    stats: Vec<Arc<ShardDeliveryStats>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl DeliveryEngine {
+    /// Starts a delivery loop and a link for every shard. `upstream` is the chat server's address
+    /// (`host:port` or `http://host:port`). Connection failures are not errors: the links retry.
+    pub fn start(
+        shards: &[Arc<Shard>],
+        upstream: &str,
+        config: DeliveryConfig,
+        clock: SharedClock,
+    ) -> Result<DeliveryEngine, DeliveryError> {
+        config.validate().map_err(DeliveryError::Config)?;
+        let uri = if upstream.contains("://") { upstream.to_owned() } else { format!("http://{upstream}") };
+        let bad = |reason: String| DeliveryError::BadUpstream { address: upstream.to_owned(), reason };
+        let endpoint = tonic::transport::Endpoint::from_shared(uri)
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut stats = Vec::with_capacity(shards.len());
+        let mut tasks = Vec::with_capacity(shards.len() * 2);
+        for shard in shards {
+            // One HTTP/2 connection per shard, like the reference's one gateway link per shard.
+            let client = ChatClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(16 * 1024 * 1024)
+                .max_encoding_message_size(16 * 1024 * 1024);
+            let shard_stats = Arc::new(ShardDeliveryStats::default());
+            let (events_tx, events_rx) = mpsc::channel(4096);
+            let hello = Hello { client_id: format!("{:016x}", shard.node_id()), channel: u32::from(shard.id().0) };
+            let link = link::run_link(
+                client.clone(),
+                hello,
+                events_tx,
+                shard_stats.clone(),
+                Duration::from_millis(config.reconnect_initial_ms),
+                shutdown_rx.clone(),
+            );
+            tasks.push(tokio::spawn(link));
+            let shard_loop = shard_loop::ShardLoop::new(
+                shard.clone(),
+                config.clone(),
+                clock.clone(),
+                client,
+                shard_stats.clone(),
+                events_rx,
+                shutdown_rx.clone(),
+            );
+            tasks.push(tokio::spawn(shard_loop.run()));
+            stats.push(shard_stats);
+        }
+        Ok(DeliveryEngine { stats, shutdown, tasks })
+    }
+
+    /// Per-shard counters, in shard order.
+    pub fn shard_stats(&self) -> &[Arc<ShardDeliveryStats>] {
+        &self.stats
+    }
+
+    /// The sum of every shard's counters.
+    pub fn totals(&self) -> DeliverySnapshot {
+        self.stats.iter().map(|s| s.snapshot()).fold(DeliverySnapshot::default(), |a, b| a + b)
+    }
+
+    /// Stops the loops: they stop sending, write what they settled, and return. Messages still in
+    /// flight stay queued and are delivered after the next start. Returns after `grace` at most.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        let all = futures_join_all(self.tasks);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("delivery loops did not stop within the grace period");
+        }
+    }
+}
+
+async fn futures_join_all(tasks: Vec<JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}

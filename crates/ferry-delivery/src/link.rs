@@ -1,0 +1,117 @@
+//! The link of one shard to the chat server: stage "talk to the server" of delivery.
+//!
+//! A task per shard keeps one `ferry.chat.v1.Chat/Deliver` stream open: it sends the `Hello`
+//! (node id and shard, so receipts come back to this shard also after a reconnect), hands the
+//! shard's loop a sender for outgoing frames ([`LinkEvent::Up`]), forwards every server frame
+//! ([`LinkEvent::Frame`]), and reports the end of the stream ([`LinkEvent::Down`]); then it
+//! reconnects with backoff, forever, until shutdown. The tonic channel is lazy and reconnects by
+//! itself; this task only re-opens the stream.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::stats::ShardDeliveryStats;
+use std::time::Duration;
+
+use ferry_proto::chat::v1::chat_client::ChatClient;
+use ferry_proto::chat::v1::{ClientFrame, Hello, ServerFrame, client_frame};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::transport::Channel;
+
+/// What the link tells the shard's loop.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A stream is open; frames sent on this sender go to the server.
+    Up(mpsc::UnboundedSender<ClientFrame>),
+    Frame(ServerFrame),
+    /// The stream ended; nothing sent on the last `Up` sender is known to have arrived unless
+    /// it was answered.
+    Down(String),
+}
+
+/// Connection state of a shard's link, as health reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Connecting = 0,
+    Connected = 1,
+    Disconnected = 2,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Disconnected => "disconnected",
+        }
+    }
+
+    pub(crate) fn load(cell: &AtomicU8) -> LinkState {
+        match cell.load(Ordering::Relaxed) {
+            1 => LinkState::Connected,
+            2 => LinkState::Disconnected,
+            _ => LinkState::Connecting,
+        }
+    }
+}
+
+/// Runs the link until `shutdown` turns true. Events go to `events`; `state` mirrors the link.
+pub(crate) async fn run_link(
+    client: ChatClient<Channel>,
+    hello: Hello,
+    events: mpsc::Sender<LinkEvent>,
+    stats: Arc<ShardDeliveryStats>,
+    reconnect_initial: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = reconnect_initial;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        stats.link_state.store(LinkState::Connecting as u8, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel::<ClientFrame>();
+        let _ = tx.send(ClientFrame { frame: Some(client_frame::Frame::Hello(hello.clone())) });
+        let mut client = client.clone();
+        let opened = tokio::select! {
+            r = client.deliver(UnboundedReceiverStream::new(rx)) => r,
+            _ = shutdown.changed() => return,
+        };
+        let reason = match opened {
+            Err(status) => format!("cannot open the delivery stream: {status}"),
+            Ok(response) => {
+                stats.link_state.store(LinkState::Connected as u8, Ordering::Relaxed);
+                backoff = reconnect_initial;
+                if events.send(LinkEvent::Up(tx)).await.is_err() {
+                    return;
+                }
+                let mut inbound = response.into_inner();
+                loop {
+                    tokio::select! {
+                        frame = inbound.next() => match frame {
+                            Some(Ok(frame)) => {
+                                if events.send(LinkEvent::Frame(frame)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Some(Err(status)) => break format!("delivery stream failed: {status}"),
+                            None => break "delivery stream closed by the server".to_owned(),
+                        },
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        };
+        stats.link_state.store(LinkState::Disconnected as u8, Ordering::Relaxed);
+        if events.send(LinkEvent::Down(reason)).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

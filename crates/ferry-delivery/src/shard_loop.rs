@@ -1,0 +1,820 @@
+//! The delivery loop of one shard: stage "deliver until acked".
+//!
+//! One tokio task per shard owns everything below; nothing else touches it, so it needs no locks.
+//!
+//! ```text
+//!   queue (RocksDB) ──scan [cursor, committed)──► in memory (≤ window messages)
+//!        ▲                                              │ per recipient: FIFO, ≤ N in flight
+//!        │ settle (ack → sent / failed,                 ▼
+//!        │  queue delete + status, one synced batch)  encrypt (session cache) ──► link ──► server
+//!        └───────────────────────── EnvelopeResult / Receipt ◄──────────────────────────┘
+//! ```
+//!
+//! - **Reading.** A cursor walks the queue forward from the shard's low watermark; each scan is
+//!   bounded by the room left in the window and by the committed `next_seq`, so the loop never
+//!   rescans and never holds more than `window` messages, whatever the backlog on disk.
+//! - **Order.** Each recipient has a FIFO of waiting messages and at most
+//!   `max_in_flight_per_recipient` envelopes in flight (1 by default: send order is delivery order).
+//!   A message that must be retried goes back to the *front* of its recipient's FIFO.
+//! - **Retries.** Forever, with exponential backoff and jitter, until the server acks; except
+//!   TTL expired (failed, 410), recipient invalid (failed, 1013), rate limited (that recipient
+//!   waits `retry_after`, others proceed), session unknown (re-key, then resend). An envelope
+//!   unanswered after `ack_timeout_ms`, or in flight when the link drops, is sent again (the server
+//!   dedups by message id).
+//! - **Settling.** Acks and failures collected during one turn of the loop are written as one
+//!   `Settle` (queue delete + status record in one synced batch, with the new low watermark). A
+//!   message stays in memory until that write is durable; if it fails, the message is retried.
+//! - **Receipts** become status changes in the same kind of batch; the receipt is acknowledged to
+//!   the server only after the change is durable, so a crash makes the server push it again.
+//! - **Sessions.** A cache hit encrypts at once. A miss starts a background setup (load the
+//!   session from the shard, else fetch a pre-key bundle and agree on keys), while other
+//!   recipients proceed. Before a session uses counters beyond its persisted reservation, a new
+//!   reservation is written durably (see `ferry-session`): a crash never reuses a counter.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_model::clock::SharedClock;
+use ferry_model::{ErrorCode, MessageId, MessageKey, MessageStatus};
+use ferry_proto::chat::v1::chat_client::ChatClient;
+use ferry_proto::chat::v1::{
+    ClientFrame, Envelope, EnvelopeResult, FetchPreKeyBundleRequest, ReceiptAck, ServerFrame, client_frame,
+    delivery_error, envelope_result, receipt, server_frame,
+};
+use ferry_session::{IdentityKeyPair, PreKeyBundle, SendingSession};
+use ferry_shard::settle::status_base;
+use ferry_shard::{FailureReason, QueueRecord, Settlement, Shard, ShardError};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::DeliveryConfig;
+use crate::link::LinkEvent;
+use crate::stats::ShardDeliveryStats;
+
+/// Most messages read from the queue in one scan.
+const SCAN_CHUNK: usize = 1024;
+
+/// `sender ++ 0 ++ recipient`: a recipient of one business number (the unit of ordering and of
+/// encryption sessions).
+type RecipientKey = String;
+
+fn recipient_key(sender: &str, recipient: &str) -> RecipientKey {
+    let mut k = String::with_capacity(sender.len() + 1 + recipient.len());
+    k.push_str(sender);
+    k.push('\0');
+    k.push_str(recipient);
+    k
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// In its recipient's FIFO.
+    Waiting,
+    /// Sent on the link; `attempt` tells a current timeout from a stale one.
+    InFlight { attempt: u32 },
+    /// Its outcome is being written.
+    Settling,
+}
+
+struct Loaded {
+    record: QueueRecord,
+    message_id: MessageId,
+    key: RecipientKey,
+    phase: Phase,
+    /// Send attempts so far.
+    attempts: u32,
+    /// Temporary failures in a row (drives the backoff).
+    failures: u32,
+}
+
+#[derive(Default)]
+struct Recipient {
+    waiting: VecDeque<u64>,
+    in_flight: usize,
+    /// No dispatch before this instant (backoff, rate limit).
+    blocked_until: Option<Instant>,
+    /// A session setup or reservation is running for this recipient.
+    session_busy: bool,
+    /// The next setup must fetch a new bundle (the server did not know the session).
+    rekey: bool,
+}
+
+enum Timer {
+    Unblock(RecipientKey),
+    AckTimeout { seq: u64, attempt: u32 },
+}
+
+/// The result of a background session task.
+struct SessionDone {
+    key: RecipientKey,
+    outcome: Result<(SendingSession, SessionSource), SessionFailure>,
+}
+
+enum SessionSource {
+    Loaded,
+    Setup,
+    Reserved,
+}
+
+enum SessionFailure {
+    /// The server says the recipient does not exist: its messages fail (1013).
+    RecipientInvalid(String),
+    /// Anything else: retry later.
+    Temporary(String),
+}
+
+struct SettleDone {
+    seqs: Vec<u64>,
+    receipt_ids: Vec<u64>,
+    result: Result<(), ShardError>,
+}
+
+pub(crate) struct ShardLoop {
+    shard: Arc<Shard>,
+    config: DeliveryConfig,
+    clock: SharedClock,
+    client: ChatClient<Channel>,
+    identity: Arc<IdentityKeyPair>,
+    stats: Arc<ShardDeliveryStats>,
+    events: mpsc::Receiver<LinkEvent>,
+    shutdown: watch::Receiver<bool>,
+
+    /// Next queue sequence number to read.
+    cursor: u64,
+    messages: HashMap<u64, Loaded>,
+    recipients: HashMap<RecipientKey, Recipient>,
+    /// Recipients that may be able to dispatch now.
+    ready: VecDeque<RecipientKey>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    timer_payloads: HashMap<u64, Timer>,
+    next_timer_id: u64,
+    sessions: quick_cache::unsync::Cache<RecipientKey, SendingSession>,
+    session_tasks: JoinSet<SessionDone>,
+    setup_permits: Arc<Semaphore>,
+    link: Option<mpsc::UnboundedSender<ClientFrame>>,
+    to_settle: Vec<Settlement>,
+    receipts_to_ack: Vec<u64>,
+    settle_tasks: JoinSet<SettleDone>,
+}
+
+impl ShardLoop {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        shard: Arc<Shard>,
+        config: DeliveryConfig,
+        clock: SharedClock,
+        client: ChatClient<Channel>,
+        stats: Arc<ShardDeliveryStats>,
+        events: mpsc::Receiver<LinkEvent>,
+        shutdown: watch::Receiver<bool>,
+    ) -> ShardLoop {
+        let identity = Arc::new(IdentityKeyPair::from_bytes(shard.identity_key()));
+        let cursor = shard.queue_low_watermark().max(1);
+        ShardLoop {
+            sessions: quick_cache::unsync::Cache::new(config.session_cache_capacity),
+            setup_permits: Arc::new(Semaphore::new(config.max_concurrent_session_setups)),
+            shard,
+            config,
+            clock,
+            client,
+            identity,
+            stats,
+            events,
+            shutdown,
+            cursor,
+            messages: HashMap::new(),
+            recipients: HashMap::new(),
+            ready: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            timer_payloads: HashMap::new(),
+            next_timer_id: 0,
+            session_tasks: JoinSet::new(),
+            link: None,
+            to_settle: Vec::new(),
+            receipts_to_ack: Vec::new(),
+            settle_tasks: JoinSet::new(),
+        }
+    }
+
+    /// Runs until shutdown; then writes what it has settled and returns. Messages still in flight
+    /// stay in the queue and are delivered again after the next start (the server dedups).
+    pub(crate) async fn run(mut self) {
+        let shard = self.shard.clone();
+        let mut events = Vec::with_capacity(256);
+        loop {
+            if *self.shutdown.borrow() {
+                break;
+            }
+            self.load_from_queue();
+            self.dispatch_ready();
+            self.flush_settlements();
+            self.stats.loaded.store(self.messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
+
+            let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
+            let has_room = self.messages.len() < self.config.window;
+            tokio::select! {
+                n = self.events.recv_many(&mut events, 256) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for event in events.drain(..) {
+                        self.on_link_event(event);
+                    }
+                }
+                Some(done) = self.session_tasks.join_next(), if !self.session_tasks.is_empty() => {
+                    if let Ok(done) = done {
+                        self.on_session_done(done);
+                    }
+                }
+                Some(done) = self.settle_tasks.join_next(), if !self.settle_tasks.is_empty() => {
+                    if let Ok(done) = done {
+                        self.on_settled(done);
+                    }
+                }
+                _ = shard.appended(), if has_room => {}
+                _ = sleep_until_opt(next_timer) => self.fire_timers(),
+                _ = self.shutdown.changed() => {}
+            }
+        }
+        // Drain: write what was settled, wait for pending writes, then stop.
+        self.flush_settlements();
+        while let Some(done) = self.settle_tasks.join_next().await {
+            if let Ok(done) = done {
+                self.on_settled(done);
+            }
+        }
+        self.session_tasks.abort_all();
+        tracing::debug!(shard = %self.shard.id(), in_memory = self.messages.len(), "delivery loop stopped");
+    }
+
+    // ---- reading the queue -------------------------------------------------------------------
+
+    /// Reads the next messages of the queue into memory while the window has room.
+    fn load_from_queue(&mut self) {
+        loop {
+            let room = self.config.window.saturating_sub(self.messages.len());
+            let until = self.shard.committed_next_seq();
+            if room == 0 || self.cursor >= until {
+                return;
+            }
+            let chunk = match self.shard.scan_queue_range(self.cursor, until, room.min(SCAN_CHUNK)) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    tracing::error!(shard = %self.shard.id(), error = %e, "cannot read the queue; retrying");
+                    return;
+                }
+            };
+            let full = chunk.len() == room.min(SCAN_CHUNK);
+            let last = chunk.last().map(|(seq, _)| *seq);
+            for (seq, record) in chunk {
+                self.admit(seq, record);
+            }
+            // Everything in [cursor, until) that was not returned is deleted (or returned):
+            // continue after the last read one, or at `until` when the range is exhausted.
+            if let (true, Some(last)) = (full, last) {
+                self.cursor = self.cursor.max(last + 1);
+            } else {
+                self.cursor = until;
+                return;
+            }
+        }
+    }
+
+    fn admit(&mut self, seq: u64, record: QueueRecord) {
+        let message_id =
+            MessageId::encode(MessageKey { shard: self.shard.id(), node_id: self.shard.node_id(), seq });
+        let key = recipient_key(&record.sender, &record.wa_id);
+        let recipient = self.recipients.entry(key.clone()).or_default();
+        recipient.waiting.push_back(seq);
+        if recipient.waiting.len() == 1 {
+            self.ready.push_back(key.clone());
+        }
+        self.messages.insert(seq, Loaded { record, message_id, key, phase: Phase::Waiting, attempts: 0, failures: 0 });
+    }
+
+    // ---- dispatching -------------------------------------------------------------------------
+
+    fn dispatch_ready(&mut self) {
+        if self.link.is_none() {
+            return;
+        }
+        let mut rounds = self.ready.len();
+        while rounds > 0 {
+            rounds -= 1;
+            let Some(key) = self.ready.pop_front() else { break };
+            self.dispatch_recipient(&key);
+        }
+    }
+
+    /// Sends as many waiting messages of one recipient as its limits allow.
+    fn dispatch_recipient(&mut self, key: &RecipientKey) {
+        let now = Instant::now();
+        loop {
+            let Some(r) = self.recipients.get_mut(key) else { return };
+            if r.session_busy || r.in_flight >= self.config.max_in_flight_per_recipient {
+                return;
+            }
+            if r.blocked_until.is_some_and(|t| t > now) {
+                return;
+            }
+            r.blocked_until = None;
+            let Some(&seq) = r.waiting.front() else {
+                self.forget_recipient_if_idle(key);
+                return;
+            };
+            let Some(link) = self.link.clone() else {
+                self.ready.push_back(key.clone());
+                return;
+            };
+            // TTL: an expired message fails instead of being sent.
+            let expired = self.messages.get(&seq).is_some_and(|m| self.clock.now_ms() >= m.record.expires_at_ms);
+            if expired {
+                self.recipients.get_mut(key).expect("present").waiting.pop_front();
+                self.fail(seq, ErrorCode::Expired, "Message expired", "the message's TTL passed before the server acknowledged it");
+                continue;
+            }
+            // Session: a hit encrypts now; a miss or an exhausted reservation runs in the background.
+            let needs_background = match self.sessions.get(key) {
+                None => true,
+                Some(s) => s.needs_reservation(),
+            };
+            if needs_background {
+                self.start_session_task(key);
+                return;
+            }
+            let m = self.messages.get_mut(&seq).expect("waiting message is loaded");
+            let mut session = self.sessions.get_mut(key).expect("checked above");
+            let encrypted = session.encrypt(m.message_id.as_str(), &m.record.sender, &m.record.wa_id, &m.record.payload);
+            drop(session);
+            let (header, ciphertext) = match encrypted {
+                Ok(v) => {
+                    self.stats.add(&self.stats.session_hits, 1);
+                    v
+                }
+                Err(e) => {
+                    tracing::warn!(shard = %self.shard.id(), error = %e, "encryption failed; setting up a new session");
+                    self.sessions.remove(key);
+                    self.start_session_task(key);
+                    return;
+                }
+            };
+            m.attempts += 1;
+            m.phase = Phase::InFlight { attempt: m.attempts };
+            let attempt = m.attempts;
+            let envelope = Envelope {
+                message_id: m.message_id.as_str().to_owned(),
+                sender: m.record.sender.clone(),
+                recipient: m.record.wa_id.clone(),
+                header: Some(header.into()),
+                ciphertext,
+            };
+            if attempt > 1 {
+                self.stats.add(&self.stats.retries, 1);
+            }
+            let r = self.recipients.get_mut(key).expect("present");
+            r.waiting.pop_front();
+            r.in_flight += 1;
+            self.stats.add(&self.stats.envelopes_sent, 1);
+            if link.send(ClientFrame { frame: Some(client_frame::Frame::Envelope(envelope)) }).is_err() {
+                // The link dropped under us: the Down event requeues in-flight messages.
+                return;
+            }
+            let deadline = now + Duration::from_millis(self.config.ack_timeout_ms);
+            self.add_timer(deadline, Timer::AckTimeout { seq, attempt });
+        }
+    }
+
+    fn forget_recipient_if_idle(&mut self, key: &RecipientKey) {
+        if let Entry::Occupied(e) = self.recipients.entry(key.clone()) {
+            let r = e.get();
+            if r.waiting.is_empty() && r.in_flight == 0 && !r.session_busy && r.blocked_until.is_none() {
+                e.remove();
+            }
+        }
+    }
+
+    /// Puts an unanswered message back at the front of its recipient's FIFO.
+    fn requeue_front(&mut self, seq: u64) {
+        let Some(m) = self.messages.get_mut(&seq) else { return };
+        if !matches!(m.phase, Phase::InFlight { .. }) {
+            return;
+        }
+        m.phase = Phase::Waiting;
+        let key = m.key.clone();
+        let r = self.recipients.entry(key.clone()).or_default();
+        r.in_flight = r.in_flight.saturating_sub(1);
+        r.waiting.push_front(seq);
+        self.ready.push_back(key);
+    }
+
+    /// Blocks a recipient until `until` and schedules its wake-up.
+    fn block_recipient(&mut self, key: &RecipientKey, until: Instant) {
+        let r = self.recipients.entry(key.clone()).or_default();
+        r.blocked_until = Some(r.blocked_until.map_or(until, |t| t.max(until)));
+        self.add_timer(until, Timer::Unblock(key.clone()));
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let exp = self.config.retry_initial_ms.saturating_mul(1u64 << failures.min(20).saturating_sub(1));
+        let capped = exp.min(self.config.retry_max_ms);
+        // Jitter: a uniform delay in [capped/2, capped].
+        let jittered = capped / 2 + rand::random_range(0..=capped / 2);
+        Duration::from_millis(jittered.max(1))
+    }
+
+    // ---- sessions ----------------------------------------------------------------------------
+
+    fn start_session_task(&mut self, key: &RecipientKey) {
+        let Some(r) = self.recipients.get_mut(key) else { return };
+        if r.session_busy {
+            return;
+        }
+        r.session_busy = true;
+        let rekey = std::mem::take(&mut r.rekey);
+        let Some(&seq) = r.waiting.front() else {
+            r.session_busy = false;
+            return;
+        };
+        let m = &self.messages[&seq];
+        let (sender, recipient) = (m.record.sender.clone(), m.record.wa_id.clone());
+        let cached = self.sessions.remove(key).map(|(_, s)| s);
+        let shard = self.shard.clone();
+        let client = self.client.clone();
+        let identity = self.identity.clone();
+        let permits = self.setup_permits.clone();
+        let reservation = self.config.session_reservation;
+        let stats = self.stats.clone();
+        let key = key.clone();
+        self.session_tasks.spawn(async move {
+            let outcome = prepare_session(
+                &shard, client, &identity, &permits, &stats, &sender, &recipient, cached, rekey, reservation,
+            )
+            .await;
+            SessionDone { key, outcome }
+        });
+    }
+
+    fn on_session_done(&mut self, done: SessionDone) {
+        let key = done.key;
+        let Some(r) = self.recipients.get_mut(&key) else { return };
+        r.session_busy = false;
+        match done.outcome {
+            Ok((session, source)) => {
+                match source {
+                    SessionSource::Loaded => self.stats.add(&self.stats.session_loads, 1),
+                    SessionSource::Setup => self.stats.add(&self.stats.session_setups, 1),
+                    SessionSource::Reserved => {}
+                }
+                self.sessions.insert(key.clone(), session);
+                self.ready.push_back(key);
+            }
+            Err(SessionFailure::RecipientInvalid(detail)) => {
+                // Every waiting message of this recipient fails: the server says it does not exist.
+                let waiting: Vec<u64> = r.waiting.drain(..).collect();
+                for seq in waiting {
+                    self.fail(seq, ErrorCode::UserNotValid, "Recipient is not a valid WhatsApp user", &detail);
+                }
+                self.forget_recipient_if_idle(&key);
+            }
+            Err(SessionFailure::Temporary(detail)) => {
+                tracing::debug!(shard = %self.shard.id(), detail, "session setup failed; retrying");
+                let failures = r.waiting.front().and_then(|s| self.messages.get_mut(s)).map(|m| {
+                    m.failures += 1;
+                    m.failures
+                });
+                let delay = self.backoff(failures.unwrap_or(1));
+                self.block_recipient(&key, Instant::now() + delay);
+            }
+        }
+    }
+
+    // ---- link events -------------------------------------------------------------------------
+
+    fn on_link_event(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Up(sender) => {
+                tracing::info!(shard = %self.shard.id(), "connected to the chat server");
+                self.link = Some(sender);
+                let keys: Vec<RecipientKey> = self.recipients.keys().cloned().collect();
+                self.ready.extend(keys);
+            }
+            LinkEvent::Down(reason) => {
+                if self.link.take().is_some() {
+                    tracing::warn!(shard = %self.shard.id(), reason, "lost the chat server; in-flight messages will be resent");
+                }
+                // Whatever was in flight may or may not have arrived: send it again (the server
+                // dedups by message id). Highest sequence first so each FIFO keeps its order.
+                let mut in_flight: Vec<u64> = self
+                    .messages
+                    .iter()
+                    .filter(|(_, m)| matches!(m.phase, Phase::InFlight { .. }))
+                    .map(|(&seq, _)| seq)
+                    .collect();
+                in_flight.sort_unstable_by(|a, b| b.cmp(a));
+                for seq in in_flight {
+                    self.requeue_front(seq);
+                }
+            }
+            LinkEvent::Frame(frame) => match frame.frame {
+                Some(server_frame::Frame::Result(result)) => self.on_result(result),
+                Some(server_frame::Frame::Receipt(receipt)) => self.on_receipt(receipt),
+                Some(server_frame::Frame::Inbound(inbound)) => {
+                    tracing::debug!(shard = %self.shard.id(), from = inbound.from, "inbound message (not handled yet)");
+                }
+                None => {}
+            },
+        }
+    }
+
+    fn seq_of(&self, message_id: &str) -> Option<u64> {
+        let key = MessageId::decode(message_id)?;
+        (key.shard == self.shard.id() && key.node_id == self.shard.node_id()).then_some(key.seq)
+    }
+
+    fn on_result(&mut self, result: EnvelopeResult) {
+        let Some(seq) = self.seq_of(&result.message_id) else {
+            tracing::warn!(shard = %self.shard.id(), id = result.message_id, "result for a message of another shard");
+            return;
+        };
+        let Some(m) = self.messages.get_mut(&seq) else { return };
+        if !matches!(m.phase, Phase::InFlight { .. }) {
+            return; // a late answer to an attempt we already gave up on
+        }
+        let key = m.key.clone();
+        match result.outcome {
+            Some(envelope_result::Outcome::Ack(ack)) => {
+                m.phase = Phase::Settling;
+                let at_ms = if ack.timestamp_ms > 0 { ack.timestamp_ms } else { self.clock.now_ms() };
+                let message = status_base(&m.record);
+                self.to_settle.push(Settlement::Sent { seq, message, at_ms });
+                if ack.duplicate {
+                    self.stats.add(&self.stats.acked_as_duplicate, 1);
+                }
+                let r = self.recipients.get_mut(&key).expect("in-flight message has a recipient");
+                r.in_flight -= 1;
+                self.ready.push_back(key);
+            }
+            Some(envelope_result::Outcome::Error(error)) => {
+                let kind = delivery_error::Kind::try_from(error.kind).unwrap_or(delivery_error::Kind::TemporarilyUnavailable);
+                match kind {
+                    delivery_error::Kind::RecipientInvalid => {
+                        m.phase = Phase::Waiting;
+                        let r = self.recipients.get_mut(&key).expect("present");
+                        r.in_flight -= 1;
+                        self.fail(seq, ErrorCode::UserNotValid, "Recipient is not a valid WhatsApp user", &error.detail);
+                        self.ready.push_back(key);
+                    }
+                    delivery_error::Kind::RateLimited => {
+                        self.stats.add(&self.stats.rate_limited, 1);
+                        self.requeue_front(seq);
+                        let wait = Duration::from_millis(error.retry_after_ms.max(1));
+                        self.block_recipient(&key, Instant::now() + wait);
+                    }
+                    delivery_error::Kind::SessionUnknown => {
+                        self.stats.add(&self.stats.rekeys, 1);
+                        self.sessions.remove(&key);
+                        if let Some(r) = self.recipients.get_mut(&key) {
+                            r.rekey = true;
+                        }
+                        self.requeue_front(seq);
+                    }
+                    delivery_error::Kind::TemporarilyUnavailable | delivery_error::Kind::Unspecified => {
+                        self.stats.add(&self.stats.temporary_failures, 1);
+                        m.failures += 1;
+                        let delay = self.backoff(m.failures);
+                        self.requeue_front(seq);
+                        self.block_recipient(&key, Instant::now() + delay);
+                    }
+                }
+            }
+            None => self.requeue_front(seq),
+        }
+    }
+
+    fn on_receipt(&mut self, receipt: ferry_proto::chat::v1::Receipt) {
+        let status = match receipt::Status::try_from(receipt.status) {
+            Ok(receipt::Status::Delivered) => MessageStatus::Delivered,
+            Ok(receipt::Status::Read) => MessageStatus::Read,
+            _ => {
+                self.receipts_to_ack.push(receipt.receipt_id);
+                return;
+            }
+        };
+        let Some(key) = MessageId::decode(&receipt.message_id).filter(|k| k.node_id == self.shard.node_id()) else {
+            // Not ours (another node's id): acknowledge so the server stops pushing it.
+            self.receipts_to_ack.push(receipt.receipt_id);
+            return;
+        };
+        let at_ms = if receipt.timestamp_ms > 0 { receipt.timestamp_ms } else { self.clock.now_ms() };
+        if key.shard != self.shard.id() {
+            // Receipts come back on the stream the envelope left on, so this is rare; the status
+            // is recorded on this shard's stream only for its own messages.
+            self.receipts_to_ack.push(receipt.receipt_id);
+            tracing::warn!(shard = %self.shard.id(), id = receipt.message_id, "receipt for another shard ignored");
+            return;
+        }
+        self.to_settle.push(Settlement::Receipt { seq: key.seq, status, at_ms });
+        self.receipts_to_ack.push(receipt.receipt_id);
+    }
+
+    // ---- settling ----------------------------------------------------------------------------
+
+    fn fail(&mut self, seq: u64, code: ErrorCode, title: &str, details: &str) {
+        let Some(m) = self.messages.get_mut(&seq) else { return };
+        m.phase = Phase::Settling;
+        let reason = FailureReason { code: code.code(), title: title.to_owned(), details: details.to_owned() };
+        self.stats.add(&self.stats.failed, 1);
+        self.to_settle.push(Settlement::Failed {
+            seq,
+            message: status_base(&m.record),
+            at_ms: self.clock.now_ms(),
+            reason,
+        });
+    }
+
+    /// Writes everything settled this turn as one batch, with the new low watermark.
+    fn flush_settlements(&mut self) {
+        if self.to_settle.is_empty() && self.receipts_to_ack.is_empty() {
+            return;
+        }
+        let entries = std::mem::take(&mut self.to_settle);
+        let receipt_ids = std::mem::take(&mut self.receipts_to_ack);
+        let seqs: Vec<u64> = entries.iter().filter(|s| s.leaves_queue()).map(Settlement::seq).collect();
+        // Every queue key below the lowest message still held (other than those settled now) is
+        // gone once this batch is durable; writes are applied in order, so earlier settle
+        // batches are durable before this one.
+        let leaving: HashSet<u64> = seqs.iter().copied().collect();
+        let low_watermark = self
+            .messages
+            .keys()
+            .copied()
+            .filter(|s| !leaving.contains(s))
+            .min()
+            .unwrap_or(self.cursor)
+            .min(self.cursor);
+        if entries.is_empty() {
+            self.ack_receipts(receipt_ids);
+            return;
+        }
+        let watermark = (low_watermark > self.shard.queue_low_watermark()).then_some(low_watermark);
+        match self.shard.settle_durably(entries, watermark) {
+            Ok(wait) => {
+                self.settle_tasks.spawn(async move { SettleDone { seqs, receipt_ids, result: wait.await } });
+            }
+            Err(e) => {
+                tracing::error!(shard = %self.shard.id(), error = %e, "cannot record outcomes; will retry the messages");
+                self.settle_tasks.spawn(async move { SettleDone { seqs, receipt_ids: Vec::new(), result: Err(e) } });
+            }
+        }
+    }
+
+    fn on_settled(&mut self, done: SettleDone) {
+        match done.result {
+            Ok(()) => {
+                let mut sent = 0;
+                for seq in &done.seqs {
+                    if let Some(m) = self.messages.remove(seq) {
+                        sent += 1;
+                        let key = m.key;
+                        self.forget_recipient_if_idle(&key);
+                    }
+                }
+                self.stats.add(&self.stats.settled, sent);
+                self.ack_receipts(done.receipt_ids);
+            }
+            Err(e) => {
+                tracing::error!(shard = %self.shard.id(), error = %e, "recording outcomes failed; the messages will be sent again");
+                for seq in done.seqs {
+                    if let Some(m) = self.messages.get_mut(&seq) {
+                        m.phase = Phase::InFlight { attempt: m.attempts };
+                        let key = m.key.clone();
+                        if let Some(r) = self.recipients.get_mut(&key) {
+                            r.in_flight += 1;
+                        }
+                        self.requeue_front(seq);
+                    }
+                }
+            }
+        }
+    }
+
+    fn ack_receipts(&mut self, receipt_ids: Vec<u64>) {
+        if receipt_ids.is_empty() {
+            return;
+        }
+        if let Some(link) = &self.link {
+            let _ = link.send(ClientFrame { frame: Some(client_frame::Frame::ReceiptAck(ReceiptAck { receipt_ids })) });
+        }
+    }
+
+    // ---- timers ------------------------------------------------------------------------------
+
+    fn add_timer(&mut self, at: Instant, timer: Timer) {
+        let id = self.next_timer_id;
+        self.next_timer_id += 1;
+        self.timer_payloads.insert(id, timer);
+        self.timers.push(Reverse((at, id)));
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match self.timer_payloads.remove(&id) {
+                Some(Timer::Unblock(key)) => {
+                    if let Some(r) = self.recipients.get_mut(&key)
+                        && r.blocked_until.is_some_and(|t| t <= now)
+                    {
+                        r.blocked_until = None;
+                        self.ready.push_back(key);
+                    }
+                }
+                Some(Timer::AckTimeout { seq, attempt }) => {
+                    if self.messages.get(&seq).is_some_and(|m| m.phase == Phase::InFlight { attempt }) {
+                        self.stats.add(&self.stats.ack_timeouts, 1);
+                        self.requeue_front(seq);
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Gets a session ready to encrypt with reserved counters: from the cache (new reservation), from
+/// the shard's `sessions` column family, or by a new key agreement. Persists the reservation
+/// before returning.
+#[allow(clippy::too_many_arguments)]
+async fn prepare_session(
+    shard: &Arc<Shard>,
+    mut client: ChatClient<Channel>,
+    identity: &IdentityKeyPair,
+    permits: &Semaphore,
+    stats: &ShardDeliveryStats,
+    sender: &str,
+    recipient: &str,
+    cached: Option<SendingSession>,
+    rekey: bool,
+    reservation: u64,
+) -> Result<(SendingSession, SessionSource), SessionFailure> {
+    let temporary = |e: &dyn std::fmt::Display| SessionFailure::Temporary(e.to_string());
+    let (mut session, source) = match cached {
+        Some(s) if !rekey => (s, SessionSource::Reserved),
+        _ => {
+            let stored = if rekey {
+                None
+            } else {
+                stats.add(&stats.session_misses, 1);
+                let (shard, s, r) = (shard.clone(), sender.to_owned(), recipient.to_owned());
+                tokio::task::spawn_blocking(move || shard.get_session(&s, &r))
+                    .await
+                    .map_err(|e| temporary(&e))?
+                    .map_err(|e| temporary(&e))?
+            };
+            match stored.map(|snapshot| SendingSession::restore(&snapshot)) {
+                Some(Ok(s)) => (s, SessionSource::Loaded),
+                other => {
+                    if let Some(Err(e)) = other {
+                        tracing::warn!(error = %e, "stored session unreadable; setting up a new one");
+                    }
+                    let _permit = permits.acquire().await.map_err(|e| temporary(&e))?;
+                    let bundle = client
+                        .fetch_pre_key_bundle(FetchPreKeyBundleRequest { recipient: recipient.to_owned() })
+                        .await
+                        .map_err(|status| match status.code() {
+                            tonic::Code::NotFound | tonic::Code::InvalidArgument => {
+                                SessionFailure::RecipientInvalid(status.message().to_owned())
+                            }
+                            _ => SessionFailure::Temporary(format!("pre-key bundle fetch failed: {status}")),
+                        })?
+                        .into_inner();
+                    let bundle = PreKeyBundle::try_from(bundle).map_err(|e| temporary(&e))?;
+                    let session = SendingSession::initiate(identity, &bundle).map_err(|e| temporary(&e))?;
+                    (session, SessionSource::Setup)
+                }
+            }
+        }
+    };
+    let snapshot = session.reserve(reservation);
+    shard
+        .put_sessions_durably(vec![(sender.to_owned(), recipient.to_owned(), snapshot)])
+        .map_err(|e| temporary(&e))?
+        .await
+        .map_err(|e| temporary(&e))?;
+    Ok((session, source))
+}

@@ -1,0 +1,108 @@
+//! Counters of the delivery loops (read by tests, `ferry serve` logs, metrics later).
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+use crate::link::LinkState;
+
+/// Counters of one shard's delivery loop. Monotonic unless noted.
+#[derive(Debug, Default)]
+pub struct ShardDeliveryStats {
+    /// Envelopes written to the link (first attempts and retries).
+    pub envelopes_sent: AtomicU64,
+    /// Envelopes sent again (after a timeout, a temporary error, a lost link, a re-key).
+    pub retries: AtomicU64,
+    /// Messages that left the queue durably (acked or failed).
+    pub settled: AtomicU64,
+    /// Messages that failed for good (TTL, recipient invalid).
+    pub failed: AtomicU64,
+    /// Acks the server marked as duplicates (a resend of a message it already had).
+    pub acked_as_duplicate: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub temporary_failures: AtomicU64,
+    pub ack_timeouts: AtomicU64,
+    /// Encryptions with a cached session.
+    pub session_hits: AtomicU64,
+    /// Session cache misses (then loaded from the shard or set up).
+    pub session_misses: AtomicU64,
+    /// Sessions loaded from the shard's `sessions` column family.
+    pub session_loads: AtomicU64,
+    /// New sessions (pre-key bundle fetched, key agreement run).
+    pub session_setups: AtomicU64,
+    /// Sessions the server did not know, replaced by a new setup.
+    pub rekeys: AtomicU64,
+    /// Messages in memory now (gauge).
+    pub loaded: AtomicU64,
+    pub(crate) link_state: AtomicU8,
+}
+
+impl ShardDeliveryStats {
+    pub(crate) fn add(&self, counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn link_state(&self) -> LinkState {
+        LinkState::load(&self.link_state)
+    }
+
+    /// A plain copy of every counter.
+    pub fn snapshot(&self) -> DeliverySnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DeliverySnapshot {
+            envelopes_sent: get(&self.envelopes_sent),
+            retries: get(&self.retries),
+            settled: get(&self.settled),
+            failed: get(&self.failed),
+            acked_as_duplicate: get(&self.acked_as_duplicate),
+            rate_limited: get(&self.rate_limited),
+            temporary_failures: get(&self.temporary_failures),
+            ack_timeouts: get(&self.ack_timeouts),
+            session_hits: get(&self.session_hits),
+            session_misses: get(&self.session_misses),
+            session_loads: get(&self.session_loads),
+            session_setups: get(&self.session_setups),
+            rekeys: get(&self.rekeys),
+            loaded: get(&self.loaded),
+        }
+    }
+}
+
+/// A copy of [`ShardDeliveryStats`] (or their sum over shards).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliverySnapshot {
+    pub envelopes_sent: u64,
+    pub retries: u64,
+    pub settled: u64,
+    pub failed: u64,
+    pub acked_as_duplicate: u64,
+    pub rate_limited: u64,
+    pub temporary_failures: u64,
+    pub ack_timeouts: u64,
+    pub session_hits: u64,
+    pub session_misses: u64,
+    pub session_loads: u64,
+    pub session_setups: u64,
+    pub rekeys: u64,
+    pub loaded: u64,
+}
+
+impl std::ops::Add for DeliverySnapshot {
+    type Output = DeliverySnapshot;
+    fn add(self, o: DeliverySnapshot) -> DeliverySnapshot {
+        DeliverySnapshot {
+            envelopes_sent: self.envelopes_sent + o.envelopes_sent,
+            retries: self.retries + o.retries,
+            settled: self.settled + o.settled,
+            failed: self.failed + o.failed,
+            acked_as_duplicate: self.acked_as_duplicate + o.acked_as_duplicate,
+            rate_limited: self.rate_limited + o.rate_limited,
+            temporary_failures: self.temporary_failures + o.temporary_failures,
+            ack_timeouts: self.ack_timeouts + o.ack_timeouts,
+            session_hits: self.session_hits + o.session_hits,
+            session_misses: self.session_misses + o.session_misses,
+            session_loads: self.session_loads + o.session_loads,
+            session_setups: self.session_setups + o.session_setups,
+            rekeys: self.rekeys + o.rekeys,
+            loaded: self.loaded + o.loaded,
+        }
+    }
+}

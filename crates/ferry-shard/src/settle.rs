@@ -1,0 +1,196 @@
+//! Settling messages: stage "record the outcome" of a shard. What the delivery loop hands the
+//! writer when the chat server acked a message, when a message failed for good, and when a receipt
+//! arrived — and the merge that keeps a status from going backwards.
+//!
+//! [`merge`] is pure: it takes the stored record (if any) and one [`Settlement`] and returns the
+//! record to store, or `None` when the change is not progress (a `delivered` after `read`, a second
+//! `sent`). The writer applies it to the record as of the same batch, so two changes to one message
+//! in one group commit compose.
+
+use ferry_model::MessageStatus;
+
+use crate::storage::{QueueRecord, StatusEvent, StatusRecord};
+
+/// Why a message failed for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureReason {
+    /// Reference code: 410 (TTL expired), 1013 (recipient not a valid user), ...
+    pub code: u32,
+    pub title: String,
+    pub details: String,
+}
+
+/// One outcome to record durably.
+#[derive(Debug, Clone)]
+pub enum Settlement {
+    /// The chat server acknowledged the message: it leaves the queue; status `sent`.
+    Sent { seq: u64, message: StatusRecord, at_ms: i64 },
+    /// The message will never be delivered: it leaves the queue; status `failed`.
+    Failed { seq: u64, message: StatusRecord, at_ms: i64, reason: FailureReason },
+    /// A receipt (`delivered` or `read`) for a message that may or may not have been settled yet.
+    Receipt { seq: u64, status: MessageStatus, at_ms: i64 },
+}
+
+impl Settlement {
+    pub fn seq(&self) -> u64 {
+        match self {
+            Settlement::Sent { seq, .. } | Settlement::Failed { seq, .. } | Settlement::Receipt { seq, .. } => *seq,
+        }
+    }
+
+    /// Whether this settlement removes the message from the queue.
+    pub fn leaves_queue(&self) -> bool {
+        !matches!(self, Settlement::Receipt { .. })
+    }
+}
+
+/// The status-record fields of a queued message (status `accepted`, no history yet).
+pub fn status_base(record: &QueueRecord) -> StatusRecord {
+    StatusRecord {
+        status: MessageStatus::Accepted.code(),
+        wa_id: record.wa_id.clone(),
+        sender: record.sender.clone(),
+        message_type: record.message_type.clone(),
+        accepted_at_ms: record.accepted_at_ms,
+        expires_at_ms: record.expires_at_ms,
+        updated_at_ms: record.accepted_at_ms,
+        history: vec![StatusEvent { status: MessageStatus::Accepted.code(), at_ms: record.accepted_at_ms }],
+        error_code: 0,
+        error_title: String::new(),
+        error_details: String::new(),
+        biz_opaque_callback_data: record.biz_opaque_callback_data.clone(),
+    }
+}
+
+fn status_of(r: &StatusRecord) -> MessageStatus {
+    MessageStatus::from_code(r.status).unwrap_or(MessageStatus::Accepted)
+}
+
+fn add_event(r: &mut StatusRecord, status: MessageStatus, at_ms: i64) {
+    if r.history.iter().any(|e| e.status == status.code()) {
+        return;
+    }
+    let pos = r.history.iter().position(|e| e.at_ms > at_ms).unwrap_or(r.history.len());
+    r.history.insert(pos, StatusEvent { status: status.code(), at_ms });
+}
+
+/// Fills the message's fields into a record that a receipt created before the ack arrived.
+fn fill_from(r: &mut StatusRecord, message: &StatusRecord) {
+    if r.wa_id.is_empty() {
+        r.wa_id = message.wa_id.clone();
+        r.sender = message.sender.clone();
+        r.message_type = message.message_type.clone();
+        r.accepted_at_ms = message.accepted_at_ms;
+        r.expires_at_ms = message.expires_at_ms;
+        r.biz_opaque_callback_data = message.biz_opaque_callback_data.clone();
+        for e in &message.history {
+            if let Some(s) = MessageStatus::from_code(e.status) {
+                add_event(r, s, e.at_ms);
+            }
+        }
+    }
+}
+
+/// The record to store after `change`, or `None` if the change is not progress.
+pub fn merge(current: Option<&StatusRecord>, change: &Settlement) -> Option<StatusRecord> {
+    match change {
+        Settlement::Sent { message, at_ms, .. } => {
+            let mut r = current.cloned().unwrap_or_else(|| message.clone());
+            let was = if current.is_some() { status_of(&r) } else { MessageStatus::Accepted };
+            if was == MessageStatus::Failed || (current.is_some() && was.is_at_least_sent() && !r.wa_id.is_empty()) {
+                return None;
+            }
+            fill_from(&mut r, message);
+            add_event(&mut r, MessageStatus::Sent, *at_ms);
+            if was.advances(MessageStatus::Sent) {
+                r.status = MessageStatus::Sent.code();
+            }
+            r.updated_at_ms = r.updated_at_ms.max(*at_ms);
+            Some(r)
+        }
+        Settlement::Failed { message, at_ms, reason, .. } => {
+            if current.is_some_and(|c| !status_of(c).advances(MessageStatus::Failed)) {
+                return None;
+            }
+            let mut r = message.clone();
+            r.status = MessageStatus::Failed.code();
+            add_event(&mut r, MessageStatus::Failed, *at_ms);
+            r.updated_at_ms = *at_ms;
+            r.error_code = reason.code;
+            r.error_title = reason.title.clone();
+            r.error_details = reason.details.clone();
+            Some(r)
+        }
+        Settlement::Receipt { status, at_ms, .. } => {
+            let mut r = current.cloned().unwrap_or_else(|| StatusRecord {
+                status: MessageStatus::Accepted.code(),
+                ..StatusRecord::default()
+            });
+            let was = status_of(&r);
+            if !was.advances(*status) {
+                return None;
+            }
+            add_event(&mut r, *status, *at_ms);
+            r.status = status.code();
+            r.updated_at_ms = r.updated_at_ms.max(*at_ms);
+            Some(r)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> StatusRecord {
+        status_base(&QueueRecord {
+            wa_id: "16315551234".into(),
+            sender: "15550100000".into(),
+            message_type: "text".into(),
+            accepted_at_ms: 1_000,
+            expires_at_ms: 9_000,
+            payload: vec![],
+            biz_opaque_callback_data: "cb".into(),
+            idempotency_key: String::new(),
+        })
+    }
+
+    fn statuses(r: &StatusRecord) -> Vec<u32> {
+        r.history.iter().map(|e| e.status).collect()
+    }
+
+    #[test]
+    fn ack_then_receipts_move_forward_only() {
+        let sent = merge(None, &Settlement::Sent { seq: 1, message: base(), at_ms: 2_000 }).unwrap();
+        assert_eq!(sent.status, MessageStatus::Sent.code());
+        let delivered =
+            merge(Some(&sent), &Settlement::Receipt { seq: 1, status: MessageStatus::Delivered, at_ms: 3_000 }).unwrap();
+        let read =
+            merge(Some(&delivered), &Settlement::Receipt { seq: 1, status: MessageStatus::Read, at_ms: 4_000 }).unwrap();
+        assert_eq!(read.status, MessageStatus::Read.code());
+        assert_eq!(statuses(&read), vec![0, 1, 2, 3]);
+        assert!(merge(Some(&read), &Settlement::Receipt { seq: 1, status: MessageStatus::Delivered, at_ms: 5_000 }).is_none());
+        assert!(merge(Some(&read), &Settlement::Sent { seq: 1, message: base(), at_ms: 6_000 }).is_none());
+        let reason = FailureReason { code: 410, title: "expired".into(), details: String::new() };
+        assert!(merge(Some(&read), &Settlement::Failed { seq: 1, message: base(), at_ms: 7_000, reason }).is_none());
+    }
+
+    #[test]
+    fn receipt_before_ack_keeps_the_later_status() {
+        let early = merge(None, &Settlement::Receipt { seq: 1, status: MessageStatus::Delivered, at_ms: 3_000 }).unwrap();
+        assert!(early.wa_id.is_empty());
+        let after_ack = merge(Some(&early), &Settlement::Sent { seq: 1, message: base(), at_ms: 2_500 }).unwrap();
+        assert_eq!(after_ack.status, MessageStatus::Delivered.code());
+        assert_eq!(after_ack.wa_id, "16315551234");
+        assert_eq!(statuses(&after_ack), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn failure_records_the_reason() {
+        let reason = FailureReason { code: 410, title: "Message expired".into(), details: "ttl".into() };
+        let failed = merge(None, &Settlement::Failed { seq: 1, message: base(), at_ms: 9_000, reason }).unwrap();
+        assert_eq!(failed.status, MessageStatus::Failed.code());
+        assert_eq!(failed.error_code, 410);
+        assert!(merge(Some(&failed), &Settlement::Receipt { seq: 1, status: MessageStatus::Read, at_ms: 9_500 }).is_none());
+    }
+}

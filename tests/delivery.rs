@@ -1,0 +1,282 @@
+//! Delivery end to end, in one process over real sockets: ferry's ingest and delivery loops on
+//! port 0, the reference chat server (`ferry_chatsim`) on port 0, talking gRPC to each other.
+//!
+//! What must hold: every accepted message is decrypted and acked by the server exactly once, its
+//! status moves accepted → sent → delivered → read and never back; an expired message fails with
+//! 410; sessions survive a restart and an eviction without a new key agreement; an upstream outage
+//! loses nothing.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ferry_chatsim::{ChatSim, ChatSimConfig};
+use ferry_coordinator::CoordinatorConfig;
+use ferry_delivery::DeliveryConfig;
+use ferry_model::clock::{ManualClock, SharedClock};
+use ferry_proto::v1;
+use support::{Delivering, chat_stats, eventually, status_of, text};
+
+async fn chatsim(config: ChatSimConfig) -> ChatSim {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    ChatSim::start(listener, config).await.expect("start chatsim")
+}
+
+async fn chatsim_on(addr: SocketAddr, config: ChatSimConfig) -> ChatSim {
+    // The port was just released by a stopped chatsim; binding again may need a moment.
+    for _ in 0..100 {
+        if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {
+            return ChatSim::start(listener, config).await.expect("start chatsim");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot bind {addr} again");
+}
+
+async fn node(shards: u16, upstream: SocketAddr, delivery: DeliveryConfig, clock: SharedClock) -> Delivering {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CoordinatorConfig::for_test(dir.path(), shards);
+    Delivering::start(dir, config, upstream, delivery, clock).await
+}
+
+async fn restart(dir: tempfile::TempDir, shards: u16, upstream: SocketAddr, delivery: DeliveryConfig) -> Delivering {
+    let config = CoordinatorConfig::for_test(dir.path(), shards);
+    Delivering::start(dir, config, upstream, delivery, ferry_model::clock::system()).await
+}
+
+/// Sends `n` text messages to `recipients` distinct numbers in batches; returns the ids in order.
+async fn send_texts(client: &mut support::Client, n: usize, recipients: usize, tag: &str) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    let all: Vec<v1::SendRequest> =
+        (0..n).map(|i| text(&format!("+44791{:06}", i % recipients), &format!("{tag} {i}"))).collect();
+    for chunk in all.chunks(500) {
+        let r = client
+            .send_batch(v1::SendBatchRequest { messages: chunk.to_vec() })
+            .await
+            .expect("batch accepted")
+            .into_inner();
+        for result in r.results {
+            match result.outcome {
+                Some(v1::send_result::Outcome::Accepted(a)) => ids.push(a.message_id),
+                other => panic!("message rejected: {other:?}"),
+            }
+        }
+    }
+    ids
+}
+
+fn rank(status: &str) -> u8 {
+    match status {
+        "accepted" => 0,
+        "sent" => 1,
+        "delivered" => 2,
+        "read" => 3,
+        other => panic!("unexpected status {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_is_decrypted_and_acked_once_then_delivered_and_read() {
+    let sim = chatsim(ChatSimConfig { delivered_after_ms: 20, read_after_ms: 60, ..ChatSimConfig::default() }).await;
+    let ferry = node(4, sim.local_addr(), DeliveryConfig::for_test(), ferry_model::clock::system()).await;
+    let mut client = ferry.node.client().await;
+
+    const N: usize = 2_000;
+    let ids = send_texts(&mut client, N, 300, "hello").await;
+    eventually(Duration::from_secs(60), "chatsim acked every message", || async {
+        sim.stats().unique_messages == N as u64
+    })
+    .await;
+    let stats = chat_stats(sim.local_addr()).await;
+    assert_eq!(stats.unique_messages, N as u64);
+    assert_eq!(stats.duplicate_messages, 0, "no message may arrive twice without a crash");
+    assert_eq!(stats.decrypt_failures, 0);
+    assert_eq!(stats.sessions_established, 300, "one session per recipient");
+
+    // Every status reaches read, through sent and delivered, in that order.
+    for id in &ids {
+        let mut c = client.clone();
+        eventually(Duration::from_secs(30), "status read", || {
+            let mut c = c.clone();
+            let id = id.clone();
+            async move { status_of(&mut c, &id).await.status == "read" }
+        })
+        .await;
+        let record = status_of(&mut c, id).await;
+        let history: Vec<&str> = record.history.iter().map(|h| h.status.as_str()).collect();
+        assert_eq!(history, ["accepted", "sent", "delivered", "read"], "history of {id}");
+        let times: Vec<i64> = record.history.iter().map(|h| h.timestamp_ms).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "history in time order: {times:?}");
+        assert!(record.error.is_none());
+    }
+    let totals = ferry.totals();
+    assert_eq!(totals.settled, N as u64);
+    assert_eq!(totals.session_setups, 300);
+    assert!(totals.session_hits >= (N - 300) as u64);
+    ferry.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_to_one_recipient_arrive_in_send_order() {
+    let sim = chatsim(ChatSimConfig::default()).await;
+    let ferry = node(2, sim.local_addr(), DeliveryConfig::for_test(), ferry_model::clock::system()).await;
+    let mut client = ferry.node.client().await;
+    let ids = send_texts(&mut client, 200, 1, "ordered").await;
+    eventually(Duration::from_secs(30), "all acked", || async { sim.stats().unique_messages == 200 }).await;
+    let order = sim.delivery_order("44791000000");
+    assert_eq!(order, ids, "the server saw the messages of one recipient in send order");
+    ferry.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authentication_template_expires_after_ten_minutes_with_410() {
+    // The server is always "temporarily unavailable": nothing can be delivered.
+    let sim = chatsim(ChatSimConfig { error_rate: 1.0, ..ChatSimConfig::default() }).await;
+    let clock = ManualClock::new();
+    let ferry = node(2, sim.local_addr(), DeliveryConfig::for_test(), clock.clone()).await;
+    let mut client = ferry.node.client().await;
+
+    let mut otp = text("+16315550001", "");
+    otp.content = Some(v1::send_request::Content::Template(v1::TemplateMessage {
+        name: "otp".into(),
+        language: Some(v1::TemplateLanguage { policy: "deterministic".into(), code: "en_US".into() }),
+        category: "authentication".into(),
+        ..Default::default()
+    }));
+    let otp_id = client.send(otp).await.expect("accepted").into_inner().message_id;
+    let plain_id = client.send(text("+16315550002", "no rush")).await.expect("accepted").into_inner().message_id;
+    let record = status_of(&mut client, &otp_id).await;
+    assert_eq!(record.expires_at_ms - record.accepted_at_ms, 600_000, "authentication templates live 10 minutes");
+
+    // Retries go on while the TTL holds.
+    eventually(Duration::from_secs(20), "retries happened", || async { ferry.totals().temporary_failures >= 4 }).await;
+    assert_eq!(status_of(&mut client, &otp_id).await.status, "accepted");
+
+    clock.advance(Duration::from_secs(10 * 60 + 1));
+    let mut c = client.clone();
+    eventually(Duration::from_secs(20), "the template failed", || {
+        let mut c = c.clone();
+        let id = otp_id.clone();
+        async move { status_of(&mut c, &id).await.status == "failed" }
+    })
+    .await;
+    let failed = status_of(&mut c, &otp_id).await;
+    assert_eq!(failed.error.as_ref().map(|e| e.code), Some(410));
+    // A plain text lives 30 days: still queued, still retried.
+    assert_eq!(status_of(&mut c, &plain_id).await.status, "accepted");
+    assert_eq!(sim.stats().unique_messages, 0);
+    ferry.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_recipient_fails_with_1013() {
+    let sim = chatsim(ChatSimConfig { invalid_prefix: "1999".into(), ..ChatSimConfig::default() }).await;
+    let ferry = node(2, sim.local_addr(), DeliveryConfig::for_test(), ferry_model::clock::system()).await;
+    let mut client = ferry.node.client().await;
+    let bad = client.send(text("+19995550100", "nobody")).await.unwrap().into_inner().message_id;
+    let good = client.send(text("+16315550100", "somebody")).await.unwrap().into_inner().message_id;
+    let mut c = client.clone();
+    eventually(Duration::from_secs(20), "both settled", || {
+        let mut c = c.clone();
+        let (bad, good) = (bad.clone(), good.clone());
+        async move {
+            status_of(&mut c, &bad).await.status == "failed" && status_of(&mut c, &good).await.status != "accepted"
+        }
+    })
+    .await;
+    assert_eq!(status_of(&mut client, &bad).await.error.map(|e| e.code), Some(1013));
+    ferry.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_a_restart_and_an_eviction_reloads_them() {
+    let sim = chatsim(ChatSimConfig::default()).await;
+    // A cache of 2 sessions for 10 recipients: most encryptions follow an eviction.
+    let delivery = DeliveryConfig { session_cache_capacity: 2, ..DeliveryConfig::for_test() };
+    let ferry = node(1, sim.local_addr(), delivery.clone(), ferry_model::clock::system()).await;
+    let mut client = ferry.node.client().await;
+    send_texts(&mut client, 100, 10, "first").await;
+    eventually(Duration::from_secs(30), "first round acked", || async { sim.stats().unique_messages == 100 }).await;
+    let first = sim.stats();
+    assert_eq!(first.bundles_served, 10, "one key agreement per recipient");
+    assert!(ferry.totals().session_loads > 0, "evicted sessions were reloaded from the shard");
+    assert_eq!(first.decrypt_failures, 0);
+    let dir = ferry.stop().await;
+
+    let ferry = restart(dir, 1, sim.local_addr(), delivery).await;
+    let mut client = ferry.node.client().await;
+    send_texts(&mut client, 100, 10, "second").await;
+    eventually(Duration::from_secs(30), "second round acked", || async { sim.stats().unique_messages == 200 }).await;
+    let second = sim.stats();
+    assert_eq!(second.bundles_served, 10, "no new key agreement after the restart");
+    assert_eq!(second.decrypt_failures, 0);
+    assert_eq!(second.duplicate_messages, 0);
+    assert_eq!(ferry.totals().session_setups, 0);
+    ferry.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_outage_loses_nothing_and_the_backlog_drains() {
+    let sim = chatsim(ChatSimConfig::default()).await;
+    let addr = sim.local_addr();
+    let ferry = node(4, addr, DeliveryConfig::for_test(), ferry_model::clock::system()).await;
+    let mut client = ferry.node.client().await;
+
+    let mut ids = send_texts(&mut client, 1_000, 200, "before").await;
+    // Every ack of the first part is recorded before the server goes away, so the two servers'
+    // counts add up exactly.
+    let mut c = client.clone();
+    let first = ids.clone();
+    eventually(Duration::from_secs(30), "first part sent", || {
+        let mut c = c.clone();
+        let first = first.clone();
+        async move {
+            for id in &first {
+                if rank(&status_of(&mut c, id).await.status) < 1 {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    let before = sim.stats();
+    assert_eq!(before.unique_messages, 1_000);
+    sim.shutdown().await;
+
+    // Accepted while the chat server is down: durable, waiting.
+    ids.extend(send_texts(&mut client, 1_000, 200, "during").await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let queued = status_of(&mut client, ids.last().unwrap()).await;
+    assert_eq!(queued.status, "accepted");
+
+    let sim = chatsim_on(addr, ChatSimConfig::default()).await;
+    let all = ids.clone();
+    eventually(Duration::from_secs(60), "every message at least sent", || {
+        let mut c = c.clone();
+        let all = all.clone();
+        async move {
+            for id in &all {
+                if rank(&status_of(&mut c, id).await.status) < 1 {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    let after = sim.stats();
+    assert_eq!(before.unique_messages + after.unique_messages, 2_000, "every message reached a server once");
+    assert_eq!(after.decrypt_failures, 0);
+    for id in &ids {
+        assert!(rank(&status_of(&mut c, id).await.status) >= 1);
+    }
+    ferry.stop().await;
+    sim.shutdown().await;
+}
