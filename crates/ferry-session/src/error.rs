@@ -20,7 +20,9 @@ pub enum SessionError {
     #[error("no reserved counter left: reserve more counters (and persist the snapshot) before encrypting")]
     ReservationExhausted,
     /// The message's counter is further ahead of the receiving chain than the receiver will skip.
-    #[error("message counter {counter} is too far ahead: next expected {next_expected}, at most {max_skip} keys skipped")]
+    #[error(
+        "message counter {counter} is too far ahead: next expected {next_expected}, at most {max_skip} keys skipped"
+    )]
     TooFarAhead { counter: u64, next_expected: u64, max_skip: u64 },
     /// A key or signature field had the wrong length.
     #[error("{field} has {actual} bytes; expected {expected}")]

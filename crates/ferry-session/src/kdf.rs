@@ -106,5 +106,7 @@ pub(crate) fn open(
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, SessionError> {
     let cipher = XChaCha20Poly1305::new(&(*message_key).into());
-    cipher.decrypt(&(*nonce).into(), Payload { msg: ciphertext, aad: associated_data }).map_err(|_| SessionError::Decrypt)
+    cipher
+        .decrypt(&(*nonce).into(), Payload { msg: ciphertext, aad: associated_data })
+        .map_err(|_| SessionError::Decrypt)
 }

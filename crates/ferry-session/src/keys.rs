@@ -125,8 +125,7 @@ impl RecipientKeys {
     pub fn derive(seed: &[u8; 32], recipient: &str) -> RecipientKeys {
         let identity = StaticSecret::from(*derive_for(seed, recipient, PURPOSE_IDENTITY, 0));
         let signing = SigningKey::from_bytes(&derive_for(seed, recipient, PURPOSE_SIGNING, 0));
-        let signed_prekey =
-            StaticSecret::from(*derive_for(seed, recipient, PURPOSE_SIGNED_PREKEY, SIGNED_PREKEY_ID));
+        let signed_prekey = StaticSecret::from(*derive_for(seed, recipient, PURPOSE_SIGNED_PREKEY, SIGNED_PREKEY_ID));
         let signed_prekey_public = PublicKey::from(&signed_prekey).to_bytes();
         let signed_prekey_signature = signing.sign(&signed_prekey_public).to_bytes();
         RecipientKeys {
@@ -183,19 +182,26 @@ impl RecipientKeys {
         (id == SIGNED_PREKEY_ID).then_some((&self.signed_prekey, self.signed_prekey_public))
     }
 
-    /// Marks one-time pre-key `id` used and returns its secret; `SessionUnknown` if an earlier
-    /// session used it (or the id is 0).
-    pub(crate) fn consume_one_time_prekey(&mut self, id: u32) -> Result<StaticSecret, SessionError> {
+    /// The secret of one-time pre-key `id` if no session has used it yet; `SessionUnknown` if an
+    /// earlier session used it (or the id is 0).
+    pub(crate) fn unused_one_time_prekey(&self, id: u32) -> Result<StaticSecret, SessionError> {
         if id == 0 {
             return Err(SessionError::SessionUnknown("one-time pre-key id 0 names no key".to_owned()));
         }
-        if !self.used_one_time_prekey_ids.insert(id) {
+        if self.used_one_time_prekey_ids.contains(&id) {
             return Err(SessionError::SessionUnknown(format!(
                 "one-time pre-key {id} of {} was already used by an earlier session",
                 self.recipient
             )));
         }
         Ok(self.one_time_prekey_secret(id))
+    }
+
+    /// Marks one-time pre-key `id` used (checked unused by [`Self::unused_one_time_prekey`] first).
+    pub(crate) fn consume_one_time_prekey(&mut self, id: u32) -> Result<(), SessionError> {
+        self.unused_one_time_prekey(id)?;
+        self.used_one_time_prekey_ids.insert(id);
+        Ok(())
     }
 
     fn one_time_prekey_secret(&self, id: u32) -> StaticSecret {

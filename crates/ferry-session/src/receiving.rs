@@ -7,8 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use x25519_dalek::PublicKey;
-
 use crate::kdf::{self, AgreementTranscript, SecretBytes};
 use crate::{Header, RecipientKeys, SessionError, associated_data};
 
@@ -46,6 +44,35 @@ impl ReceivingSession {
     /// pre-key the header names: a one-time pre-key used by an earlier session, or an unknown signed
     /// pre-key id, is `SessionUnknown`.
     pub fn accept(keys: &mut RecipientKeys, header: &Header) -> Result<ReceivingSession, SessionError> {
+        let session = Self::set_up(keys, header)?;
+        if header.one_time_prekey_id != 0 {
+            keys.consume_one_time_prekey(header.one_time_prekey_id)?;
+        }
+        Ok(session)
+    }
+
+    /// Sets up the receiving side from a session's first message and decrypts it; the one-time
+    /// pre-key is consumed only if the message authenticates, so a forged or damaged first message
+    /// cannot burn the key a genuine one needs. What a server should use; errors as [`Self::accept`]
+    /// and [`Self::decrypt`].
+    pub fn accept_first_message(
+        keys: &mut RecipientKeys,
+        message_id: &str,
+        sender: &str,
+        recipient: &str,
+        header: &Header,
+        ciphertext: &[u8],
+    ) -> Result<(ReceivingSession, Vec<u8>), SessionError> {
+        let mut session = Self::set_up(keys, header)?;
+        let plaintext = session.decrypt(message_id, sender, recipient, header, ciphertext)?;
+        if header.one_time_prekey_id != 0 {
+            keys.consume_one_time_prekey(header.one_time_prekey_id)?;
+        }
+        Ok((session, plaintext))
+    }
+
+    /// The X3DH agreement from the recipient's side; checks but does not consume the one-time pre-key.
+    fn set_up(keys: &RecipientKeys, header: &Header) -> Result<ReceivingSession, SessionError> {
         let (signed_prekey, signed_prekey_public) = keys.signed_prekey(header.signed_prekey_id).ok_or_else(|| {
             SessionError::SessionUnknown(format!(
                 "signed pre-key {} of {} is unknown",
@@ -58,6 +85,10 @@ impl ReceivingSession {
             kdf::diffie_hellman(keys.identity(), &header.ephemeral_key, "ephemeral key")?,
             kdf::diffie_hellman(signed_prekey, &header.ephemeral_key, "ephemeral key")?,
         ];
+        if header.one_time_prekey_id != 0 {
+            let one_time_prekey = keys.unused_one_time_prekey(header.one_time_prekey_id)?;
+            dh_outputs.push(kdf::diffie_hellman(&one_time_prekey, &header.ephemeral_key, "ephemeral key")?);
+        }
         let transcript = AgreementTranscript {
             sender_identity_key: header.sender_identity_key,
             ephemeral_key: header.ephemeral_key,
@@ -66,12 +97,6 @@ impl ReceivingSession {
             signed_prekey_id: header.signed_prekey_id,
             one_time_prekey_id: header.one_time_prekey_id,
         };
-        if header.one_time_prekey_id != 0 {
-            // Check the ephemeral key before burning the one-time pre-key on it.
-            let ephemeral = PublicKey::from(header.ephemeral_key);
-            let one_time_prekey = keys.consume_one_time_prekey(header.one_time_prekey_id)?;
-            dh_outputs.push(kdf::contributory(one_time_prekey.diffie_hellman(&ephemeral), "ephemeral key")?);
-        }
         let chain_key = kdf::x3dh_chain_key(&dh_outputs, &transcript);
         Ok(ReceivingSession {
             sender_identity_key: header.sender_identity_key,

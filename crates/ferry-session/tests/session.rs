@@ -363,3 +363,24 @@ proptest! {
         prop_assert_eq!(pair.decrypt("wamid.1", &header, &ciphertext).unwrap_err(), SessionError::Decrypt);
     }
 }
+
+#[test]
+fn forged_first_message_does_not_burn_the_one_time_prekey() {
+    let identity = IdentityKeyPair::generate();
+    let mut keys = RecipientKeys::derive(&SEED, RECIPIENT);
+    let mut sending = SendingSession::initiate(&identity, &keys.next_bundle()).unwrap();
+    sending.reserve(2);
+    let (header, ciphertext) = sending.encrypt("wamid.1", SENDER, RECIPIENT, b"first").unwrap();
+    let mut forged = ciphertext.clone();
+    forged[0] ^= 1;
+    let error = ReceivingSession::accept_first_message(&mut keys, "wamid.1", SENDER, RECIPIENT, &header, &forged);
+    assert_eq!(error.unwrap_err(), SessionError::Decrypt);
+    let (mut receiving, plaintext) =
+        ReceivingSession::accept_first_message(&mut keys, "wamid.1", SENDER, RECIPIENT, &header, &ciphertext).unwrap();
+    assert_eq!(plaintext, b"first");
+    let (header, ciphertext) = sending.encrypt("wamid.2", SENDER, RECIPIENT, b"second").unwrap();
+    assert_eq!(receiving.decrypt("wamid.2", SENDER, RECIPIENT, &header, &ciphertext).unwrap(), b"second");
+    // Now the one-time pre-key is used: another session naming it is unknown.
+    let again = ReceivingSession::accept_first_message(&mut keys, "wamid.1", SENDER, RECIPIENT, &header, &ciphertext);
+    assert!(matches!(again.unwrap_err(), SessionError::SessionUnknown(_)));
+}
