@@ -3,10 +3,10 @@
 //! loop. It simulates every recipient whose id is a plausible wa_id (8 to 15 digits), with keys
 //! derived from the configured seed (so a restarted chatsim keeps them).
 //!
-//! Flow of one envelope on a `Deliver` stream (see [`service`]): fault rolls (disconnect, temporary
+//! Flow of one envelope on a `Deliver` stream (`service.rs`): fault rolls (disconnect, temporary
 //! error) → recipient checks (invalid) → dedup of byte-identical resends → per-recipient rate limit →
 //! find or set up the receiving session and decrypt → ack → schedule `delivered`/`read` receipts on
-//! the stream's channel (see [`receipts`]).
+//! the stream's channel (`receipts.rs`).
 //!
 //! Invariants:
 //! - **Nothing is acked that did not decrypt and authenticate** (apart from a byte-identical resend
@@ -17,14 +17,23 @@
 //!   receipts; later acks of the id are `duplicate = true`, counted, and schedule nothing.
 //! - **A receipt is pushed until acked**: kept per (client_id, channel) until a `ReceiptAck` names
 //!   it, and pushed again to the next stream with the same `Hello` (up to a per-channel cap).
+//! - **A byte-identical resend is recognised**, not decrypted (its counter is spent): the first and
+//!   the latest acked envelope of each id are remembered by a 64-bit digest and acked as duplicates.
+//! - A forged or damaged first message of a session does not burn the recipient's one-time pre-key
+//!   (`ReceivingSession::accept_first_message`); a restarted chatsim with the same seed re-derives
+//!   every recipient's keys, so existing sessions keep decrypting (within `MAX_SKIP`).
+//! - Rate limits are checked before decrypting, so a rate-limited envelope spends no receiving state.
+//! - Memory: the acked-id set grows with every unique message (about 100 bytes each; a load test of
+//!   millions of messages needs that much); sessions are capped at 16 per recipient and pending
+//!   receipts per channel by `max_pending_receipts_per_channel`.
 //! - No global lock on the hot path: per-recipient state is sharded, counters are atomics, the
 //!   channel map is only touched at `Hello`.
 
 mod config;
 mod counters;
-pub mod receipts;
+mod receipts;
 mod recipients;
-pub mod service;
+mod service;
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -458,3 +458,57 @@ fn cli_flags_match_the_defaults() {
     assert_eq!(cli.args.config.error_rate, 0.1);
     assert_eq!(cli.args.config.invalid_prefix.as_deref(), Some("1999"));
 }
+
+/// Many concurrent pipelined streams: every envelope is answered with an ack, counts add up, and
+/// the rate is printed (`cargo test --release -p ferry-chatsim -- --nocapture throughput`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_many_streams_all_acked() {
+    const STREAMS: usize = 8;
+    const PER_STREAM: usize = 2500;
+    const RECIPIENTS_PER_STREAM: usize = 25;
+    let chatsim = start(ChatSimConfig { read_receipts: false, ..ChatSimConfig::for_test() }).await;
+    let mut prepared = Vec::new();
+    for s in 0..STREAMS {
+        let mut sender = Sender::new(client(&chatsim).await);
+        let mut envelopes = Vec::with_capacity(PER_STREAM);
+        for i in 0..PER_STREAM {
+            let recipient = format!("1631{s:03}{:04}", i % RECIPIENTS_PER_STREAM);
+            envelopes.push(sender.envelope(&format!("wamid.{s}.{i}"), &recipient, &[b'x'; 200]).await);
+        }
+        prepared.push((sender, envelopes));
+    }
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for (s, (mut sender, envelopes)) in prepared.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut stream = Stream::open(&mut sender.client, "load", s as u32).await;
+            let frames_out = stream.frames_out.clone();
+            let feeder = tokio::spawn(async move {
+                for envelope in envelopes {
+                    frames_out
+                        .send(ClientFrame { frame: Some(client_frame::Frame::Envelope(envelope)) })
+                        .await
+                        .unwrap();
+                }
+            });
+            for _ in 0..PER_STREAM {
+                must_ack(&stream.next_result().await, false);
+            }
+            feeder.await.unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let total = (STREAMS * PER_STREAM) as f64;
+    eprintln!(
+        "chatsim throughput: {total} envelopes over {STREAMS} streams in {elapsed:?} = {:.0} envelopes/s (client and server on the same cores)",
+        total / elapsed.as_secs_f64()
+    );
+    let stats = chatsim.stats();
+    assert_eq!(stats.unique_messages, (STREAMS * PER_STREAM) as u64);
+    assert_eq!(stats.sessions_established, (STREAMS * RECIPIENTS_PER_STREAM) as u64);
+    assert_eq!(stats.decrypt_failures, 0);
+    chatsim.shutdown().await;
+}

@@ -11,7 +11,9 @@
 //! Where it sits: the delivery loop (one per shard) holds a [`SendingSession`] per recipient and
 //! encrypts each attempt of each message with [`SendingSession::encrypt`]; the chat server (and
 //! `ferry chatsim`, the reference one) holds [`RecipientKeys`] and a [`ReceivingSession`] per session
-//! and decrypts every envelope. This crate does no I/O: persisting snapshots, fetching bundles and
+//! and decrypts every envelope (setting a session up with
+//! [`ReceivingSession::accept_first_message`], which consumes the one-time pre-key only once the first
+//! message authenticates). This crate does no I/O: persisting snapshots, fetching bundles and
 //! moving bytes are the callers' job.
 //!
 //! Invariants:

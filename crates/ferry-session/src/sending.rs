@@ -93,7 +93,8 @@ impl SendingSession {
 
     /// Extends the reservation by `n` counters and returns the snapshot to persist durably BEFORE
     /// encrypting with any newly reserved counter. The snapshot holds the chain key at the new
-    /// `reserved_until` (it is a secret: store it like one).
+    /// `reserved_until` (it is a secret: store it like one). Costs `n` HMAC-SHA256 computations (the
+    /// chain is walked ahead), so reserve in blocks of hundreds to a few thousand.
     pub fn reserve(&mut self, n: u64) -> Vec<u8> {
         self.chain_key_at_reserved_until = kdf::advance_chain(&self.chain_key_at_reserved_until, n);
         self.reserved_until += n;
