@@ -1,0 +1,514 @@
+//! Contract tests of the reference chat server: a real chatsim on 127.0.0.1:0, a real tonic client,
+//! sessions set up with ferry-session exactly as ferry's delivery loop does.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ferry_chatsim::{ChatSim, ChatSimConfig};
+use ferry_proto::chat::v1::chat_admin_client::ChatAdminClient;
+use ferry_proto::chat::v1::chat_client::ChatClient;
+use ferry_proto::chat::v1::{
+    ClientFrame, DeliveryError, Envelope, EnvelopeResult, FetchPreKeyBundleRequest, Hello, Receipt, ReceiptAck,
+    ServerFrame, SessionHeader, StatsRequest, client_frame, delivery_error, envelope_result, receipt, server_frame,
+};
+use ferry_session::{IdentityKeyPair, PreKeyBundle, SendingSession};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+const SENDER: &str = "15550001111";
+const RECIPIENT: &str = "16315551234";
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn start(config: ChatSimConfig) -> ChatSim {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    ChatSim::start(listener, config).await.unwrap()
+}
+
+async fn client(chatsim: &ChatSim) -> ChatClient<Channel> {
+    ChatClient::connect(format!("http://{}", chatsim.local_addr())).await.unwrap()
+}
+
+/// The sending side of a test: one identity, one session per recipient.
+struct Sender {
+    identity: IdentityKeyPair,
+    client: ChatClient<Channel>,
+    sessions: HashMap<String, SendingSession>,
+}
+
+impl Sender {
+    fn new(client: ChatClient<Channel>) -> Self {
+        Sender { identity: IdentityKeyPair::generate(), client, sessions: HashMap::new() }
+    }
+
+    async fn rekey(&mut self, recipient: &str) {
+        let request = FetchPreKeyBundleRequest { recipient: recipient.to_owned() };
+        let wire = self.client.fetch_pre_key_bundle(request).await.unwrap().into_inner();
+        let bundle = PreKeyBundle::try_from(&wire).unwrap();
+        let mut session = SendingSession::initiate(&self.identity, &bundle).unwrap();
+        session.reserve(1000);
+        self.sessions.insert(recipient.to_owned(), session);
+    }
+
+    async fn envelope(&mut self, message_id: &str, recipient: &str, body: &[u8]) -> Envelope {
+        if !self.sessions.contains_key(recipient) {
+            self.rekey(recipient).await;
+        }
+        let session = self.sessions.get_mut(recipient).unwrap();
+        let (header, ciphertext) = session.encrypt(message_id, SENDER, recipient, body).unwrap();
+        Envelope {
+            message_id: message_id.to_owned(),
+            sender: SENDER.to_owned(),
+            recipient: recipient.to_owned(),
+            header: Some(SessionHeader::from(&header)),
+            ciphertext,
+        }
+    }
+}
+
+/// One `Deliver` stream, with the receipts it has seen.
+struct Stream {
+    frames_out: mpsc::Sender<ClientFrame>,
+    frames_in: Streaming<ServerFrame>,
+    receipts: Vec<Receipt>,
+}
+
+impl Stream {
+    async fn open(client: &mut ChatClient<Channel>, client_id: &str, channel: u32) -> Stream {
+        let (frames_out, outbound) = mpsc::channel(1024);
+        let hello = Hello { client_id: client_id.to_owned(), channel };
+        frames_out.send(ClientFrame { frame: Some(client_frame::Frame::Hello(hello)) }).await.unwrap();
+        let frames_in = client.deliver(ReceiverStream::new(outbound)).await.unwrap().into_inner();
+        Stream { frames_out, frames_in, receipts: Vec::new() }
+    }
+
+    async fn send(&self, envelope: Envelope) {
+        self.frames_out.send(ClientFrame { frame: Some(client_frame::Frame::Envelope(envelope)) }).await.unwrap();
+    }
+
+    async fn ack_receipts(&self, receipt_ids: Vec<u64>) {
+        let ack = ReceiptAck { receipt_ids };
+        self.frames_out.send(ClientFrame { frame: Some(client_frame::Frame::ReceiptAck(ack)) }).await.unwrap();
+    }
+
+    /// The next envelope result (receipts on the way are collected).
+    async fn next_result(&mut self) -> EnvelopeResult {
+        loop {
+            let frame = tokio::time::timeout(TIMEOUT, self.frames_in.message()).await.unwrap().unwrap().unwrap();
+            match frame.frame.unwrap() {
+                server_frame::Frame::Result(result) => return result,
+                server_frame::Frame::Receipt(receipt) => self.receipts.push(receipt),
+                server_frame::Frame::Inbound(_) => {}
+            }
+        }
+    }
+
+    /// Waits until `count` receipts have been seen (or `within` passes).
+    async fn collect_receipts(&mut self, count: usize, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.receipts.len() < count {
+            let Ok(frame) = tokio::time::timeout_at(deadline, self.frames_in.message()).await else { return };
+            match frame.unwrap().unwrap().frame.unwrap() {
+                server_frame::Frame::Receipt(receipt) => self.receipts.push(receipt),
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+}
+
+async fn send_one(stream: &mut Stream, envelope: Envelope) -> EnvelopeResult {
+    stream.send(envelope).await;
+    stream.next_result().await
+}
+
+fn must_ack(result: &EnvelopeResult, duplicate: bool) {
+    match &result.outcome {
+        Some(envelope_result::Outcome::Ack(ack)) => {
+            assert_eq!(ack.duplicate, duplicate, "{result:?}");
+            assert!(ack.timestamp_ms > 0);
+        }
+        other => panic!("expected an ack, got {other:?}"),
+    }
+}
+
+fn must_fail(result: &EnvelopeResult, kind: delivery_error::Kind) -> DeliveryError {
+    match &result.outcome {
+        Some(envelope_result::Outcome::Error(error)) => {
+            assert_eq!(error.kind(), kind, "{error:?}");
+            error.clone()
+        }
+        other => panic!("expected a {kind:?} error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn decrypted_envelopes_are_acked_and_counted_once() {
+    let chatsim = start(ChatSimConfig::for_test()).await;
+    let mut sender = Sender::new(client(&chatsim).await);
+    let mut stream = Stream::open(&mut sender.client, "node-1", 0).await;
+    for i in 0..3 {
+        let envelope = sender.envelope(&format!("wamid.{i}"), RECIPIENT, b"{\"type\":\"text\"}").await;
+        let result = send_one(&mut stream, envelope).await;
+        assert_eq!(result.message_id, format!("wamid.{i}"));
+        must_ack(&result, false);
+    }
+    let stats = chatsim.stats();
+    assert_eq!(stats.unique_messages, 3);
+    assert_eq!(stats.envelopes_received, 3);
+    assert_eq!(stats.sessions_established, 1);
+    assert_eq!(stats.bundles_served, 1);
+    assert_eq!(stats.connections, 1);
+    assert_eq!(stats.decrypt_failures, 0);
+    chatsim.shutdown().await;
+}
+
+#[tokio::test]
+async fn resend_of_an_acked_id_is_a_duplicate_and_not_delivered_again() {
+    let config = ChatSimConfig { read_receipts: false, ..ChatSimConfig::for_test() };
+    let chatsim = start(config).await;
+    let mut sender = Sender::new(client(&chatsim).await);
+    let mut stream = Stream::open(&mut sender.client, "node-1", 0).await;
+    let first = sender.envelope("wamid.dup", RECIPIENT, b"hi").await;
+    must_ack(&send_one(&mut stream, first.clone()).await, false);
+    // Re-encrypted resend (a fresh counter).
+    let again = sender.envelope("wamid.dup", RECIPIENT, b"hi").await;
+    must_ack(&send_one(&mut stream, again).await, true);
+    // Byte-identical resend (its counter is used: recognised, not decrypted).
+    must_ack(&send_one(&mut stream, first).await, true);
+    // Resend on a new session after a re-key.
+    sender.rekey(RECIPIENT).await;
+    let rekeyed = sender.envelope("wamid.dup", RECIPIENT, b"hi").await;
+    must_ack(&send_one(&mut stream, rekeyed).await, true);
+    let stats = chatsim.stats();
+    assert_eq!(stats.unique_messages, 1);
+    assert_eq!(stats.duplicate_messages, 3);
+    // Only the first ack scheduled a receipt.
+    stream.collect_receipts(2, Duration::from_millis(300)).await;
+    assert_eq!(stream.receipts.len(), 1, "{:?}", stream.receipts);
+    chatsim.shutdown().await;
+}
+
+#[tokio::test]
+async fn tampered_ciphertext_is_session_unknown_and_never_acked() {
+    let chatsim = start(ChatSimConfig::for_test()).await;
+    let mut sender = Sender::new(client(&chatsim).await);
+    let mut stream = Stream::open(&mut sender.client, "node-1", 0).await;
+    let genuine = sender.envelope("wamid.t", RECIPIENT, b"payload").await;
+    let mut tampered = genuine.clone();
+    tampered.ciphertext[0] ^= 1;
+    must_fail(&send_one(&mut stream, tampered).await, delivery_error::Kind::SessionUnknown);
+    let mut wrong_id = genuine.clone();
+    wrong_id.message_id = "wamid.other".to_owned();
+    must_fail(&send_one(&mut stream, wrong_id).await, delivery_error::Kind::SessionUnknown);
+    let mut short_key = genuine.clone();
+    short_key.header.as_mut().unwrap().ephemeral_key.pop();
+    let error = must_fail(&send_one(&mut stream, short_key).await, delivery_error::Kind::SessionUnknown);
+    assert!(error.detail.contains("ephemeral_key"), "{error:?}");
+    let stats = chatsim.stats();
+    assert_eq!(stats.decrypt_failures, 3);
+    assert_eq!(stats.session_unknown, 3);
+    assert_eq!(stats.unique_messages, 0);
+    // The forgeries did not disturb the session: the genuine envelope still decrypts.
+    must_ack(&send_one(&mut stream, genuine).await, false);
+    chatsim.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_recipients_are_recipient_invalid() {
+    let config = ChatSimConfig { invalid_prefix: Some("1999".to_owned()), ..ChatSimConfig::for_test() };
+    let chatsim = start(config).await;
+    let mut sender = Sender::new(client(&chatsim).await);
+    let mut stream = Stream::open(&mut sender.client, "node-1", 0).await;
+    let envelope = sender.envelope("wamid.i", "19995550000", b"x").await;
+    must_fail(&send_one(&mut stream, envelope).await, delivery_error::Kind::RecipientInvalid);
+    let mut not_a_wa_id = sender.envelope("wamid.j", RECIPIENT, b"x").await;
+    not_a_wa_id.recipient = "not-a-number".to_owned();
+    must_fail(&send_one(&mut stream, not_a_wa_id).await, delivery_error::Kind::RecipientInvalid);
+    let status =
+        sender.client.fetch_pre_key_bundle(FetchPreKeyBundleRequest { recipient: "123".to_owned() }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(chatsim.stats().recipient_invalid, 2);
+    chatsim.shutdown().await;
+}
+
+#[tokio::test]
+async fn over_the_rate_limit_is_rate_limited_with_retry_after() {
+    let config = ChatSimConfig { rate_limit_per_recipient: 2, ..ChatSimConfig::for_test() };
+    let chatsim = start(config).await;
+    let mut sender = Sender::new(client(&chatsim).await);
+    let mut stream = Stream::open(&mut sender.client, "node-1", 0).await;
+    // Prepare first so all three land within one second.
+    let envelopes = [
+        sender.envelope("wamid.r0", RECIPIENT, b"x").await,
+        sender.envelope("wamid.r1", RECIPIENT, b"x").await,
+        sender.envelope("wamid.r2", RECIPIENT, b"x").await,
+        sender.envelope("wamid.r3", RECIPIENT, b"x").await,
+    ];
+    let mut results = Vec::new();
+    for envelope in envelopes {
+        results.push(send_one(&mut stream, envelope).await);
+    }
+    let limited: Vec<_> = results
+        .iter()
+        .filter(|r| matches!(&r.outcome, Some(envelope_result::Outcome::Error(e)) if e.kind() == delivery_error::Kind::RateLimited))
+        .collect();
+    // Two per second: at least one of four (two if they all fell in the same second) is limited.
+    assert!(!limited.is_empty(), "{results:?}");
+    for result in &limited {
+        let error = must_fail(result, delivery_error::Kind::RateLimited);
+        assert!((1..=1000).contains(&error.retry_after_ms), "{error:?}");
+    }
+    assert_eq!(chatsim.stats().rate_limited, limited.len() as u64);
+    // Another recipient is not affected.
+    let other = sender.envelope("wamid.other", "16315550000", b"x").await;
+    must_ack(&send_one(&mut stream, other).await, false);
+    chatsim.shutdown().await;
+}
+
+#[tokio::test]
+async fn receipts_are_delivered_then_read_and_repushed_after_reconnect_until_acked() {
+    let chatsim = start(ChatSimConfig::for_test()).await;
+    let mut sender = Sender::new(client(&chatsim).await);
+    let mut stream = Stream::open(&mut sender.client, "node-1", 3).await;
+    let envelope = sender.envelope("wamid.rc", RECIPIENT, b"x").await;
+    must_ack(&send_one(&mut stream, envelope).await, false);
+    stream.collect_receipts(2, TIMEOUT).await;
+    let statuses: Vec<_> = stream.receipts.iter().map(|r| r.status()).collect();
+    assert_eq!(statuses, [receipt::Status::Delivered, receipt::Status::Read]);
+    assert!(stream.receipts.iter().all(|r| r.message_id == "wamid.rc" && r.recipient == RECIPIENT));
+    assert!(stream.receipts[0].timestamp_ms <= stream.receipts[1].timestamp_ms);
+    let first_ids: Vec<u64> = stream.receipts.iter().map(|r| r.receipt_id).collect();
+    drop(stream);
+
+    // A stream on another channel does not get them.
+    let mut other_channel = Stream::open(&mut sender.client, "node-1", 4).await;
+    other_channel.collect_receipts(1, Duration::from_millis(200)).await;
+    assert!(other_channel.receipts.is_empty());
+
+    // Reconnect with the same hello: pushed again (not acked yet). Ack the delivered one only.
+    let mut again = Stream::open(&mut sender.client, "node-1", 3).await;
+    again.collect_receipts(2, TIMEOUT).await;
+    let mut ids: Vec<u64> = again.receipts.iter().map(|r| r.receipt_id).collect();
+    ids.sort();
+    assert_eq!(ids, first_ids);
+    again.ack_receipts(vec![first_ids[0]]).await;
+    // Wait for the ack to be processed before reconnecting.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while chatsim.stats().receipts_acked < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "receipt ack not processed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(again);
+
+    let mut third = Stream::open(&mut sender.client, "node-1", 3).await;
+    third.collect_receipts(2, Duration::from_millis(300)).await;
+    assert_eq!(third.receipts.iter().map(|r| r.receipt_id).collect::<Vec<_>>(), [first_ids[1]]);
+    third.ack_receipts(vec![first_ids[1]]).await;
+    while chatsim.stats().receipts_acked < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(third);
+    let mut fourth = Stream::open(&mut sender.client, "node-1", 3).await;
+    fourth.collect_receipts(1, Duration::from_millis(200)).await;
+    assert!(fourth.receipts.is_empty(), "{:?}", fourth.receipts);
+    let stats = chatsim.stats();
+    assert_eq!(stats.receipts_sent, 5);
+    assert_eq!(stats.receipts_acked, 2);
+    chatsim.shutdown().await;
+}
+
+#[tokio::test]
+async fn offline_recipients_get_receipts_only_when_they_come_back() {
+    let config = ChatSimConfig {
+        offline_prefix: Some("1555".to_owned()),
+        offline_for_ms: 700,
+        read_receipts: false,
+        ..ChatSimConfig::for_test()
+    };
+    let chatsim = start(config).await;
+    let started = tokio::time::Instant::now();
+    let mut sender = Sender::new(client(&chatsim).await);
+    let mut stream = Stream::open(&mut sender.client, "node-1", 0).await;
+    let offline = sender.envelope("wamid.off", "15550009999", b"x").await;
+    must_ack(&send_one(&mut stream, offline).await, false);
+    let online = sender.envelope("wamid.on", RECIPIENT, b"x").await;
+    must_ack(&send_one(&mut stream, online).await, false);
+    stream.collect_receipts(1, TIMEOUT).await;
+    assert_eq!(stream.receipts[0].message_id, "wamid.on");
+    stream.collect_receipts(2, TIMEOUT).await;
+    assert_eq!(stream.receipts[1].message_id, "wamid.off");
+    assert!(started.elapsed() >= Duration::from_millis(600), "offline receipt came after {:?}", started.elapsed());
+    chatsim.shutdown().await;
+}
+
+#[tokio::test]
+async fn first_frame_must_be_hello() {
+    let chatsim = start(ChatSimConfig::for_test()).await;
+    let mut sender = Sender::new(client(&chatsim).await);
+    let envelope = sender.envelope("wamid.h", RECIPIENT, b"x").await;
+    let (frames_out, outbound) = mpsc::channel(4);
+    frames_out.send(ClientFrame { frame: Some(client_frame::Frame::Envelope(envelope)) }).await.unwrap();
+    let mut frames_in = sender.client.deliver(ReceiverStream::new(outbound)).await.unwrap().into_inner();
+    let status = tokio::time::timeout(TIMEOUT, frames_in.message()).await.unwrap().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    chatsim.shutdown().await;
+}
+
+#[tokio::test]
+async fn fault_knobs_error_and_disconnect() {
+    let config = ChatSimConfig { error_rate: 1.0, ..ChatSimConfig::for_test() };
+    let chatsim = start(config).await;
+    let mut sender = Sender::new(client(&chatsim).await);
+    let mut stream = Stream::open(&mut sender.client, "node-1", 0).await;
+    let envelope = sender.envelope("wamid.e", RECIPIENT, b"x").await;
+    must_fail(&send_one(&mut stream, envelope).await, delivery_error::Kind::TemporarilyUnavailable);
+    assert_eq!(chatsim.stats().temporarily_unavailable, 1);
+    chatsim.shutdown().await;
+
+    let config = ChatSimConfig { disconnect_rate: 1.0, ..ChatSimConfig::for_test() };
+    let chatsim = start(config).await;
+    let mut sender = Sender::new(client(&chatsim).await);
+    let mut stream = Stream::open(&mut sender.client, "node-1", 0).await;
+    stream.send(sender.envelope("wamid.d", RECIPIENT, b"x").await).await;
+    let status = tokio::time::timeout(TIMEOUT, stream.frames_in.message()).await.unwrap().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    let stats = chatsim.stats();
+    assert_eq!(stats.disconnects_injected, 1);
+    assert_eq!(stats.unique_messages, 0);
+    chatsim.shutdown().await;
+}
+
+#[tokio::test]
+async fn ack_latency_delays_without_serializing() {
+    let config = ChatSimConfig { ack_latency_ms: 200, ..ChatSimConfig::for_test() };
+    let chatsim = start(config).await;
+    let mut sender = Sender::new(client(&chatsim).await);
+    let mut stream = Stream::open(&mut sender.client, "node-1", 0).await;
+    let mut envelopes = Vec::new();
+    for i in 0..20 {
+        envelopes.push(sender.envelope(&format!("wamid.l{i}"), RECIPIENT, b"x").await);
+    }
+    let started = tokio::time::Instant::now();
+    for envelope in envelopes {
+        stream.send(envelope).await;
+    }
+    for i in 0..20 {
+        let result = stream.next_result().await;
+        assert_eq!(result.message_id, format!("wamid.l{i}"));
+        must_ack(&result, false);
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(2000), "acks were serialized: {elapsed:?}");
+    chatsim.shutdown().await;
+}
+
+#[tokio::test]
+async fn stats_over_grpc_and_shutdown_ends_streams() {
+    let chatsim = start(ChatSimConfig::for_test()).await;
+    let mut sender = Sender::new(client(&chatsim).await);
+    let mut stream = Stream::open(&mut sender.client, "node-1", 0).await;
+    let envelope = sender.envelope("wamid.s", RECIPIENT, b"x").await;
+    must_ack(&send_one(&mut stream, envelope).await, false);
+    let mut admin = ChatAdminClient::connect(format!("http://{}", chatsim.local_addr())).await.unwrap();
+    let stats = admin.stats(StatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(stats, chatsim.stats());
+    assert_eq!(stats.unique_messages, 1);
+    assert_eq!(stats.bundles_served, 1);
+    assert_eq!(stats.connections, 1);
+    let shutdown = tokio::time::timeout(TIMEOUT, chatsim.shutdown());
+    let (shutdown_result, _) = tokio::join!(shutdown, async {
+        // The stream ends (cleanly or with an error) once the server stops.
+        while let Ok(Some(_)) = stream.frames_in.message().await {}
+    });
+    shutdown_result.expect("shutdown finished within the timeout");
+}
+
+#[test]
+fn config_defaults_round_trip_and_validate() {
+    let config: ChatSimConfig = serde_json::from_str("{}").unwrap();
+    assert_eq!(config, ChatSimConfig::default());
+    config.validate().unwrap();
+    let round_trip: ChatSimConfig = serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
+    assert_eq!(round_trip, config);
+    let bad = ChatSimConfig { error_rate: 1.5, ..ChatSimConfig::default() };
+    assert!(bad.validate().unwrap_err().to_string().contains("error_rate"));
+    let bad = ChatSimConfig { invalid_prefix: Some(String::new()), ..ChatSimConfig::default() };
+    assert!(bad.validate().is_err());
+    assert!(serde_json::from_str::<ChatSimConfig>(r#"{"no_such_knob": 1}"#).is_err());
+}
+
+#[test]
+fn cli_flags_match_the_defaults() {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ferry_chatsim::ChatSimArgs,
+    }
+    let cli = Cli::try_parse_from(["chatsim"]).unwrap();
+    assert_eq!(cli.args.listen, "127.0.0.1:50061");
+    assert_eq!(cli.args.config, ChatSimConfig::default());
+    let cli =
+        Cli::try_parse_from(["chatsim", "--read-receipts", "false", "--error-rate", "0.1", "--invalid-prefix", "1999"])
+            .unwrap();
+    assert!(!cli.args.config.read_receipts);
+    assert_eq!(cli.args.config.error_rate, 0.1);
+    assert_eq!(cli.args.config.invalid_prefix.as_deref(), Some("1999"));
+}
+
+/// Many concurrent pipelined streams: every envelope is answered with an ack, counts add up, and
+/// the rate is printed (`cargo test --release -p ferry-chatsim -- --nocapture throughput`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_many_streams_all_acked() {
+    const STREAMS: usize = 8;
+    const PER_STREAM: usize = 2500;
+    const RECIPIENTS_PER_STREAM: usize = 25;
+    let chatsim = start(ChatSimConfig { read_receipts: false, ..ChatSimConfig::for_test() }).await;
+    let mut prepared = Vec::new();
+    for s in 0..STREAMS {
+        let mut sender = Sender::new(client(&chatsim).await);
+        let mut envelopes = Vec::with_capacity(PER_STREAM);
+        for i in 0..PER_STREAM {
+            let recipient = format!("1631{s:03}{:04}", i % RECIPIENTS_PER_STREAM);
+            envelopes.push(sender.envelope(&format!("wamid.{s}.{i}"), &recipient, &[b'x'; 200]).await);
+        }
+        prepared.push((sender, envelopes));
+    }
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for (s, (mut sender, envelopes)) in prepared.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut stream = Stream::open(&mut sender.client, "load", s as u32).await;
+            let frames_out = stream.frames_out.clone();
+            let feeder = tokio::spawn(async move {
+                for envelope in envelopes {
+                    frames_out
+                        .send(ClientFrame { frame: Some(client_frame::Frame::Envelope(envelope)) })
+                        .await
+                        .unwrap();
+                }
+            });
+            for _ in 0..PER_STREAM {
+                must_ack(&stream.next_result().await, false);
+            }
+            feeder.await.unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let total = (STREAMS * PER_STREAM) as f64;
+    eprintln!(
+        "chatsim throughput: {total} envelopes over {STREAMS} streams in {elapsed:?} = {:.0} envelopes/s (client and server on the same cores)",
+        total / elapsed.as_secs_f64()
+    );
+    let stats = chatsim.stats();
+    assert_eq!(stats.unique_messages, (STREAMS * PER_STREAM) as u64);
+    assert_eq!(stats.sessions_established, (STREAMS * RECIPIENTS_PER_STREAM) as u64);
+    assert_eq!(stats.decrypt_failures, 0);
+    chatsim.shutdown().await;
+}
