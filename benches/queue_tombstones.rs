@@ -7,6 +7,7 @@
 //!   memtables and SSTs);
 //! - `bounded`: `scan_queue_range(low_watermark, next_seq)`, as the delivery loop does
 //!   (`iterate_lower_bound` at the low watermark: the deleted head is never visited).
+//!
 //! Then compacts the queue and times both again.
 //!
 //! Run: `cargo bench --bench queue_tombstones` (N = 10,000,000; `FERRY_BENCH_TOMBSTONES=N` to
@@ -75,7 +76,10 @@ fn main() {
             shard.scan_queue_range(n + 1, next, 10).unwrap()
         });
         assert_eq!(naive.len(), 10);
-        assert_eq!(naive.iter().map(|(s, _)| *s).collect::<Vec<_>>(), bounded.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+        assert_eq!(
+            naive.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            bounded.iter().map(|(s, _)| *s).collect::<Vec<_>>()
+        );
     }
     shard.close();
 }

@@ -26,13 +26,31 @@ fn routing(c: &mut Criterion) {
 
 /// One realistic message per type, in the reference's JSON shape.
 const SAMPLES: &[(&str, &str)] = &[
-    ("text", r#"{"to":"+1 (631) 555-1234","type":"text","text":{"body":"Your order 1234 has shipped and will arrive on Tuesday."}}"#),
+    (
+        "text",
+        r#"{"to":"+1 (631) 555-1234","type":"text","text":{"body":"Your order 1234 has shipped and will arrive on Tuesday."}}"#,
+    ),
     ("image", r#"{"to":"+16315551234","type":"image","image":{"link":"https://example.com/a.jpg","caption":"look"}}"#),
-    ("template", r#"{"to":"+16315551234","type":"template","template":{"name":"order_update","language":{"policy":"deterministic","code":"en_US"},"components":[{"type":"body","parameters":[{"type":"text","text":"Ada"},{"type":"currency","currency":{"fallback_value":"$10","code":"USD","amount_1000":10000}}]},{"type":"button","sub_type":"quick_reply","index":"0","parameters":[{"type":"payload","payload":"yes"}]}]}}"#),
-    ("interactive_list", r#"{"to":"+16315551234","type":"interactive","interactive":{"type":"list","header":{"type":"text","text":"Menu"},"body":{"text":"Pick one"},"footer":{"text":"thanks"},"action":{"button":"Options","sections":[{"title":"A","rows":[{"id":"a1","title":"One","description":"first"},{"id":"a2","title":"Two"}]},{"title":"B","rows":[{"id":"b1","title":"Three"}]}]}}}"#),
-    ("interactive_button", r#"{"to":"+16315551234","type":"interactive","interactive":{"type":"button","body":{"text":"Continue?"},"action":{"buttons":[{"type":"reply","reply":{"id":"y","title":"Yes"}},{"type":"reply","reply":{"id":"n","title":"No"}}]}}}"#),
-    ("location", r#"{"to":"+16315551234","type":"location","location":{"latitude":37.48,"longitude":-122.14,"name":"HQ","address":"1 Hacker Way"}}"#),
-    ("contacts", r#"{"to":"+16315551234","type":"contacts","contacts":[{"name":{"formatted_name":"Ada Lovelace","first_name":"Ada"},"phones":[{"phone":"+16315550000","type":"WORK"}]}]}"#),
+    (
+        "template",
+        r#"{"to":"+16315551234","type":"template","template":{"name":"order_update","language":{"policy":"deterministic","code":"en_US"},"components":[{"type":"body","parameters":[{"type":"text","text":"Ada"},{"type":"currency","currency":{"fallback_value":"$10","code":"USD","amount_1000":10000}}]},{"type":"button","sub_type":"quick_reply","index":"0","parameters":[{"type":"payload","payload":"yes"}]}]}}"#,
+    ),
+    (
+        "interactive_list",
+        r#"{"to":"+16315551234","type":"interactive","interactive":{"type":"list","header":{"type":"text","text":"Menu"},"body":{"text":"Pick one"},"footer":{"text":"thanks"},"action":{"button":"Options","sections":[{"title":"A","rows":[{"id":"a1","title":"One","description":"first"},{"id":"a2","title":"Two"}]},{"title":"B","rows":[{"id":"b1","title":"Three"}]}]}}}"#,
+    ),
+    (
+        "interactive_button",
+        r#"{"to":"+16315551234","type":"interactive","interactive":{"type":"button","body":{"text":"Continue?"},"action":{"buttons":[{"type":"reply","reply":{"id":"y","title":"Yes"}},{"type":"reply","reply":{"id":"n","title":"No"}}]}}}"#,
+    ),
+    (
+        "location",
+        r#"{"to":"+16315551234","type":"location","location":{"latitude":37.48,"longitude":-122.14,"name":"HQ","address":"1 Hacker Way"}}"#,
+    ),
+    (
+        "contacts",
+        r#"{"to":"+16315551234","type":"contacts","contacts":[{"name":{"formatted_name":"Ada Lovelace","first_name":"Ada"},"phones":[{"phone":"+16315550000","type":"WORK"}]}]}"#,
+    ),
     ("reaction", r#"{"to":"+16315551234","type":"reaction","reaction":{"message_id":"wamid.abc","emoji":"👍"}}"#),
 ];
 

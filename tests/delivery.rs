@@ -174,12 +174,12 @@ async fn an_authentication_template_expires_after_ten_minutes_with_410() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_recipient_fails_with_1013() {
-    let sim = chatsim(ChatSimConfig { invalid_prefix: "1999".into(), ..ChatSimConfig::default() }).await;
+    let sim = chatsim(ChatSimConfig { invalid_prefix: Some("1999".into()), ..ChatSimConfig::default() }).await;
     let ferry = node(2, sim.local_addr(), DeliveryConfig::for_test(), ferry_model::clock::system()).await;
     let mut client = ferry.node.client().await;
     let bad = client.send(text("+19995550100", "nobody")).await.unwrap().into_inner().message_id;
     let good = client.send(text("+16315550100", "somebody")).await.unwrap().into_inner().message_id;
-    let mut c = client.clone();
+    let c = client.clone();
     eventually(Duration::from_secs(20), "both settled", || {
         let mut c = c.clone();
         let (bad, good) = (bad.clone(), good.clone());

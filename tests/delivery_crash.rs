@@ -90,7 +90,7 @@ async fn sigkill_during_delivery_loses_nothing_and_duplicates_are_bounded() {
             );
             let mut client = connect(addr).await;
             for id in &ids {
-                let mut c = client.clone();
+                let c = client.clone();
                 let id2 = id.clone();
                 eventually(Duration::from_secs(30), "status at least sent", || {
                     let mut c = c.clone();

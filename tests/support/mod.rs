@@ -114,8 +114,9 @@ impl Delivering {
         clock: ferry_model::clock::SharedClock,
     ) -> Delivering {
         let coordinator = Arc::new(Coordinator::open_with_clock(&config, clock.clone()).await.expect("open node"));
-        let engine = ferry_delivery::DeliveryEngine::start(coordinator.shards(), &upstream.to_string(), delivery, clock)
-            .expect("start delivery");
+        let engine =
+            ferry_delivery::DeliveryEngine::start(coordinator.shards(), &upstream.to_string(), delivery, clock)
+                .expect("start delivery");
         let node = InProcess::serve(dir, coordinator).await;
         Delivering { node, delivery: Some(engine) }
     }

@@ -94,6 +94,12 @@ impl ChatSim {
         self.shared.counters.snapshot()
     }
 
+    /// The message ids delivered to `recipient` (a wa_id), in the order they were first acked: what
+    /// the recipient saw. Tests use it to check per-recipient ordering.
+    pub fn delivery_order(&self, recipient: &str) -> Vec<String> {
+        self.shared.recipients.delivery_order(recipient)
+    }
+
     /// The configuration it runs with.
     pub fn config(&self) -> &ChatSimConfig {
         &self.shared.config

@@ -20,6 +20,8 @@ pub(crate) struct RecipientState {
     acked: HashMap<String, AckedDigests>,
     rate_window_second: u64,
     rate_window_count: u32,
+    /// Unique messages delivered to this recipient so far (numbers the deliveries in order).
+    delivered: u64,
 }
 
 /// A 64-bit digest of an envelope's sender, header and ciphertext. A byte-identical resend of an
@@ -33,6 +35,8 @@ pub(crate) struct EnvelopeDigest(pub(crate) u64);
 struct AckedDigests {
     first: EnvelopeDigest,
     latest: EnvelopeDigest,
+    /// Position of this message among the recipient's deliveries (0 = first).
+    order: u64,
 }
 
 /// What the recipient side made of one envelope.
@@ -81,7 +85,17 @@ impl RecipientDirectory {
             acked: HashMap::new(),
             rate_window_second: 0,
             rate_window_count: 0,
+            delivered: 0,
         });
+    }
+
+    /// The message ids delivered to `recipient`, in the order they were first acked.
+    pub(crate) fn delivery_order(&self, recipient: &str) -> Vec<String> {
+        let shard = self.shard(recipient).lock();
+        let Some(state) = shard.get(recipient) else { return Vec::new() };
+        let mut ids: Vec<(u64, &String)> = state.acked.iter().map(|(id, d)| (d.order, id)).collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|(_, id)| id.clone()).collect()
     }
 
     /// The recipient's next pre-key bundle (a never-handed-out one-time pre-key).
@@ -154,7 +168,9 @@ impl RecipientDirectory {
                     Reception::Duplicate { session_established }
                 }
                 None => {
-                    state.acked.insert(message_id.to_owned(), AckedDigests { first: digest, latest: digest });
+                    let order = state.delivered;
+                    state.delivered += 1;
+                    state.acked.insert(message_id.to_owned(), AckedDigests { first: digest, latest: digest, order });
                     Reception::Delivered { session_established }
                 }
             },

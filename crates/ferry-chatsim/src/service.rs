@@ -35,7 +35,7 @@ type ServerFrameResult = Result<ServerFrame, Status>;
 pub(crate) struct Shared {
     pub(crate) config: ChatSimConfig,
     pub(crate) counters: Arc<Counters>,
-    recipients: RecipientDirectory,
+    pub(crate) recipients: RecipientDirectory,
     channels: ChannelDirectory,
     started: Instant,
     stream_sequence: AtomicU64,

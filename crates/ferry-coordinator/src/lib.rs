@@ -21,9 +21,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use ferry_model::clock::SharedClock;
 use ferry_model::message::OutboundMessage;
 use ferry_model::validate::{ValidatedMessage, ValidationContext};
-use ferry_model::clock::SharedClock;
 use ferry_model::{ApiError, ErrorCode, MessageId, MessageStatus, ShardId, WaId, phone};
 use ferry_shard::storage::idempotency_key;
 use ferry_shard::{
@@ -433,7 +433,8 @@ impl Coordinator {
         // Not queued: settled (sent, delivered, read, failed), or unknown. A receipt that overtook
         // its ack leaves a record without the message's fields: the message is then still queued,
         // and was answered above.
-        let record = shard.get_status(key.seq).map_err(shard_error)?.filter(|r| !r.wa_id.is_empty()).ok_or_else(not_found)?;
+        let record =
+            shard.get_status(key.seq).map_err(shard_error)?.filter(|r| !r.wa_id.is_empty()).ok_or_else(not_found)?;
         let status = MessageStatus::from_code(record.status).unwrap_or(MessageStatus::Accepted);
         let error = (status == MessageStatus::Failed).then(|| FailureView {
             code: record.error_code,

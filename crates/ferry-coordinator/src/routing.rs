@@ -89,7 +89,8 @@ mod tests {
 
     #[test]
     fn every_shard_count_spreads_recipients_evenly() {
-        let sample: Vec<WaId> = (0..64_000u64).map(|i| wa(&format!("1631555{:05}", i % 100_000 + i / 100_000))).collect();
+        let sample: Vec<WaId> =
+            (0..64_000u64).map(|i| wa(&format!("1631555{:05}", i % 100_000 + i / 100_000))).collect();
         for shards in 1..=32u16 {
             let mut counts = vec![0usize; shards as usize];
             for w in &sample {

@@ -21,9 +21,7 @@ async fn intent_left_by_a_crash_is_replayed_before_serving() {
     let wa = phone::normalize(to, "1").unwrap();
     let key = (0..)
         .map(|i| format!("k{i}"))
-        .find(|k| {
-            shard_for_idempotency_key(&idempotency_key(sender.as_str(), k), 8) != shard_for_recipient(&wa, 8)
-        })
+        .find(|k| shard_for_idempotency_key(&idempotency_key(sender.as_str(), k), 8) != shard_for_recipient(&wa, 8))
         .unwrap();
     let command = SendCommand { message: text_to(to), idempotency_key: Some(key.clone()), sender: None };
 
@@ -31,6 +29,7 @@ async fn intent_left_by_a_crash_is_replayed_before_serving() {
     node.failpoint_skip_key_shard_write(true);
     let first = node.send(command.clone()).await.unwrap();
     node.close();
+    drop(node);
 
     let node = Coordinator::open(&config).await.unwrap();
     let retry = node.send(command.clone()).await.unwrap();
@@ -51,9 +50,7 @@ async fn without_replay_a_retry_would_duplicate() {
     let wa = phone::normalize("+16315551234", "1").unwrap();
     let key = (0..)
         .map(|i| format!("k{i}"))
-        .find(|k| {
-            shard_for_idempotency_key(&idempotency_key(sender.as_str(), k), 8) != shard_for_recipient(&wa, 8)
-        })
+        .find(|k| shard_for_idempotency_key(&idempotency_key(sender.as_str(), k), 8) != shard_for_recipient(&wa, 8))
         .unwrap();
     let command = SendCommand { message: text_to("+16315551234"), idempotency_key: Some(key), sender: None };
     let node = Coordinator::open(&config).await.unwrap();

@@ -39,7 +39,7 @@ impl Default for DeliveryConfig {
             retry_initial_ms: 200,
             retry_max_ms: 60_000,
             session_cache_capacity: 65_536,
-            session_reservation: 1024,
+            session_reservation: 64,
             max_concurrent_session_setups: 256,
             reconnect_initial_ms: 100,
         }

@@ -41,8 +41,8 @@ use ferry_model::clock::SharedClock;
 use ferry_model::{ErrorCode, MessageId, MessageKey, MessageStatus};
 use ferry_proto::chat::v1::chat_client::ChatClient;
 use ferry_proto::chat::v1::{
-    ClientFrame, Envelope, EnvelopeResult, FetchPreKeyBundleRequest, ReceiptAck, ServerFrame, client_frame,
-    delivery_error, envelope_result, receipt, server_frame,
+    ClientFrame, Envelope, EnvelopeResult, FetchPreKeyBundleRequest, ReceiptAck, client_frame, delivery_error,
+    envelope_result, receipt, server_frame,
 };
 use ferry_session::{IdentityKeyPair, PreKeyBundle, SendingSession};
 use ferry_shard::settle::status_base;
@@ -286,8 +286,7 @@ impl ShardLoop {
     }
 
     fn admit(&mut self, seq: u64, record: QueueRecord) {
-        let message_id =
-            MessageId::encode(MessageKey { shard: self.shard.id(), node_id: self.shard.node_id(), seq });
+        let message_id = MessageId::encode(MessageKey { shard: self.shard.id(), node_id: self.shard.node_id(), seq });
         let key = recipient_key(&record.sender, &record.wa_id);
         let recipient = self.recipients.entry(key.clone()).or_default();
         recipient.waiting.push_back(seq);
@@ -335,7 +334,12 @@ impl ShardLoop {
             let expired = self.messages.get(&seq).is_some_and(|m| self.clock.now_ms() >= m.record.expires_at_ms);
             if expired {
                 self.recipients.get_mut(key).expect("present").waiting.pop_front();
-                self.fail(seq, ErrorCode::Expired, "Message expired", "the message's TTL passed before the server acknowledged it");
+                self.fail(
+                    seq,
+                    ErrorCode::Expired,
+                    "Message expired",
+                    "the message's TTL passed before the server acknowledged it",
+                );
                 continue;
             }
             // Session: a hit encrypts now; a miss or an exhausted reservation runs in the background.
@@ -349,7 +353,8 @@ impl ShardLoop {
             }
             let m = self.messages.get_mut(&seq).expect("waiting message is loaded");
             let mut session = self.sessions.get_mut(key).expect("checked above");
-            let encrypted = session.encrypt(m.message_id.as_str(), &m.record.sender, &m.record.wa_id, &m.record.payload);
+            let encrypted =
+                session.encrypt(m.message_id.as_str(), &m.record.sender, &m.record.wa_id, &m.record.payload);
             drop(session);
             let (header, ciphertext) = match encrypted {
                 Ok(v) => {
@@ -420,11 +425,7 @@ impl ShardLoop {
     }
 
     fn backoff(&self, failures: u32) -> Duration {
-        let exp = self.config.retry_initial_ms.saturating_mul(1u64 << failures.min(20).saturating_sub(1));
-        let capped = exp.min(self.config.retry_max_ms);
-        // Jitter: a uniform delay in [capped/2, capped].
-        let jittered = capped / 2 + rand::random_range(0..=capped / 2);
-        Duration::from_millis(jittered.max(1))
+        backoff(&self.config, failures)
     }
 
     // ---- sessions ----------------------------------------------------------------------------
@@ -452,7 +453,16 @@ impl ShardLoop {
         let key = key.clone();
         self.session_tasks.spawn(async move {
             let outcome = prepare_session(
-                &shard, client, &identity, &permits, &stats, &sender, &recipient, cached, rekey, reservation,
+                &shard,
+                client,
+                &identity,
+                &permits,
+                &stats,
+                &sender,
+                &recipient,
+                cached,
+                rekey,
+                reservation,
             )
             .await;
             SessionDone { key, outcome }
@@ -560,13 +570,19 @@ impl ShardLoop {
                 self.ready.push_back(key);
             }
             Some(envelope_result::Outcome::Error(error)) => {
-                let kind = delivery_error::Kind::try_from(error.kind).unwrap_or(delivery_error::Kind::TemporarilyUnavailable);
+                let kind =
+                    delivery_error::Kind::try_from(error.kind).unwrap_or(delivery_error::Kind::TemporarilyUnavailable);
                 match kind {
                     delivery_error::Kind::RecipientInvalid => {
                         m.phase = Phase::Waiting;
                         let r = self.recipients.get_mut(&key).expect("present");
                         r.in_flight -= 1;
-                        self.fail(seq, ErrorCode::UserNotValid, "Recipient is not a valid WhatsApp user", &error.detail);
+                        self.fail(
+                            seq,
+                            ErrorCode::UserNotValid,
+                            "Recipient is not a valid WhatsApp user",
+                            &error.detail,
+                        );
                         self.ready.push_back(key);
                     }
                     delivery_error::Kind::RateLimited => {
@@ -586,7 +602,7 @@ impl ShardLoop {
                     delivery_error::Kind::TemporarilyUnavailable | delivery_error::Kind::Unspecified => {
                         self.stats.add(&self.stats.temporary_failures, 1);
                         m.failures += 1;
-                        let delay = self.backoff(m.failures);
+                        let delay = backoff(&self.config, m.failures);
                         self.requeue_front(seq);
                         self.block_recipient(&key, Instant::now() + delay);
                     }
@@ -737,16 +753,26 @@ impl ShardLoop {
                         self.ready.push_back(key);
                     }
                 }
-                Some(Timer::AckTimeout { seq, attempt }) => {
-                    if self.messages.get(&seq).is_some_and(|m| m.phase == Phase::InFlight { attempt }) {
-                        self.stats.add(&self.stats.ack_timeouts, 1);
-                        self.requeue_front(seq);
-                    }
+                Some(Timer::AckTimeout { seq, attempt })
+                    if self.messages.get(&seq).is_some_and(|m| m.phase == Phase::InFlight { attempt }) =>
+                {
+                    self.stats.add(&self.stats.ack_timeouts, 1);
+                    self.requeue_front(seq);
                 }
+                Some(Timer::AckTimeout { .. }) => {}
                 None => {}
             }
         }
     }
+}
+
+/// Exponential backoff with jitter: `retry_initial_ms × 2^(failures-1)`, capped at
+/// `retry_max_ms`, then a uniform delay in `[d/2, d]` so retries of many messages spread out.
+fn backoff(config: &DeliveryConfig, failures: u32) -> Duration {
+    let exp = config.retry_initial_ms.saturating_mul(1u64 << failures.clamp(1, 21).saturating_sub(1));
+    let capped = exp.min(config.retry_max_ms);
+    let jittered = capped / 2 + rand::random_range(0..=capped / 2);
+    Duration::from_millis(jittered.max(1))
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -1,6 +1,6 @@
 //! Counters of the delivery loops (read by tests, `ferry serve` logs, metrics later).
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use crate::link::LinkState;
 

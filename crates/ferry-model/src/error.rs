@@ -208,9 +208,9 @@ impl ErrorCode {
             | ErrorCode::InvalidParameter
             | ErrorCode::UnsupportedMessageType
             | ErrorCode::SenderIsRecipient => GrpcCode::InvalidArgument,
-            ErrorCode::UserNotValid
-            | ErrorCode::ReceiverIncapable
-            | ErrorCode::OutsideCustomerServiceWindow => GrpcCode::FailedPrecondition,
+            ErrorCode::UserNotValid | ErrorCode::ReceiverIncapable | ErrorCode::OutsideCustomerServiceWindow => {
+                GrpcCode::FailedPrecondition
+            }
             ErrorCode::Unauthenticated => GrpcCode::Unauthenticated,
             ErrorCode::AccessDenied => GrpcCode::PermissionDenied,
             ErrorCode::NotFound => GrpcCode::NotFound,

@@ -18,8 +18,13 @@ pub enum MessageStatus {
 }
 
 impl MessageStatus {
-    pub const ALL: [MessageStatus; 5] =
-        [MessageStatus::Accepted, MessageStatus::Sent, MessageStatus::Delivered, MessageStatus::Read, MessageStatus::Failed];
+    pub const ALL: [MessageStatus; 5] = [
+        MessageStatus::Accepted,
+        MessageStatus::Sent,
+        MessageStatus::Delivered,
+        MessageStatus::Read,
+        MessageStatus::Failed,
+    ];
 
     /// The name used on every API (`accepted`, `sent`, `delivered`, `read`, `failed`).
     pub fn as_str(self) -> &'static str {

@@ -169,7 +169,11 @@ impl OutboundMessage {
         {
             return Err(ApiError::invalid(
                 "ttl_seconds",
-                format!("a time to live from {} to {} seconds for {what}, got {ttl}", ttl_bounds.start(), ttl_bounds.end()),
+                format!(
+                    "a time to live from {} to {} seconds for {what}, got {ttl}",
+                    ttl_bounds.start(),
+                    ttl_bounds.end()
+                ),
             ));
         }
         let ttl_seconds = self.ttl_seconds.unwrap_or(default_ttl);

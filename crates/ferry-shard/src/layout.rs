@@ -58,8 +58,7 @@ impl NodeLayout {
         fs::create_dir_all(root).map_err(|e| err(format!("cannot create data dir {}: {e}", root.display())))?;
         let path = root.join(NODE_FILE);
         let meta = if path.exists() {
-            let text =
-                fs::read_to_string(&path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+            let text = fs::read_to_string(&path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
             let meta: NodeMeta =
                 serde_json::from_str(&text).map_err(|e| err(format!("corrupt {}: {e}", path.display())))?;
             if meta.format_version != NODE_FORMAT_VERSION {

@@ -31,8 +31,8 @@ pub mod writer;
 
 pub use layout::{NodeLayout, NodeMeta};
 pub use resources::{SharedResources, StorageTuning};
-pub use shard::{Shard, ShardConfig, ShardStats};
 pub use settle::{FailureReason, Settlement};
+pub use shard::{Shard, ShardConfig, ShardStats};
 pub use storage::{IdempotencyIntent, IdempotencyRecord, QueueRecord, StatusEvent, StatusRecord};
 pub use writer::{AppendOutcome, IdempotencyPlacement, NewMessage};
 

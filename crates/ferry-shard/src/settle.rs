@@ -122,10 +122,9 @@ pub fn merge(current: Option<&StatusRecord>, change: &Settlement) -> Option<Stat
             Some(r)
         }
         Settlement::Receipt { status, at_ms, .. } => {
-            let mut r = current.cloned().unwrap_or_else(|| StatusRecord {
-                status: MessageStatus::Accepted.code(),
-                ..StatusRecord::default()
-            });
+            let mut r = current
+                .cloned()
+                .unwrap_or_else(|| StatusRecord { status: MessageStatus::Accepted.code(), ..StatusRecord::default() });
             let was = status_of(&r);
             if !was.advances(*status) {
                 return None;
@@ -164,12 +163,16 @@ mod tests {
         let sent = merge(None, &Settlement::Sent { seq: 1, message: base(), at_ms: 2_000 }).unwrap();
         assert_eq!(sent.status, MessageStatus::Sent.code());
         let delivered =
-            merge(Some(&sent), &Settlement::Receipt { seq: 1, status: MessageStatus::Delivered, at_ms: 3_000 }).unwrap();
-        let read =
-            merge(Some(&delivered), &Settlement::Receipt { seq: 1, status: MessageStatus::Read, at_ms: 4_000 }).unwrap();
+            merge(Some(&sent), &Settlement::Receipt { seq: 1, status: MessageStatus::Delivered, at_ms: 3_000 })
+                .unwrap();
+        let read = merge(Some(&delivered), &Settlement::Receipt { seq: 1, status: MessageStatus::Read, at_ms: 4_000 })
+            .unwrap();
         assert_eq!(read.status, MessageStatus::Read.code());
         assert_eq!(statuses(&read), vec![0, 1, 2, 3]);
-        assert!(merge(Some(&read), &Settlement::Receipt { seq: 1, status: MessageStatus::Delivered, at_ms: 5_000 }).is_none());
+        assert!(
+            merge(Some(&read), &Settlement::Receipt { seq: 1, status: MessageStatus::Delivered, at_ms: 5_000 })
+                .is_none()
+        );
         assert!(merge(Some(&read), &Settlement::Sent { seq: 1, message: base(), at_ms: 6_000 }).is_none());
         let reason = FailureReason { code: 410, title: "expired".into(), details: String::new() };
         assert!(merge(Some(&read), &Settlement::Failed { seq: 1, message: base(), at_ms: 7_000, reason }).is_none());
@@ -177,7 +180,8 @@ mod tests {
 
     #[test]
     fn receipt_before_ack_keeps_the_later_status() {
-        let early = merge(None, &Settlement::Receipt { seq: 1, status: MessageStatus::Delivered, at_ms: 3_000 }).unwrap();
+        let early =
+            merge(None, &Settlement::Receipt { seq: 1, status: MessageStatus::Delivered, at_ms: 3_000 }).unwrap();
         assert!(early.wa_id.is_empty());
         let after_ack = merge(Some(&early), &Settlement::Sent { seq: 1, message: base(), at_ms: 2_500 }).unwrap();
         assert_eq!(after_ack.status, MessageStatus::Delivered.code());
@@ -191,6 +195,8 @@ mod tests {
         let failed = merge(None, &Settlement::Failed { seq: 1, message: base(), at_ms: 9_000, reason }).unwrap();
         assert_eq!(failed.status, MessageStatus::Failed.code());
         assert_eq!(failed.error_code, 410);
-        assert!(merge(Some(&failed), &Settlement::Receipt { seq: 1, status: MessageStatus::Read, at_ms: 9_500 }).is_none());
+        assert!(
+            merge(Some(&failed), &Settlement::Receipt { seq: 1, status: MessageStatus::Read, at_ms: 9_500 }).is_none()
+        );
     }
 }

@@ -57,6 +57,7 @@
 //!    it never seeks into the deleted head. At start-up it begins at `meta/queue_low_watermark`,
 //!    which every settle batch advances.
 //! 3. Each scan is bounded by the in-memory window, not by the queue length.
+//!
 //! The measurement (10 million appends and deletes, then a scan) is in `benches/README.md`
 //! (`cargo bench --bench queue_tombstones`).
 //!
@@ -71,7 +72,6 @@
 
 use std::path::Path;
 
-use prost::Message as _;
 use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, DB, Options, ReadOptions};
 
 use crate::ShardError;
@@ -226,20 +226,16 @@ pub fn encode_value<M: prost::Message>(m: &M) -> Vec<u8> {
 
 pub fn decode_value<M: prost::Message + Default>(shard: u16, bytes: &[u8]) -> Result<M, ShardError> {
     match bytes.split_first() {
-        Some((&VALUE_VERSION, rest)) => M::decode(rest).map_err(|e| ShardError::Corrupt {
-            shard,
-            what: format!("undecodable value: {e}"),
-        }),
+        Some((&VALUE_VERSION, rest)) => {
+            M::decode(rest).map_err(|e| ShardError::Corrupt { shard, what: format!("undecodable value: {e}") })
+        }
         Some((v, _)) => Err(ShardError::Corrupt { shard, what: format!("unknown value version {v}") }),
         None => Err(ShardError::Corrupt { shard, what: "empty value".into() }),
     }
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// An open shard database. Reads may come from any thread; writes come only from the shard's
@@ -282,17 +278,19 @@ impl Store {
                 });
             }
             if *name == CF_STATUS {
-                cf_opts.set_compaction_filter("ferry-status-retention", move |_level, _key, value| {
-                    match decode_value::<StatusRecord>(0, value) {
-                        Ok(r) if now_ms() - r.updated_at_ms > status_retention_ms => rocksdb::CompactionDecision::Remove,
+                cf_opts.set_compaction_filter(
+                    "ferry-status-retention",
+                    move |_level, _key, value| match decode_value::<StatusRecord>(0, value) {
+                        Ok(r) if now_ms() - r.updated_at_ms > status_retention_ms => {
+                            rocksdb::CompactionDecision::Remove
+                        }
                         _ => rocksdb::CompactionDecision::Keep,
-                    }
-                });
+                    },
+                );
             }
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
-        let db = DB::open_cf_descriptors(&db_opts, dir, cfs)
-            .map_err(|source| ShardError::Rocks { shard, source })?;
+        let db = DB::open_cf_descriptors(&db_opts, dir, cfs).map_err(|source| ShardError::Rocks { shard, source })?;
         Ok(Store { shard, db })
     }
 
@@ -311,14 +309,10 @@ impl Store {
     pub fn get_meta_u64(&self, key: &[u8]) -> Result<Option<u64>, ShardError> {
         match self.get_meta(key)? {
             None => Ok(None),
-            Some(v) => v
-                .as_slice()
-                .try_into()
-                .map(|b| Some(u64::from_be_bytes(b)))
-                .map_err(|_| ShardError::Corrupt {
-                    shard: self.shard,
-                    what: format!("meta {} is not a u64", String::from_utf8_lossy(key)),
-                }),
+            Some(v) => v.as_slice().try_into().map(|b| Some(u64::from_be_bytes(b))).map_err(|_| ShardError::Corrupt {
+                shard: self.shard,
+                what: format!("meta {} is not a u64", String::from_utf8_lossy(key)),
+            }),
         }
     }
 
@@ -342,7 +336,9 @@ impl Store {
             None => Ok(None),
             Some(v) => match v.split_first() {
                 Some((&VALUE_VERSION, rest)) => Ok(Some(rest.to_vec())),
-                _ => Err(ShardError::Corrupt { shard: self.shard, what: "session value has an unknown version".into() }),
+                _ => {
+                    Err(ShardError::Corrupt { shard: self.shard, what: "session value has an unknown version".into() })
+                }
             },
         }
     }
@@ -363,10 +359,8 @@ impl Store {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_IDEMPOTENCY_INTENTS), rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
-            let seq = decode_seq(&k).ok_or_else(|| ShardError::Corrupt {
-                shard: self.shard,
-                what: "intent key is not a u64".into(),
-            })?;
+            let seq = decode_seq(&k)
+                .ok_or_else(|| ShardError::Corrupt { shard: self.shard, what: "intent key is not a u64".into() })?;
             out.push((seq, decode_value(self.shard, &v)?));
         }
         Ok(out)
@@ -402,10 +396,8 @@ impl Store {
         let mut out = Vec::new();
         for item in iter.take(limit) {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
-            let seq = decode_seq(&k).ok_or_else(|| ShardError::Corrupt {
-                shard: self.shard,
-                what: "queue key is not a u64".into(),
-            })?;
+            let seq = decode_seq(&k)
+                .ok_or_else(|| ShardError::Corrupt { shard: self.shard, what: "queue key is not a u64".into() })?;
             out.push((seq, decode_value(self.shard, &v)?));
         }
         Ok(out)
@@ -417,10 +409,6 @@ impl Store {
 
     /// Approximate number of live keys in the queue (RocksDB estimate).
     pub fn estimated_queue_len(&self) -> u64 {
-        self.db
-            .property_int_value_cf(self.cf(CF_QUEUE), "rocksdb.estimate-num-keys")
-            .ok()
-            .flatten()
-            .unwrap_or(0)
+        self.db.property_int_value_cf(self.cf(CF_QUEUE), "rocksdb.estimate-num-keys").ok().flatten().unwrap_or(0)
     }
 }

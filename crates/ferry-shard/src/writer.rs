@@ -56,21 +56,42 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, ShardError>>;
 
 /// A unit of work for the writer. Ops arriving together are committed together.
 pub(crate) enum WriteOp {
-    Append { messages: Vec<NewMessage>, reply: Reply<Vec<AppendOutcome>> },
-    PutIdempotency { entries: Vec<(Vec<u8>, IdempotencyRecord)>, reply: Reply<()> },
-    ClearIntents { seqs: Vec<u64> },
+    Append {
+        messages: Vec<NewMessage>,
+        reply: Reply<Vec<AppendOutcome>>,
+    },
+    PutIdempotency {
+        entries: Vec<(Vec<u8>, IdempotencyRecord)>,
+        reply: Reply<()>,
+    },
+    ClearIntents {
+        seqs: Vec<u64>,
+    },
     /// Removes messages from the queue (after the server acked them, or they expired).
-    Remove { seqs: Vec<u64>, reply: Reply<()> },
+    Remove {
+        seqs: Vec<u64>,
+        reply: Reply<()>,
+    },
     /// Records outcomes: queue removals and status changes in one batch (see [`crate::settle`]),
     /// and advances the queue's low watermark.
-    Settle { entries: Vec<Settlement>, low_watermark: Option<u64>, reply: Reply<()> },
+    Settle {
+        entries: Vec<Settlement>,
+        low_watermark: Option<u64>,
+        reply: Reply<()>,
+    },
     /// Stores encryption-session snapshots (`sender ++ 0 ++ recipient` → snapshot).
-    PutSessions { entries: Vec<(Vec<u8>, Vec<u8>)>, reply: Reply<()> },
+    PutSessions {
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        reply: Reply<()>,
+    },
     /// Commits what was taken so far, then stops the writer.
     Stop,
     /// Test support: blocks the writer until `release` is dropped, counting `weight` against the
     /// mailbox meanwhile (see `Shard::hold_writer_for_test`).
-    Hold { release: crossbeam_channel::Receiver<()>, weight: usize },
+    Hold {
+        release: crossbeam_channel::Receiver<()>,
+        weight: usize,
+    },
 }
 
 impl WriteOp {

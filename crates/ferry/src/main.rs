@@ -126,19 +126,16 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     let (chatsim, upstream) = match &config.upstream {
         Some(upstream) => (None, upstream.clone()),
         None => {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot bind the in-process chatsim")?;
+            let listener =
+                tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot bind the in-process chatsim")?;
             let sim = ferry_chatsim::ChatSim::start(listener, config.chatsim.clone()).await?;
             let addr = sim.local_addr().to_string();
             tracing::info!(%addr, "no upstream configured: delivering to the in-process reference chat server");
             (Some(sim), addr)
         }
     };
-    let delivery = DeliveryEngine::start(
-        coordinator.shards(),
-        &upstream,
-        config.delivery.clone(),
-        coordinator.clock().clone(),
-    )?;
+    let delivery =
+        DeliveryEngine::start(coordinator.shards(), &upstream, config.delivery.clone(), coordinator.clock().clone())?;
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (grpc_listen)"))?;
     let bound = listener.local_addr()?;
@@ -207,11 +204,8 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| anyhow::anyhow!("get failed: {}", describe(&s)))?
         .into_inner();
-    let history: Vec<_> = r
-        .history
-        .iter()
-        .map(|h| serde_json::json!({"status": h.status, "timestamp_ms": h.timestamp_ms}))
-        .collect();
+    let history: Vec<_> =
+        r.history.iter().map(|h| serde_json::json!({"status": h.status, "timestamp_ms": h.timestamp_ms})).collect();
     let out = serde_json::json!({
         "message_id": r.message_id, "to": r.to, "shard": r.shard, "status": r.status, "type": r.r#type,
         "sender": r.sender, "accepted_at_ms": r.accepted_at_ms, "expires_at_ms": r.expires_at_ms,
