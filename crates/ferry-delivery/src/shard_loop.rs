@@ -33,7 +33,7 @@
 
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,7 +146,8 @@ pub(crate) struct ShardLoop {
 
     /// Next queue sequence number to read.
     cursor: u64,
-    messages: HashMap<u64, Loaded>,
+    /// Every loaded, unsettled message by sequence (ordered: the lowest held is the watermark).
+    messages: BTreeMap<u64, Loaded>,
     recipients: HashMap<RecipientKey, Recipient>,
     /// Recipients that may be able to dispatch now.
     ready: VecDeque<RecipientKey>,
@@ -187,7 +188,7 @@ impl ShardLoop {
             events,
             shutdown,
             cursor,
-            messages: HashMap::new(),
+            messages: BTreeMap::new(),
             recipients: HashMap::new(),
             ready: VecDeque::new(),
             timers: BinaryHeap::new(),
@@ -665,14 +666,8 @@ impl ShardLoop {
         // gone once this batch is durable; writes are applied in order, so earlier settle
         // batches are durable before this one.
         let leaving: HashSet<u64> = seqs.iter().copied().collect();
-        let low_watermark = self
-            .messages
-            .keys()
-            .copied()
-            .filter(|s| !leaving.contains(s))
-            .min()
-            .unwrap_or(self.cursor)
-            .min(self.cursor);
+        let low_watermark =
+            self.messages.keys().copied().find(|s| !leaving.contains(s)).unwrap_or(self.cursor).min(self.cursor);
         if entries.is_empty() {
             self.ack_receipts(receipt_ids);
             return;

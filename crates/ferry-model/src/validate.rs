@@ -233,6 +233,16 @@ fn max_chars(s: &str, max: usize, field: &str) -> Check {
     if n > max { Err(ApiError::too_long(field, max, n)) } else { Ok(()) }
 }
 
+/// Emoji and pictographs (the Unicode blocks emoji live in, plus the emoji variation selector and
+/// zero-width joiner that build emoji sequences).
+fn is_emoji(c: char) -> bool {
+    matches!(c as u32,
+        0x1F000..=0x1FAFF // mahjong .. pictographs extended-A (faces, objects, flags)
+        | 0x2600..=0x27BF // miscellaneous symbols, dingbats
+        | 0x2B00..=0x2BFF // arrows and stars (⭐, ⬆)
+        | 0xFE0F | 0x200D)
+}
+
 fn required_max<'a>(v: &'a Option<String>, max: usize, field: &str) -> Result<&'a str, ApiError> {
     let s = required(v, field)?;
     max_chars(s, max, field)?;
@@ -825,7 +835,12 @@ fn flow(a: &InteractiveAction) -> Check {
     one_of(version, &["3"], &version_field)?;
     required(&p.flow_token, &format!("{base}.flow_token"))?;
     required(&p.flow_id, &format!("{base}.flow_id"))?;
-    required_max(&p.flow_cta, MAX_FLOW_CTA, &format!("{base}.flow_cta"))?;
+    // onprem: flow_cta "Maximum length: 20 characters (no emoji)".
+    let cta_field = format!("{base}.flow_cta");
+    let cta = required_max(&p.flow_cta, MAX_FLOW_CTA, &cta_field)?;
+    if let Some(e) = cta.chars().find(|c| is_emoji(*c)) {
+        return Err(ApiError::invalid(cta_field, format!("text without emoji, got `{e}`")));
+    }
     let action_field = format!("{base}.flow_action");
     if let Some(action) = &p.flow_action {
         one_of(action, &["navigate", "data_exchange"], &action_field)?;
