@@ -226,6 +226,12 @@ async fn run(args: Args) {
         totals.session_setups - setups_before,
         totals.session_hits
     );
+    let shard_stats = coordinator.shard_stats();
+    let synced: u64 = shard_stats.iter().map(|s| s.synced_writes).sum();
+    println!(
+        "  shards: {synced} synced writes (appends, settles, sessions) = {:.0} fsyncs/s",
+        synced as f64 / settled_elapsed.as_secs_f64()
+    );
     if let Ok(status) = std::fs::read_to_string("/proc/self/status")
         && let Some(rss) = status.lines().find(|l| l.starts_with("VmHWM"))
     {

@@ -90,6 +90,8 @@ struct Loaded {
     attempts: u32,
     /// Temporary failures in a row (drives the backoff).
     failures: u32,
+    /// The ack-timeout timer of the current attempt, cancelled when an answer arrives.
+    ack_timer: Option<u64>,
 }
 
 #[derive(Default)]
@@ -112,6 +114,8 @@ enum Timer {
 /// The result of a background session task.
 struct SessionDone {
     key: RecipientKey,
+    /// The task was a re-key (the server did not know the previous session).
+    rekey: bool,
     outcome: Result<(SendingSession, SessionSource), SessionFailure>,
 }
 
@@ -294,7 +298,10 @@ impl ShardLoop {
         if recipient.waiting.len() == 1 {
             self.ready.push_back(key.clone());
         }
-        self.messages.insert(seq, Loaded { record, message_id, key, phase: Phase::Waiting, attempts: 0, failures: 0 });
+        self.messages.insert(
+            seq,
+            Loaded { record, message_id, key, phase: Phase::Waiting, attempts: 0, failures: 0, ack_timer: None },
+        );
     }
 
     // ---- dispatching -------------------------------------------------------------------------
@@ -391,7 +398,10 @@ impl ShardLoop {
                 return;
             }
             let deadline = now + Duration::from_millis(self.config.ack_timeout_ms);
-            self.add_timer(deadline, Timer::AckTimeout { seq, attempt });
+            let timer = self.add_timer(deadline, Timer::AckTimeout { seq, attempt });
+            if let Some(m) = self.messages.get_mut(&seq) {
+                m.ack_timer = Some(timer);
+            }
         }
     }
 
@@ -466,7 +476,7 @@ impl ShardLoop {
                 reservation,
             )
             .await;
-            SessionDone { key, outcome }
+            SessionDone { key, rekey, outcome }
         });
     }
 
@@ -494,6 +504,9 @@ impl ShardLoop {
             }
             Err(SessionFailure::Temporary(detail)) => {
                 tracing::debug!(shard = %self.shard.id(), detail, "session setup failed; retrying");
+                // A failed re-key must stay a re-key: the stored session is the one the server
+                // does not know.
+                r.rekey |= done.rekey;
                 let failures = r.waiting.front().and_then(|s| self.messages.get_mut(s)).map(|m| {
                     m.failures += 1;
                     m.failures
@@ -557,6 +570,9 @@ impl ShardLoop {
             return; // a late answer to an attempt we already gave up on
         }
         let key = m.key.clone();
+        let timer = m.ack_timer.take();
+        self.cancel_timer(timer);
+        let Some(m) = self.messages.get_mut(&seq) else { return };
         match result.outcome {
             Some(envelope_result::Outcome::Ack(ack)) => {
                 m.phase = Phase::Settling;
@@ -725,11 +741,21 @@ impl ShardLoop {
 
     // ---- timers ------------------------------------------------------------------------------
 
-    fn add_timer(&mut self, at: Instant, timer: Timer) {
+    /// Schedules `timer`; returns its id (for [`ShardLoop::cancel_timer`]).
+    fn add_timer(&mut self, at: Instant, timer: Timer) -> u64 {
         let id = self.next_timer_id;
         self.next_timer_id += 1;
         self.timer_payloads.insert(id, timer);
         self.timers.push(Reverse((at, id)));
+        id
+    }
+
+    /// Forgets a timer's payload; its heap entry is dropped when it comes due. Heap entries are 16
+    /// bytes, so a heap of ack timeouts for acked envelopes stays small; the payloads would not.
+    fn cancel_timer(&mut self, id: Option<u64>) {
+        if let Some(id) = id {
+            self.timer_payloads.remove(&id);
+        }
     }
 
     fn fire_timers(&mut self) {

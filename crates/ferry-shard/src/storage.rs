@@ -58,8 +58,10 @@
 //!    which every settle batch advances.
 //! 3. Each scan is bounded by the in-memory window, not by the queue length.
 //!
-//! The measurement (10 million appends and deletes, then a scan) is in `benches/README.md`
-//! (`cargo bench --bench queue_tombstones`).
+//! Measured (`FERRY_BENCH_TOMBSTONES=10000000 cargo bench --bench queue_tombstones`, details in
+//! `benches/README.md`): after 10 million appends and `SingleDelete`s, reading the next 10 queued
+//! messages by seeking to the start of the queue took 2,867 ms before compaction; the bounded read
+//! from the low watermark took 0.08 ms (0.02 ms after compaction).
 //!
 //! ## Idempotency
 //!
