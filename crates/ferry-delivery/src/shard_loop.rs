@@ -108,7 +108,12 @@ struct Recipient {
 
 enum Timer {
     Unblock(RecipientKey),
-    AckTimeout { seq: u64, attempt: u32 },
+    /// Write the deferred settle batches again.
+    RetrySettle,
+    AckTimeout {
+        seq: u64,
+        attempt: u32,
+    },
 }
 
 /// The result of a background session task.
@@ -134,9 +139,18 @@ enum SessionFailure {
 
 struct SettleDone {
     seqs: Vec<u64>,
+    /// The batch itself, kept to write it again if it failed.
+    entries: Vec<Settlement>,
     receipt_ids: Vec<u64>,
     result: Result<(), ShardError>,
 }
+
+/// Delay before writing a failed settle batch again.
+const SETTLE_RETRY: Duration = Duration::from_secs(1);
+/// Longest wait for a pre-key bundle before the set-up counts as a temporary failure.
+const BUNDLE_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often expired messages are failed while the chat server is unreachable.
+const TTL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(crate) struct ShardLoop {
     shard: Arc<Shard>,
@@ -165,6 +179,10 @@ pub(crate) struct ShardLoop {
     to_settle: Vec<Settlement>,
     receipts_to_ack: Vec<u64>,
     settle_tasks: JoinSet<SettleDone>,
+    /// Settle batches whose write failed, written again after [`SETTLE_RETRY`]. Their messages
+    /// stay `Settling` (never resent: the server has them).
+    deferred_settle: Vec<Settlement>,
+    deferred_receipts: Vec<u64>,
 }
 
 impl ShardLoop {
@@ -203,6 +221,8 @@ impl ShardLoop {
             to_settle: Vec::new(),
             receipts_to_ack: Vec::new(),
             settle_tasks: JoinSet::new(),
+            deferred_settle: Vec::new(),
+            deferred_receipts: Vec::new(),
         }
     }
 
@@ -211,6 +231,8 @@ impl ShardLoop {
     pub(crate) async fn run(mut self) {
         let shard = self.shard.clone();
         let mut events = Vec::with_capacity(256);
+        let mut ttl_sweep = tokio::time::interval(TTL_SWEEP_INTERVAL);
+        ttl_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *self.shutdown.borrow() {
                 break;
@@ -243,6 +265,7 @@ impl ShardLoop {
                 }
                 _ = shard.appended(), if has_room => {}
                 _ = sleep_until_opt(next_timer) => self.fire_timers(),
+                _ = ttl_sweep.tick() => self.fail_expired_while_unreachable(),
                 _ = self.shutdown.changed() => {}
             }
         }
@@ -402,6 +425,33 @@ impl ShardLoop {
             if let Some(m) = self.messages.get_mut(&seq) {
                 m.ack_timer = Some(timer);
             }
+        }
+    }
+
+    /// While the chat server is unreachable nothing is dispatched, so TTLs are checked here: the
+    /// waiting messages that expired fail with 410 (with a link, dispatch checks them).
+    fn fail_expired_while_unreachable(&mut self) {
+        if self.link.is_some() {
+            return;
+        }
+        let now_ms = self.clock.now_ms();
+        let expired: Vec<u64> = self
+            .messages
+            .iter()
+            .filter(|(_, m)| m.phase == Phase::Waiting && now_ms >= m.record.expires_at_ms)
+            .map(|(&seq, _)| seq)
+            .collect();
+        for seq in expired {
+            let key = self.messages[&seq].key.clone();
+            if let Some(r) = self.recipients.get_mut(&key) {
+                r.waiting.retain(|s| *s != seq);
+            }
+            self.fail(
+                seq,
+                ErrorCode::Expired,
+                "Message expired",
+                "the message's TTL passed before the server acknowledged it",
+            );
         }
     }
 
@@ -689,13 +739,12 @@ impl ShardLoop {
             return;
         }
         let watermark = (low_watermark > self.shard.queue_low_watermark()).then_some(low_watermark);
-        match self.shard.settle_durably(entries, watermark) {
+        match self.shard.settle_durably(entries.clone(), watermark) {
             Ok(wait) => {
-                self.settle_tasks.spawn(async move { SettleDone { seqs, receipt_ids, result: wait.await } });
+                self.settle_tasks.spawn(async move { SettleDone { seqs, entries, receipt_ids, result: wait.await } });
             }
             Err(e) => {
-                tracing::error!(shard = %self.shard.id(), error = %e, "cannot record outcomes; will retry the messages");
-                self.settle_tasks.spawn(async move { SettleDone { seqs, receipt_ids: Vec::new(), result: Err(e) } });
+                self.settle_tasks.spawn(async move { SettleDone { seqs, entries, receipt_ids, result: Err(e) } });
             }
         }
     }
@@ -715,16 +764,14 @@ impl ShardLoop {
                 self.ack_receipts(done.receipt_ids);
             }
             Err(e) => {
-                tracing::error!(shard = %self.shard.id(), error = %e, "recording outcomes failed; the messages will be sent again");
-                for seq in done.seqs {
-                    if let Some(m) = self.messages.get_mut(&seq) {
-                        m.phase = Phase::InFlight { attempt: m.attempts };
-                        let key = m.key.clone();
-                        if let Some(r) = self.recipients.get_mut(&key) {
-                            r.in_flight += 1;
-                        }
-                        self.requeue_front(seq);
-                    }
+                // The server has these messages: write the outcomes again (never resend). They stay
+                // `Settling` meanwhile, holding the watermark below them.
+                tracing::error!(shard = %self.shard.id(), error = %e, "recording outcomes failed; writing them again in 1 s");
+                let retry_pending = !self.deferred_settle.is_empty() || !self.deferred_receipts.is_empty();
+                self.deferred_settle.extend(done.entries);
+                self.deferred_receipts.extend(done.receipt_ids);
+                if !retry_pending {
+                    self.add_timer(Instant::now() + SETTLE_RETRY, Timer::RetrySettle);
                 }
             }
         }
@@ -781,6 +828,10 @@ impl ShardLoop {
                     self.requeue_front(seq);
                 }
                 Some(Timer::AckTimeout { .. }) => {}
+                Some(Timer::RetrySettle) => {
+                    self.to_settle.append(&mut self.deferred_settle);
+                    self.receipts_to_ack.append(&mut self.deferred_receipts);
+                }
                 None => {}
             }
         }
@@ -840,8 +891,10 @@ async fn prepare_session(
                         tracing::warn!(error = %e, "stored session unreadable; setting up a new one");
                     }
                     let _permit = permits.acquire().await.map_err(|e| temporary(&e))?;
+                    let mut request = tonic::Request::new(FetchPreKeyBundleRequest { recipient: recipient.to_owned() });
+                    request.set_timeout(BUNDLE_FETCH_TIMEOUT);
                     let bundle = client
-                        .fetch_pre_key_bundle(FetchPreKeyBundleRequest { recipient: recipient.to_owned() })
+                        .fetch_pre_key_bundle(request)
                         .await
                         .map_err(|status| match status.code() {
                             tonic::Code::NotFound | tonic::Code::InvalidArgument => {

@@ -33,7 +33,7 @@ pub use layout::{NodeLayout, NodeMeta};
 pub use resources::{SharedResources, StorageTuning};
 pub use settle::{FailureReason, Settlement};
 pub use shard::{Shard, ShardConfig, ShardStats};
-pub use storage::{IdempotencyIntent, IdempotencyRecord, QueueRecord, StatusEvent, StatusRecord};
+pub use storage::{CallbackRecord, IdempotencyIntent, IdempotencyRecord, QueueRecord, StatusEvent, StatusRecord};
 pub use writer::{AppendOutcome, IdempotencyPlacement, NewMessage};
 
 /// Errors of the shard layer.

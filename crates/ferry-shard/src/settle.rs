@@ -9,7 +9,7 @@
 
 use ferry_model::MessageStatus;
 
-use crate::storage::{QueueRecord, StatusEvent, StatusRecord};
+use crate::storage::{CallbackRecord, QueueRecord, StatusEvent, StatusRecord};
 
 /// Why a message failed for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +91,24 @@ fn fill_from(r: &mut StatusRecord, message: &StatusRecord) {
     }
 }
 
+/// The webhook callback reporting the current status of `record` (message `seq`).
+pub fn callback_for(seq: u64, record: &StatusRecord) -> CallbackRecord {
+    let at_ms =
+        record.history.iter().rev().find(|e| e.status == record.status).map_or(record.updated_at_ms, |e| e.at_ms);
+    CallbackRecord {
+        seq,
+        status: record.status,
+        at_ms,
+        wa_id: record.wa_id.clone(),
+        sender: record.sender.clone(),
+        biz_opaque_callback_data: record.biz_opaque_callback_data.clone(),
+        error_code: record.error_code,
+        error_title: record.error_title.clone(),
+        error_details: record.error_details.clone(),
+        message_type: record.message_type.clone(),
+    }
+}
+
 /// The record to store after `change`, or `None` if the change is not progress.
 pub fn merge(current: Option<&StatusRecord>, change: &Settlement) -> Option<StatusRecord> {
     match change {
@@ -109,7 +127,17 @@ pub fn merge(current: Option<&StatusRecord>, change: &Settlement) -> Option<Stat
             Some(r)
         }
         Settlement::Failed { message, at_ms, reason, .. } => {
-            if current.is_some_and(|c| !status_of(c).advances(MessageStatus::Failed)) {
+            if let Some(c) = current
+                && !status_of(c).advances(MessageStatus::Failed)
+            {
+                // Already sent (a receipt proves it): not a failure. If the receipt came first,
+                // its record still lacks the message's fields: fill them in.
+                if c.wa_id.is_empty() && status_of(c) != MessageStatus::Failed {
+                    let mut r = c.clone();
+                    fill_from(&mut r, message);
+                    add_event(&mut r, MessageStatus::Sent, c.history.first().map_or(*at_ms, |e| e.at_ms));
+                    return Some(r);
+                }
                 return None;
             }
             let mut r = message.clone();

@@ -14,8 +14,9 @@ use crate::ShardError;
 use crate::resources::SharedResources;
 use crate::settle::Settlement;
 use crate::storage::{
-    FORMAT_VERSION, IdempotencyIntent, IdempotencyRecord, META_FORMAT_VERSION, META_IDENTITY_KEY, META_NEXT_SEQ,
-    META_NODE_ID, META_QUEUE_LOW_WATERMARK, META_SHARD, QueueRecord, StatusRecord, Store, session_key,
+    CallbackRecord, FORMAT_VERSION, IdempotencyIntent, IdempotencyRecord, META_FORMAT_VERSION, META_IDENTITY_KEY,
+    META_NEXT_OUTBOX_SEQ, META_NEXT_SEQ, META_NODE_ID, META_QUEUE_LOW_WATERMARK, META_SHARD, QueueRecord, StatusRecord,
+    Store, session_key,
 };
 use crate::writer::{AppendOutcome, Committed, NewMessage, WriteOp, Writer, WriterCounters};
 
@@ -30,11 +31,20 @@ pub struct ShardConfig {
     /// How long the status of a message that left the queue is kept (for `GetMessage`), in
     /// seconds. Records older than this are dropped at compaction.
     pub status_retention_secs: u64,
+    /// Whether status changes also write webhook callbacks to the shard's outbox. Set by the node
+    /// when a webhook URL is configured; not a config key of its own.
+    #[serde(skip)]
+    pub callbacks: bool,
 }
 
 impl Default for ShardConfig {
     fn default() -> Self {
-        ShardConfig { queue_capacity: 16_384, max_batch_messages: 4_096, status_retention_secs: 30 * 24 * 3600 }
+        ShardConfig {
+            queue_capacity: 16_384,
+            max_batch_messages: 4_096,
+            status_retention_secs: 30 * 24 * 3600,
+            callbacks: false,
+        }
     }
 }
 
@@ -78,7 +88,7 @@ pub struct Shard {
     counters: Arc<WriterCounters>,
     committed: Arc<Committed>,
     identity_key: [u8; 32],
-    queue_low_watermark: AtomicU64,
+    queue_low_watermark: Arc<AtomicU64>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -100,8 +110,13 @@ impl Shard {
         let (tx, rx) = crossbeam_channel::unbounded();
         let pending = Arc::new(AtomicUsize::new(0));
         let counters = Arc::new(WriterCounters::default());
-        let committed =
-            Arc::new(Committed { next_seq: AtomicU64::new(next_seq), appended: tokio::sync::Notify::new() });
+        let next_outbox_seq = store.get_meta_u64(META_NEXT_OUTBOX_SEQ)?.unwrap_or(1);
+        let committed = Arc::new(Committed {
+            next_seq: AtomicU64::new(next_seq),
+            appended: tokio::sync::Notify::new(),
+            next_outbox_seq: AtomicU64::new(next_outbox_seq),
+            callbacks: tokio::sync::Notify::new(),
+        });
         let writer = Writer {
             store: store.clone(),
             shard: id,
@@ -111,6 +126,8 @@ impl Shard {
             pending: pending.clone(),
             counters: counters.clone(),
             committed: committed.clone(),
+            callbacks_enabled: config.callbacks,
+            next_outbox_seq,
         };
         let handle = std::thread::Builder::new()
             .name(format!("shard-{:02}-writer", id.0))
@@ -128,7 +145,7 @@ impl Shard {
             counters,
             committed,
             identity_key,
-            queue_low_watermark: AtomicU64::new(queue_low_watermark),
+            queue_low_watermark: Arc::new(AtomicU64::new(queue_low_watermark)),
             writer: Mutex::new(Some(handle)),
         })
     }
@@ -168,8 +185,9 @@ impl Shard {
         let weight = op.weight();
         let mut current = self.pending.load(Ordering::Acquire);
         loop {
-            // An op bigger than the whole capacity is still admitted into an empty mailbox.
-            if current > 0 && current + weight > self.capacity {
+            // An op bigger than the whole capacity is still admitted into an empty mailbox; ops
+            // that hold no queue space (settles, sessions) are never refused.
+            if weight > 0 && current > 0 && current + weight > self.capacity {
                 return Err(ShardError::Overloaded { shard: self.id.0, pending: current, capacity: self.capacity });
             }
             match self.pending.compare_exchange_weak(current, current + weight, Ordering::AcqRel, Ordering::Acquire) {
@@ -237,11 +255,16 @@ impl Shard {
     ) -> Result<impl Future<Output = Result<(), ShardError>> + use<>, ShardError> {
         let (reply, rx) = oneshot::channel();
         self.submit(WriteOp::Settle { entries, low_watermark, reply })?;
-        if let Some(mark) = low_watermark {
-            self.queue_low_watermark.fetch_max(mark, Ordering::AcqRel);
-        }
         let shard = self.id.0;
-        Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
+        let watermark = self.queue_low_watermark.clone();
+        Ok(async move {
+            let result = rx.await.unwrap_or(Err(ShardError::Stopped(shard)));
+            // Raised only once the batch holding it is durable.
+            if let (Ok(()), Some(mark)) = (&result, low_watermark) {
+                watermark.fetch_max(mark, Ordering::AcqRel);
+            }
+            result
+        })
     }
 
     /// Stores encryption-session snapshots durably (synced): `(sender, recipient, snapshot)`.
@@ -252,6 +275,32 @@ impl Shard {
         let (reply, rx) = oneshot::channel();
         let entries = entries.into_iter().map(|(s, r, snap)| (session_key(&s, &r), snap)).collect();
         self.submit(WriteOp::PutSessions { entries, reply })?;
+        let shard = self.id.0;
+        Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
+    }
+
+    /// The outbox sequence number below which every callback is durable.
+    pub fn committed_next_outbox_seq(&self) -> u64 {
+        self.committed.next_outbox_seq.load(Ordering::Acquire)
+    }
+
+    /// Resolves after the next durable write that added callbacks (one waiter: the webhook sender).
+    pub async fn callbacks_appended(&self) {
+        self.committed.callbacks.notified().await
+    }
+
+    /// Outbox entries with sequence in `[from, until)`, at most `limit`, in order.
+    pub fn scan_outbox(&self, from: u64, until: u64, limit: usize) -> Result<Vec<(u64, CallbackRecord)>, ShardError> {
+        self.store.scan_outbox(from, until, limit)
+    }
+
+    /// Deletes outbox entries (the receiver accepted them), durably.
+    pub fn remove_outbox_durably(
+        &self,
+        seqs: Vec<u64>,
+    ) -> Result<impl Future<Output = Result<(), ShardError>> + use<>, ShardError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(WriteOp::RemoveOutbox { seqs, reply })?;
         let shard = self.id.0;
         Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
     }

@@ -13,6 +13,7 @@
 //! | `idempotency_intents` | `seq` as u64 big-endian | `[1u8] ++ IdempotencyIntent` (protobuf) | writer |
 //! | `status` | `seq` as u64 big-endian | `[1u8] ++ StatusRecord` (protobuf) | writer (settle) |
 //! | `sessions` | `sender ++ 0x00 ++ recipient` (UTF-8 wa_ids) | `[1u8] ++` ferry-session snapshot | writer |
+//! | `outbox` | outbox seq as u64 big-endian | `[1u8] ++ CallbackRecord` (protobuf) | writer (settle) |
 //!
 //! `meta` keys: `format_version` (u32 BE), `shard` (u16 BE index ++ u16 BE shard count),
 //! `node_id` (u64 BE), `next_seq` (u64 BE: the next sequence number to assign; rewritten in every
@@ -20,7 +21,8 @@
 //! crash), `queue_low_watermark` (u64 BE: every queue key below it is deleted; a hint that lets the
 //! delivery loop start its scan past the deleted head), `identity_key` (32 random bytes: the
 //! shard's long-term X25519 identity secret for encryption sessions, drawn when the shard is
-//! first opened).
+//! first opened), `next_outbox_seq` (u64 BE: the next callback sequence number, rewritten in every
+//! batch that adds callbacks).
 //!
 //! Every value starts with a one-byte value version (currently 1) followed by a protobuf message
 //! (prost); protobuf lets fields be added without a format bump. Timestamps are milliseconds since
@@ -44,6 +46,14 @@
 //! status never goes backwards (`ferry_model::MessageStatus::advances`), also when a receipt
 //! overtakes the ack that precedes it. `status` records are dropped by a compaction filter once
 //! `updated_at_ms` is older than the configured retention.
+//!
+//! ## Callbacks (webhook outbox)
+//!
+//! When webhooks are configured, every status change that moves a message forward also writes a
+//! `CallbackRecord` to `outbox`, **in the same batch** as the `status` record, so no acknowledged
+//! status change is without its callback after a crash. The webhook sender deletes an entry only
+//! after the receiver answered 2xx; a crash in between sends it again (same message id and status,
+//! so receivers can dedup).
 //!
 //! ## Queue hygiene (tombstones at the head of an LSM FIFO)
 //!
@@ -92,7 +102,9 @@ pub const CF_IDEMPOTENCY: &str = "idempotency";
 pub const CF_IDEMPOTENCY_INTENTS: &str = "idempotency_intents";
 pub const CF_STATUS: &str = "status";
 pub const CF_SESSIONS: &str = "sessions";
-const ALL_CFS: [&str; 6] = [CF_META, CF_QUEUE, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_STATUS, CF_SESSIONS];
+pub const CF_OUTBOX: &str = "outbox";
+const ALL_CFS: [&str; 7] =
+    [CF_META, CF_QUEUE, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_STATUS, CF_SESSIONS, CF_OUTBOX];
 
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
 pub const META_SHARD: &[u8] = b"shard";
@@ -100,6 +112,7 @@ pub const META_NODE_ID: &[u8] = b"node_id";
 pub const META_NEXT_SEQ: &[u8] = b"next_seq";
 pub const META_QUEUE_LOW_WATERMARK: &[u8] = b"queue_low_watermark";
 pub const META_IDENTITY_KEY: &[u8] = b"identity_key";
+pub const META_NEXT_OUTBOX_SEQ: &[u8] = b"next_outbox_seq";
 
 /// How long an idempotency key holds.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
@@ -184,6 +197,33 @@ pub struct StatusRecord {
     pub error_details: String,
     #[prost(string, tag = "12")]
     pub biz_opaque_callback_data: String,
+}
+
+/// One status change to report to the webhook (an `outbox` entry).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CallbackRecord {
+    /// The queue sequence number of the message (its id is derived from it).
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// `ferry_model::MessageStatus::code()` of the new status.
+    #[prost(uint32, tag = "2")]
+    pub status: u32,
+    #[prost(int64, tag = "3")]
+    pub at_ms: i64,
+    #[prost(string, tag = "4")]
+    pub wa_id: String,
+    #[prost(string, tag = "5")]
+    pub sender: String,
+    #[prost(string, tag = "6")]
+    pub biz_opaque_callback_data: String,
+    #[prost(uint32, tag = "7")]
+    pub error_code: u32,
+    #[prost(string, tag = "8")]
+    pub error_title: String,
+    #[prost(string, tag = "9")]
+    pub error_details: String,
+    #[prost(string, tag = "10")]
+    pub message_type: String,
 }
 
 /// A pending idempotency record that must reach its key shard (see the module docs).
@@ -400,6 +440,30 @@ impl Store {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
             let seq = decode_seq(&k)
                 .ok_or_else(|| ShardError::Corrupt { shard: self.shard, what: "queue key is not a u64".into() })?;
+            out.push((seq, decode_value(self.shard, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` outbox entries with sequence in `[from, until)`, in order.
+    pub fn scan_outbox(&self, from: u64, until: u64, limit: usize) -> Result<Vec<(u64, CallbackRecord)>, ShardError> {
+        if from >= until {
+            return Ok(Vec::new());
+        }
+        let mut opts = ReadOptions::default();
+        opts.fill_cache(false);
+        opts.set_iterate_lower_bound(queue_key(from).to_vec());
+        opts.set_iterate_upper_bound(queue_key(until).to_vec());
+        let iter = self.db.iterator_cf_opt(
+            self.cf(CF_OUTBOX),
+            opts,
+            rocksdb::IteratorMode::From(&queue_key(from), rocksdb::Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            let seq = decode_seq(&k)
+                .ok_or_else(|| ShardError::Corrupt { shard: self.shard, what: "outbox key is not a u64".into() })?;
             out.push((seq, decode_value(self.shard, &v)?));
         }
         Ok(out)

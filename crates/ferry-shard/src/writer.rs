@@ -23,9 +23,9 @@ use tokio::sync::oneshot;
 use crate::ShardError;
 use crate::settle::Settlement;
 use crate::storage::{
-    CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_META, CF_QUEUE, CF_SESSIONS, CF_STATUS, IdempotencyIntent,
-    IdempotencyRecord, META_NEXT_SEQ, META_QUEUE_LOW_WATERMARK, QueueRecord, StatusRecord, Store, encode_value,
-    queue_key,
+    CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_META, CF_OUTBOX, CF_QUEUE, CF_SESSIONS, CF_STATUS, IdempotencyIntent,
+    IdempotencyRecord, META_NEXT_OUTBOX_SEQ, META_NEXT_SEQ, META_QUEUE_LOW_WATERMARK, QueueRecord, StatusRecord, Store,
+    encode_value, queue_key,
 };
 
 /// Where the idempotency record of a new message goes (see `storage` module docs).
@@ -79,6 +79,11 @@ pub(crate) enum WriteOp {
         low_watermark: Option<u64>,
         reply: Reply<()>,
     },
+    /// Deletes webhook outbox entries the receiver accepted.
+    RemoveOutbox {
+        seqs: Vec<u64>,
+        reply: Reply<()>,
+    },
     /// Stores encryption-session snapshots (`sender ++ 0 ++ recipient` → snapshot).
     PutSessions {
         entries: Vec<(Vec<u8>, Vec<u8>)>,
@@ -104,7 +109,7 @@ impl WriteOp {
             WriteOp::Remove { seqs, .. } => seqs.len(),
             // Settlements and sessions free or hold no queue space: never refused for capacity
             // (the delivery loop must always be able to record an ack).
-            WriteOp::Settle { .. } | WriteOp::PutSessions { .. } | WriteOp::Stop => 0,
+            WriteOp::Settle { .. } | WriteOp::PutSessions { .. } | WriteOp::RemoveOutbox { .. } | WriteOp::Stop => 0,
             WriteOp::Hold { weight, .. } => *weight,
         }
     }
@@ -125,6 +130,9 @@ pub struct WriterCounters {
 pub struct Committed {
     pub next_seq: AtomicU64,
     pub appended: tokio::sync::Notify,
+    /// The outbox sequence below which every callback is durable, and the webhook sender's wake-up.
+    pub next_outbox_seq: AtomicU64,
+    pub callbacks: tokio::sync::Notify,
 }
 
 pub(crate) struct Writer {
@@ -136,6 +144,9 @@ pub(crate) struct Writer {
     pub(crate) pending: Arc<AtomicUsize>,
     pub(crate) counters: Arc<WriterCounters>,
     pub(crate) committed: Arc<Committed>,
+    /// Whether status changes also write webhook callbacks (webhooks configured).
+    pub(crate) callbacks_enabled: bool,
+    pub(crate) next_outbox_seq: u64,
 }
 
 enum Pending {
@@ -182,7 +193,8 @@ impl Writer {
         let store = &self.store;
         let (queue, idem, intents, meta) =
             (store.cf(CF_QUEUE), store.cf(CF_IDEMPOTENCY), store.cf(CF_IDEMPOTENCY_INTENTS), store.cf(CF_META));
-        let (status_cf, sessions_cf) = (store.cf(CF_STATUS), store.cf(CF_SESSIONS));
+        let (status_cf, sessions_cf, outbox_cf) = (store.cf(CF_STATUS), store.cf(CF_SESSIONS), store.cf(CF_OUTBOX));
+        let outbox_before = self.next_outbox_seq;
         // Status records as of this batch, so several changes to one message in a batch compose.
         let mut statuses: HashMap<u64, StatusRecord> = HashMap::new();
         let mut settled = 0u64;
@@ -270,11 +282,33 @@ impl Writer {
                         };
                         if let Some(next) = crate::settle::merge(current.as_ref(), &change) {
                             batch.put_cf(status_cf, queue_key(seq), encode_value(&next));
+                            let advanced = current.as_ref().is_none_or(|c| c.status != next.status);
+                            // A receipt that overtook its ack creates a record without the
+                            // message's fields; its callback waits until the ack fills them.
+                            if self.callbacks_enabled && advanced && !next.wa_id.is_empty() {
+                                let callback = crate::settle::callback_for(seq, &next);
+                                batch.put_cf(outbox_cf, queue_key(self.next_outbox_seq), encode_value(&callback));
+                                self.next_outbox_seq += 1;
+                            } else if self.callbacks_enabled
+                                && current.as_ref().is_some_and(|c| c.wa_id.is_empty())
+                                && !next.wa_id.is_empty()
+                            {
+                                // The ack filled in a record a receipt created: report its status now.
+                                let callback = crate::settle::callback_for(seq, &next);
+                                batch.put_cf(outbox_cf, queue_key(self.next_outbox_seq), encode_value(&callback));
+                                self.next_outbox_seq += 1;
+                            }
                             statuses.insert(seq, next);
                         }
                     }
                     if let Some(mark) = low_watermark {
                         batch.put_cf(meta, META_QUEUE_LOW_WATERMARK, mark.to_be_bytes());
+                    }
+                    pending.push(Pending::Done(reply));
+                }
+                WriteOp::RemoveOutbox { seqs, reply } => {
+                    for seq in seqs {
+                        batch.delete_cf(outbox_cf, queue_key(seq));
                     }
                     pending.push(Pending::Done(reply));
                 }
@@ -292,6 +326,9 @@ impl Writer {
         }
         if self.next_seq != seq_before {
             batch.put_cf(meta, META_NEXT_SEQ, self.next_seq.to_be_bytes());
+        }
+        if self.next_outbox_seq != outbox_before {
+            batch.put_cf(meta, META_NEXT_OUTBOX_SEQ, self.next_outbox_seq.to_be_bytes());
         }
         let result = match read_error {
             // A status we could not read cannot be merged: fail the batch rather than overwrite it.
@@ -313,6 +350,10 @@ impl Writer {
                     self.committed.next_seq.store(self.next_seq, Ordering::Release);
                     self.committed.appended.notify_one();
                 }
+                if self.next_outbox_seq != outbox_before {
+                    self.committed.next_outbox_seq.store(self.next_outbox_seq, Ordering::Release);
+                    self.committed.callbacks.notify_one();
+                }
                 for p in pending {
                     // A dropped receiver means the caller went away; the data is durable anyway.
                     match p {
@@ -322,6 +363,7 @@ impl Writer {
                 }
             }
             Err(e) => {
+                // Outbox numbers of a failed batch are not reused either (like sequence numbers).
                 tracing::error!(shard = %self.shard, error = %e, "synced write failed; failing its batch");
                 // Sequence numbers of a failed batch are not reused: a later success persists a
                 // higher next_seq, and ids stay unique whether or not the failed write reached disk.
