@@ -11,10 +11,21 @@ struct Cli {
     args: LoadgenArgs,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let report = runtime.block_on(ferry_loadgen::run(cli.args))?;
-    print!("{}", report.summary());
-    Ok(())
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(ferry_loadgen::run(cli.args)));
+    match result {
+        Ok(report) => {
+            print!("{}", report.summary());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferry-loadgen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
