@@ -1,5 +1,5 @@
 //! The `ferry` command: `serve` runs a node, `send` and `get` talk to one over gRPC,
-//! `chatsim` runs the reference chat server, `config check` validates a config file.
+//! `chatsim` runs the reference chat server, `loadgen` drives load, `config check` validates a config file.
 
 mod config;
 
@@ -29,6 +29,8 @@ enum Command {
     Send(SendArgs),
     /// Print the stored record of a message as JSON.
     Get(GetArgs),
+    /// Drive a ferry node with load over gRPC and report accepted/acked msg/s and latencies.
+    Loadgen(ferry_loadgen::LoadgenArgs),
     /// Run the reference chat server (decrypts and acks envelopes, sends receipts, fault knobs).
     Chatsim(ferry_chatsim::ChatSimArgs),
     /// Validate a config file and print the effective config.
@@ -89,6 +91,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(o) => serve(o).await,
             Command::Send(a) => send(a).await,
             Command::Get(a) => get(a).await,
+            Command::Loadgen(a) => ferry_loadgen::run(a).await.map(|report| print!("{}", report.summary())),
             Command::Chatsim(a) => {
                 init_logging("info");
                 ferry_chatsim::run_cli(a).await
