@@ -10,6 +10,7 @@ use ferry_chatsim::ChatSimConfig;
 use ferry_coordinator::CoordinatorConfig;
 use ferry_delivery::DeliveryConfig;
 use ferry_shard::{ShardConfig, StorageTuning};
+use ferry_webhooks::WebhookConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +37,8 @@ pub struct FerryConfig {
     pub delivery: DeliveryConfig,
     /// Knobs of the in-process chat server (used only when `upstream` is unset).
     pub chatsim: ChatSimConfig,
+    /// Status callbacks (unset `url`: none).
+    pub webhook: WebhookConfig,
 }
 
 impl Default for FerryConfig {
@@ -53,6 +56,7 @@ impl Default for FerryConfig {
             storage: node.storage,
             delivery: DeliveryConfig::default(),
             chatsim: ChatSimConfig::default(),
+            webhook: WebhookConfig::default(),
         }
     }
 }
@@ -81,6 +85,15 @@ pub struct Overrides {
     /// Chat server to deliver to, HOST:PORT [default: none: an in-process `ferry chatsim`].
     #[arg(long, env = "FERRY_UPSTREAM")]
     pub upstream: Option<String>,
+    /// Webhook for status callbacks, http://HOST:PORT/PATH [default: none].
+    #[arg(long, env = "FERRY_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// App secret signing callbacks (X-Hub-Signature-256) [default: unsigned].
+    #[arg(long, env = "FERRY_WEBHOOK_SECRET")]
+    pub webhook_secret: Option<String>,
+    /// Callback shape: onprem or cloud [default: onprem].
+    #[arg(long, env = "FERRY_WEBHOOK_SHAPE")]
+    pub webhook_shape: Option<ferry_webhooks::Shape>,
 }
 
 impl FerryConfig {
@@ -108,6 +121,15 @@ impl FerryConfig {
         if let Some(v) = &o.upstream {
             c.upstream = Some(v.clone()).filter(|u| !u.is_empty());
         }
+        if let Some(v) = &o.webhook_url {
+            c.webhook.url = Some(v.clone()).filter(|u| !u.is_empty());
+        }
+        if let Some(v) = &o.webhook_secret {
+            c.webhook.secret = Some(v.clone()).filter(|u| !u.is_empty());
+        }
+        if let Some(v) = o.webhook_shape {
+            c.webhook.shape = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -129,7 +151,7 @@ impl FerryConfig {
             shards: self.shards,
             country_code: self.country_code.clone(),
             default_sender: self.default_sender.clone(),
-            shard: self.shard.clone(),
+            shard: ShardConfig { callbacks: self.webhook.url.is_some(), ..self.shard.clone() },
             storage: self.storage.clone(),
         }
     }
@@ -149,6 +171,9 @@ impl FerryConfig {
         }
         if let Err(e) = self.chatsim.validate() {
             bail!("chatsim: {e}");
+        }
+        if let Err(e) = self.webhook.validate() {
+            bail!("{e}");
         }
         Ok(())
     }

@@ -139,6 +139,16 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     };
     let delivery =
         DeliveryEngine::start(coordinator.shards(), &upstream, config.delivery.clone(), coordinator.clock().clone())?;
+    let webhooks = match &config.webhook.url {
+        Some(url) => {
+            tracing::info!(%url, shape = ?config.webhook.shape, "status callbacks on");
+            Some(
+                ferry_webhooks::WebhookEngine::start(coordinator.shards(), config.webhook.clone())
+                    .map_err(anyhow::Error::msg)?,
+            )
+        }
+        None => None,
+    };
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (grpc_listen)"))?;
     let bound = listener.local_addr()?;
@@ -150,6 +160,9 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     ferry_ingest::serve(listener, coordinator.clone(), shutdown_signal()).await?;
     tracing::info!("stopped accepting; stopping delivery");
     delivery.shutdown(std::time::Duration::from_secs(10)).await;
+    if let Some(w) = webhooks {
+        w.shutdown().await;
+    }
     if let Some(sim) = chatsim {
         sim.shutdown().await;
     }

@@ -1,0 +1,174 @@
+//! The bodies ferry POSTs: the On-Premises shape (`{"statuses":[...]}`) and the Cloud shape
+//! (`{"object":"whatsapp_business_account","entry":[{"changes":[{"field":"messages","value":{...}}]}]}`),
+//! as MISSION.md and reference/ describe them, built from outbox entries.
+
+use ferry_model::{ErrorCode, MessageId, MessageKey, MessageStatus, ShardId};
+use ferry_shard::CallbackRecord;
+use serde_json::{Value, json};
+
+/// Which JSON shape callbacks take (config `webhook.shape`, flag `--webhook-shape`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    #[default]
+    Onprem,
+    Cloud,
+}
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Shape, String> {
+        match s {
+            "onprem" => Ok(Shape::Onprem),
+            "cloud" => Ok(Shape::Cloud),
+            other => Err(format!("webhook shape `{other}`: expected `onprem` or `cloud`")),
+        }
+    }
+}
+
+/// One status callback: the outbox entry and the message id it concerns.
+pub struct StatusCallback<'a> {
+    pub message_id: MessageId,
+    pub record: &'a CallbackRecord,
+}
+
+impl<'a> StatusCallback<'a> {
+    pub fn new(shard: ShardId, node_id: u64, record: &'a CallbackRecord) -> Self {
+        StatusCallback { message_id: MessageId::encode(MessageKey { shard, node_id, seq: record.seq }), record }
+    }
+
+    fn status(&self) -> &'static str {
+        MessageStatus::from_code(self.record.status).map_or("accepted", MessageStatus::as_str)
+    }
+
+    /// Seconds since the epoch, as a string (both shapes).
+    fn timestamp(&self) -> String {
+        (self.record.at_ms / 1000).to_string()
+    }
+}
+
+fn error_code(reference: u32) -> Option<ErrorCode> {
+    ErrorCode::ALL.iter().copied().find(|c| c.code() == reference)
+}
+
+fn onprem_status(c: &StatusCallback<'_>) -> Value {
+    let mut v = json!({
+        "id": c.message_id.as_str(),
+        "recipient_id": c.record.wa_id,
+        "status": c.status(),
+        "timestamp": c.timestamp(),
+        "type": "message",
+    });
+    if !c.record.biz_opaque_callback_data.is_empty() {
+        v["biz_opaque_callback_data"] = json!(c.record.biz_opaque_callback_data);
+    }
+    if c.record.status == MessageStatus::Failed.code() {
+        v["errors"] = json!([{
+            "code": c.record.error_code,
+            "title": c.record.error_title,
+            "details": c.record.error_details,
+        }]);
+    }
+    v
+}
+
+fn cloud_status(c: &StatusCallback<'_>) -> Value {
+    let mut v = json!({
+        "id": c.message_id.as_str(),
+        "status": c.status(),
+        "timestamp": c.timestamp(),
+        "recipient_id": c.record.wa_id,
+    });
+    if !c.record.biz_opaque_callback_data.is_empty() {
+        v["biz_opaque_callback_data"] = json!(c.record.biz_opaque_callback_data);
+    }
+    if c.record.status == MessageStatus::Failed.code() {
+        let code = error_code(c.record.error_code).map_or(c.record.error_code, ErrorCode::cloud_code);
+        v["errors"] = json!([{
+            "code": code,
+            "title": c.record.error_title,
+            "message": c.record.error_title,
+            "error_data": { "details": c.record.error_details },
+        }]);
+    }
+    v
+}
+
+/// The body of one POST carrying `callbacks` (all from one business number for Cloud).
+pub fn body(shape: Shape, business_account_id: &str, callbacks: &[StatusCallback<'_>]) -> Value {
+    match shape {
+        Shape::Onprem => json!({ "statuses": callbacks.iter().map(onprem_status).collect::<Vec<_>>() }),
+        Shape::Cloud => {
+            let sender = callbacks.first().map_or("", |c| c.record.sender.as_str());
+            json!({
+                "object": "whatsapp_business_account",
+                "entry": [{
+                    "id": business_account_id,
+                    "changes": [{
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": { "display_phone_number": sender, "phone_number_id": sender },
+                            "statuses": callbacks.iter().map(cloud_status).collect::<Vec<_>>(),
+                        },
+                    }],
+                }],
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(status: MessageStatus) -> CallbackRecord {
+        CallbackRecord {
+            seq: 42,
+            status: status.code(),
+            at_ms: 1_700_000_000_123,
+            wa_id: "16315551234".into(),
+            sender: "15550100000".into(),
+            biz_opaque_callback_data: "order-7".into(),
+            error_code: if status == MessageStatus::Failed { 1013 } else { 0 },
+            error_title: if status == MessageStatus::Failed {
+                "Recipient is not a valid WhatsApp user".into()
+            } else {
+                String::new()
+            },
+            error_details: String::new(),
+            message_type: "text".into(),
+        }
+    }
+
+    #[test]
+    fn onprem_shape_matches_the_reference() {
+        let r = record(MessageStatus::Delivered);
+        let body = body(Shape::Onprem, "0", &[StatusCallback::new(ShardId(3), 9, &r)]);
+        let s = &body["statuses"][0];
+        assert_eq!(s["status"], "delivered");
+        assert_eq!(s["recipient_id"], "16315551234");
+        assert_eq!(s["timestamp"], "1700000000");
+        assert_eq!(s["type"], "message");
+        assert_eq!(s["biz_opaque_callback_data"], "order-7");
+        assert!(s["id"].as_str().unwrap().starts_with("wamid."));
+        assert!(s.get("errors").is_none());
+    }
+
+    #[test]
+    fn failed_statuses_carry_errors_in_each_flavour() {
+        let r = record(MessageStatus::Failed);
+        let on = body(Shape::Onprem, "0", &[StatusCallback::new(ShardId(0), 9, &r)]);
+        assert_eq!(on["statuses"][0]["errors"][0]["code"], 1013);
+        let cloud = body(Shape::Cloud, "WABA", &[StatusCallback::new(ShardId(0), 9, &r)]);
+        assert_eq!(cloud["object"], "whatsapp_business_account");
+        assert_eq!(cloud["entry"][0]["id"], "WABA");
+        let change = &cloud["entry"][0]["changes"][0];
+        assert_eq!(change["field"], "messages");
+        assert_eq!(change["value"]["messaging_product"], "whatsapp");
+        let status = &change["value"]["statuses"][0];
+        assert_eq!(status["status"], "failed");
+        assert_eq!(status["errors"][0]["code"], 131026, "1013 in the Cloud flavour");
+        assert_eq!(status["biz_opaque_callback_data"], "order-7");
+    }
+}
