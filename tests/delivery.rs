@@ -76,6 +76,23 @@ fn rank(status: &str) -> u8 {
     }
 }
 
+/// Waits until every id's status is at least `sent` (the chat server acked it).
+async fn wait_all_at_least_sent(client: &support::Client, ids: &[String], timeout: Duration) {
+    eventually(timeout, "every message at least sent", || {
+        let mut c = client.clone();
+        let ids = ids.to_vec();
+        async move {
+            for id in &ids {
+                if rank(&status_of(&mut c, id).await.status) < 1 {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_is_decrypted_and_acked_once_then_delivered_and_read() {
     let sim = chatsim(ChatSimConfig { delivered_after_ms: 20, read_after_ms: 60, ..ChatSimConfig::default() }).await;
@@ -232,20 +249,7 @@ async fn an_upstream_outage_loses_nothing_and_the_backlog_drains() {
     // Every ack of the first part is recorded before the server goes away, so the two servers'
     // counts add up exactly.
     let mut c = client.clone();
-    let first = ids.clone();
-    eventually(Duration::from_secs(30), "first part sent", || {
-        let mut c = c.clone();
-        let first = first.clone();
-        async move {
-            for id in &first {
-                if rank(&status_of(&mut c, id).await.status) < 1 {
-                    return false;
-                }
-            }
-            true
-        }
-    })
-    .await;
+    wait_all_at_least_sent(&c, &ids, Duration::from_secs(30)).await;
     let before = sim.stats();
     assert_eq!(before.unique_messages, 1_000);
     sim.shutdown().await;
@@ -257,20 +261,7 @@ async fn an_upstream_outage_loses_nothing_and_the_backlog_drains() {
     assert_eq!(queued.status, "accepted");
 
     let sim = chatsim_on(addr, ChatSimConfig::default()).await;
-    let all = ids.clone();
-    eventually(Duration::from_secs(60), "every message at least sent", || {
-        let mut c = c.clone();
-        let all = all.clone();
-        async move {
-            for id in &all {
-                if rank(&status_of(&mut c, id).await.status) < 1 {
-                    return false;
-                }
-            }
-            true
-        }
-    })
-    .await;
+    wait_all_at_least_sent(&c, &ids, Duration::from_secs(60)).await;
     let after = sim.stats();
     assert_eq!(before.unique_messages + after.unique_messages, 2_000, "every message reached a server once");
     assert_eq!(after.decrypt_failures, 0);

@@ -398,55 +398,36 @@ impl Store {
 
     /// Every pending idempotency intent, oldest first.
     pub fn idempotency_intents(&self) -> Result<Vec<(u64, IdempotencyIntent)>, ShardError> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_IDEMPOTENCY_INTENTS), rocksdb::IteratorMode::Start) {
-            let (k, v) = item.map_err(|e| self.rocks(e))?;
-            let seq = decode_seq(&k)
-                .ok_or_else(|| ShardError::Corrupt { shard: self.shard, what: "intent key is not a u64".into() })?;
-            out.push((seq, decode_value(self.shard, &v)?));
-        }
-        Ok(out)
+        self.scan_seq_keyed(CF_IDEMPOTENCY_INTENTS, ReadOptions::default(), 0, usize::MAX)
     }
 
     /// Up to `limit` queued messages with sequence in `[from, until)`, in queue order. Both bounds
     /// are given to RocksDB (`iterate_lower_bound`/`iterate_upper_bound`), so the iterator never
     /// looks at tombstones outside the range.
     pub fn scan_queue_range(&self, from: u64, until: u64, limit: usize) -> Result<Vec<(u64, QueueRecord)>, ShardError> {
-        if from >= until {
-            return Ok(Vec::new());
-        }
-        let mut opts = ReadOptions::default();
-        opts.fill_cache(false);
-        opts.set_iterate_lower_bound(queue_key(from).to_vec());
-        opts.set_iterate_upper_bound(queue_key(until).to_vec());
-        self.collect_queue(opts, from, limit)
+        self.scan_bounded(CF_QUEUE, from, until, limit)
     }
 
     /// Up to `limit` queued messages starting at sequence `from`, in queue order.
     pub fn scan_queue(&self, from: u64, limit: usize) -> Result<Vec<(u64, QueueRecord)>, ShardError> {
         let mut opts = ReadOptions::default();
         opts.fill_cache(false);
-        self.collect_queue(opts, from, limit)
-    }
-
-    fn collect_queue(&self, opts: ReadOptions, from: u64, limit: usize) -> Result<Vec<(u64, QueueRecord)>, ShardError> {
-        let iter = self.db.iterator_cf_opt(
-            self.cf(CF_QUEUE),
-            opts,
-            rocksdb::IteratorMode::From(&queue_key(from), rocksdb::Direction::Forward),
-        );
-        let mut out = Vec::new();
-        for item in iter.take(limit) {
-            let (k, v) = item.map_err(|e| self.rocks(e))?;
-            let seq = decode_seq(&k)
-                .ok_or_else(|| ShardError::Corrupt { shard: self.shard, what: "queue key is not a u64".into() })?;
-            out.push((seq, decode_value(self.shard, &v)?));
-        }
-        Ok(out)
+        self.scan_seq_keyed(CF_QUEUE, opts, from, limit)
     }
 
     /// Up to `limit` outbox entries with sequence in `[from, until)`, in order.
     pub fn scan_outbox(&self, from: u64, until: u64, limit: usize) -> Result<Vec<(u64, CallbackRecord)>, ShardError> {
+        self.scan_bounded(CF_OUTBOX, from, until, limit)
+    }
+
+    /// A scan of a sequence-keyed column family with both iterate bounds set to `[from, until)`.
+    fn scan_bounded<M: prost::Message + Default>(
+        &self,
+        cf: &str,
+        from: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, M)>, ShardError> {
         if from >= until {
             return Ok(Vec::new());
         }
@@ -454,8 +435,19 @@ impl Store {
         opts.fill_cache(false);
         opts.set_iterate_lower_bound(queue_key(from).to_vec());
         opts.set_iterate_upper_bound(queue_key(until).to_vec());
+        self.scan_seq_keyed(cf, opts, from, limit)
+    }
+
+    /// Up to `limit` `(seq, value)` pairs of a column family keyed by u64 big-endian, from `from`.
+    fn scan_seq_keyed<M: prost::Message + Default>(
+        &self,
+        cf: &str,
+        opts: ReadOptions,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, M)>, ShardError> {
         let iter = self.db.iterator_cf_opt(
-            self.cf(CF_OUTBOX),
+            self.cf(cf),
             opts,
             rocksdb::IteratorMode::From(&queue_key(from), rocksdb::Direction::Forward),
         );
@@ -463,7 +455,7 @@ impl Store {
         for item in iter.take(limit) {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
             let seq = decode_seq(&k)
-                .ok_or_else(|| ShardError::Corrupt { shard: self.shard, what: "outbox key is not a u64".into() })?;
+                .ok_or_else(|| ShardError::Corrupt { shard: self.shard, what: format!("{cf} key is not a u64") })?;
             out.push((seq, decode_value(self.shard, &v)?));
         }
         Ok(out)
