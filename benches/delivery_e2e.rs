@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ferry_chatsim::{ChatSim, ChatSimConfig};
-use ferry_coordinator::{Coordinator, CoordinatorConfig};
+use ferry_coordinator::{Coordinator, CoordinatorConfig, WindowPolicy};
 use ferry_delivery::{DeliveryConfig, DeliveryEngine};
 use ferry_proto::v1::messages_client::MessagesClient;
 use ferry_proto::v1::{self, send_request::Content};
@@ -73,8 +73,13 @@ async fn run(args: Args) {
     let sim_config = ChatSimConfig { read_receipts: false, ..ChatSimConfig::default() };
     let sim = ChatSim::start(sim_listener, sim_config).await.expect("chatsim");
 
-    let mut config =
-        CoordinatorConfig { data_dir: tmp.path().to_path_buf(), shards: args.shards, ..Default::default() };
+    let mut config = CoordinatorConfig {
+        data_dir: tmp.path().to_path_buf(),
+        shards: args.shards,
+        // The bench's recipients never wrote first: no customer-service window check.
+        customer_service_window: WindowPolicy::Off,
+        ..Default::default()
+    };
     config.shard.queue_capacity = 1 << 20;
     let coordinator = Arc::new(Coordinator::open(&config).await.expect("open node"));
     let delivery_config = DeliveryConfig {

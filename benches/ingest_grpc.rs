@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use ferry_coordinator::{Coordinator, CoordinatorConfig};
+use ferry_coordinator::{Coordinator, CoordinatorConfig, WindowPolicy};
 use ferry_proto::v1::messages_client::MessagesClient;
 use ferry_proto::v1::{self, send_request::Content};
 
@@ -62,7 +62,13 @@ async fn run(args: Args) {
         Some(t) => (t.clone(), None),
         None => {
             let dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-            let mut config = CoordinatorConfig { data_dir: dir, shards: args.shards, ..CoordinatorConfig::default() };
+            // No customer-service window check: the bench's recipients never wrote first.
+            let mut config = CoordinatorConfig {
+                data_dir: dir,
+                shards: args.shards,
+                customer_service_window: WindowPolicy::Off,
+                ..CoordinatorConfig::default()
+            };
             config.shard.queue_capacity = 1 << 20;
             let coordinator = Arc::new(Coordinator::open(&config).await.expect("open node"));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -55,7 +55,8 @@ async fn sigkill_during_delivery_loses_nothing_and_duplicates_are_bounded() {
     let chat_addr = chat.addr;
     let upstream = chat_addr.to_string();
     let dir = tempfile::tempdir().unwrap();
-    let flags = ["--upstream", upstream.as_str()];
+    // Text to users who never wrote: the customer-service window is not what this test is about.
+    let flags = ["--upstream", upstream.as_str(), "--customer-service-window", "off"];
 
     let mut ids: Vec<String> = Vec::new();
     let per_round = MESSAGES / (KILLS + 1);

@@ -30,6 +30,9 @@ struct Received {
 type Shared = Arc<Mutex<(usize, Received)>>; // (requests to refuse, what arrived)
 
 async fn hook(State(state): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+    // A receiver that takes a moment per request, as real ones do (and so callbacks are still
+    // flowing when the crash test kills ferry).
+    tokio::time::sleep(Duration::from_millis(3)).await;
     let mut s = state.lock().unwrap();
     if s.0 > 0 {
         s.0 -= 1;
@@ -129,4 +132,81 @@ async fn onprem_callbacks_survive_refusals_and_arrive_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloud_callbacks_survive_refusals_and_arrive_in_order() {
     every_status_arrives_in_order(Shape::Cloud).await;
+}
+
+/// A real `ferry serve` process with a webhook, killed with SIGKILL while callbacks flow and
+/// restarted on the same data dir: every status of every message still reaches the receiver
+/// (possibly twice: the first arrivals are in order per message), all signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_callback_is_lost_across_sigkill() {
+    use support::{ChatSimProcess, FerryProcess, connect};
+    let (url, state) = receiver(3).await;
+    let chat = ChatSimProcess::spawn("127.0.0.1:0", &["--delivered-after-ms", "10", "--read-after-ms", "30"]);
+    let upstream = chat.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!("[webhook]\nurl = \"{url}\"\nsecret = \"{SECRET}\"\nbackoff_step_ms = 20\nbackoff_max_ms = 200\n"),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let flags =
+        ["--upstream", upstream.as_str(), "--config", config.to_str().unwrap(), "--customer-service-window", "off"];
+    let arrived = |state: &Shared| statuses(Shape::Onprem, &state.lock().unwrap().1.bodies).len();
+
+    let mut ids = Vec::new();
+    let ferry = FerryProcess::spawn_with(&data, 2, &flags);
+    let mut client = connect(ferry.addr).await;
+    for i in 0..150 {
+        ids.push(
+            client.send(text(&format!("+4479330{i:05}"), "before the kill")).await.unwrap().into_inner().message_id,
+        );
+    }
+    // Kill while callbacks are flowing: some have arrived, most have not.
+    eventually(Duration::from_secs(60), "the first callbacks", || async { arrived(&state) >= 20 }).await;
+    ferry.kill9();
+    let at_kill = arrived(&state);
+    assert!(at_kill < 450, "the kill came before every callback was sent ({at_kill})");
+
+    let ferry = FerryProcess::spawn_with(&data, 2, &flags);
+    let mut client = connect(ferry.addr).await;
+    for i in 150..200 {
+        ids.push(
+            client.send(text(&format!("+4479330{i:05}"), "after the kill")).await.unwrap().into_inner().message_id,
+        );
+    }
+    let all = ids.clone();
+    eventually(Duration::from_secs(120), "sent, delivered and read of all 200 messages", || {
+        let (state, all) = (state.clone(), all.clone());
+        async move {
+            let got = statuses(Shape::Onprem, &state.lock().unwrap().1.bodies);
+            let mut per: HashMap<String, usize> = HashMap::new();
+            for (id, status) in got {
+                if status == "read" {
+                    *per.entry(id).or_default() += 1;
+                }
+            }
+            all.iter().all(|id| per.contains_key(id))
+        }
+    })
+    .await;
+    let received = std::mem::take(&mut state.lock().unwrap().1);
+    assert_eq!(received.bad_signatures, 0);
+    let mut first_arrivals: HashMap<String, Vec<String>> = HashMap::new();
+    for (id, status) in statuses(Shape::Onprem, &received.bodies) {
+        let list = first_arrivals.entry(id).or_default();
+        if !list.contains(&status) {
+            list.push(status);
+        }
+    }
+    for id in &ids {
+        assert_eq!(
+            first_arrivals.get(id).map(Vec::as_slice),
+            Some(&["sent".to_owned(), "delivered".into(), "read".into()][..]),
+            "{id}"
+        );
+    }
+    drop(ferry);
+    drop(chat);
 }

@@ -25,7 +25,8 @@ PORT=${NATS_PORT:-14222}
 cd "$(dirname "$0")/../.."
 
 if ! command -v nats-server >/dev/null; then
-    apt-get install -y nats-server >/dev/null
+    sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nats-server >/dev/null
 fi
 nats-server --version
 

@@ -24,6 +24,10 @@ pub struct ChatSimConfig {
     /// Whether recipients send `read` receipts at all (`--read-receipts false` turns them off).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub read_receipts: bool,
+    /// Share (0..=1) of delivered messages whose recipient writes back (an inbound text message to
+    /// the business, when the message is read), opening its 24-hour customer-service window.
+    #[arg(long, default_value_t = 0.0)]
+    pub reply_rate: f64,
     /// Milliseconds each ack (every envelope result) is held back; results stay pipelined and ordered.
     #[arg(long, default_value_t = 0)]
     pub ack_latency_ms: u64,
@@ -62,6 +66,7 @@ impl Default for ChatSimConfig {
             delivered_after_ms: 50,
             read_after_ms: 200,
             read_receipts: true,
+            reply_rate: 0.0,
             ack_latency_ms: 0,
             error_rate: 0.0,
             disconnect_rate: 0.0,
@@ -83,7 +88,11 @@ impl ChatSimConfig {
 
     /// Checks every knob's range.
     pub fn validate(&self) -> anyhow::Result<()> {
-        for (name, rate) in [("error_rate", self.error_rate), ("disconnect_rate", self.disconnect_rate)] {
+        for (name, rate) in [
+            ("error_rate", self.error_rate),
+            ("disconnect_rate", self.disconnect_rate),
+            ("reply_rate", self.reply_rate),
+        ] {
             if !(0.0..=1.0).contains(&rate) {
                 bail!("chatsim {name} is {rate}; expected a fraction between 0 and 1");
             }

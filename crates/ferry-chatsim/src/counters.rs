@@ -37,6 +37,9 @@ counters!(
     session_unknown,
     receipts_dropped,
     disconnects_injected,
+    inbound_sent,
+    inbound_acked,
+    marketing_limited,
 );
 
 /// `counter += by` (relaxed: counters order nothing).

@@ -1,6 +1,6 @@
-//! Receipts of the reference chat server, per channel (`Hello.client_id`, `Hello.channel`): each
-//! receipt is scheduled at ack time, pushed when due to the channel's current stream, and kept until
-//! a `ReceiptAck` names it. A new stream with the same `Hello` takes the channel over and gets every
+//! Receipts and inbound user messages of the reference chat server, per channel (`Hello.client_id`,
+//! `Hello.channel`): each is scheduled (a receipt at ack time, an inbound message when the user
+//! writes), pushed when due to the channel's current stream, and kept until a `ReceiptAck` names it. A new stream with the same `Hello` takes the channel over and gets every
 //! pushed-but-unacked receipt again. Memory is bounded: at most `max_pending` receipts per channel,
 //! the rest dropped and counted.
 
@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ferry_proto::chat::v1::{Receipt, ServerFrame, server_frame};
+use ferry_proto::chat::v1::{InboundMessage, Receipt, ServerFrame, server_frame};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -27,10 +27,35 @@ pub(crate) struct Channel {
     wake: Notify,
 }
 
+/// Something pushed to a channel until the client acknowledges its id.
+#[derive(Clone)]
+pub(crate) enum Push {
+    Receipt(Receipt),
+    Inbound(InboundMessage),
+}
+
+impl Push {
+    fn id(&self) -> u64 {
+        match self {
+            Push::Receipt(r) => r.receipt_id,
+            Push::Inbound(m) => m.receipt_id,
+        }
+    }
+
+    fn into_frame(self) -> ServerFrame {
+        ServerFrame {
+            frame: Some(match self {
+                Push::Receipt(r) => server_frame::Frame::Receipt(r),
+                Push::Inbound(m) => server_frame::Frame::Inbound(m),
+            }),
+        }
+    }
+}
+
 #[derive(Default)]
 struct ChannelState {
-    /// Every receipt not acked yet, by id.
-    pending: HashMap<u64, Receipt>,
+    /// Every receipt and inbound message not acked yet, by id, with the time it was first due.
+    pending: HashMap<u64, (Instant, Push)>,
     /// Receipts not pushed to the current stream yet, by due time (acked ids are skipped lazily).
     schedule: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Receipts pushed (to this or an earlier stream) and not acked.
@@ -39,10 +64,10 @@ struct ChannelState {
     generation: u64,
 }
 
-/// A receipt to schedule.
+/// A receipt (or inbound message) to schedule.
 pub(crate) struct ScheduledReceipt {
     pub due: Instant,
-    pub receipt: Receipt,
+    pub receipt: Push,
 }
 
 impl Channel {
@@ -61,8 +86,8 @@ impl Channel {
                 bump(&counters.receipts_dropped, 1);
                 continue;
             }
-            state.schedule.push(Reverse((due, receipt.receipt_id)));
-            state.pending.insert(receipt.receipt_id, receipt);
+            state.schedule.push(Reverse((due, receipt.id())));
+            state.pending.insert(receipt.id(), (due, receipt));
             if earliest_before.is_none_or(|earliest| due < earliest) {
                 earliest_before = Some(due);
                 wake = true;
@@ -74,28 +99,35 @@ impl Channel {
         }
     }
 
-    /// Forgets acked receipts; returns how many were pending.
-    pub(crate) fn ack(&self, receipt_ids: &[u64]) -> u64 {
+    /// Forgets acked receipts and inbound messages; returns how many of each were pending.
+    pub(crate) fn ack(&self, receipt_ids: &[u64]) -> (u64, u64) {
         let mut state = self.state.lock();
-        let mut acked = 0;
+        let (mut receipts, mut inbound) = (0, 0);
         for id in receipt_ids {
-            if state.pending.remove(id).is_some() {
+            if let Some((_, push)) = state.pending.remove(id) {
                 state.pushed.remove(id);
-                acked += 1;
+                match push {
+                    Push::Receipt(_) => receipts += 1,
+                    Push::Inbound(_) => inbound += 1,
+                }
             }
         }
-        acked
+        (receipts, inbound)
     }
 
-    /// A new stream takes the channel over: every pushed-but-unacked receipt is due again now.
-    /// Returns the stream's generation for [`push_receipts`].
+    /// A new stream takes the channel over: every pushed-but-unacked receipt is due again, at the
+    /// time it was first due, so receipts keep their order (a message's `delivered` before its
+    /// `read`) relative to those not pushed yet. Returns the stream's generation for
+    /// [`push_receipts`].
     pub(crate) fn take_over(&self) -> u64 {
         let mut state = self.state.lock();
         state.generation += 1;
-        let now = Instant::now();
         let repush: Vec<u64> = std::mem::take(&mut state.pushed).into_iter().collect();
         for id in repush {
-            state.schedule.push(Reverse((now, id)));
+            if let Some((due, _)) = state.pending.get(&id) {
+                let due = *due;
+                state.schedule.push(Reverse((due, id)));
+            }
         }
         let generation = state.generation;
         drop(state);
@@ -104,7 +136,7 @@ impl Channel {
     }
 
     /// Due receipts (marked pushed) and the next due time, or `None` if `generation` lost the channel.
-    fn take_due(&self, generation: u64) -> Option<(Vec<Receipt>, Option<Instant>)> {
+    fn take_due(&self, generation: u64) -> Option<(Vec<Push>, Option<Instant>)> {
         let mut state = self.state.lock();
         if state.generation != generation {
             return None;
@@ -117,7 +149,7 @@ impl Channel {
                 _ => break,
             }
             let Reverse((_, id)) = state.schedule.pop().expect("peeked");
-            if let Some(receipt) = state.pending.get(&id).cloned() {
+            if let Some((_, receipt)) = state.pending.get(&id).cloned() {
                 state.pushed.insert(id);
                 due.push(receipt);
             }
@@ -131,12 +163,40 @@ impl Channel {
 #[derive(Default)]
 pub(crate) struct ChannelDirectory {
     channels: Mutex<HashMap<(String, u32), Arc<Channel>>>,
+    /// The channel of the latest `Hello`: where inbound messages go (any stream of the client can
+    /// take them; the client routes them to the user's shard itself).
+    latest: Mutex<Option<Arc<Channel>>>,
+    /// Inbound messages created before any client said `Hello`; handed to the first channel.
+    orphans: Mutex<Vec<InboundMessage>>,
     next_receipt_id: AtomicU64,
 }
 
 impl ChannelDirectory {
     pub(crate) fn channel(&self, client_id: &str, channel: u32) -> Arc<Channel> {
-        self.channels.lock().entry((client_id.to_owned(), channel)).or_default().clone()
+        let channel = self.channels.lock().entry((client_id.to_owned(), channel)).or_default().clone();
+        *self.latest.lock() = Some(channel.clone());
+        channel
+    }
+
+    /// Queues an inbound message on the latest channel (due now); returns whether a channel took it.
+    pub(crate) fn push_inbound(&self, message: InboundMessage, max_pending: usize, counters: &Counters) -> bool {
+        let latest = self.latest.lock().clone();
+        match latest {
+            Some(channel) => {
+                let due = Instant::now();
+                channel.schedule([ScheduledReceipt { due, receipt: Push::Inbound(message) }], max_pending, counters);
+                true
+            }
+            None => {
+                self.orphans.lock().push(message);
+                false
+            }
+        }
+    }
+
+    /// Inbound messages waiting for a first channel.
+    pub(crate) fn take_orphans(&self) -> Vec<InboundMessage> {
+        std::mem::take(&mut *self.orphans.lock())
     }
 
     /// A fresh receipt id (unique across the server's life, starting at 1).
@@ -159,10 +219,9 @@ pub(crate) async fn push_receipts(
         tokio::pin!(notified);
         notified.as_mut().enable();
         let Some((due, next)) = channel.take_due(generation) else { return };
-        let pushed = due.len() as u64;
-        for receipt in due {
-            let frame = ServerFrame { frame: Some(server_frame::Frame::Receipt(receipt)) };
-            if out.send(Ok(frame)).await.is_err() {
+        let pushed = due.iter().filter(|p| matches!(p, Push::Receipt(_))).count() as u64;
+        for push in due {
+            if out.send(Ok(push.into_frame())).await.is_err() {
                 return;
             }
         }

@@ -10,8 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ferry_proto::chat::v1::chat_admin_server::ChatAdmin;
 use ferry_proto::chat::v1::chat_server::Chat;
 use ferry_proto::chat::v1::{
-    Ack, ClientFrame, DeliveryError, Envelope, EnvelopeResult, FetchPreKeyBundleRequest, Hello, PreKeyBundle, Receipt,
-    ServerFrame, StatsRequest, StatsResponse, client_frame, delivery_error, envelope_result, receipt, server_frame,
+    Ack, ClientFrame, DeliveryError, Envelope, EnvelopeResult, FetchPreKeyBundleRequest, Hello, InboundMessage,
+    PreKeyBundle, Receipt, ServerFrame, SimulateInboundRequest, SimulateInboundResponse, StatsRequest, StatsResponse,
+    client_frame, delivery_error, envelope_result, receipt, server_frame,
 };
 use ferry_session::Header;
 use rand::rngs::StdRng;
@@ -23,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::ChatSimConfig;
 use crate::counters::{Counters, bump};
-use crate::receipts::{Channel, ChannelDirectory, ScheduledReceipt, push_receipts};
+use crate::receipts::{Channel, ChannelDirectory, Push, ScheduledReceipt, push_receipts};
 use crate::recipients::{EnvelopeDigest, Reception, RecipientDirectory};
 
 /// Frames buffered per stream towards the client (tonic encodes what is ready into one write).
@@ -187,20 +188,43 @@ impl Shared {
         let online_at = if offline { self.started + Duration::from_millis(config.offline_for_ms) } else { now };
         let delivered_due = (now + Duration::from_millis(config.delivered_after_ms)).max(online_at);
         let read_due = (now + Duration::from_millis(config.read_after_ms)).max(delivered_due);
+        let at_ms = |due: Instant| now_ms + due.saturating_duration_since(now).as_millis() as i64;
         let receipt = |status: receipt::Status, due: Instant| ScheduledReceipt {
             due,
-            receipt: Receipt {
+            receipt: Push::Receipt(Receipt {
                 receipt_id: self.channels.next_receipt_id(),
                 message_id: envelope.message_id.clone(),
                 recipient: envelope.recipient.clone(),
                 status: status as i32,
-                timestamp_ms: now_ms + due.saturating_duration_since(now).as_millis() as i64,
-            },
+                timestamp_ms: at_ms(due),
+            }),
         };
         let delivered = receipt(receipt::Status::Delivered, delivered_due);
         let read = config.read_receipts.then(|| receipt(receipt::Status::Read, read_due));
+        // The reply knob: a fixed share of recipients write back once they have read the message
+        // (decided by the message id, so a resend does not roll again).
+        let replies = config.reply_rate > 0.0
+            && (xxhash_rust::xxh3::xxh3_64(envelope.message_id.as_bytes()) as f64 / u64::MAX as f64)
+                < config.reply_rate;
+        let reply = replies.then(|| {
+            bump(&self.counters.inbound_sent, 1);
+            let receipt_id = self.channels.next_receipt_id();
+            ScheduledReceipt {
+                due: read_due,
+                receipt: Push::Inbound(InboundMessage {
+                    id: format!("chatsim.in.{receipt_id}"),
+                    from: envelope.recipient.clone(),
+                    to: envelope.sender.clone(),
+                    timestamp_ms: at_ms(read_due),
+                    r#type: "text".into(),
+                    text_body: format!("reply to {}", envelope.message_id),
+                    profile_name: String::new(),
+                    receipt_id,
+                }),
+            }
+        });
         channel.schedule(
-            std::iter::once(delivered).chain(read),
+            std::iter::once(delivered).chain(read).chain(reply),
             config.max_pending_receipts_per_channel,
             &self.counters,
         );
@@ -276,6 +300,12 @@ impl ChatService {
         bump(&shared.counters.connections, 1);
         let channel = shared.channels.channel(&client_id, channel_number);
         let generation = channel.take_over();
+        let orphans = shared
+            .channels
+            .take_orphans()
+            .into_iter()
+            .map(|m| ScheduledReceipt { due: Instant::now(), receipt: Push::Inbound(m) });
+        channel.schedule(orphans, shared.config.max_pending_receipts_per_channel, &shared.counters);
         let pusher = tokio::spawn(push_receipts(channel.clone(), generation, out.clone(), shared.counters.clone()));
         let sequence = shared.stream_sequence.fetch_add(1, Ordering::Relaxed);
         let mut rng = StdRng::seed_from_u64(shared.config.seed ^ sequence.wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -308,7 +338,9 @@ impl ChatService {
                     }
                 }
                 client_frame::Frame::ReceiptAck(ack) => {
-                    bump(&shared.counters.receipts_acked, channel.ack(&ack.receipt_ids));
+                    let (receipts, inbound) = channel.ack(&ack.receipt_ids);
+                    bump(&shared.counters.receipts_acked, receipts);
+                    bump(&shared.counters.inbound_acked, inbound);
                 }
                 client_frame::Frame::Hello(_) => {
                     let status = Status::invalid_argument("hello is only valid as the first frame of a stream");
@@ -354,5 +386,36 @@ impl Chat for ChatService {
 impl ChatAdmin for ChatService {
     async fn stats(&self, _request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         Ok(Response::new(self.shared.counters.snapshot()))
+    }
+
+    async fn simulate_inbound(
+        &self,
+        request: Request<SimulateInboundRequest>,
+    ) -> Result<Response<SimulateInboundResponse>, Status> {
+        let r = request.into_inner();
+        for (field, value) in [("from", &r.from), ("to", &r.to)] {
+            if !is_plausible_wa_id(value) {
+                return Err(Status::invalid_argument(format!(
+                    "{field} {value:?} is not a wa_id; expected 8 to 15 digits"
+                )));
+            }
+        }
+        let shared = &self.shared;
+        let receipt_id = shared.channels.next_receipt_id();
+        let id = format!("chatsim.in.{receipt_id}");
+        let message = InboundMessage {
+            id: id.clone(),
+            from: r.from,
+            to: r.to,
+            timestamp_ms: now_unix_ms(),
+            r#type: "text".into(),
+            text_body: if r.text.is_empty() { "hello".into() } else { r.text },
+            profile_name: r.profile_name,
+            receipt_id,
+        };
+        bump(&shared.counters.inbound_sent, 1);
+        let pushed =
+            shared.channels.push_inbound(message, shared.config.max_pending_receipts_per_channel, &shared.counters);
+        Ok(Response::new(SimulateInboundResponse { id, pushed }))
     }
 }

@@ -8,8 +8,9 @@ use ferry_chatsim::{ChatSim, ChatSimConfig};
 use ferry_proto::chat::v1::chat_admin_client::ChatAdminClient;
 use ferry_proto::chat::v1::chat_client::ChatClient;
 use ferry_proto::chat::v1::{
-    ClientFrame, DeliveryError, Envelope, EnvelopeResult, FetchPreKeyBundleRequest, Hello, Receipt, ReceiptAck,
-    ServerFrame, SessionHeader, StatsRequest, client_frame, delivery_error, envelope_result, receipt, server_frame,
+    ClientFrame, DeliveryError, Envelope, EnvelopeResult, FetchPreKeyBundleRequest, Hello, InboundMessage, Receipt,
+    ReceiptAck, ServerFrame, SessionHeader, SimulateInboundRequest, StatsRequest, client_frame, delivery_error,
+    envelope_result, receipt, server_frame,
 };
 use ferry_session::{IdentityKeyPair, PreKeyBundle, SendingSession};
 use tokio::net::TcpListener;
@@ -510,5 +511,81 @@ async fn throughput_many_streams_all_acked() {
     assert_eq!(stats.unique_messages, (STREAMS * PER_STREAM) as u64);
     assert_eq!(stats.sessions_established, (STREAMS * RECIPIENTS_PER_STREAM) as u64);
     assert_eq!(stats.decrypt_failures, 0);
+    chatsim.shutdown().await;
+}
+
+/// Inbound messages seen on `stream` within `within` (receipts are collected on the way).
+async fn collect_inbound(stream: &mut Stream, count: usize, within: Duration) -> Vec<InboundMessage> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut out = Vec::new();
+    while out.len() < count {
+        let Ok(frame) = tokio::time::timeout_at(deadline, stream.frames_in.message()).await else { break };
+        match frame.unwrap().unwrap().frame.unwrap() {
+            server_frame::Frame::Inbound(m) => out.push(m),
+            server_frame::Frame::Receipt(r) => stream.receipts.push(r),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn simulated_inbound_is_pushed_until_acked_even_before_any_stream() {
+    let chatsim = start(ChatSimConfig::for_test()).await;
+    let mut admin = ChatAdminClient::connect(format!("http://{}", chatsim.local_addr())).await.unwrap();
+    // Nobody connected yet: it waits for the first stream.
+    let request = SimulateInboundRequest {
+        from: RECIPIENT.into(),
+        to: SENDER.into(),
+        text: "hi business".into(),
+        profile_name: "Ada".into(),
+    };
+    let made = admin.simulate_inbound(request).await.unwrap().into_inner();
+    assert!(!made.pushed);
+    let bad = SimulateInboundRequest { from: "12ab".into(), to: SENDER.into(), ..Default::default() };
+    assert_eq!(admin.simulate_inbound(bad).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+
+    let mut client = client(&chatsim).await;
+    let mut first = Stream::open(&mut client, "node-1", 0).await;
+    let got = collect_inbound(&mut first, 1, TIMEOUT).await;
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert_eq!((m.id.as_str(), m.from.as_str(), m.to.as_str()), (made.id.as_str(), RECIPIENT, SENDER));
+    assert_eq!((m.text_body.as_str(), m.profile_name.as_str(), m.r#type.as_str()), ("hi business", "Ada", "text"));
+    assert!(m.timestamp_ms > 0 && m.receipt_id > 0);
+    drop(first);
+
+    // Not acknowledged: the next stream gets it again; acknowledged: never again.
+    let mut second = Stream::open(&mut client, "node-1", 0).await;
+    let again = collect_inbound(&mut second, 1, TIMEOUT).await;
+    assert_eq!(again.iter().map(|m| m.receipt_id).collect::<Vec<_>>(), [m.receipt_id]);
+    second.ack_receipts(vec![m.receipt_id]).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while chatsim.stats().inbound_acked < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "inbound ack not processed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(second);
+    let mut third = Stream::open(&mut client, "node-1", 0).await;
+    assert!(collect_inbound(&mut third, 1, Duration::from_millis(300)).await.is_empty());
+    let stats = chatsim.stats();
+    assert_eq!((stats.inbound_sent, stats.inbound_acked, stats.receipts_acked), (1, 1, 0));
+    chatsim.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_reply_rate_one_every_reader_writes_back() {
+    let chatsim = start(ChatSimConfig { reply_rate: 1.0, ..ChatSimConfig::for_test() }).await;
+    let mut sender = Sender::new(client(&chatsim).await);
+    let mut stream = Stream::open(&mut sender.client, "node-1", 1).await;
+    let envelope = sender.envelope("wamid.reply", RECIPIENT, b"x").await;
+    must_ack(&send_one(&mut stream, envelope).await, false);
+    let replies = collect_inbound(&mut stream, 1, TIMEOUT).await;
+    assert_eq!(replies.len(), 1);
+    assert_eq!((replies[0].from.as_str(), replies[0].to.as_str()), (RECIPIENT, SENDER));
+    assert!(replies[0].text_body.contains("wamid.reply"));
+    // The reply comes with the read receipt, not before the message was read.
+    assert!(stream.receipts.iter().any(|r| r.status() == receipt::Status::Read), "{:?}", stream.receipts);
+    assert_eq!(chatsim.stats().inbound_sent, 1);
     chatsim.shutdown().await;
 }

@@ -6,6 +6,38 @@ use ferry_model::MAX_SHARDS;
 use ferry_shard::{ShardConfig, StorageTuning};
 use serde::{Deserialize, Serialize};
 
+/// Whether a non-template message needs the recipient to have written within 24 hours (config
+/// `customer_service_window`, flag `--customer-service-window`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowPolicy {
+    /// Refuse such sends with 470 (On-Prem) / 131047 (Cloud).
+    #[default]
+    Enforce,
+    /// Accept them (the upstream enforces the window itself, or tests and demos).
+    Off,
+}
+
+impl std::str::FromStr for WindowPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "enforce" => Ok(WindowPolicy::Enforce),
+            "off" => Ok(WindowPolicy::Off),
+            other => Err(format!("customer-service window `{other}`: expected `enforce` or `off`")),
+        }
+    }
+}
+
+impl std::fmt::Display for WindowPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WindowPolicy::Enforce => "enforce",
+            WindowPolicy::Off => "off",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CoordinatorConfig {
@@ -17,6 +49,9 @@ pub struct CoordinatorConfig {
     pub country_code: String,
     /// The business number messages are sent from when a request names none.
     pub default_sender: String,
+    /// The 24-hour customer-service window: non-template messages only to users who wrote within
+    /// 24 hours.
+    pub customer_service_window: WindowPolicy,
     pub shard: ShardConfig,
     pub storage: StorageTuning,
 }
@@ -28,6 +63,7 @@ impl Default for CoordinatorConfig {
             shards: 8,
             country_code: "1".into(),
             default_sender: "+15550100000".into(),
+            customer_service_window: WindowPolicy::Enforce,
             shard: ShardConfig::default(),
             storage: StorageTuning::default(),
         }
@@ -35,11 +71,13 @@ impl Default for CoordinatorConfig {
 }
 
 impl CoordinatorConfig {
-    /// A config for tests: `shards` shards in `data_dir`, small memory budgets.
+    /// A config for tests: `shards` shards in `data_dir`, small memory budgets, the
+    /// customer-service window off (tests of the window turn it on).
     pub fn for_test(data_dir: impl Into<PathBuf>, shards: u16) -> Self {
         CoordinatorConfig {
             data_dir: data_dir.into(),
             shards,
+            customer_service_window: WindowPolicy::Off,
             storage: StorageTuning { block_cache_mib: 16, write_buffer_total_mib: 32, ..StorageTuning::default() },
             ..CoordinatorConfig::default()
         }

@@ -33,7 +33,10 @@ use ferry_shard::{
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use xxhash_rust::xxh3::xxh3_128;
 
-pub use config::CoordinatorConfig;
+pub use config::{CoordinatorConfig, WindowPolicy};
+
+/// How long a user's message keeps the customer-service window open.
+pub const CUSTOMER_SERVICE_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// The longest idempotency key accepted, in characters.
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 256;
@@ -102,6 +105,7 @@ pub struct Coordinator {
     shards: Vec<Arc<Shard>>,
     clock: SharedClock,
     country_code: String,
+    window: WindowPolicy,
     default_sender: WaId,
     key_locks: Vec<Arc<Mutex<()>>>,
     /// Failpoint for tests: skip the key-shard write after appending, as a crash there would.
@@ -158,6 +162,7 @@ impl Coordinator {
             shards,
             clock,
             country_code: config.country_code.clone(),
+            window: config.customer_service_window,
             default_sender,
             key_locks: (0..KEY_LOCK_STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
             skip_key_shard_write: AtomicBool::new(false),
@@ -180,6 +185,16 @@ impl Coordinator {
     }
 
     /// The node's shards, in index order (the delivery loops share them).
+    /// Normalizes a recipient as sends do (`recipient` names the field in errors).
+    pub fn normalize_recipient(&self, raw: &str) -> Result<WaId, ApiError> {
+        phone::normalize(raw, &self.country_code)
+    }
+
+    /// The shard that owns `wa_id`'s messages.
+    pub fn shard_for(&self, wa_id: &WaId) -> ShardId {
+        routing::shard_for_recipient(wa_id, self.shard_count())
+    }
+
     pub fn shards(&self) -> &[Arc<Shard>] {
         &self.shards
     }
@@ -358,6 +373,27 @@ impl Coordinator {
             .collect()
     }
 
+    /// Refuses (470 / 131047) unless `user` wrote to `sender` within the last 24 hours.
+    fn check_window(&self, shard: ShardId, sender: &WaId, user: &WaId) -> Result<(), ApiError> {
+        let contact = self.shards[shard.index()]
+            .get_contact(sender.as_str(), user.as_str())
+            .map_err(|e| ApiError::new(ErrorCode::Internal, "", e.to_string()))?;
+        let now = self.clock.now_ms();
+        let last = match contact {
+            Some(c) if now - c.last_inbound_ms <= CUSTOMER_SERVICE_WINDOW_MS => return Ok(()),
+            Some(c) => format!("{} hours ago", (now - c.last_inbound_ms) / 3_600_000),
+            None => "never".to_owned(),
+        };
+        Err(ApiError::new(
+            ErrorCode::OutsideCustomerServiceWindow,
+            "to",
+            format!(
+                "{user} has not written to {sender} in the last 24 hours (last message: {last}); only a template \
+                 message can start the conversation"
+            ),
+        ))
+    }
+
     fn prepare(&self, index: usize, command: SendCommand) -> Result<Prepared, ApiError> {
         let sender = match command.sender.as_deref() {
             None | Some("") => self.default_sender.clone(),
@@ -370,6 +406,9 @@ impl Coordinator {
         let ctx = ValidationContext { default_country_code: self.country_code.clone(), sender: Some(sender.clone()) };
         let validated = command.message.validate(&ctx)?;
         let shard = routing::shard_for_recipient(&validated.wa_id, self.shard_count());
+        if self.window == WindowPolicy::Enforce && validated.message_type() != "template" {
+            self.check_window(shard, &sender, &validated.wa_id)?;
+        }
         let payload = validated.encode();
         let idempotency = match command.idempotency_key.filter(|k| !k.is_empty()) {
             None => None,

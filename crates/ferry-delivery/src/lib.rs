@@ -72,6 +72,7 @@ impl DeliveryEngine {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut stats = Vec::with_capacity(shards.len());
         let mut tasks = Vec::with_capacity(shards.len() * 2);
+        let all_shards: Arc<[Arc<Shard>]> = shards.iter().cloned().collect();
         for shard in shards {
             // One HTTP/2 connection per shard, like the reference's one gateway link per shard.
             let client = ChatClient::new(endpoint.connect_lazy())
@@ -91,6 +92,7 @@ impl DeliveryEngine {
             tasks.push(tokio::spawn(link));
             let shard_loop = shard_loop::ShardLoop::new(
                 shard.clone(),
+                all_shards.clone(),
                 config.clone(),
                 clock.clone(),
                 client,

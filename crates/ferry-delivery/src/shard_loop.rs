@@ -37,16 +37,17 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_coordinator::routing::shard_for_recipient;
 use ferry_model::clock::SharedClock;
-use ferry_model::{ErrorCode, MessageId, MessageKey, MessageStatus};
+use ferry_model::{ErrorCode, MessageId, MessageKey, MessageStatus, WaId};
 use ferry_proto::chat::v1::chat_client::ChatClient;
 use ferry_proto::chat::v1::{
-    ClientFrame, Envelope, EnvelopeResult, FetchPreKeyBundleRequest, ReceiptAck, client_frame, delivery_error,
-    envelope_result, receipt, server_frame,
+    ClientFrame, Envelope, EnvelopeResult, FetchPreKeyBundleRequest, InboundMessage, ReceiptAck, client_frame,
+    delivery_error, envelope_result, receipt, server_frame,
 };
 use ferry_session::{IdentityKeyPair, PreKeyBundle, SendingSession};
 use ferry_shard::settle::status_base;
-use ferry_shard::{FailureReason, QueueRecord, Settlement, Shard, ShardError};
+use ferry_shard::{FailureReason, InboundRecord, QueueRecord, Settlement, Shard, ShardError};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -154,6 +155,8 @@ const TTL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(crate) struct ShardLoop {
     shard: Arc<Shard>,
+    /// Every shard of the node, by index: inbound messages go to the shard that owns their user.
+    all_shards: Arc<[Arc<Shard>]>,
     config: DeliveryConfig,
     clock: SharedClock,
     client: ChatClient<Channel>,
@@ -189,6 +192,7 @@ impl ShardLoop {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         shard: Arc<Shard>,
+        all_shards: Arc<[Arc<Shard>]>,
         config: DeliveryConfig,
         clock: SharedClock,
         client: ChatClient<Channel>,
@@ -202,6 +206,7 @@ impl ShardLoop {
             sessions: quick_cache::unsync::Cache::new(config.session_cache_capacity),
             setup_permits: Arc::new(Semaphore::new(config.max_concurrent_session_setups)),
             shard,
+            all_shards,
             config,
             clock,
             client,
@@ -597,9 +602,7 @@ impl ShardLoop {
             LinkEvent::Frame(frame) => match frame.frame {
                 Some(server_frame::Frame::Result(result)) => self.on_result(result),
                 Some(server_frame::Frame::Receipt(receipt)) => self.on_receipt(receipt),
-                Some(server_frame::Frame::Inbound(inbound)) => {
-                    tracing::debug!(shard = %self.shard.id(), from = inbound.from, "inbound message (not handled yet)");
-                }
+                Some(server_frame::Frame::Inbound(inbound)) => self.on_inbound(inbound),
                 None => {}
             },
         }
@@ -652,7 +655,7 @@ impl ShardLoop {
                         );
                         self.ready.push_back(key);
                     }
-                    delivery_error::Kind::RateLimited => {
+                    delivery_error::Kind::RateLimited | delivery_error::Kind::MarketingLimited => {
                         self.stats.add(&self.stats.rate_limited, 1);
                         self.requeue_front(seq);
                         let wait = Duration::from_millis(error.retry_after_ms.max(1));
@@ -703,6 +706,51 @@ impl ShardLoop {
         }
         self.to_settle.push(Settlement::Receipt { seq: key.seq, status, at_ms });
         self.receipts_to_ack.push(receipt.receipt_id);
+    }
+
+    /// A user wrote to the business: record it (customer-service window + inbound event) in the
+    /// shard that owns the user, and acknowledge it to the server only once that is durable.
+    fn on_inbound(&mut self, m: InboundMessage) {
+        let plausible = (8..=15).contains(&m.from.len()) && m.from.bytes().all(|b| b.is_ascii_digit());
+        if !plausible || m.to.is_empty() {
+            tracing::warn!(shard = %self.shard.id(), from = m.from, to = m.to, "inbound message without a valid user or business; dropped");
+            self.receipts_to_ack.push(m.receipt_id);
+            return;
+        }
+        let owner = shard_for_recipient(&WaId::from_normalized(m.from.clone()), self.all_shards.len() as u16);
+        let record = InboundRecord {
+            id: m.id,
+            from: m.from,
+            to: m.to,
+            at_ms: if m.timestamp_ms > 0 { m.timestamp_ms } else { self.clock.now_ms() },
+            message_type: if m.r#type.is_empty() { "text".into() } else { m.r#type },
+            text_body: m.text_body,
+            profile_name: m.profile_name,
+        };
+        self.stats.add(&self.stats.inbound, 1);
+        if owner == self.shard.id() {
+            self.to_settle.push(Settlement::Inbound(record));
+            self.receipts_to_ack.push(m.receipt_id);
+            return;
+        }
+        // Another shard's user: that shard's writer records it; the ack goes out on this stream.
+        let wait = self.all_shards[owner.index()].settle_durably(vec![Settlement::Inbound(record)], None);
+        let receipt_id = m.receipt_id;
+        self.settle_tasks.spawn(async move {
+            let result = match wait {
+                Ok(wait) => wait.await,
+                Err(e) => Err(e),
+            };
+            // Not durable: leave it unacknowledged; the server pushes it again on the next stream.
+            let receipt_ids = match result {
+                Ok(()) => vec![receipt_id],
+                Err(e) => {
+                    tracing::error!(shard = %owner, error = %e, "inbound message not recorded; the chat server will push it again");
+                    Vec::new()
+                }
+            };
+            SettleDone { seqs: Vec::new(), entries: Vec::new(), receipt_ids, result: Ok(()) }
+        });
     }
 
     // ---- settling ----------------------------------------------------------------------------

@@ -32,6 +32,8 @@ pub struct ShardDeliveryStats {
     pub rekeys: AtomicU64,
     /// Messages in memory now (gauge).
     pub loaded: AtomicU64,
+    /// Inbound user messages received on this shard's stream (recorded in the user's shard).
+    pub inbound: AtomicU64,
     pub(crate) link_state: AtomicU8,
 }
 
@@ -62,6 +64,7 @@ impl ShardDeliveryStats {
             session_setups: get(&self.session_setups),
             rekeys: get(&self.rekeys),
             loaded: get(&self.loaded),
+            inbound: get(&self.inbound),
         }
     }
 }
@@ -83,6 +86,7 @@ pub struct DeliverySnapshot {
     pub session_setups: u64,
     pub rekeys: u64,
     pub loaded: u64,
+    pub inbound: u64,
 }
 
 impl std::ops::Add for DeliverySnapshot {
@@ -103,6 +107,7 @@ impl std::ops::Add for DeliverySnapshot {
             session_setups: self.session_setups + o.session_setups,
             rekeys: self.rekeys + o.rekeys,
             loaded: self.loaded + o.loaded,
+            inbound: self.inbound + o.inbound,
         }
     }
 }

@@ -8,6 +8,8 @@
 //! Invariants: this crate never touches storage (it only awaits the coordinator), and it answers a
 //! send only with what the coordinator returned after the durable write.
 
+pub mod watch;
+
 use std::future::Future;
 use std::sync::Arc;
 
@@ -30,11 +32,14 @@ pub const ERROR_FIELD_METADATA: &str = "ferry-error-field";
 
 pub struct MessagesService {
     coordinator: Arc<Coordinator>,
+    /// Becomes true when the server stops accepting: open `WatchStatuses` streams end then, so a
+    /// graceful shutdown does not wait for clients that would watch forever.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl MessagesService {
-    pub fn new(coordinator: Arc<Coordinator>) -> Self {
-        MessagesService { coordinator }
+    pub fn new(coordinator: Arc<Coordinator>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        MessagesService { coordinator, stopping }
     }
 }
 
@@ -93,6 +98,16 @@ fn record_from(m: MessageView) -> v1::MessageRecord {
 
 #[tonic::async_trait]
 impl Messages for MessagesService {
+    type WatchStatusesStream = tokio_stream::wrappers::ReceiverStream<Result<v1::StatusEvent, Status>>;
+
+    async fn watch_statuses(
+        &self,
+        request: Request<v1::WatchStatusesRequest>,
+    ) -> Result<Response<Self::WatchStatusesStream>, Status> {
+        let watch = watch::Watch::new(&self.coordinator, request.into_inner()).map_err(|e| status_from(&e))?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(watch.start(self.stopping.clone()))))
+    }
+
     async fn send(&self, request: Request<v1::SendRequest>) -> Result<Response<v1::SendResponse>, Status> {
         let command = command_from(request.into_inner()).map_err(|e| status_from(&e))?;
         match self.coordinator.send(command).await {
@@ -177,10 +192,15 @@ pub async fn serve(
     // ~40 ms per call at low concurrency. (`Server::tcp_nodelay` applies only to listeners the
     // server binds itself, so it is set on the incoming stream.)
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(MessagesServer::new(MessagesService::new(coordinator)))
+        .add_service(MessagesServer::new(MessagesService::new(coordinator, stopping)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -32,6 +32,14 @@ pub struct LoadgenArgs {
     /// Messages per call: 1 = unary `Send`, more = `SendBatch`.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// Share (0..=1) of calls sent as unary `Send`s instead of one `SendBatch` (with `--batch N`,
+    /// such a call is N concurrent unary sends): a mix of both APIs.
+    #[arg(long, default_value_t = 0.0)]
+    pub unary_share: f64,
+    /// Message-type mix as `TYPE=WEIGHT,...` from text, image, template, interactive, location
+    /// (e.g. `text=8,template=1,image=1`; a bare `TYPE` weighs 1).
+    #[arg(long, value_parser = crate::client::TypeMix::parse, default_value = "text")]
+    pub types: crate::client::TypeMix,
     /// Messages per second, sent open loop at fixed intervals (omit = as fast as possible).
     #[arg(long)]
     pub rate: Option<f64>,
@@ -44,6 +52,15 @@ pub struct LoadgenArgs {
     /// Share (0..=1) of messages sent to a recipient never used before.
     #[arg(long, default_value_t = 0.0)]
     pub new_recipients: f64,
+    /// Business number to send from (`SendRequest.sender`); default: ferry's default sender.
+    #[arg(long)]
+    pub sender: Option<String>,
+    /// Before sending, have every known recipient write to the business through chatsim's
+    /// `SimulateInbound` (needs `--chatsim`), so text messages pass a ferry that enforces the
+    /// 24-hour customer-service window. Messages to new recipients (`--new-recipients`) still need
+    /// `--types template`.
+    #[arg(long)]
+    pub open_windows: bool,
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -80,10 +97,14 @@ impl LoadgenArgs {
             concurrency: 64,
             connections: 4,
             batch: 1,
+            unary_share: 0.0,
+            types: crate::client::TypeMix::default(),
             rate: None,
             payload: 100,
             recipients: 10_000,
             new_recipients: 0.0,
+            sender: None,
+            open_windows: false,
             json: None,
             plot: None,
             tls: false,
@@ -105,10 +126,16 @@ impl LoadgenArgs {
             "--new-recipients is a share: expected 0..=1, got {}",
             self.new_recipients
         );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.unary_share),
+            "--unary-share is a share: expected 0..=1, got {}",
+            self.unary_share
+        );
         if let Some(rate) = self.rate {
             anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number of messages per second");
         }
         anyhow::ensure!(self.count != Some(0), "--count must be at least 1");
+        anyhow::ensure!(!self.open_windows || self.chatsim.is_some(), "--open-windows needs --chatsim ADDR");
         Ok(())
     }
 

@@ -67,13 +67,97 @@ pub async fn endpoint(addr: &str, tls: bool, ca_cert: Option<&std::path::Path>) 
     Ok(endpoint)
 }
 
-/// Builds the messages of each call: who they go to and their text.
+/// A message type the loadgen can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Text,
+    Image,
+    Template,
+    Interactive,
+    Location,
+}
+
+impl Kind {
+    const ALL: [(&'static str, Kind); 5] = [
+        ("text", Kind::Text),
+        ("image", Kind::Image),
+        ("template", Kind::Template),
+        ("interactive", Kind::Interactive),
+        ("location", Kind::Location),
+    ];
+}
+
+/// `--types`: message types with integer weights; message `n` gets the type at `n mod total` of
+/// the expanded weights, so any run prefix has the mix to within one cycle.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TypeMix(pub Vec<(Kind, u32)>);
+
+impl Default for TypeMix {
+    fn default() -> Self {
+        TypeMix(vec![(Kind::Text, 1)])
+    }
+}
+
+impl TypeMix {
+    /// Parses `text=8,template=1` (a bare name weighs 1).
+    pub fn parse(s: &str) -> Result<TypeMix, String> {
+        let names = Kind::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+        let mut mix = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, weight) = match part.split_once('=') {
+                Some((n, w)) => {
+                    let w = w
+                        .trim()
+                        .parse::<u32>()
+                        .map_err(|_| format!("weight of `{n}` must be a whole number, got `{w}`"))?;
+                    (n.trim(), w)
+                }
+                None => (part, 1),
+            };
+            let kind = Kind::ALL
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, k)| *k)
+                .ok_or_else(|| format!("unknown message type `{name}`: expected one of {names}"))?;
+            if weight > 0 {
+                mix.push((kind, weight));
+            }
+        }
+        if mix.is_empty() {
+            return Err(format!(
+                "no message type with a weight above 0: expected e.g. `text=8,template=2` from {names}"
+            ));
+        }
+        Ok(TypeMix(mix))
+    }
+
+    /// The type of message `n`.
+    pub fn kind(&self, n: u64) -> Kind {
+        let total: u64 = self.0.iter().map(|(_, w)| u64::from(*w)).sum();
+        let mut slot = n % total;
+        for (kind, w) in &self.0 {
+            if slot < u64::from(*w) {
+                return *kind;
+            }
+            slot -= u64::from(*w);
+        }
+        unreachable!("slot < total")
+    }
+}
+
+/// Builds the messages of each call: who they go to, their type and text.
 pub struct MessageFactory {
     body: String,
     recipients: u64,
     new_share: f64,
     new_seed: u64,
+    types: TypeMix,
+    sender: String,
 }
+
+/// ferry's default sender, the business `--open-windows` writes to when no `--sender` is given.
+pub const DEFAULT_BUSINESS: &str = "15550100000";
 
 impl MessageFactory {
     pub fn new(args: &LoadgenArgs) -> Self {
@@ -83,6 +167,8 @@ impl MessageFactory {
             recipients: args.recipients,
             new_share: args.new_recipients,
             new_seed: nanos,
+            types: args.types.clone(),
+            sender: args.sender.clone().unwrap_or_default(),
         }
     }
 
@@ -99,10 +185,61 @@ impl MessageFactory {
         format!("+1{number:010}")
     }
 
+    /// The wa_id of known recipient `i` (`0..recipients`).
+    pub fn known_wa_id(i: u64) -> String {
+        format!("1{:010}", 2_000_000_000 + i)
+    }
+
     pub fn message(&self, n: u64) -> v1::SendRequest {
+        // Captions, template parameters and interactive bodies are capped at 1,024 characters.
+        let short = || self.body.chars().take(1024).collect::<String>();
+        let content = match self.types.kind(n) {
+            Kind::Text => Content::Text(v1::TextMessage { body: self.body.clone(), preview_url: false }),
+            Kind::Image => Content::Image(v1::MediaMessage {
+                link: "https://example.com/loadgen.jpg".into(),
+                caption: short(),
+                ..Default::default()
+            }),
+            Kind::Template => Content::Template(v1::TemplateMessage {
+                name: "loadgen_update".into(),
+                language: Some(v1::TemplateLanguage { policy: "deterministic".into(), code: "en_US".into() }),
+                components: vec![v1::TemplateComponent {
+                    r#type: "body".into(),
+                    parameters: vec![v1::TemplateParameter {
+                        r#type: "text".into(),
+                        text: short(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            Kind::Interactive => Content::Interactive(v1::InteractiveMessage {
+                r#type: "button".into(),
+                body: Some(v1::InteractiveText { text: short() }),
+                action: Some(v1::InteractiveAction {
+                    buttons: ["yes", "no"]
+                        .into_iter()
+                        .map(|id| v1::InteractiveButton {
+                            r#type: "reply".into(),
+                            reply: Some(v1::InteractiveReply { id: id.into(), title: id.into() }),
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            Kind::Location => Content::Location(v1::LocationMessage {
+                latitude: Some(52.37),
+                longitude: Some(4.89),
+                name: "ferry".into(),
+                address: self.body.chars().take(200).collect(),
+            }),
+        };
         v1::SendRequest {
             to: self.recipient(n),
-            content: Some(Content::Text(v1::TextMessage { body: self.body.clone(), preview_url: false })),
+            content: Some(content),
+            sender: self.sender.clone(),
             ..Default::default()
         }
     }
@@ -125,7 +262,8 @@ pub fn status_code_key(status: &tonic::Status) -> String {
     }
 }
 
-/// Sends messages `first..first + len` as one unary `Send` (len 1) or one `SendBatch`.
+/// Sends messages `first..first + len` as one `SendBatch`, or (`batch` false) as `len` concurrent
+/// unary `Send`s.
 pub async fn send_call(
     client: &mut Client,
     factory: &MessageFactory,
@@ -135,9 +273,16 @@ pub async fn send_call(
 ) -> CallOutcome {
     let mut outcome = CallOutcome::default();
     if !batch {
-        match client.send(factory.message(first)).await {
-            Ok(_) => outcome.accepted = 1,
-            Err(status) => *outcome.errors.entry(status_code_key(&status)).or_default() += 1,
+        let sends = (first..first + len).map(|n| {
+            let mut client = client.clone();
+            let message = factory.message(n);
+            async move { client.send(message).await }
+        });
+        for result in futures_util::future::join_all(sends).await {
+            match result {
+                Ok(_) => outcome.accepted += 1,
+                Err(status) => *outcome.errors.entry(status_code_key(&status)).or_default() += 1,
+            }
         }
         return outcome;
     }
@@ -155,4 +300,46 @@ pub async fn send_call(
         Err(status) => *outcome.errors.entry(status_code_key(&status)).or_default() += len,
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_mix_parses_weights_and_spreads_them_evenly() {
+        let mix = TypeMix::parse("text=2, template=1,image").unwrap();
+        assert_eq!(mix.0, vec![(Kind::Text, 2), (Kind::Template, 1), (Kind::Image, 1)]);
+        let kinds: Vec<Kind> = (0..8).map(|n| mix.kind(n)).collect();
+        use Kind::*;
+        assert_eq!(kinds, [Text, Text, Template, Image, Text, Text, Template, Image]);
+        assert!(TypeMix::parse("text=0").unwrap_err().contains("no message type"));
+        assert!(TypeMix::parse("sms").unwrap_err().contains("unknown message type `sms`"));
+        assert!(TypeMix::parse("text=x").unwrap_err().contains("whole number"));
+    }
+
+    #[test]
+    fn every_type_builds_its_content() {
+        let mut args = crate::LoadgenArgs::for_target("http://127.0.0.1:1");
+        args.types = TypeMix::parse("text,image,template,interactive,location").unwrap();
+        args.payload = 5000;
+        let factory = MessageFactory::new(&args);
+        let names: Vec<&str> = (0..5)
+            .map(|n| match factory.message(n).content.unwrap() {
+                Content::Text(t) => {
+                    assert_eq!(t.body.len(), 5000);
+                    "text"
+                }
+                Content::Image(i) => {
+                    assert_eq!(i.caption.len(), 1024, "captions are capped");
+                    "image"
+                }
+                Content::Template(_) => "template",
+                Content::Interactive(_) => "interactive",
+                Content::Location(_) => "location",
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(names, ["text", "image", "template", "interactive", "location"]);
+    }
 }

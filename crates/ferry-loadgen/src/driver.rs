@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ferry_proto::chat::v1::StatsRequest;
 use ferry_proto::chat::v1::chat_admin_client::ChatAdminClient;
+use ferry_proto::chat::v1::{SimulateInboundRequest, StatsRequest};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::{Semaphore, watch};
@@ -72,6 +72,44 @@ async fn chatsim_unique(client: &mut ChatAdminClient<Channel>) -> anyhow::Result
     Ok(stats.into_inner().unique_messages)
 }
 
+/// Makes every known recipient write to the business (chatsim `SimulateInbound`) and waits until
+/// ferry acknowledged them all (so each user's 24-hour window is open before the first send).
+async fn open_windows(chatsim: &mut ChatAdminClient<Channel>, args: &LoadgenArgs) -> anyhow::Result<()> {
+    let business: String =
+        args.sender.as_deref().unwrap_or(client::DEFAULT_BUSINESS).chars().filter(char::is_ascii_digit).collect();
+    let acked = |c: &mut ChatAdminClient<Channel>| {
+        let mut c = c.clone();
+        async move { anyhow::Ok(c.stats(StatsRequest {}).await?.into_inner().inbound_acked) }
+    };
+    let before = acked(chatsim).await?;
+    let all: Vec<u64> = (0..args.recipients).collect();
+    for chunk in all.chunks(64) {
+        let calls = chunk.iter().map(|&i| {
+            let mut c = chatsim.clone();
+            let request = SimulateInboundRequest {
+                from: MessageFactory::known_wa_id(i),
+                to: business.clone(),
+                text: "hi (loadgen --open-windows)".into(),
+                profile_name: String::new(),
+            };
+            async move { c.simulate_inbound(request).await }
+        });
+        for r in futures_util::future::join_all(calls).await {
+            r.context("chatsim SimulateInbound")?;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked(chatsim).await? < before + args.recipients {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "ferry did not record the {} inbound messages of --open-windows within 120 s",
+            args.recipients
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// Runs the load described by `args` and returns the report (also written to `--json`/`--plot`).
 /// Not cancel-safe in the sense of reporting: dropping the future abandons in-flight calls.
 pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
@@ -85,6 +123,10 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
         }
         None => None,
     };
+    if args.open_windows {
+        let c = chatsim.as_mut().expect("validated: --open-windows needs --chatsim");
+        open_windows(c, &args).await?;
+    }
     // Acks count only what this run sends: everything chatsim saw before is the baseline.
     let baseline = match chatsim.as_mut() {
         Some(c) => Some(chatsim_unique(c).await.context("chatsim baseline Stats")?),
@@ -150,7 +192,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
         };
         let mut client = clients[calls as usize % clients.len()].clone();
         let (factory, recorder) = (factory.clone(), recorder.clone());
-        let use_batch = args.batch > 1;
+        // Exactly floor(calls * share) of the first calls are unary, spread evenly.
+        let unary = ((calls + 1) as f64 * args.unary_share).floor() > (calls as f64 * args.unary_share).floor();
+        let use_batch = args.batch > 1 && !unary;
         tokio::spawn(async move {
             let outcome = client::send_call(&mut client, &factory, first, len, use_batch).await;
             let done = Instant::now();

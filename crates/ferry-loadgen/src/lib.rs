@@ -1,6 +1,7 @@
 //! ferry's load generator: drives a ferry node over gRPC and reports what it sustained.
 //!
-//! Sends text messages with unary `Send` (`--batch 1`) or `SendBatch`, over `--connections`
+//! Sends messages (`--types text=8,template=1,...`: text, image, template, interactive, location)
+//! with unary `Send` (`--batch 1`), `SendBatch`, or a mix (`--unary-share`), over `--connections`
 //! channels with at most `--concurrency` calls in flight, either open loop at `--rate` msg/s
 //! (latency measured from each call's *scheduled* time, so a slow server cannot hide behind a
 //! slowed-down client) or as fast as possible, for `--duration` or `--count`. With `--chatsim`, it

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ferry_loadgen::{LoadgenArgs, run};
 use ferry_proto::chat::v1::chat_admin_server::{ChatAdmin, ChatAdminServer};
-use ferry_proto::chat::v1::{StatsRequest, StatsResponse};
+use ferry_proto::chat::v1::{SimulateInboundRequest, SimulateInboundResponse, StatsRequest, StatsResponse};
 use ferry_proto::v1::messages_server::{Messages, MessagesServer};
 use ferry_proto::v1::{self, send_result::Outcome};
 use tonic::{Request, Response, Status};
@@ -26,6 +26,10 @@ struct StubConfig {
 struct Seen {
     received: Vec<Instant>,
     accepted: Vec<Instant>,
+    /// `(from, to)` of every SimulateInbound call.
+    inbound: Vec<(String, String)>,
+    /// Message types of every message received.
+    types: Vec<&'static str>,
 }
 
 #[derive(Clone)]
@@ -36,9 +40,18 @@ struct StubMessages {
 
 impl StubMessages {
     /// Records one message; `true` when it is accepted.
-    fn take(&self) -> bool {
+    fn take(&self, m: &v1::SendRequest) -> bool {
+        use v1::send_request::Content;
         let mut seen = self.seen.lock().unwrap();
         seen.received.push(Instant::now());
+        seen.types.push(match &m.content {
+            Some(Content::Text(_)) => "text",
+            Some(Content::Image(_)) => "image",
+            Some(Content::Template(_)) => "template",
+            Some(Content::Interactive(_)) => "interactive",
+            Some(Content::Location(_)) => "location",
+            _ => "other",
+        });
         let n = seen.received.len() as u64;
         let accept = self.config.reject_every == 0 || !n.is_multiple_of(self.config.reject_every);
         if accept {
@@ -59,9 +72,9 @@ impl StubMessages {
 
 #[tonic::async_trait]
 impl Messages for StubMessages {
-    async fn send(&self, _request: Request<v1::SendRequest>) -> Result<Response<v1::SendResponse>, Status> {
+    async fn send(&self, request: Request<v1::SendRequest>) -> Result<Response<v1::SendResponse>, Status> {
         tokio::time::sleep(self.config.delay).await;
-        if self.take() {
+        if self.take(&request.into_inner()) {
             Ok(Response::new(Self::accepted()))
         } else {
             let mut status = Status::invalid_argument("stub rejects this one");
@@ -79,8 +92,8 @@ impl Messages for StubMessages {
             .into_inner()
             .messages
             .iter()
-            .map(|_| v1::SendResult {
-                outcome: Some(if self.take() {
+            .map(|m| v1::SendResult {
+                outcome: Some(if self.take(m) {
                     Outcome::Accepted(Self::accepted())
                 } else {
                     Outcome::Error(v1::Error { code: 1001, title: "too long".into(), ..Default::default() })
@@ -94,6 +107,15 @@ impl Messages for StubMessages {
         &self,
         _request: Request<v1::GetMessageRequest>,
     ) -> Result<Response<v1::MessageRecord>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+
+    type WatchStatusesStream = tokio_stream::Empty<Result<v1::StatusEvent, Status>>;
+
+    async fn watch_statuses(
+        &self,
+        _request: Request<v1::WatchStatusesRequest>,
+    ) -> Result<Response<Self::WatchStatusesStream>, Status> {
         Err(Status::unimplemented("stub"))
     }
 }
@@ -111,7 +133,21 @@ impl ChatAdmin for StubChatAdmin {
     async fn stats(&self, _request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         let seen = self.seen.lock().unwrap();
         let acked = seen.accepted.iter().filter(|t| t.elapsed() >= self.ack_after).count() as u64;
-        Ok(Response::new(StatsResponse { unique_messages: self.preexisting + acked, ..Default::default() }))
+        let inbound_acked = seen.inbound.len() as u64;
+        Ok(Response::new(StatsResponse {
+            unique_messages: self.preexisting + acked,
+            inbound_acked,
+            ..Default::default()
+        }))
+    }
+
+    async fn simulate_inbound(
+        &self,
+        request: Request<SimulateInboundRequest>,
+    ) -> Result<Response<SimulateInboundResponse>, Status> {
+        let r = request.into_inner();
+        self.seen.lock().unwrap().inbound.push((r.from, r.to));
+        Ok(Response::new(SimulateInboundResponse { id: "in".into(), pushed: true }))
     }
 }
 
@@ -307,4 +343,36 @@ async fn new_recipient_share_is_exact() {
     let recipients: Vec<String> = (0..1000).map(|n| factory.recipient(n)).collect();
     let distinct: std::collections::HashSet<&String> = recipients.iter().collect();
     assert_eq!(distinct.len(), 10 + 250);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_windows_writes_first_and_types_and_unary_share_mix() {
+    let stub = start_stub(StubConfig::default(), Duration::from_millis(1)).await;
+    let mut a = args(&stub);
+    a.count = Some(200);
+    a.batch = 10;
+    a.recipients = 40;
+    a.chatsim = Some(stub.chatsim.clone());
+    a.open_windows = true;
+    a.unary_share = 0.5;
+    a.types = ferry_loadgen::client::TypeMix::parse("text=3,template=1").unwrap();
+    let report = run(a).await.unwrap();
+    assert_eq!(report.accepted, 200);
+    let seen = stub.seen.lock().unwrap();
+    // Every known recipient wrote to the default business before the first send.
+    let mut from: Vec<&str> = seen.inbound.iter().map(|(f, _)| f.as_str()).collect();
+    from.sort();
+    from.dedup();
+    assert_eq!(from.len(), 40);
+    assert!(seen.inbound.iter().all(|(_, to)| to == "15550100000"));
+    // 3:1 text to template.
+    let templates = seen.types.iter().filter(|t| **t == "template").count();
+    assert_eq!((seen.types.len(), templates), (200, 50));
+}
+
+#[tokio::test]
+async fn open_windows_needs_chatsim() {
+    let mut a = LoadgenArgs::for_target("http://127.0.0.1:1");
+    a.open_windows = true;
+    assert!(a.validate().unwrap_err().to_string().contains("--open-windows needs --chatsim"));
 }

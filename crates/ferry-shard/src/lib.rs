@@ -31,9 +31,12 @@ pub mod writer;
 
 pub use layout::{NodeLayout, NodeMeta};
 pub use resources::{SharedResources, StorageTuning};
-pub use settle::{FailureReason, Settlement};
+pub use settle::{FailureReason, InboundRecord, Settlement};
 pub use shard::{Shard, ShardConfig, ShardStats};
-pub use storage::{CallbackRecord, IdempotencyIntent, IdempotencyRecord, QueueRecord, StatusEvent, StatusRecord};
+pub use storage::{
+    CALLBACK_INBOUND, CALLBACK_STATUS, CallbackRecord, ContactRecord, IdempotencyIntent, IdempotencyRecord,
+    QueueRecord, StatusEvent, StatusRecord,
+};
 pub use writer::{AppendOutcome, IdempotencyPlacement, NewMessage};
 
 /// Errors of the shard layer.

@@ -29,18 +29,38 @@ pub enum Settlement {
     Failed { seq: u64, message: StatusRecord, at_ms: i64, reason: FailureReason },
     /// A receipt (`delivered` or `read`) for a message that may or may not have been settled yet.
     Receipt { seq: u64, status: MessageStatus, at_ms: i64 },
+    /// A message a user sent to the business: records the user's latest inbound time (the
+    /// customer-service window) and an inbound event for the webhook. Goes to the shard that owns
+    /// the user (`from`); touches no queued message.
+    Inbound(InboundRecord),
+}
+
+/// One inbound user message, as the chat server reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundRecord {
+    /// The chat server's id of the message.
+    pub id: String,
+    /// The user's wa_id.
+    pub from: String,
+    /// The business number (wa_id form).
+    pub to: String,
+    pub at_ms: i64,
+    pub message_type: String,
+    pub text_body: String,
+    pub profile_name: String,
 }
 
 impl Settlement {
     pub fn seq(&self) -> u64 {
         match self {
             Settlement::Sent { seq, .. } | Settlement::Failed { seq, .. } | Settlement::Receipt { seq, .. } => *seq,
+            Settlement::Inbound(_) => 0,
         }
     }
 
     /// Whether this settlement removes the message from the queue.
     pub fn leaves_queue(&self) -> bool {
-        !matches!(self, Settlement::Receipt { .. })
+        !matches!(self, Settlement::Receipt { .. } | Settlement::Inbound(_))
     }
 }
 
@@ -91,6 +111,21 @@ fn fill_from(r: &mut StatusRecord, message: &StatusRecord) {
     }
 }
 
+/// The inbound event of `m` (see [`crate::storage::CALLBACK_INBOUND`]).
+pub fn inbound_callback(m: &InboundRecord) -> CallbackRecord {
+    CallbackRecord {
+        kind: crate::storage::CALLBACK_INBOUND,
+        at_ms: m.at_ms,
+        wa_id: m.from.clone(),
+        sender: m.to.clone(),
+        message_type: m.message_type.clone(),
+        inbound_id: m.id.clone(),
+        text_body: m.text_body.clone(),
+        profile_name: m.profile_name.clone(),
+        ..CallbackRecord::default()
+    }
+}
+
 /// The webhook callback reporting the current status of `record` (message `seq`).
 pub fn callback_for(seq: u64, record: &StatusRecord) -> CallbackRecord {
     let at_ms =
@@ -106,7 +141,35 @@ pub fn callback_for(seq: u64, record: &StatusRecord) -> CallbackRecord {
         error_title: record.error_title.clone(),
         error_details: record.error_details.clone(),
         message_type: record.message_type.clone(),
+        ..CallbackRecord::default()
     }
+}
+
+/// One callback per status `record` went through after `accepted`, in status order (sent,
+/// delivered, read): for a record whose receipts arrived before the ack that filled it in. The ack
+/// of a resend may carry a later time than the receipts; each time is capped by the next one, so
+/// times never go backwards either.
+pub fn callbacks_through(seq: u64, record: &StatusRecord) -> Vec<CallbackRecord> {
+    let accepted = MessageStatus::Accepted.code();
+    let mut events: Vec<(u32, i64)> =
+        record.history.iter().filter(|e| e.status != accepted).map(|e| (e.status, e.at_ms)).collect();
+    events.sort_by_key(|(status, _)| *status);
+    events.dedup_by_key(|(status, _)| *status);
+    for i in (0..events.len().saturating_sub(1)).rev() {
+        events[i].1 = events[i].1.min(events[i + 1].1);
+    }
+    events
+        .into_iter()
+        .map(|(status, at_ms)| {
+            let mut c = callback_for(seq, record);
+            c.status = status;
+            c.at_ms = at_ms;
+            if status != MessageStatus::Failed.code() {
+                (c.error_code, c.error_title, c.error_details) = (0, String::new(), String::new());
+            }
+            c
+        })
+        .collect()
 }
 
 /// The record to store after `change`, or `None` if the change is not progress.
@@ -162,6 +225,8 @@ pub fn merge(current: Option<&StatusRecord>, change: &Settlement) -> Option<Stat
             r.updated_at_ms = r.updated_at_ms.max(*at_ms);
             Some(r)
         }
+        // Not about a message's status (the writer records it in `contacts`).
+        Settlement::Inbound(_) => None,
     }
 }
 

@@ -14,9 +14,9 @@ use crate::ShardError;
 use crate::resources::SharedResources;
 use crate::settle::Settlement;
 use crate::storage::{
-    CallbackRecord, FORMAT_VERSION, IdempotencyIntent, IdempotencyRecord, META_FORMAT_VERSION, META_IDENTITY_KEY,
-    META_NEXT_OUTBOX_SEQ, META_NEXT_SEQ, META_NODE_ID, META_QUEUE_LOW_WATERMARK, META_SHARD, QueueRecord, StatusRecord,
-    Store, session_key,
+    CallbackRecord, ContactRecord, EventRetention, FORMAT_VERSION, IdempotencyIntent, IdempotencyRecord,
+    META_FORMAT_VERSION, META_IDENTITY_KEY, META_NEXT_OUTBOX_SEQ, META_NEXT_SEQ, META_NODE_ID,
+    META_QUEUE_LOW_WATERMARK, META_SHARD, META_WEBHOOK_CURSOR, QueueRecord, StatusRecord, Store, session_key,
 };
 use crate::writer::{AppendOutcome, Committed, NewMessage, WriteOp, Writer, WriterCounters};
 
@@ -31,8 +31,12 @@ pub struct ShardConfig {
     /// How long the status of a message that left the queue is kept (for `GetMessage`), in
     /// seconds. Records older than this are dropped at compaction.
     pub status_retention_secs: u64,
-    /// Whether status changes also write webhook callbacks to the shard's outbox. Set by the node
-    /// when a webhook URL is configured; not a config key of its own.
+    /// How long status events (the outbox read by `WatchStatuses` and the webhook sender) are
+    /// kept, in seconds. An event the webhook has not accepted yet is kept however old it is.
+    pub status_events_retention_secs: u64,
+    /// Whether a webhook is configured: the shard then keeps a webhook cursor and no status event
+    /// at or past it is dropped. Set by the node when a webhook URL is configured; not a config key
+    /// of its own.
     #[serde(skip)]
     pub callbacks: bool,
 }
@@ -43,6 +47,7 @@ impl Default for ShardConfig {
             queue_capacity: 16_384,
             max_batch_messages: 4_096,
             status_retention_secs: 30 * 24 * 3600,
+            status_events_retention_secs: 3600,
             callbacks: false,
         }
     }
@@ -89,6 +94,8 @@ pub struct Shard {
     committed: Arc<Committed>,
     identity_key: [u8; 32],
     queue_low_watermark: Arc<AtomicU64>,
+    /// The webhook cursor (`u64::MAX` without a webhook); also the outbox compaction filter's floor.
+    webhook_cursor: Arc<AtomicU64>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -102,8 +109,13 @@ impl Shard {
         resources: &SharedResources,
         config: &ShardConfig,
     ) -> Result<Shard, ShardError> {
-        let retention_ms = i64::try_from(config.status_retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let store = Arc::new(Store::open(dir, id.0, resources, retention_ms)?);
+        let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let webhook_floor = Arc::new(AtomicU64::new(u64::MAX));
+        let events = EventRetention {
+            retention_ms: ms(config.status_events_retention_secs),
+            webhook_floor: webhook_floor.clone(),
+        };
+        let store = Arc::new(Store::open(dir, id.0, resources, ms(config.status_retention_secs), events)?);
         let next_seq = init_meta(&store, id, shard_count, node_id)?;
         let identity_key = init_identity_key(&store, id)?;
         let queue_low_watermark = store.get_meta_u64(META_QUEUE_LOW_WATERMARK)?.unwrap_or(1);
@@ -111,11 +123,13 @@ impl Shard {
         let pending = Arc::new(AtomicUsize::new(0));
         let counters = Arc::new(WriterCounters::default());
         let next_outbox_seq = store.get_meta_u64(META_NEXT_OUTBOX_SEQ)?.unwrap_or(1);
+        if config.callbacks {
+            webhook_floor.store(init_webhook_cursor(&store, id, next_outbox_seq)?, Ordering::Release);
+        }
         let committed = Arc::new(Committed {
             next_seq: AtomicU64::new(next_seq),
             appended: tokio::sync::Notify::new(),
-            next_outbox_seq: AtomicU64::new(next_outbox_seq),
-            callbacks: tokio::sync::Notify::new(),
+            next_outbox_seq: tokio::sync::watch::Sender::new(next_outbox_seq),
         });
         let writer = Writer {
             store: store.clone(),
@@ -126,7 +140,6 @@ impl Shard {
             pending: pending.clone(),
             counters: counters.clone(),
             committed: committed.clone(),
-            callbacks_enabled: config.callbacks,
             next_outbox_seq,
         };
         let handle = std::thread::Builder::new()
@@ -146,6 +159,7 @@ impl Shard {
             committed,
             identity_key,
             queue_low_watermark: Arc::new(AtomicU64::new(queue_low_watermark)),
+            webhook_cursor: webhook_floor,
             writer: Mutex::new(Some(handle)),
         })
     }
@@ -279,30 +293,46 @@ impl Shard {
         Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
     }
 
-    /// The outbox sequence number below which every callback is durable.
+    /// The status-event sequence number below which every event is durable.
     pub fn committed_next_outbox_seq(&self) -> u64 {
-        self.committed.next_outbox_seq.load(Ordering::Acquire)
+        *self.committed.next_outbox_seq.borrow()
     }
 
-    /// Resolves after the next durable write that added callbacks (one waiter: the webhook sender).
-    pub async fn callbacks_appended(&self) {
-        self.committed.callbacks.notified().await
+    /// Follows [`Shard::committed_next_outbox_seq`]: changes after every durable write that added
+    /// status events. Any number of webhook senders and status streams may subscribe.
+    pub fn subscribe_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.next_outbox_seq.subscribe()
     }
 
-    /// Outbox entries with sequence in `[from, until)`, at most `limit`, in order.
+    /// Status events with sequence in `[from, until)`, at most `limit`, in order.
     pub fn scan_outbox(&self, from: u64, until: u64, limit: usize) -> Result<Vec<(u64, CallbackRecord)>, ShardError> {
         self.store.scan_outbox(from, until, limit)
     }
 
-    /// Deletes outbox entries (the receiver accepted them), durably.
-    pub fn remove_outbox_durably(
+    /// The first status event the webhook receiver has not accepted yet (`u64::MAX` when the shard
+    /// was opened without a webhook).
+    pub fn webhook_cursor(&self) -> u64 {
+        self.webhook_cursor.load(Ordering::Acquire)
+    }
+
+    /// Records that the webhook receiver accepted every status event below `next`. The in-memory
+    /// cursor moves at once (accepted events may be dropped by retention from now on); the returned
+    /// future resolves when `meta/webhook_cursor` is durable. Losing that write in a crash only
+    /// means the accepted events are sent again.
+    pub fn advance_webhook_cursor(
         &self,
-        seqs: Vec<u64>,
+        next: u64,
     ) -> Result<impl Future<Output = Result<(), ShardError>> + use<>, ShardError> {
+        self.webhook_cursor.fetch_max(next, Ordering::AcqRel);
         let (reply, rx) = oneshot::channel();
-        self.submit(WriteOp::RemoveOutbox { seqs, reply })?;
+        self.submit(WriteOp::SetWebhookCursor { next, reply })?;
         let shard = self.id.0;
         Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
+    }
+
+    /// When `user` last wrote to `business` (the customer-service window), if ever.
+    pub fn get_contact(&self, business: &str, user: &str) -> Result<Option<ContactRecord>, ShardError> {
+        self.store.get_contact(business, user)
     }
 
     pub fn get_status(&self, seq: u64) -> Result<Option<StatusRecord>, ShardError> {
@@ -358,6 +388,12 @@ impl Shard {
     /// Compacts the whole queue column family now (drops the tombstones of delivered messages).
     pub fn compact_queue(&self) {
         self.store.compact_queue();
+    }
+
+    /// Test support: compacts the status-event log now (runs its retention filter).
+    #[doc(hidden)]
+    pub fn compact_events_for_test(&self) {
+        self.store.compact_outbox();
     }
 
     pub fn stats(&self) -> ShardStats {
@@ -422,6 +458,20 @@ fn init_meta(store: &Store, id: ShardId, shard_count: u16, node_id: u64) -> Resu
             store.get_meta_u64(META_NEXT_SEQ)?.ok_or_else(|| corrupt("missing next_seq".into()))
         }
     }
+}
+
+/// Reads the persisted webhook cursor; a shard that never had a webhook starts it at the next event
+/// (callbacks cover status changes from the first start with a webhook on).
+fn init_webhook_cursor(store: &Store, id: ShardId, next_outbox_seq: u64) -> Result<u64, ShardError> {
+    if let Some(cursor) = store.get_meta_u64(META_WEBHOOK_CURSOR)? {
+        return Ok(cursor);
+    }
+    let mut batch = rocksdb::WriteBatch::default();
+    batch.put_cf(store.cf(crate::storage::CF_META), META_WEBHOOK_CURSOR, next_outbox_seq.to_be_bytes());
+    let mut sync = rocksdb::WriteOptions::default();
+    sync.set_sync(true);
+    store.db.write_opt(batch, &sync).map_err(|source| ShardError::Rocks { shard: id.0, source })?;
+    Ok(next_outbox_seq)
 }
 
 /// Reads the shard's identity secret, drawing and storing (synced) one if the shard has none yet.

@@ -13,7 +13,8 @@
 //! | `idempotency_intents` | `seq` as u64 big-endian | `[1u8] ++ IdempotencyIntent` (protobuf) | writer |
 //! | `status` | `seq` as u64 big-endian | `[1u8] ++ StatusRecord` (protobuf) | writer (settle) |
 //! | `sessions` | `sender ++ 0x00 ++ recipient` (UTF-8 wa_ids) | `[1u8] ++` ferry-session snapshot | writer |
-//! | `outbox` | outbox seq as u64 big-endian | `[1u8] ++ CallbackRecord` (protobuf) | writer (settle) |
+//! | `outbox` | event seq as u64 big-endian | `[1u8] ++ CallbackRecord` (protobuf) | writer (settle) |
+//! | `contacts` | `business ++ 0x00 ++ user` (UTF-8 wa_ids) | `[1u8] ++ ContactRecord` (protobuf) | writer (inbound) |
 //!
 //! `meta` keys: `format_version` (u32 BE), `shard` (u16 BE index ++ u16 BE shard count),
 //! `node_id` (u64 BE), `next_seq` (u64 BE: the next sequence number to assign; rewritten in every
@@ -21,8 +22,9 @@
 //! crash), `queue_low_watermark` (u64 BE: every queue key below it is deleted; a hint that lets the
 //! delivery loop start its scan past the deleted head), `identity_key` (32 random bytes: the
 //! shard's long-term X25519 identity secret for encryption sessions, drawn when the shard is
-//! first opened), `next_outbox_seq` (u64 BE: the next callback sequence number, rewritten in every
-//! batch that adds callbacks).
+//! first opened), `next_outbox_seq` (u64 BE: the next status-event sequence number, rewritten in
+//! every batch that adds events), `webhook_cursor` (u64 BE: every status event below it was
+//! accepted by the webhook receiver; absent until a webhook is first configured).
 //!
 //! Every value starts with a one-byte value version (currently 1) followed by a protobuf message
 //! (prost); protobuf lets fields be added without a format bump. Timestamps are milliseconds since
@@ -47,13 +49,30 @@
 //! overtakes the ack that precedes it. `status` records are dropped by a compaction filter once
 //! `updated_at_ms` is older than the configured retention.
 //!
-//! ## Callbacks (webhook outbox)
+//! ## Status events (`outbox`): webhook callbacks and the status stream
 //!
-//! When webhooks are configured, every status change that moves a message forward also writes a
-//! `CallbackRecord` to `outbox`, **in the same batch** as the `status` record, so no acknowledged
-//! status change is without its callback after a crash. The webhook sender deletes an entry only
-//! after the receiver answered 2xx; a crash in between sends it again (same message id and status,
-//! so receivers can dedup).
+//! Every status change that moves a message forward also writes a `CallbackRecord` (a *status
+//! event*) to `outbox` under the next event sequence number, **in the same batch** as the `status`
+//! record, so no durable status change is without its event after a crash. The outbox is an
+//! append-only log that two kinds of readers follow with their own cursors:
+//! - the webhook sender, whose cursor `meta/webhook_cursor` moves past an event only after the
+//!   receiver answered 2xx (a crash before the cursor is written sends it again: same message id
+//!   and status, so receivers can dedup);
+//! - `WatchStatuses` streams, whose cursor the client holds.
+//!
+//! Events are never deleted by a write. A compaction filter drops an event once it is older than
+//! the retention (`shard.status_events_retention_secs`) **and** below the webhook cursor (so an
+//! undelivered callback is kept however long the receiver is down). Because nothing is deleted
+//! with a tombstone, a scan from any cursor never steps over deleted entries.
+
+//! ## Inbound messages and the customer-service window (`contacts`)
+//!
+//! A message a user sends to a business is recorded in the shard that owns the *user* (the same
+//! routing as sends to that user): its `contacts` record keeps the time of the user's latest
+//! inbound message (never moved back), which the coordinator reads at send time to enforce the
+//! 24-hour window, and an inbound event (`CallbackRecord` with `kind = 1`) goes to `outbox` in the
+//! same batch, for the webhook. The chat server's copy is acknowledged only after that batch is
+//! durable.
 //!
 //! ## Queue hygiene (tombstones at the head of an LSM FIFO)
 //!
@@ -83,6 +102,8 @@
 //! Records older than 24 h are ignored on lookup and dropped by a compaction filter.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, DB, Options, ReadOptions};
 
@@ -103,8 +124,9 @@ pub const CF_IDEMPOTENCY_INTENTS: &str = "idempotency_intents";
 pub const CF_STATUS: &str = "status";
 pub const CF_SESSIONS: &str = "sessions";
 pub const CF_OUTBOX: &str = "outbox";
-const ALL_CFS: [&str; 7] =
-    [CF_META, CF_QUEUE, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_STATUS, CF_SESSIONS, CF_OUTBOX];
+pub const CF_CONTACTS: &str = "contacts";
+const ALL_CFS: [&str; 8] =
+    [CF_META, CF_QUEUE, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_STATUS, CF_SESSIONS, CF_OUTBOX, CF_CONTACTS];
 
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
 pub const META_SHARD: &[u8] = b"shard";
@@ -113,6 +135,7 @@ pub const META_NEXT_SEQ: &[u8] = b"next_seq";
 pub const META_QUEUE_LOW_WATERMARK: &[u8] = b"queue_low_watermark";
 pub const META_IDENTITY_KEY: &[u8] = b"identity_key";
 pub const META_NEXT_OUTBOX_SEQ: &[u8] = b"next_outbox_seq";
+pub const META_WEBHOOK_CURSOR: &[u8] = b"webhook_cursor";
 
 /// How long an idempotency key holds.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
@@ -224,6 +247,34 @@ pub struct CallbackRecord {
     pub error_details: String,
     #[prost(string, tag = "10")]
     pub message_type: String,
+    /// [`CALLBACK_STATUS`] (a status change of message `seq`) or [`CALLBACK_INBOUND`] (a message
+    /// from user `wa_id` to business `sender`; `seq` is 0).
+    #[prost(uint32, tag = "11")]
+    pub kind: u32,
+    /// Inbound only: the chat server's id of the message.
+    #[prost(string, tag = "12")]
+    pub inbound_id: String,
+    /// Inbound only: the text of a text message.
+    #[prost(string, tag = "13")]
+    pub text_body: String,
+    /// Inbound only: the user's profile name, when the chat server gave one.
+    #[prost(string, tag = "14")]
+    pub profile_name: String,
+}
+
+/// `CallbackRecord::kind` of a status change.
+pub const CALLBACK_STATUS: u32 = 0;
+/// `CallbackRecord::kind` of an inbound user message.
+pub const CALLBACK_INBOUND: u32 = 1;
+
+/// What the shard knows of a (business, user) conversation.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContactRecord {
+    /// When the user last wrote to the business (ms since the epoch): opens the 24-hour window.
+    #[prost(int64, tag = "1")]
+    pub last_inbound_ms: i64,
+    #[prost(string, tag = "2")]
+    pub profile_name: String,
 }
 
 /// A pending idempotency record that must reach its key shard (see the module docs).
@@ -280,6 +331,16 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// What the outbox's compaction filter keeps (see "Status events" above).
+#[derive(Debug, Clone)]
+pub struct EventRetention {
+    /// Events older than this (ms) may be dropped...
+    pub retention_ms: i64,
+    /// ...when their sequence number is below this: the webhook cursor, or `u64::MAX` when no
+    /// webhook is configured.
+    pub webhook_floor: Arc<AtomicU64>,
+}
+
 /// An open shard database. Reads may come from any thread; writes come only from the shard's
 /// writer thread.
 pub struct Store {
@@ -294,6 +355,7 @@ impl Store {
         shard: u16,
         resources: &SharedResources,
         status_retention_ms: i64,
+        events: EventRetention,
     ) -> Result<Store, ShardError> {
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
@@ -329,6 +391,21 @@ impl Store {
                         _ => rocksdb::CompactionDecision::Keep,
                     },
                 );
+            }
+            if *name == CF_OUTBOX {
+                let EventRetention { retention_ms, webhook_floor } = events.clone();
+                cf_opts.set_compaction_filter("ferry-status-event-retention", move |_level, key, value| {
+                    let below_webhook = decode_seq(key).is_some_and(|seq| seq < webhook_floor.load(Ordering::Acquire));
+                    match decode_value::<CallbackRecord>(0, value) {
+                        Ok(r) if below_webhook && now_ms() - r.at_ms > retention_ms => {
+                            rocksdb::CompactionDecision::Remove
+                        }
+                        _ => rocksdb::CompactionDecision::Keep,
+                    }
+                });
+                // An outbox that receives few writes would otherwise keep old files uncompacted
+                // (and so unfiltered) for a long time.
+                cf_opts.set_periodic_compaction_seconds((retention_ms / 1000).clamp(600, 86_400) as u64);
             }
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
@@ -385,6 +462,18 @@ impl Store {
         }
     }
 
+    /// The conversation record of `user` with `business`, if the user ever wrote.
+    pub fn get_contact(&self, business: &str, user: &str) -> Result<Option<ContactRecord>, ShardError> {
+        self.get_contact_by_key(&session_key(business, user))
+    }
+
+    pub(crate) fn get_contact_by_key(&self, key: &[u8]) -> Result<Option<ContactRecord>, ShardError> {
+        match self.db.get_pinned_cf(self.cf(CF_CONTACTS), key).map_err(|e| self.rocks(e))? {
+            None => Ok(None),
+            Some(v) => decode_value(self.shard, &v).map(Some),
+        }
+    }
+
     /// The live (younger than 24 h) idempotency record for `key`, if any.
     pub fn get_idempotency(&self, key: &[u8], now_ms: i64) -> Result<Option<IdempotencyRecord>, ShardError> {
         match self.db.get_pinned_cf(self.cf(CF_IDEMPOTENCY), key).map_err(|e| self.rocks(e))? {
@@ -415,7 +504,7 @@ impl Store {
         self.scan_seq_keyed(CF_QUEUE, opts, from, limit)
     }
 
-    /// Up to `limit` outbox entries with sequence in `[from, until)`, in order.
+    /// Up to `limit` status events with sequence in `[from, until)`, in order.
     pub fn scan_outbox(&self, from: u64, until: u64, limit: usize) -> Result<Vec<(u64, CallbackRecord)>, ShardError> {
         self.scan_bounded(CF_OUTBOX, from, until, limit)
     }
@@ -459,6 +548,10 @@ impl Store {
             out.push((seq, decode_value(self.shard, &v)?));
         }
         Ok(out)
+    }
+
+    pub fn compact_outbox(&self) {
+        self.db.compact_range_cf(self.cf(CF_OUTBOX), None::<&[u8]>, None::<&[u8]>);
     }
 
     pub fn compact_queue(&self) {

@@ -23,9 +23,9 @@ use tokio::sync::oneshot;
 use crate::ShardError;
 use crate::settle::Settlement;
 use crate::storage::{
-    CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_META, CF_OUTBOX, CF_QUEUE, CF_SESSIONS, CF_STATUS, IdempotencyIntent,
-    IdempotencyRecord, META_NEXT_OUTBOX_SEQ, META_NEXT_SEQ, META_QUEUE_LOW_WATERMARK, QueueRecord, StatusRecord, Store,
-    encode_value, queue_key,
+    CF_CONTACTS, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_META, CF_OUTBOX, CF_QUEUE, CF_SESSIONS, CF_STATUS,
+    ContactRecord, IdempotencyIntent, IdempotencyRecord, META_NEXT_OUTBOX_SEQ, META_NEXT_SEQ, META_QUEUE_LOW_WATERMARK,
+    META_WEBHOOK_CURSOR, QueueRecord, StatusRecord, Store, encode_value, queue_key, session_key,
 };
 
 /// Where the idempotency record of a new message goes (see `storage` module docs).
@@ -79,9 +79,9 @@ pub(crate) enum WriteOp {
         low_watermark: Option<u64>,
         reply: Reply<()>,
     },
-    /// Deletes webhook outbox entries the receiver accepted.
-    RemoveOutbox {
-        seqs: Vec<u64>,
+    /// Records that the webhook receiver accepted every status event below `next` (`meta/webhook_cursor`).
+    SetWebhookCursor {
+        next: u64,
         reply: Reply<()>,
     },
     /// Stores encryption-session snapshots (`sender ++ 0 ++ recipient` → snapshot).
@@ -109,7 +109,9 @@ impl WriteOp {
             WriteOp::Remove { seqs, .. } => seqs.len(),
             // Settlements and sessions free or hold no queue space: never refused for capacity
             // (the delivery loop must always be able to record an ack).
-            WriteOp::Settle { .. } | WriteOp::PutSessions { .. } | WriteOp::RemoveOutbox { .. } | WriteOp::Stop => 0,
+            WriteOp::Settle { .. } | WriteOp::PutSessions { .. } | WriteOp::SetWebhookCursor { .. } | WriteOp::Stop => {
+                0
+            }
             WriteOp::Hold { weight, .. } => *weight,
         }
     }
@@ -130,9 +132,9 @@ pub struct WriterCounters {
 pub struct Committed {
     pub next_seq: AtomicU64,
     pub appended: tokio::sync::Notify,
-    /// The outbox sequence below which every callback is durable, and the webhook sender's wake-up.
-    pub next_outbox_seq: AtomicU64,
-    pub callbacks: tokio::sync::Notify,
+    /// The status-event (outbox) sequence below which every event is durable; every webhook
+    /// sender and status-stream watcher subscribes to it.
+    pub next_outbox_seq: tokio::sync::watch::Sender<u64>,
 }
 
 pub(crate) struct Writer {
@@ -144,8 +146,6 @@ pub(crate) struct Writer {
     pub(crate) pending: Arc<AtomicUsize>,
     pub(crate) counters: Arc<WriterCounters>,
     pub(crate) committed: Arc<Committed>,
-    /// Whether status changes also write webhook callbacks (webhooks configured).
-    pub(crate) callbacks_enabled: bool,
     pub(crate) next_outbox_seq: u64,
 }
 
@@ -197,6 +197,9 @@ impl Writer {
         let outbox_before = self.next_outbox_seq;
         // Status records as of this batch, so several changes to one message in a batch compose.
         let mut statuses: HashMap<u64, StatusRecord> = HashMap::new();
+        // Contact records as of this batch (several inbound messages of one user compose).
+        let mut contacts: HashMap<Vec<u8>, ContactRecord> = HashMap::new();
+        let contacts_cf = store.cf(CF_CONTACTS);
         let mut settled = 0u64;
         let mut read_error = None;
         let mut batch = WriteBatch::default();
@@ -265,6 +268,26 @@ impl Writer {
                 }
                 WriteOp::Settle { entries, low_watermark, reply } => {
                     for change in entries {
+                        if let Settlement::Inbound(m) = &change {
+                            let key = session_key(&m.to, &m.from);
+                            let current = match contacts.get(&key) {
+                                Some(c) => Some(c.clone()),
+                                None => store.get_contact_by_key(&key).unwrap_or_else(|e| {
+                                    read_error = Some(e);
+                                    None
+                                }),
+                            };
+                            if current.as_ref().is_none_or(|c| c.last_inbound_ms < m.at_ms) {
+                                let record =
+                                    ContactRecord { last_inbound_ms: m.at_ms, profile_name: m.profile_name.clone() };
+                                batch.put_cf(contacts_cf, &key, encode_value(&record));
+                                contacts.insert(key, record);
+                            }
+                            let event = crate::settle::inbound_callback(m);
+                            batch.put_cf(outbox_cf, queue_key(self.next_outbox_seq), encode_value(&event));
+                            self.next_outbox_seq += 1;
+                            continue;
+                        }
                         let seq = change.seq();
                         if change.leaves_queue() {
                             batch.single_delete_cf(queue, queue_key(seq));
@@ -285,15 +308,16 @@ impl Writer {
                             let advanced = current.as_ref().is_none_or(|c| c.status != next.status);
                             // A receipt that overtook its ack creates a record without the
                             // message's fields; its callback waits until the ack fills them.
-                            if self.callbacks_enabled && advanced && !next.wa_id.is_empty() {
-                                let callback = crate::settle::callback_for(seq, &next);
-                                batch.put_cf(outbox_cf, queue_key(self.next_outbox_seq), encode_value(&callback));
-                                self.next_outbox_seq += 1;
-                            } else if self.callbacks_enabled
-                                && current.as_ref().is_some_and(|c| c.wa_id.is_empty())
-                                && !next.wa_id.is_empty()
-                            {
-                                // The ack filled in a record a receipt created: report its status now.
+                            let filled = current.as_ref().is_some_and(|c| c.wa_id.is_empty()) && !next.wa_id.is_empty();
+                            if filled {
+                                // The ack filled in a record receipts created (they overtook it,
+                                // e.g. after a restart): report every status it went through, in
+                                // order, so no receiver misses `sent` or `delivered`.
+                                for callback in crate::settle::callbacks_through(seq, &next) {
+                                    batch.put_cf(outbox_cf, queue_key(self.next_outbox_seq), encode_value(&callback));
+                                    self.next_outbox_seq += 1;
+                                }
+                            } else if advanced && !next.wa_id.is_empty() {
                                 let callback = crate::settle::callback_for(seq, &next);
                                 batch.put_cf(outbox_cf, queue_key(self.next_outbox_seq), encode_value(&callback));
                                 self.next_outbox_seq += 1;
@@ -306,10 +330,8 @@ impl Writer {
                     }
                     pending.push(Pending::Done(reply));
                 }
-                WriteOp::RemoveOutbox { seqs, reply } => {
-                    for seq in seqs {
-                        batch.delete_cf(outbox_cf, queue_key(seq));
-                    }
+                WriteOp::SetWebhookCursor { next, reply } => {
+                    batch.put_cf(meta, META_WEBHOOK_CURSOR, next.to_be_bytes());
                     pending.push(Pending::Done(reply));
                 }
                 WriteOp::PutSessions { entries, reply } => {
@@ -351,8 +373,7 @@ impl Writer {
                     self.committed.appended.notify_one();
                 }
                 if self.next_outbox_seq != outbox_before {
-                    self.committed.next_outbox_seq.store(self.next_outbox_seq, Ordering::Release);
-                    self.committed.callbacks.notify_one();
+                    self.committed.next_outbox_seq.send_replace(self.next_outbox_seq);
                 }
                 for p in pending {
                     // A dropped receiver means the caller went away; the data is durable anyway.

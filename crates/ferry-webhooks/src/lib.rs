@@ -1,15 +1,17 @@
 //! ferry's status callbacks: stage "tell the caller" of the pipeline.
 //!
 //! Every forward status change (sent, delivered, read, failed) is written by the shard's writer to
-//! the shard's `outbox` column family in the same synced batch as the status itself
-//! (`ferry-shard`, `settle`). [`WebhookEngine`] runs one sender per shard that reads that outbox in
-//! order, POSTs each entry to the configured URL (On-Prem or Cloud shape, [`payload`]), signed with
-//! `X-Hub-Signature-256: sha256=<HMAC-SHA256(body, secret)>` when a secret is set, and deletes the
-//! entry only after the receiver answered 2xx. Failures are retried forever with linear backoff
-//! (3 s steps, capped at 15 minutes, as the reference does).
+//! the shard's status-event log (`outbox` column family) in the same synced batch as the status
+//! itself (`ferry-shard`, `settle`). [`WebhookEngine`] runs one sender per shard that reads that log
+//! in order from the shard's webhook cursor, POSTs each event to the configured URL (On-Prem or
+//! Cloud shape, [`payload`]), signed with `X-Hub-Signature-256: sha256=<HMAC-SHA256(body, secret)>`
+//! when a secret is set, and moves the cursor past it only after the receiver answered 2xx.
+//! Failures are retried forever with linear backoff (3 s steps, capped at 15 minutes, as the
+//! reference does).
 //!
 //! Invariants (written as absences):
-//! - No callback is deleted before its receiver answered 2xx; a crash in between sends it again
+//! - No cursor moves past a callback before its receiver answered 2xx, and retention never drops an
+//!   event at or past the cursor; a crash before the cursor is durable sends the callback again
 //!   (same message id and status: receivers can dedup).
 //! - No status of a message is reported before an earlier one: each shard's sender posts its
 //!   outbox strictly in order, one request at a time (several shards post concurrently, at most
@@ -174,7 +176,7 @@ impl WebhookEngine {
         &self.stats
     }
 
-    /// Stops the senders; undelivered callbacks stay in the outboxes for the next start.
+    /// Stops the senders; undelivered callbacks stay in the status-event logs for the next start.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
@@ -194,24 +196,25 @@ struct Sender {
 
 impl Sender {
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut cursor = 1u64;
+        let mut events = self.shard.subscribe_events();
+        let mut cursor = self.shard.webhook_cursor();
         let mut failures = 0u64;
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let until = self.shard.committed_next_outbox_seq();
+            let until = *events.borrow_and_update();
             let batch = match self.shard.scan_outbox(cursor, until, self.config.max_statuses_per_post) {
-                Ok(batch) => batch,
+                Ok(batch) => one_post(batch),
                 Err(e) => {
-                    tracing::error!(shard = %self.shard.id(), error = %e, "cannot read the callback outbox");
+                    tracing::error!(shard = %self.shard.id(), error = %e, "cannot read the status events");
                     Vec::new()
                 }
             };
             if batch.is_empty() {
                 cursor = cursor.max(until);
                 tokio::select! {
-                    _ = self.shard.callbacks_appended() => {}
+                    _ = events.changed() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.changed() => return,
                 }
@@ -221,19 +224,20 @@ impl Sender {
                 Ok(()) => {
                     failures = 0;
                     self.stats.delivered.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    let seqs: Vec<u64> = batch.iter().map(|(s, _)| *s).collect();
-                    cursor = seqs.last().copied().unwrap_or(cursor) + 1;
-                    // Deleting is best effort: an entry left behind by a failed delete (or a crash)
-                    // is sent again after the next start, which receivers may see twice.
-                    match self.shard.remove_outbox_durably(seqs) {
-                        Ok(wait) => {
-                            if let Err(e) = wait.await {
-                                tracing::warn!(shard = %self.shard.id(), error = %e, "delivered callbacks not deleted");
-                            }
+                    cursor = batch.last().map_or(cursor, |(seq, _)| seq + 1);
+                    // The cursor write joins the shard's next group commit; the sender does not
+                    // wait for it. If a crash loses it, these callbacks are sent again (receivers
+                    // dedup by message id and status).
+                    match self.shard.advance_webhook_cursor(cursor) {
+                        Ok(durable) => {
+                            let shard = self.shard.id();
+                            tokio::spawn(async move {
+                                if let Err(e) = durable.await {
+                                    tracing::warn!(%shard, error = %e, "webhook cursor not persisted");
+                                }
+                            });
                         }
-                        Err(e) => {
-                            tracing::warn!(shard = %self.shard.id(), error = %e, "delivered callbacks not deleted")
-                        }
+                        Err(e) => tracing::warn!(shard = %self.shard.id(), error = %e, "webhook cursor not persisted"),
                     }
                 }
                 Err(reason) => {
@@ -251,9 +255,17 @@ impl Sender {
     }
 
     async fn post(&self, batch: &[(u64, ferry_shard::CallbackRecord)]) -> Result<(), String> {
-        let callbacks: Vec<payload::StatusCallback<'_>> =
-            batch.iter().map(|(_, r)| payload::StatusCallback::new(self.shard.id(), self.shard.node_id(), r)).collect();
-        let body = payload::body(self.config.shape, &self.config.business_account_id, &callbacks).to_string();
+        let (shape, account) = (self.config.shape, &self.config.business_account_id);
+        let body = if batch.first().is_some_and(|(_, r)| r.kind == ferry_shard::CALLBACK_INBOUND) {
+            let records: Vec<&ferry_shard::CallbackRecord> = batch.iter().map(|(_, r)| r).collect();
+            payload::inbound_body(shape, account, &records).to_string()
+        } else {
+            let callbacks: Vec<payload::StatusCallback<'_>> = batch
+                .iter()
+                .map(|(_, r)| payload::StatusCallback::new(self.shard.id(), self.shard.node_id(), r))
+                .collect();
+            payload::body(shape, account, &callbacks).to_string()
+        };
         let mut request = hyper::Request::post(self.url.clone()).header("content-type", "application/json");
         if let Some(secret) = &self.config.secret {
             request = request.header("x-hub-signature-256", signature(secret, body.as_bytes()));
@@ -270,6 +282,16 @@ impl Sender {
         let _ = response.into_body().collect().await;
         if status.is_success() { Ok(()) } else { Err(format!("answered {status}")) }
     }
+}
+
+/// The longest prefix of `batch` that fits one POST: events of one kind (statuses or inbound
+/// messages) and one business number (the Cloud shape names one per body).
+fn one_post(mut batch: Vec<(u64, ferry_shard::CallbackRecord)>) -> Vec<(u64, ferry_shard::CallbackRecord)> {
+    let Some((_, first)) = batch.first() else { return batch };
+    let (kind, sender) = (first.kind, first.sender.clone());
+    let fits = batch.iter().take_while(|(_, r)| r.kind == kind && r.sender == sender).count();
+    batch.truncate(fits);
+    batch
 }
 
 #[cfg(test)]

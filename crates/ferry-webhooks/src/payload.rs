@@ -118,9 +118,108 @@ pub fn body(shape: Shape, business_account_id: &str, callbacks: &[StatusCallback
     }
 }
 
+/// One inbound message in the reference's `contacts` and `messages` arrays (both shapes).
+fn inbound_parts(records: &[&CallbackRecord]) -> (Vec<Value>, Vec<Value>) {
+    let contacts = records.iter().map(|r| json!({ "profile": { "name": r.profile_name }, "wa_id": r.wa_id })).collect();
+    let messages = records
+        .iter()
+        .map(|r| {
+            let mut m = json!({
+                "from": r.wa_id,
+                "id": r.inbound_id,
+                "timestamp": (r.at_ms / 1000).to_string(),
+                "type": r.message_type,
+            });
+            if r.message_type == "text" {
+                m["text"] = json!({ "body": r.text_body });
+            }
+            m
+        })
+        .collect();
+    (contacts, messages)
+}
+
+/// The body of one POST carrying inbound user messages (all to one business number for Cloud):
+/// On-Prem `{"contacts":[...],"messages":[...]}`, Cloud the same arrays in an entry's change value.
+pub fn inbound_body(shape: Shape, business_account_id: &str, records: &[&CallbackRecord]) -> Value {
+    let (contacts, messages) = inbound_parts(records);
+    match shape {
+        Shape::Onprem => json!({ "contacts": contacts, "messages": messages }),
+        Shape::Cloud => {
+            let business = records.first().map_or("", |r| r.sender.as_str());
+            json!({
+                "object": "whatsapp_business_account",
+                "entry": [{
+                    "id": business_account_id,
+                    "changes": [{
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": { "display_phone_number": business, "phone_number_id": business },
+                            "contacts": contacts,
+                            "messages": messages,
+                        },
+                    }],
+                }],
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn inbound() -> CallbackRecord {
+        CallbackRecord {
+            kind: ferry_shard::CALLBACK_INBOUND,
+            at_ms: 1_700_000_100_999,
+            wa_id: "16315551234".into(),
+            sender: "15550100000".into(),
+            message_type: "text".into(),
+            inbound_id: "ABGGFlA5FpafAgo6EhiTRB7gHjwA".into(),
+            text_body: "hello there".into(),
+            profile_name: "Kerry Fisher".into(),
+            ..CallbackRecord::default()
+        }
+    }
+
+    #[test]
+    fn inbound_onprem_shape_matches_the_reference() {
+        let r = inbound();
+        let body = inbound_body(Shape::Onprem, "0", &[&r]);
+        assert_eq!(
+            body,
+            json!({
+                "contacts": [{ "profile": { "name": "Kerry Fisher" }, "wa_id": "16315551234" }],
+                "messages": [{
+                    "from": "16315551234",
+                    "id": "ABGGFlA5FpafAgo6EhiTRB7gHjwA",
+                    "timestamp": "1700000100",
+                    "type": "text",
+                    "text": { "body": "hello there" },
+                }],
+            })
+        );
+    }
+
+    #[test]
+    fn inbound_cloud_shape_matches_the_reference() {
+        let r = inbound();
+        let body = inbound_body(Shape::Cloud, "WABA", &[&r]);
+        assert_eq!(body["object"], "whatsapp_business_account");
+        assert_eq!(body["entry"][0]["id"], "WABA");
+        let change = &body["entry"][0]["changes"][0];
+        assert_eq!(change["field"], "messages");
+        let value = &change["value"];
+        assert_eq!(value["messaging_product"], "whatsapp");
+        assert_eq!(value["metadata"]["phone_number_id"], "15550100000");
+        assert_eq!(value["contacts"][0]["wa_id"], "16315551234");
+        assert_eq!(value["contacts"][0]["profile"]["name"], "Kerry Fisher");
+        assert_eq!(value["messages"][0]["from"], "16315551234");
+        assert_eq!(value["messages"][0]["text"]["body"], "hello there");
+        assert!(value.get("statuses").is_none());
+    }
 
     fn record(status: MessageStatus) -> CallbackRecord {
         CallbackRecord {
@@ -138,6 +237,7 @@ mod tests {
             },
             error_details: String::new(),
             message_type: "text".into(),
+            ..CallbackRecord::default()
         }
     }
 

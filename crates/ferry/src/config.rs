@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use ferry_chatsim::ChatSimConfig;
-use ferry_coordinator::CoordinatorConfig;
+use ferry_coordinator::{CoordinatorConfig, WindowPolicy};
 use ferry_delivery::DeliveryConfig;
 use ferry_shard::{ShardConfig, StorageTuning};
 use ferry_webhooks::WebhookConfig;
@@ -26,6 +26,11 @@ pub struct FerryConfig {
     pub country_code: String,
     /// The business number messages are sent from when a request names none.
     pub default_sender: String,
+    /// `enforce`: non-template messages only to users who wrote within 24 hours (470 / 131047
+    /// otherwise); `off`: no check. Unset: `enforce` when delivering to an `upstream`, `off` for
+    /// the embedded demo (the in-process chat server's users never wrote first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_service_window: Option<WindowPolicy>,
     /// `tracing` filter, e.g. `info` or `ferry=debug,info`. `RUST_LOG` overrides it.
     pub log: String,
     /// The chat server to deliver to (`HOST:PORT`). Unset: `ferry serve` starts the reference
@@ -50,6 +55,7 @@ impl Default for FerryConfig {
             shards: node.shards,
             country_code: node.country_code,
             default_sender: node.default_sender,
+            customer_service_window: None,
             log: "info".into(),
             upstream: None,
             shard: node.shard,
@@ -82,6 +88,10 @@ pub struct Overrides {
     /// Default sender business number [default: +15550100000].
     #[arg(long, env = "FERRY_DEFAULT_SENDER")]
     pub default_sender: Option<String>,
+    /// Customer-service window: enforce or off [default: enforce with --upstream, off for the
+    /// embedded demo].
+    #[arg(long, env = "FERRY_CUSTOMER_SERVICE_WINDOW")]
+    pub customer_service_window: Option<WindowPolicy>,
     /// Chat server to deliver to, HOST:PORT [default: none: an in-process `ferry chatsim`].
     #[arg(long, env = "FERRY_UPSTREAM")]
     pub upstream: Option<String>,
@@ -118,6 +128,9 @@ impl FerryConfig {
         if let Some(v) = &o.default_sender {
             c.default_sender = v.clone();
         }
+        if let Some(v) = o.customer_service_window {
+            c.customer_service_window = Some(v);
+        }
         if let Some(v) = &o.upstream {
             c.upstream = Some(v.clone()).filter(|u| !u.is_empty());
         }
@@ -151,9 +164,19 @@ impl FerryConfig {
             shards: self.shards,
             country_code: self.country_code.clone(),
             default_sender: self.default_sender.clone(),
+            customer_service_window: self.window_policy(),
             shard: ShardConfig { callbacks: self.webhook.url.is_some(), ..self.shard.clone() },
             storage: self.storage.clone(),
         }
+    }
+
+    /// The effective customer-service window policy (see the field's doc).
+    pub fn window_policy(&self) -> WindowPolicy {
+        self.customer_service_window.unwrap_or(if self.upstream.is_some() {
+            WindowPolicy::Enforce
+        } else {
+            WindowPolicy::Off
+        })
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferry_coordinator::Coordinator;
+use ferry_coordinator::WindowPolicy;
 use ferry_delivery::DeliveryEngine;
 use ferry_proto::v1::messages_client::MessagesClient;
 use ferry_proto::v1::{self, send_request::Content};
@@ -25,10 +26,12 @@ struct Cli {
 enum Command {
     /// Run a node (embedded defaults: ./data, 8 shards, gRPC on 127.0.0.1:50051).
     Serve(Overrides),
-    /// Send a text message and print its id.
+    /// Send a text (or template) message and print its id.
     Send(SendArgs),
     /// Print the stored record of a message as JSON.
     Get(GetArgs),
+    /// Follow status changes (WatchStatuses) and print each as a JSON line, with its resume cursor.
+    Watch(WatchArgs),
     /// Drive a ferry node with load over gRPC and report accepted/acked msg/s and latencies.
     Loadgen(ferry_loadgen::LoadgenArgs),
     /// Run the reference chat server (decrypts and acks envelopes, sends receipts, fault knobs).
@@ -55,8 +58,14 @@ struct SendArgs {
     #[arg(long)]
     to: String,
     /// Text body.
+    #[arg(long, required_unless_present = "template", conflicts_with = "template")]
+    text: Option<String>,
+    /// Send this template (no parameters) instead of a text; needs no customer-service window.
     #[arg(long)]
-    text: String,
+    template: Option<String>,
+    /// Language code of `--template`.
+    #[arg(long, default_value = "en_US", requires = "template")]
+    language: String,
     /// Ask for a link preview.
     #[arg(long)]
     preview_url: bool,
@@ -66,6 +75,25 @@ struct SendArgs {
     /// Business number to send from (default: the node's default sender).
     #[arg(long)]
     sender: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct WatchArgs {
+    /// gRPC address of a ferry node.
+    #[arg(long, env = "FERRY_TARGET", default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// Only this recipient's messages.
+    #[arg(long)]
+    recipient: Option<String>,
+    /// Only these messages (repeatable).
+    #[arg(long = "message-id")]
+    message_ids: Vec<String>,
+    /// Resume after the event that printed this cursor.
+    #[arg(long, conflicts_with = "from_oldest")]
+    cursor: Option<String>,
+    /// Start from the oldest retained event instead of now.
+    #[arg(long)]
+    from_oldest: bool,
 }
 
 #[derive(clap::Args)]
@@ -91,6 +119,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(o) => serve(o).await,
             Command::Send(a) => send(a).await,
             Command::Get(a) => get(a).await,
+            Command::Watch(a) => watch(a).await,
             Command::Loadgen(a) => ferry_loadgen::run(a).await.map(|report| print!("{}", report.summary())),
             Command::Chatsim(a) => {
                 init_logging("info");
@@ -153,6 +182,16 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (grpc_listen)"))?;
     let bound = listener.local_addr()?;
     tracing::info!(%bound, shards = config.shards, data_dir = %config.data_dir.display(), %upstream, "ferry serving");
+    match config.window_policy() {
+        WindowPolicy::Enforce => tracing::info!(
+            "customer-service window enforced: non-template messages need the user to have written within 24 h"
+        ),
+        WindowPolicy::Off if config.customer_service_window.is_none() => tracing::warn!(
+            "customer-service window not enforced (embedded demo: its simulated users never write first); \
+             --customer-service-window enforce turns it on"
+        ),
+        WindowPolicy::Off => tracing::warn!("customer-service window not enforced (customer_service_window = off)"),
+    }
     // Machine-readable readiness lines (tests and scripts wait for them).
     println!("ferry: upstream {upstream}");
     println!("ferry: grpc listening on {bound}");
@@ -201,9 +240,18 @@ fn describe(status: &tonic::Status) -> String {
 
 async fn send(a: SendArgs) -> anyhow::Result<()> {
     let mut client = connect(&a.target).await?;
+    let content = match (a.text, a.template) {
+        (Some(body), _) => Content::Text(v1::TextMessage { body, preview_url: a.preview_url }),
+        (None, Some(name)) => Content::Template(v1::TemplateMessage {
+            name,
+            language: Some(v1::TemplateLanguage { policy: "deterministic".into(), code: a.language }),
+            ..Default::default()
+        }),
+        (None, None) => anyhow::bail!("give --text or --template"),
+    };
     let request = v1::SendRequest {
         to: a.to,
-        content: Some(Content::Text(v1::TextMessage { body: a.text, preview_url: a.preview_url })),
+        content: Some(content),
         idempotency_key: a.idempotency_key.unwrap_or_default(),
         sender: a.sender.unwrap_or_default(),
         ..Default::default()
@@ -230,6 +278,32 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
         "error": r.error.map(|e| serde_json::json!({"code": e.code, "title": e.title, "details": e.details})),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+async fn watch(a: WatchArgs) -> anyhow::Result<()> {
+    let mut client = connect(&a.target).await?;
+    let start = if a.from_oldest { v1::StartFrom::Oldest } else { v1::StartFrom::Latest };
+    let request = v1::WatchStatusesRequest {
+        recipient: a.recipient.unwrap_or_default(),
+        message_ids: a.message_ids,
+        cursor: a.cursor.unwrap_or_default(),
+        start: start as i32,
+    };
+    let mut stream = client
+        .watch_statuses(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("watch refused: {}", describe(&s)))?
+        .into_inner();
+    while let Some(e) = stream.message().await.map_err(|s| anyhow::anyhow!("watch ended: {}", describe(&s)))? {
+        let out = serde_json::json!({
+            "message_id": e.message_id, "recipient": e.recipient, "status": e.status, "timestamp_ms": e.timestamp_ms,
+            "type": e.r#type, "sender": e.sender, "biz_opaque_callback_data": e.biz_opaque_callback_data,
+            "error": e.error.map(|x| serde_json::json!({"code": x.code, "title": x.title, "details": x.details})),
+            "cursor": e.cursor,
+        });
+        println!("{out}");
+    }
     Ok(())
 }
 

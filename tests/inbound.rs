@@ -1,0 +1,173 @@
+//! Inbound user messages and the 24-hour customer-service window, end to end: ferry (ingest,
+//! delivery, webhooks) and the reference chat server in this process. A user's message, made with
+//! chatsim's `SimulateInbound`, travels over the delivery stream, is recorded in the shard that
+//! owns the user, reaches the webhook in the configured shape, and opens the window; time is
+//! controlled, so the window can be seen to close after 24 hours.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_chatsim::{ChatSim, ChatSimConfig};
+use ferry_coordinator::{CoordinatorConfig, WindowPolicy};
+use ferry_delivery::DeliveryConfig;
+use ferry_model::clock::ManualClock;
+use ferry_proto::chat::v1::SimulateInboundRequest;
+use ferry_proto::chat::v1::chat_admin_client::ChatAdminClient;
+use ferry_proto::v1::{self, send_request::Content};
+use ferry_webhooks::{Shape, WebhookConfig, WebhookEngine};
+use support::{Delivering, eventually, text};
+
+const BUSINESS: &str = "15550100000"; // the default sender, in wa_id form
+
+fn template(to: &str) -> v1::SendRequest {
+    v1::SendRequest {
+        to: to.into(),
+        content: Some(Content::Template(v1::TemplateMessage {
+            name: "order_update".into(),
+            language: Some(v1::TemplateLanguage { policy: "deterministic".into(), code: "en_US".into() }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+async fn simulate_inbound(sim: &ChatSim, from: &str, text: &str) {
+    let mut admin = ChatAdminClient::connect(format!("http://{}", sim.local_addr())).await.unwrap();
+    let request = SimulateInboundRequest {
+        from: from.into(),
+        to: BUSINESS.into(),
+        text: text.into(),
+        profile_name: "Kerry".into(),
+    };
+    admin.simulate_inbound(request).await.expect("simulate inbound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_opens_with_a_user_message_and_closes_after_24_hours() {
+    let sim = ChatSim::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), ChatSimConfig::for_test())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = CoordinatorConfig::for_test(dir.path(), 4);
+    config.customer_service_window = WindowPolicy::Enforce;
+    let clock = ManualClock::new();
+    let ferry = Delivering::start(dir, config, sim.local_addr(), DeliveryConfig::for_test(), clock.clone()).await;
+    let mut client = ferry.node.client().await;
+    let user = "+44 7911 123456";
+
+    // Never wrote: a text is refused (470, FAILED_PRECONDITION, on `to`) and writes nothing; a
+    // template is accepted.
+    let refused = client.send(text(user, "hi")).await.expect_err("outside the window");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(refused.metadata().get("ferry-error-code").unwrap(), "470");
+    assert_eq!(refused.metadata().get("ferry-error-field").unwrap(), "to");
+    assert!(refused.message().contains("never"), "{}", refused.message());
+    client.send(template(user)).await.expect("templates need no window");
+
+    // The user writes: the window opens (once the message is durable in the user's shard).
+    simulate_inbound(&sim, "447911123456", "hello").await;
+    eventually(Duration::from_secs(30), "a text accepted inside the window", || {
+        let mut c = client.clone();
+        async move { c.send(text(user, "thanks for writing")).await.is_ok() }
+    })
+    .await;
+    // Every shard's stream acknowledged what it recorded.
+    eventually(Duration::from_secs(10), "the inbound message acknowledged", || async {
+        sim.stats().inbound_acked == 1
+    })
+    .await;
+
+    // 23 hours later still open; 24 hours and a minute later closed again.
+    clock.advance(Duration::from_secs(23 * 3600));
+    client.send(text(user, "still open")).await.expect("within 24 h");
+    clock.advance(Duration::from_secs(3600 + 60));
+    let refused = client.send(text(user, "too late")).await.expect_err("the window closed");
+    assert_eq!(refused.metadata().get("ferry-error-code").unwrap(), "470");
+    assert!(refused.message().contains("24 hours ago"), "{}", refused.message());
+    client.send(template(user)).await.expect("a template reopens the conversation");
+
+    ferry.stop().await;
+    sim.shutdown().await;
+}
+
+type Bodies = Arc<Mutex<Vec<serde_json::Value>>>;
+
+async fn receiver() -> (String, Bodies) {
+    let bodies: Bodies = Arc::default();
+    let state = bodies.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let state = state.clone();
+            async move {
+                state.lock().unwrap().push(serde_json::from_slice::<serde_json::Value>(&body).unwrap());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), bodies)
+}
+
+async fn inbound_reaches_the_webhook(shape: Shape) {
+    let (url, bodies) = receiver().await;
+    let sim = ChatSim::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), ChatSimConfig::for_test())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = CoordinatorConfig::for_test(dir.path(), 3);
+    config.shard.callbacks = true;
+    let ferry =
+        Delivering::start(dir, config, sim.local_addr(), DeliveryConfig::for_test(), ferry_model::clock::system())
+            .await;
+    let hooks =
+        WebhookEngine::start(ferry.node.coordinator.shards(), WebhookConfig { shape, ..WebhookConfig::for_test(url) })
+            .unwrap();
+    // Users on different shards (one stream carries them all; each is recorded in its own shard).
+    let users: Vec<String> = (0..6).map(|i| format!("4479110{i:05}")).collect();
+    for u in &users {
+        simulate_inbound(&sim, u, &format!("hi from {u}")).await;
+    }
+    eventually(Duration::from_secs(30), "6 inbound callbacks", || async { bodies.lock().unwrap().len() >= 6 }).await;
+    let bodies = bodies.lock().unwrap().clone();
+    let mut seen = Vec::new();
+    for b in &bodies {
+        let value = match shape {
+            Shape::Onprem => b.clone(),
+            Shape::Cloud => {
+                assert_eq!(b["object"], "whatsapp_business_account");
+                let change = &b["entry"][0]["changes"][0];
+                assert_eq!(change["field"], "messages");
+                assert_eq!(change["value"]["metadata"]["phone_number_id"], BUSINESS);
+                change["value"].clone()
+            }
+        };
+        let (contact, message) = (&value["contacts"][0], &value["messages"][0]);
+        assert_eq!(contact["profile"]["name"], "Kerry");
+        assert_eq!(contact["wa_id"], message["from"]);
+        assert_eq!(message["type"], "text");
+        let from = message["from"].as_str().unwrap().to_owned();
+        assert_eq!(message["text"]["body"], format!("hi from {from}"));
+        assert!(message["id"].as_str().unwrap().starts_with("chatsim.in."));
+        seen.push(from);
+    }
+    seen.sort();
+    assert_eq!(seen, users, "each user's message arrived once");
+    hooks.shutdown().await;
+    ferry.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_messages_reach_the_webhook_onprem() {
+    inbound_reaches_the_webhook(Shape::Onprem).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_messages_reach_the_webhook_cloud() {
+    inbound_reaches_the_webhook(Shape::Cloud).await;
+}
