@@ -315,6 +315,12 @@ impl Shard {
         self.webhook_cursor.load(Ordering::Acquire)
     }
 
+    /// Moves the in-memory webhook cursor (the retention floor) to `next` without persisting it:
+    /// events below it were accepted and may be dropped by retention.
+    pub fn note_webhook_progress(&self, next: u64) {
+        self.webhook_cursor.fetch_max(next, Ordering::AcqRel);
+    }
+
     /// Records that the webhook receiver accepted every status event below `next`. The in-memory
     /// cursor moves at once (accepted events may be dropped by retention from now on); the returned
     /// future resolves when `meta/webhook_cursor` is durable. Losing that write in a crash only

@@ -38,6 +38,9 @@ use tokio::task::JoinHandle;
 
 pub use payload::Shape;
 
+/// Longest time between two writes of a shard's webhook cursor while callbacks flow.
+const CURSOR_PERSIST_EVERY: Duration = Duration::from_millis(100);
+
 /// Webhook settings (config section `[webhook]`; flags `--webhook-url`, `--webhook-secret`,
 /// `--webhook-shape`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,9 +201,15 @@ impl Sender {
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut events = self.shard.subscribe_events();
         let mut cursor = self.shard.webhook_cursor();
+        // The cursor is persisted at most every CURSOR_PERSIST_EVERY (and when idle or stopping),
+        // not per POST: it costs a write in the shard's group commit. A crash re-sends what was
+        // accepted since the last persisted cursor (receivers dedup by message id and status).
+        let mut persisted = cursor;
+        let mut persisted_at = tokio::time::Instant::now();
         let mut failures = 0u64;
         loop {
             if *shutdown.borrow() {
+                self.persist(&mut persisted, cursor);
                 return;
             }
             let until = *events.borrow_and_update();
@@ -213,6 +222,7 @@ impl Sender {
             };
             if batch.is_empty() {
                 cursor = cursor.max(until);
+                self.persist(&mut persisted, cursor);
                 tokio::select! {
                     _ = events.changed() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -225,19 +235,10 @@ impl Sender {
                     failures = 0;
                     self.stats.delivered.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     cursor = batch.last().map_or(cursor, |(seq, _)| seq + 1);
-                    // The cursor write joins the shard's next group commit; the sender does not
-                    // wait for it. If a crash loses it, these callbacks are sent again (receivers
-                    // dedup by message id and status).
-                    match self.shard.advance_webhook_cursor(cursor) {
-                        Ok(durable) => {
-                            let shard = self.shard.id();
-                            tokio::spawn(async move {
-                                if let Err(e) = durable.await {
-                                    tracing::warn!(%shard, error = %e, "webhook cursor not persisted");
-                                }
-                            });
-                        }
-                        Err(e) => tracing::warn!(shard = %self.shard.id(), error = %e, "webhook cursor not persisted"),
+                    self.shard.note_webhook_progress(cursor);
+                    if persisted_at.elapsed() >= CURSOR_PERSIST_EVERY {
+                        self.persist(&mut persisted, cursor);
+                        persisted_at = tokio::time::Instant::now();
                     }
                 }
                 Err(reason) => {
@@ -245,12 +246,32 @@ impl Sender {
                     self.stats.failed_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let wait = (self.config.backoff_step_ms.saturating_mul(failures)).min(self.config.backoff_max_ms);
                     tracing::warn!(shard = %self.shard.id(), reason, retry_in_ms = wait, "webhook refused or unreachable");
+                    self.persist(&mut persisted, cursor);
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
                         _ = shutdown.changed() => return,
                     }
                 }
             }
+        }
+    }
+
+    /// Writes the cursor to the shard (joining its next group commit) if it moved; does not wait.
+    fn persist(&self, persisted: &mut u64, cursor: u64) {
+        if cursor <= *persisted {
+            return;
+        }
+        *persisted = cursor;
+        match self.shard.advance_webhook_cursor(cursor) {
+            Ok(durable) => {
+                let shard = self.shard.id();
+                tokio::spawn(async move {
+                    if let Err(e) = durable.await {
+                        tracing::warn!(%shard, error = %e, "webhook cursor not persisted");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(shard = %self.shard.id(), error = %e, "webhook cursor not persisted"),
         }
     }
 
