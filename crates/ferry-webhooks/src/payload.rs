@@ -94,26 +94,30 @@ fn cloud_status(c: &StatusCallback<'_>) -> Value {
     v
 }
 
+/// The Cloud envelope around one change value: `{"object":"whatsapp_business_account","entry":
+/// [{"id","changes":[{"field":"messages","value":{"messaging_product","metadata",...}}]}]}`.
+fn cloud_envelope(business_account_id: &str, business: &str, fields: Value) -> Value {
+    let mut value = json!({
+        "messaging_product": "whatsapp",
+        "metadata": { "display_phone_number": business, "phone_number_id": business },
+    });
+    if let (Some(value), Value::Object(fields)) = (value.as_object_mut(), fields) {
+        value.extend(fields);
+    }
+    json!({
+        "object": "whatsapp_business_account",
+        "entry": [{ "id": business_account_id, "changes": [{ "field": "messages", "value": value }] }],
+    })
+}
+
 /// The body of one POST carrying `callbacks` (all from one business number for Cloud).
 pub fn body(shape: Shape, business_account_id: &str, callbacks: &[StatusCallback<'_>]) -> Value {
     match shape {
         Shape::Onprem => json!({ "statuses": callbacks.iter().map(onprem_status).collect::<Vec<_>>() }),
         Shape::Cloud => {
             let sender = callbacks.first().map_or("", |c| c.record.sender.as_str());
-            json!({
-                "object": "whatsapp_business_account",
-                "entry": [{
-                    "id": business_account_id,
-                    "changes": [{
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": { "display_phone_number": sender, "phone_number_id": sender },
-                            "statuses": callbacks.iter().map(cloud_status).collect::<Vec<_>>(),
-                        },
-                    }],
-                }],
-            })
+            let statuses = callbacks.iter().map(cloud_status).collect::<Vec<_>>();
+            cloud_envelope(business_account_id, sender, json!({ "statuses": statuses }))
         }
     }
 }
@@ -147,21 +151,7 @@ pub fn inbound_body(shape: Shape, business_account_id: &str, records: &[&Callbac
         Shape::Onprem => json!({ "contacts": contacts, "messages": messages }),
         Shape::Cloud => {
             let business = records.first().map_or("", |r| r.sender.as_str());
-            json!({
-                "object": "whatsapp_business_account",
-                "entry": [{
-                    "id": business_account_id,
-                    "changes": [{
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": { "display_phone_number": business, "phone_number_id": business },
-                            "contacts": contacts,
-                            "messages": messages,
-                        },
-                    }],
-                }],
-            })
+            cloud_envelope(business_account_id, business, json!({ "contacts": contacts, "messages": messages }))
         }
     }
 }
