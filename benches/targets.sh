@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Accept latency at half of the maximum sustained rate (issue 4's latency target), measured against
+# a real `ferry serve` process with its in-process chat server, driven by `ferry loadgen` from a
+# second process on the same machine.
+#
+# 1. As fast as possible for $DURATION: the end-to-end (acked) rate is the maximum sustained rate.
+# 2. Open loop at half of it for $DURATION: accept latency percentiles (from each call's scheduled
+#    time, so queueing is not hidden).
+#
+#   benches/targets.sh                      # SHARDS=8 BATCH=100 DURATION=15s
+#   SHARDS=32 BATCH=1 CONCURRENCY=64 benches/targets.sh
+set -euo pipefail
+SHARDS=${SHARDS:-8}
+BATCH=${BATCH:-100}
+CONCURRENCY=${CONCURRENCY:-16}
+DURATION=${DURATION:-15s}
+RECIPIENTS=${RECIPIENTS:-10000}
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+scripts/setup.sh
+cargo build --release --locked --quiet -p ferry --bin ferry
+ferry="$CARGO_TARGET_DIR/release/ferry"
+
+work=$(mktemp -d)
+"$ferry" serve --shards "$SHARDS" --data-dir "$work/data" --grpc-listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.err" &
+serve_pid=$!
+trap 'kill $serve_pid 2>/dev/null; wait $serve_pid 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 200); do
+    grep -q "grpc listening" "$work/serve.out" 2>/dev/null && break
+    sleep 0.1
+done
+target="http://$(sed -n 's/^ferry: grpc listening on //p' "$work/serve.out")"
+chatsim="http://$(sed -n 's/^ferry: upstream //p' "$work/serve.out")"
+common=(--target "$target" --chatsim "$chatsim" --batch "$BATCH" --concurrency "$CONCURRENCY"
+        --recipients "$RECIPIENTS" --duration "$DURATION" --quiet)
+
+echo "== ferry serve --shards $SHARDS; loadgen --batch $BATCH --concurrency $CONCURRENCY, $RECIPIENTS recipients"
+echo "-- 1. as fast as possible (sessions are set up in this run)"
+"$ferry" loadgen "${common[@]}" --json "$work/max.json" | tee "$work/max.txt"
+max=$(python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['acked_per_sec'] or 0))" "$work/max.json")
+half=$((max / 2))
+echo "-- 2. open loop at half of the sustained end-to-end rate: $half msg/s"
+"$ferry" loadgen "${common[@]}" --rate "$half" --json "$work/half.json" | tee "$work/half.txt"
+python3 - "$work/max.json" "$work/half.json" "$max" <<'PY'
+import json, sys
+m, h, mx = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), int(sys.argv[3])
+l = h["accept_latency_ms"]
+print(f"max sustained (acked) {mx} msg/s; at {mx // 2} msg/s: accepted {h['accepted_per_sec']:.0f}/s, "
+      f"accept p50 {l['p50']:.2f} ms, p99 {l['p99']:.2f} ms, p99.9 {l['p999']:.2f} ms (target p99 <= 5 ms)")
+PY
