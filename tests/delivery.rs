@@ -4,7 +4,8 @@
 //! What must hold: every accepted message is decrypted and acked by the server exactly once, its
 //! status moves accepted → sent → delivered → read and never back; an expired message fails with
 //! 410; sessions survive a restart and an eviction without a new key agreement; an upstream outage
-//! loses nothing.
+//! loses nothing; a rate-limited recipient backs off alone (waits growing 4^X, at least the
+//! server's retry-after) and a marketing-limited one fails with 131049 after its retries.
 
 mod support;
 
@@ -268,6 +269,108 @@ async fn an_upstream_outage_loses_nothing_and_the_backlog_drains() {
     for id in &ids {
         assert!(rank(&status_of(&mut c, id).await.status) >= 1);
     }
+    ferry.stop().await;
+    sim.shutdown().await;
+}
+
+/// Waits until `id` is `failed`; returns its record.
+async fn wait_failed(client: &support::Client, id: &str, timeout: Duration) -> v1::MessageRecord {
+    eventually(timeout, "the message failed", || {
+        let mut c = client.clone();
+        let id = id.to_owned();
+        async move { status_of(&mut c, &id).await.status == "failed" }
+    })
+    .await;
+    status_of(&mut client.clone(), id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_recipient_backs_off_alone_and_waits_the_servers_retry_after() {
+    // One message per second per recipient; one shard, so every recipient shares one loop.
+    let sim = chatsim(ChatSimConfig { rate_limit_per_recipient: 1, ..ChatSimConfig::for_test() }).await;
+    let delivery = DeliveryConfig { rate_limit_base_ms: 20, ..DeliveryConfig::for_test() };
+    let ferry = node(1, sim.local_addr(), delivery, ferry_model::clock::system()).await;
+    let mut client = ferry.node.client().await;
+
+    // Five messages to one recipient first (they need at least four seconds at 1/s), then one each
+    // to 30 others, queued behind them.
+    let mut busy = Vec::new();
+    for i in 0..5 {
+        busy.push(client.send(text("+16315550100", &format!("busy {i}"))).await.unwrap().into_inner().message_id);
+    }
+    let others: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..30 {
+            let to = format!("+44792{i:06}");
+            ids.push(client.send(text(&to, "other")).await.unwrap().into_inner().message_id);
+        }
+        ids
+    };
+    wait_all_at_least_sent(&client, &others, Duration::from_secs(20)).await;
+    let busy_delivered = sim.delivery_order("16315550100").len();
+    assert!(
+        busy_delivered < 5,
+        "the others did not wait for the rate-limited recipient ({busy_delivered} of 5 through)"
+    );
+
+    wait_all_at_least_sent(&client, &busy, Duration::from_secs(30)).await;
+    assert_eq!(sim.delivery_order("16315550100"), busy, "backing off keeps the recipient's order");
+    let totals = ferry.totals();
+    let stats = chat_stats(sim.local_addr()).await;
+    assert!(totals.rate_limited >= 1, "the limit was hit: {totals:?}");
+    assert_eq!(totals.rate_limited, stats.rate_limited, "ferry counted every refusal");
+    // With rate_limit_base_ms = 20 alone the retries would come after 20, 80, 320 ms (several
+    // refusals per message); waiting at least the server's retry-after lands each retry in the
+    // next one-second window, so each of the four later messages is refused at most once.
+    assert!(stats.rate_limited <= 4, "retries ignored the server's retry-after: {stats:?}");
+    assert_eq!(stats.unique_messages, 35);
+    assert_eq!(totals.marketing_limited, 0);
+    ferry.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marketing_limited_message_fails_with_131049_after_growing_waits_while_others_flow() {
+    let sim = chatsim(ChatSimConfig { marketing_limit_prefix: Some("1888".into()), ..ChatSimConfig::for_test() }).await;
+    // Waits of 100, 400, 1600 ms between the four attempts (4^X × 100 ms).
+    let delivery = DeliveryConfig { rate_limit_base_ms: 100, marketing_limit_retries: 3, ..DeliveryConfig::for_test() };
+    let ferry = node(1, sim.local_addr(), delivery, ferry_model::clock::system()).await;
+    let mut client = ferry.node.client().await;
+
+    let limited = client.send(text("+18885550100", "offer")).await.unwrap().into_inner().message_id;
+    let mut others = Vec::new();
+    for i in 0..20 {
+        others.push(client.send(text(&format!("+16315551{i:03}"), "hello")).await.unwrap().into_inner().message_id);
+    }
+    // When each refusal happened, seen from chatsim's counter (polled every 5 ms).
+    let mut refusals = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while refusals.len() < 4 {
+        let seen = sim.stats().marketing_limited as usize;
+        assert!(seen <= 4, "more attempts than marketing_limit_retries + 1: {seen}");
+        while refusals.len() < seen {
+            refusals.push(tokio::time::Instant::now());
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {} refusals in 20 s", refusals.len());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let gaps: Vec<Duration> = refusals.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.windows(2).all(|w| w[1] > w[0]), "the waits grow: {gaps:?}");
+    assert!(gaps[2] >= Duration::from_secs(1), "the third wait is 4^2 × 100 ms: {gaps:?}");
+
+    let failed = wait_failed(&client, &limited, Duration::from_secs(20)).await;
+    let error = failed.error.expect("a failed message has an error");
+    assert_eq!(error.code, 131049, "{error:?}");
+    assert_eq!(error.title, "This message was not delivered to maintain healthy ecosystem engagement");
+    assert!(error.details.contains("refused 4 times"), "{error:?}");
+    wait_all_at_least_sent(&client, &others, Duration::from_secs(20)).await;
+    // Every other recipient was delivered, and the failed message is not sent again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = chat_stats(sim.local_addr()).await;
+    assert_eq!(stats.marketing_limited, 4, "marketing_limit_retries + 1 attempts");
+    assert_eq!(stats.unique_messages, 20);
+    let totals = ferry.totals();
+    assert_eq!((totals.marketing_limited, totals.rate_limited, totals.failed), (4, 0, 1));
     ferry.stop().await;
     sim.shutdown().await;
 }

@@ -1,5 +1,5 @@
 //! The knobs of the reference chat server: receipt timing, fault injection (latency, errors,
-//! disconnects, offline and invalid recipients, rate limits) and state sizing. Each knob is a field
+//! disconnects, offline and invalid recipients, rate limits, the per-user marketing limit) and state sizing. Each knob is a field
 //! of [`ChatSimConfig`] (serde, with defaults) and a `ferry chatsim` flag (clap).
 
 use anyhow::bail;
@@ -50,6 +50,10 @@ pub struct ChatSimConfig {
     /// Messages per second accepted per recipient (0 = unlimited); over it: RATE_LIMITED.
     #[arg(long, default_value_t = 0)]
     pub rate_limit_per_recipient: u32,
+    /// Recipients whose wa_id starts with this have reached the per-user marketing limit: every
+    /// envelope to them is refused MARKETING_LIMITED (reference code 131049, `retry_after_ms` 0).
+    #[arg(long, value_name = "DIGITS")]
+    pub marketing_limit_prefix: Option<String>,
     /// Receipts kept per (client_id, channel) until acked; beyond it new receipts are dropped and
     /// counted in `receipts_dropped`.
     #[arg(long, default_value_t = 100_000)]
@@ -74,6 +78,7 @@ impl Default for ChatSimConfig {
             offline_for_ms: 0,
             invalid_prefix: None,
             rate_limit_per_recipient: 0,
+            marketing_limit_prefix: None,
             max_pending_receipts_per_channel: 100_000,
             state_shards: 64,
         }
@@ -103,9 +108,19 @@ impl ChatSimConfig {
         if self.max_pending_receipts_per_channel == 0 {
             bail!("chatsim max_pending_receipts_per_channel is 0; expected at least 1");
         }
-        for (name, prefix) in [("offline_prefix", &self.offline_prefix), ("invalid_prefix", &self.invalid_prefix)] {
-            if prefix.as_deref() == Some("") {
-                bail!("chatsim {name} is empty (it would match every recipient); expected digits or no prefix");
+        for (name, prefix) in [
+            ("offline_prefix", &self.offline_prefix),
+            ("invalid_prefix", &self.invalid_prefix),
+            ("marketing_limit_prefix", &self.marketing_limit_prefix),
+        ] {
+            match prefix.as_deref() {
+                Some("") => {
+                    bail!("chatsim {name} is empty (it would match every recipient); expected digits or no prefix")
+                }
+                Some(p) if !p.bytes().all(|b| b.is_ascii_digit()) => {
+                    bail!("chatsim {name} is {p:?} (it would match no wa_id); expected digits or no prefix")
+                }
+                _ => {}
             }
         }
         Ok(())

@@ -4,7 +4,8 @@
 //! derived from the configured seed (so a restarted chatsim keeps them).
 //!
 //! Flow of one envelope on a `Deliver` stream (`service.rs`): fault rolls (disconnect, temporary
-//! error) → recipient checks (invalid) → dedup of byte-identical resends → per-recipient rate limit →
+//! error) → recipient checks (invalid, then the per-user marketing limit of `marketing_limit_prefix`)
+//! → dedup of byte-identical resends → per-recipient rate limit →
 //! find or set up the receiving session and decrypt → ack → schedule `delivered`/`read` receipts on
 //! the stream's channel (`receipts.rs`).
 //!
@@ -22,7 +23,8 @@
 //! - A forged or damaged first message of a session does not burn the recipient's one-time pre-key
 //!   (`ReceivingSession::accept_first_message`); a restarted chatsim with the same seed re-derives
 //!   every recipient's keys, so existing sessions keep decrypting (within `MAX_SKIP`).
-//! - Rate limits are checked before decrypting, so a rate-limited envelope spends no receiving state.
+//! - Rate and marketing limits are checked before decrypting, so a refused envelope spends no
+//!   receiving state.
 //! - Memory: the acked-id set grows with every unique message (about 100 bytes each; a load test of
 //!   millions of messages needs that much); sessions are capped at 16 per recipient and pending
 //!   receipts per channel by `max_pending_receipts_per_channel`.

@@ -1,6 +1,6 @@
 //! The gRPC face of the reference chat server: `ferry.chat.v1.Chat` (the `Deliver` delivery stream
 //! and `FetchPreKeyBundle`) and `ferry.chat.v1.ChatAdmin` (`Stats`). One task per stream reads
-//! frames and answers each envelope inline (fault rolls → recipient checks → dedup → rate limit →
+//! frames and answers each envelope inline (fault rolls → recipient checks → marketing limit → dedup → rate limit →
 //! decrypt → ack → schedule receipts); a second task per stream pushes that channel's receipts.
 
 use std::sync::Arc;
@@ -131,6 +131,11 @@ impl Shared {
             bump(&counters.recipient_invalid, 1);
             let detail = format!("recipient {recipient:?} is not a valid WhatsApp user");
             return EnvelopeOutcome::Answer(error_result(message_id, Kind::RecipientInvalid, 0, detail));
+        }
+        if config.marketing_limit_prefix.as_deref().is_some_and(|prefix| recipient.starts_with(prefix)) {
+            bump(&counters.marketing_limited, 1);
+            let detail = format!("{recipient} has reached the per-user marketing message limit (131049)");
+            return EnvelopeOutcome::Answer(error_result(message_id, Kind::MarketingLimited, 0, detail));
         }
         let header = match envelope.header.as_ref().map(Header::try_from) {
             Some(Ok(header)) => header,

@@ -235,6 +235,32 @@ async fn invalid_recipients_are_recipient_invalid() {
 }
 
 #[tokio::test]
+async fn marketing_limited_recipients_are_refused_before_decrypting() {
+    let config = ChatSimConfig { marketing_limit_prefix: Some("1888".to_owned()), ..ChatSimConfig::for_test() };
+    let chatsim = start(config).await;
+    let mut sender = Sender::new(client(&chatsim).await);
+    let mut stream = Stream::open(&mut sender.client, "node-1", 0).await;
+    for id in ["wamid.m0", "wamid.m1"] {
+        let envelope = sender.envelope(id, "18885550000", b"x").await;
+        let error = must_fail(&send_one(&mut stream, envelope).await, delivery_error::Kind::MarketingLimited);
+        assert_eq!(error.retry_after_ms, 0, "{error:?}");
+        assert!(error.detail.contains("marketing") && error.detail.contains("18885550000"), "{error:?}");
+    }
+    // Plausibility comes first: a non-wa_id is invalid, not marketing-limited.
+    let mut not_a_wa_id = sender.envelope("wamid.m2", "18885550001", b"x").await;
+    not_a_wa_id.recipient = "1888-not-a-number".to_owned();
+    must_fail(&send_one(&mut stream, not_a_wa_id).await, delivery_error::Kind::RecipientInvalid);
+    // Other recipients are delivered.
+    let other = sender.envelope("wamid.m3", RECIPIENT, b"x").await;
+    must_ack(&send_one(&mut stream, other).await, false);
+    let stats = chatsim.stats();
+    assert_eq!(stats.marketing_limited, 2);
+    assert_eq!((stats.decrypt_failures, stats.unique_messages, stats.recipient_invalid), (0, 1, 1));
+    assert_eq!(stats.sessions_established, 1, "no receiving session for the refused recipient");
+    chatsim.shutdown().await;
+}
+
+#[tokio::test]
 async fn over_the_rate_limit_is_rate_limited_with_retry_after() {
     let config = ChatSimConfig { rate_limit_per_recipient: 2, ..ChatSimConfig::for_test() };
     let chatsim = start(config).await;
@@ -438,6 +464,11 @@ fn config_defaults_round_trip_and_validate() {
     assert!(bad.validate().unwrap_err().to_string().contains("error_rate"));
     let bad = ChatSimConfig { invalid_prefix: Some(String::new()), ..ChatSimConfig::default() };
     assert!(bad.validate().is_err());
+    let bad = ChatSimConfig { marketing_limit_prefix: Some(String::new()), ..ChatSimConfig::default() };
+    assert!(bad.validate().unwrap_err().to_string().contains("marketing_limit_prefix is empty"));
+    let bad = ChatSimConfig { marketing_limit_prefix: Some("+1888".into()), ..ChatSimConfig::default() };
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("marketing_limit_prefix is \"+1888\"") && e.contains("expected digits"), "{e}");
     assert!(serde_json::from_str::<ChatSimConfig>(r#"{"no_such_knob": 1}"#).is_err());
 }
 
@@ -452,12 +483,22 @@ fn cli_flags_match_the_defaults() {
     let cli = Cli::try_parse_from(["chatsim"]).unwrap();
     assert_eq!(cli.args.listen, "127.0.0.1:50061");
     assert_eq!(cli.args.config, ChatSimConfig::default());
-    let cli =
-        Cli::try_parse_from(["chatsim", "--read-receipts", "false", "--error-rate", "0.1", "--invalid-prefix", "1999"])
-            .unwrap();
+    let cli = Cli::try_parse_from([
+        "chatsim",
+        "--read-receipts",
+        "false",
+        "--error-rate",
+        "0.1",
+        "--invalid-prefix",
+        "1999",
+        "--marketing-limit-prefix",
+        "1888",
+    ])
+    .unwrap();
     assert!(!cli.args.config.read_receipts);
     assert_eq!(cli.args.config.error_rate, 0.1);
     assert_eq!(cli.args.config.invalid_prefix.as_deref(), Some("1999"));
+    assert_eq!(cli.args.config.marketing_limit_prefix.as_deref(), Some("1888"));
 }
 
 /// Many concurrent pipelined streams: every envelope is answered with an ack, counts add up, and

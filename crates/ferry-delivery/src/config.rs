@@ -28,6 +28,18 @@ pub struct DeliveryConfig {
     /// Delay before reconnecting to the chat server after the stream ended (ms; doubles up to
     /// 5 s).
     pub reconnect_initial_ms: u64,
+    /// Rate-limit backoff unit (ms): a recipient the server refuses with `RATE_LIMITED` or
+    /// `MARKETING_LIMITED` waits `rate_limit_base_ms × 4^X` (X = its consecutive refusals so far,
+    /// 0 for the first; reset by its next ack), at least the server's `retry_after_ms`. The
+    /// default, 1000, is the reference's advice: retry after 4^X seconds.
+    pub rate_limit_base_ms: u64,
+    /// Longest rate-limit wait of a recipient (ms), the server's `retry_after_ms` included.
+    /// Default 1024 s (4^5 s): the sixth refusal in a row and later ones wait this long.
+    pub rate_limit_max_backoff_ms: u64,
+    /// Further attempts of a message refused `MARKETING_LIMITED` (the per-user marketing limit)
+    /// before it fails for good with 131049: the message is sent at most this + 1 times while
+    /// the server keeps refusing it. 0 fails it at the first refusal.
+    pub marketing_limit_retries: u32,
 }
 
 impl Default for DeliveryConfig {
@@ -42,6 +54,9 @@ impl Default for DeliveryConfig {
             session_reservation: 64,
             max_concurrent_session_setups: 256,
             reconnect_initial_ms: 100,
+            rate_limit_base_ms: 1_000,
+            rate_limit_max_backoff_ms: 1_024_000,
+            marketing_limit_retries: 3,
         }
     }
 }
@@ -62,6 +77,7 @@ impl DeliveryConfig {
             ("delivery.session_reservation", self.session_reservation),
             ("delivery.max_concurrent_session_setups", self.max_concurrent_session_setups as u64),
             ("delivery.reconnect_initial_ms", self.reconnect_initial_ms),
+            ("delivery.rate_limit_base_ms", self.rate_limit_base_ms),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -72,6 +88,12 @@ impl DeliveryConfig {
             return Err(format!(
                 "delivery.retry_max_ms is {}: expected at least delivery.retry_initial_ms ({})",
                 self.retry_max_ms, self.retry_initial_ms
+            ));
+        }
+        if self.rate_limit_max_backoff_ms < self.rate_limit_base_ms {
+            return Err(format!(
+                "delivery.rate_limit_max_backoff_ms is {}: expected at least delivery.rate_limit_base_ms ({})",
+                self.rate_limit_max_backoff_ms, self.rate_limit_base_ms
             ));
         }
         if self.session_reservation > 2048 {

@@ -10,8 +10,13 @@
 //!
 //! Invariants (written as absences):
 //! - No message leaves a shard's queue before the server acked it, or it failed for good (TTL
-//!   expired: 410; recipient invalid: 1013); the removal and the status are one synced write.
-//! - No retry limit short of the TTL: temporary failures back off (exponential, jitter) forever.
+//!   expired: 410; recipient invalid: 1013; per-user marketing limit: 131049); the removal and the
+//!   status are one synced write.
+//! - No retry limit short of the TTL: temporary failures back off (exponential, jitter) forever,
+//!   rate limits back off 4^X; the one exception is a message refused `MARKETING_LIMITED` more
+//!   than `marketing_limit_retries` times in a row (failed, 131049).
+//! - No recipient waits for another: a rate-limited recipient is blocked alone, the shard's other
+//!   recipients keep being dispatched.
 //! - No more than `window` messages of a shard in memory, whatever the backlog on disk.
 //! - No encryption with a message counter that was not first reserved durably, so a crash never
 //!   makes a session reuse a key.

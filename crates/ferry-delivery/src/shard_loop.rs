@@ -17,10 +17,19 @@
 //!   `max_in_flight_per_recipient` envelopes in flight (1 by default: send order is delivery order).
 //!   A message that must be retried goes back to the *front* of its recipient's FIFO.
 //! - **Retries.** Forever, with exponential backoff and jitter, until the server acks; except
-//!   TTL expired (failed, 410), recipient invalid (failed, 1013), rate limited (that recipient
-//!   waits `retry_after`, others proceed), session unknown (re-key, then resend). An envelope
-//!   unanswered after `ack_timeout_ms`, or in flight when the link drops, is sent again (the server
-//!   dedups by message id).
+//!   TTL expired (failed, 410), recipient invalid (failed, 1013), rate limited (below), session
+//!   unknown (re-key, then resend). An envelope unanswered after `ack_timeout_ms`, or in flight
+//!   when the link drops, is sent again (the server dedups by message id).
+//! - **Rate limits.** `RATE_LIMITED` (pair rate limit, 131056) and `MARKETING_LIMITED` (per-user
+//!   marketing limit, 131049) block only that recipient, for `rate_limit_base_ms × 4^X` (X = the
+//!   recipient's refusals in a row, 0 for the first; reset by its next ack), at least the server's
+//!   `retry_after_ms`, at most `rate_limit_max_backoff_ms` ([`RateLimitStreak`]). Other recipients
+//!   keep flowing. Refusals of envelopes already in flight when an earlier refusal blocked the
+//!   recipient (`max_in_flight_per_recipient` > 1) do not raise X. A message refused
+//!   `MARKETING_LIMITED` more than `marketing_limit_retries` times in a row fails (131049) like a
+//!   1013 failure; the recipient still waits before its next message. The streak lives in memory
+//!   only: it is forgotten with the recipient once nothing of theirs is loaded or blocked, and at
+//!   a restart, so it starts again at X = 0 then.
 //! - **Settling.** Acks and failures collected during one turn of the loop are written as one
 //!   `Settle` (queue delete + status record in one synced batch, with the new low watermark). A
 //!   message stays in memory until that write is durable; if it fails, the message is retried.
@@ -91,6 +100,9 @@ struct Loaded {
     attempts: u32,
     /// Temporary failures in a row (drives the backoff).
     failures: u32,
+    /// `MARKETING_LIMITED` answers in a row (any other answer resets it): more than
+    /// `marketing_limit_retries` fails the message with 131049.
+    marketing_refusals: u32,
     /// The ack-timeout timer of the current attempt, cancelled when an answer arrives.
     ack_timer: Option<u64>,
 }
@@ -105,6 +117,36 @@ struct Recipient {
     session_busy: bool,
     /// The next setup must fetch a new bundle (the server did not know the session).
     rekey: bool,
+    /// Rate-limit refusals in a row (X of the 4^X backoff).
+    rate_limits: RateLimitStreak,
+}
+
+/// A recipient's rate-limit refusals in a row: the X of the reference's "retry after 4^X seconds".
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct RateLimitStreak {
+    refusals: u32,
+}
+
+impl RateLimitStreak {
+    /// Counts a refusal and returns how long the recipient waits: `rate_limit_base_ms × 4^X`
+    /// (X = refusals before this one), at least `retry_after_ms`, at most
+    /// `rate_limit_max_backoff_ms`. A refusal that is not `fresh` (its envelope was in flight when
+    /// an earlier refusal blocked the recipient) does not raise X: it waits as long as that one.
+    fn refused(&mut self, config: &DeliveryConfig, retry_after_ms: u64, fresh: bool) -> Duration {
+        let x = if fresh {
+            self.refusals = self.refusals.saturating_add(1);
+            self.refusals - 1
+        } else {
+            self.refusals.saturating_sub(1)
+        };
+        let backoff = config.rate_limit_base_ms.saturating_mul(4u64.saturating_pow(x));
+        Duration::from_millis(backoff.max(retry_after_ms).min(config.rate_limit_max_backoff_ms).max(1))
+    }
+
+    /// The recipient's next ack: the next refusal waits `rate_limit_base_ms` again (X = 0).
+    fn acked(&mut self) {
+        self.refusals = 0;
+    }
 }
 
 enum Timer {
@@ -328,7 +370,16 @@ impl ShardLoop {
         }
         self.messages.insert(
             seq,
-            Loaded { record, message_id, key, phase: Phase::Waiting, attempts: 0, failures: 0, ack_timer: None },
+            Loaded {
+                record,
+                message_id,
+                key,
+                phase: Phase::Waiting,
+                attempts: 0,
+                failures: 0,
+                marketing_refusals: 0,
+                ack_timer: None,
+            },
         );
     }
 
@@ -637,11 +688,15 @@ impl ShardLoop {
                 }
                 let r = self.recipients.get_mut(&key).expect("in-flight message has a recipient");
                 r.in_flight -= 1;
+                r.rate_limits.acked();
                 self.ready.push_back(key);
             }
             Some(envelope_result::Outcome::Error(error)) => {
                 let kind =
                     delivery_error::Kind::try_from(error.kind).unwrap_or(delivery_error::Kind::TemporarilyUnavailable);
+                if kind != delivery_error::Kind::MarketingLimited {
+                    m.marketing_refusals = 0;
+                }
                 match kind {
                     delivery_error::Kind::RecipientInvalid => {
                         m.phase = Phase::Waiting;
@@ -656,10 +711,30 @@ impl ShardLoop {
                         self.ready.push_back(key);
                     }
                     delivery_error::Kind::RateLimited | delivery_error::Kind::MarketingLimited => {
-                        self.stats.add(&self.stats.rate_limited, 1);
-                        self.requeue_front(seq);
-                        let wait = Duration::from_millis(error.retry_after_ms.max(1));
-                        self.block_recipient(&key, Instant::now() + wait);
+                        let marketing = kind == delivery_error::Kind::MarketingLimited;
+                        let refusals = if marketing {
+                            self.stats.add(&self.stats.marketing_limited, 1);
+                            m.marketing_refusals = m.marketing_refusals.saturating_add(1);
+                            m.marketing_refusals
+                        } else {
+                            self.stats.add(&self.stats.rate_limited, 1);
+                            0
+                        };
+                        let now = Instant::now();
+                        let r = self.recipients.get_mut(&key).expect("in-flight message has a recipient");
+                        let fresh = r.blocked_until.is_none_or(|t| t <= now);
+                        let wait = r.rate_limits.refused(&self.config, error.retry_after_ms, fresh);
+                        if marketing && refusals > self.config.marketing_limit_retries {
+                            r.in_flight -= 1;
+                            let detail = format!(
+                                "refused {refusals} times in a row (delivery.marketing_limit_retries is {}): {}",
+                                self.config.marketing_limit_retries, error.detail
+                            );
+                            self.fail(seq, ErrorCode::MarketingLimit, ErrorCode::MarketingLimit.title(), &detail);
+                        } else {
+                            self.requeue_front(seq);
+                        }
+                        self.block_recipient(&key, now + wait);
                     }
                     delivery_error::Kind::SessionUnknown => {
                         self.stats.add(&self.stats.rekeys, 1);
@@ -965,4 +1040,66 @@ async fn prepare_session(
         .await
         .map_err(|e| temporary(&e))?;
     Ok((session, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(base: u64, cap: u64) -> DeliveryConfig {
+        DeliveryConfig { rate_limit_base_ms: base, rate_limit_max_backoff_ms: cap, ..DeliveryConfig::default() }
+    }
+
+    fn ms(d: Duration) -> u64 {
+        d.as_millis() as u64
+    }
+
+    #[test]
+    fn rate_limit_waits_grow_as_powers_of_four_up_to_the_cap() {
+        let c = DeliveryConfig::default();
+        let mut streak = RateLimitStreak::default();
+        let waits: Vec<u64> = (0..8).map(|_| ms(streak.refused(&c, 0, true))).collect();
+        // 4^X seconds, capped at 4^5 s by default.
+        assert_eq!(waits, [1_000, 4_000, 16_000, 64_000, 256_000, 1_024_000, 1_024_000, 1_024_000]);
+        // No overflow however long the streak.
+        let mut long = RateLimitStreak { refusals: u32::MAX };
+        assert_eq!(ms(long.refused(&config(20, 5_000), 0, true)), 5_000);
+    }
+
+    #[test]
+    fn the_servers_retry_after_is_a_floor_below_the_cap() {
+        let c = config(20, 1_000);
+        let mut streak = RateLimitStreak::default();
+        assert_eq!(ms(streak.refused(&c, 700, true)), 700, "X = 0: max(700, 20)");
+        assert_eq!(ms(streak.refused(&c, 10, true)), 80, "X = 1: max(10, 80)");
+        assert_eq!(ms(streak.refused(&c, 0, true)), 320);
+        assert_eq!(ms(streak.refused(&c, 60_000, true)), 1_000, "the cap bounds retry_after too");
+    }
+
+    #[test]
+    fn an_ack_resets_the_streak_and_stale_refusals_do_not_raise_it() {
+        let c = config(20, 100_000);
+        let mut streak = RateLimitStreak::default();
+        assert_eq!(ms(streak.refused(&c, 0, true)), 20);
+        assert_eq!(ms(streak.refused(&c, 0, true)), 80);
+        // Envelopes that were in flight when the recipient got blocked: same wait, X unchanged.
+        assert_eq!(ms(streak.refused(&c, 0, false)), 80);
+        assert_eq!(ms(streak.refused(&c, 0, false)), 80);
+        assert_eq!(ms(streak.refused(&c, 0, true)), 320);
+        streak.acked();
+        assert_eq!(streak, RateLimitStreak::default());
+        assert_eq!(ms(streak.refused(&c, 0, true)), 20, "X = 0 again after an ack");
+        // A stale refusal of a fresh streak waits like the first.
+        let mut fresh = RateLimitStreak::default();
+        assert_eq!(ms(fresh.refused(&c, 0, false)), 20);
+    }
+
+    #[test]
+    fn rate_limit_settings_are_validated() {
+        assert!(DeliveryConfig::default().validate().is_ok());
+        let e = config(0, 1_000).validate().unwrap_err();
+        assert!(e.contains("delivery.rate_limit_base_ms is 0"), "{e}");
+        let e = config(2_000, 1_000).validate().unwrap_err();
+        assert!(e.contains("delivery.rate_limit_max_backoff_ms is 1000") && e.contains("(2000)"), "{e}");
+    }
 }

@@ -13,11 +13,15 @@ pub struct ShardDeliveryStats {
     pub retries: AtomicU64,
     /// Messages that left the queue durably (acked or failed).
     pub settled: AtomicU64,
-    /// Messages that failed for good (TTL, recipient invalid).
+    /// Messages that failed for good (TTL, recipient invalid, marketing limit).
     pub failed: AtomicU64,
     /// Acks the server marked as duplicates (a resend of a message it already had).
     pub acked_as_duplicate: AtomicU64,
+    /// `RATE_LIMITED` answers (the pair rate limit; that recipient backs off).
     pub rate_limited: AtomicU64,
+    /// `MARKETING_LIMITED` answers (the per-user marketing limit; that recipient backs off, and a
+    /// message refused more than `marketing_limit_retries` times fails with 131049).
+    pub marketing_limited: AtomicU64,
     pub temporary_failures: AtomicU64,
     pub ack_timeouts: AtomicU64,
     /// Encryptions with a cached session.
@@ -56,6 +60,7 @@ impl ShardDeliveryStats {
             failed: get(&self.failed),
             acked_as_duplicate: get(&self.acked_as_duplicate),
             rate_limited: get(&self.rate_limited),
+            marketing_limited: get(&self.marketing_limited),
             temporary_failures: get(&self.temporary_failures),
             ack_timeouts: get(&self.ack_timeouts),
             session_hits: get(&self.session_hits),
@@ -78,6 +83,7 @@ pub struct DeliverySnapshot {
     pub failed: u64,
     pub acked_as_duplicate: u64,
     pub rate_limited: u64,
+    pub marketing_limited: u64,
     pub temporary_failures: u64,
     pub ack_timeouts: u64,
     pub session_hits: u64,
@@ -99,6 +105,7 @@ impl std::ops::Add for DeliverySnapshot {
             failed: self.failed + o.failed,
             acked_as_duplicate: self.acked_as_duplicate + o.acked_as_duplicate,
             rate_limited: self.rate_limited + o.rate_limited,
+            marketing_limited: self.marketing_limited + o.marketing_limited,
             temporary_failures: self.temporary_failures + o.temporary_failures,
             ack_timeouts: self.ack_timeouts + o.ack_timeouts,
             session_hits: self.session_hits + o.session_hits,

@@ -64,6 +64,11 @@ pub enum ErrorCode {
     OutsideCustomerServiceWindow,
     /// 471: spam rate limit.
     SpamRateLimit,
+    /// 131049: the per-user marketing limit; the chat server kept refusing the message
+    /// (`MARKETING_LIMITED`) after `delivery.marketing_limit_retries` further attempts. The On-Prem
+    /// API had no code of its own for it (it reported 1026, like any undeliverable message), so
+    /// ferry reports the Cloud code in both flavours, where callers can tell it apart.
+    MarketingLimit,
     /// 1009 with HTTP 409 / gRPC ALREADY_EXISTS: the idempotency key was already used by the same
     /// sender for a different message.
     IdempotencyConflict,
@@ -92,6 +97,7 @@ impl ErrorCode {
         ErrorCode::Expired,
         ErrorCode::OutsideCustomerServiceWindow,
         ErrorCode::SpamRateLimit,
+        ErrorCode::MarketingLimit,
         ErrorCode::IdempotencyConflict,
         ErrorCode::Unauthenticated,
     ];
@@ -117,6 +123,7 @@ impl ErrorCode {
             ErrorCode::Expired => 410,
             ErrorCode::OutsideCustomerServiceWindow => 470,
             ErrorCode::SpamRateLimit => 471,
+            ErrorCode::MarketingLimit => 131049,
             ErrorCode::IdempotencyConflict => 1009,
             ErrorCode::Unauthenticated => 1005,
         }
@@ -143,6 +150,7 @@ impl ErrorCode {
             ErrorCode::Expired => 131000,
             ErrorCode::OutsideCustomerServiceWindow => 131047,
             ErrorCode::SpamRateLimit => 131048,
+            ErrorCode::MarketingLimit => 131049,
             ErrorCode::IdempotencyConflict => 131009,
             ErrorCode::Unauthenticated => 190,
         }
@@ -171,6 +179,7 @@ impl ErrorCode {
                 "Message failed to send because more than 24 hours have passed since the customer last replied"
             }
             ErrorCode::SpamRateLimit => "Spam rate limit hit",
+            ErrorCode::MarketingLimit => "This message was not delivered to maintain healthy ecosystem engagement",
             ErrorCode::IdempotencyConflict => "Idempotency key reused with a different message",
             ErrorCode::Unauthenticated => "Authentication required",
         }
@@ -187,6 +196,7 @@ impl ErrorCode {
             | ErrorCode::UserNotValid
             | ErrorCode::SenderIsRecipient
             | ErrorCode::ReceiverIncapable
+            | ErrorCode::MarketingLimit
             | ErrorCode::OutsideCustomerServiceWindow => 400,
             ErrorCode::Unauthenticated => 401,
             ErrorCode::AccessDenied => 403,
@@ -208,9 +218,10 @@ impl ErrorCode {
             | ErrorCode::InvalidParameter
             | ErrorCode::UnsupportedMessageType
             | ErrorCode::SenderIsRecipient => GrpcCode::InvalidArgument,
-            ErrorCode::UserNotValid | ErrorCode::ReceiverIncapable | ErrorCode::OutsideCustomerServiceWindow => {
-                GrpcCode::FailedPrecondition
-            }
+            ErrorCode::UserNotValid
+            | ErrorCode::ReceiverIncapable
+            | ErrorCode::MarketingLimit
+            | ErrorCode::OutsideCustomerServiceWindow => GrpcCode::FailedPrecondition,
             ErrorCode::Unauthenticated => GrpcCode::Unauthenticated,
             ErrorCode::AccessDenied => GrpcCode::PermissionDenied,
             ErrorCode::NotFound => GrpcCode::NotFound,
@@ -301,5 +312,15 @@ mod tests {
         }
         assert_eq!(ErrorCode::TooManyRequests.grpc_code(), GrpcCode::ResourceExhausted);
         assert_eq!(ErrorCode::IdempotencyConflict.http_status(), 409);
+    }
+
+    #[test]
+    fn the_marketing_limit_is_131049_in_both_flavours_and_a_delivery_failure() {
+        let code = ErrorCode::MarketingLimit;
+        assert_eq!((code.code(), code.cloud_code()), (131049, 131049));
+        assert_eq!(code.title(), "This message was not delivered to maintain healthy ecosystem engagement");
+        assert_eq!((code.http_status(), code.grpc_code()), (400, GrpcCode::FailedPrecondition));
+        // Webhooks find the code by its reference number: it must name one kind only.
+        assert_eq!(ErrorCode::ALL.iter().filter(|c| c.code() == 131049).count(), 1);
     }
 }
