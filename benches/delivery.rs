@@ -9,6 +9,10 @@
 //!
 //! `cargo bench --bench delivery -- --warm-up-time 1 --measurement-time 5`
 
+/// The same allocator as the `ferry` binary, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

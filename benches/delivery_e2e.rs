@@ -17,6 +17,10 @@
 //! cargo bench --bench delivery_e2e -- --shards 32 --count 20000 --new-recipients
 //! ```
 
+/// The same allocator as the `ferry` binary, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

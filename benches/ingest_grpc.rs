@@ -10,6 +10,10 @@
 //! cargo bench --bench ingest_grpc -- --shards 8 --batch 1 --concurrency 64 --count 100000
 //! ```
 
+/// The same allocator as the `ferry` binary, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

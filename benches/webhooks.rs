@@ -11,6 +11,10 @@
 //! cargo bench --bench webhooks -- --shards 8 --messages 20000 --per-post 50
 //! ```
 
+/// The same allocator as the `ferry` binary, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
