@@ -3,6 +3,7 @@
 # a real `ferry serve` process with its in-process chat server, driven by `ferry loadgen` from a
 # second process on the same machine.
 #
+# 0. Warm-up: one message per recipient, so sessions are set up before measuring.
 # 1. As fast as possible for $DURATION: the end-to-end (acked) rate is the maximum sustained rate.
 # 2. Open loop at half of it for $DURATION: accept latency percentiles (from each call's scheduled
 #    time, so queueing is not hidden).
@@ -35,7 +36,10 @@ common=(--target "$target" --chatsim "$chatsim" --batch "$BATCH" --concurrency "
         --recipients "$RECIPIENTS" --duration "$DURATION" --quiet)
 
 echo "== ferry serve --shards $SHARDS; loadgen --batch $BATCH --concurrency $CONCURRENCY, $RECIPIENTS recipients"
-echo "-- 1. as fast as possible (sessions are set up in this run)"
+echo "-- 0. warm-up: one message per recipient sets up every encryption session (X3DH, both sides)"
+"$ferry" loadgen --target "$target" --chatsim "$chatsim" --batch 100 --concurrency 8 --recipients "$RECIPIENTS" \
+    --count "$RECIPIENTS" --quiet >/dev/null
+echo "-- 1. as fast as possible"
 "$ferry" loadgen "${common[@]}" --json "$work/max.json" | tee "$work/max.txt"
 max=$(python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['acked_per_sec'] or 0))" "$work/max.json")
 half=$((max / 2))
