@@ -2,10 +2,16 @@
 //! server in this process, and a real HTTP webhook receiver on port 0 that refuses (500) its first
 //! requests and then accepts. Every status of every message must arrive, in order per message,
 //! signed, in the configured shape.
+//!
+//! HTTPS: the same receiver behind TLS (rustls), with a CA and a server certificate for
+//! `localhost` / 127.0.0.1 generated at test time. With the CA in `webhook.ca_file` callbacks
+//! arrive; without it the handshake fails and the callbacks wait in the outbox (cursor unmoved)
+//! until an engine that trusts the CA takes them.
 
 mod support;
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +22,7 @@ use ferry_coordinator::CoordinatorConfig;
 use ferry_delivery::DeliveryConfig;
 use ferry_webhooks::{Shape, WebhookConfig, WebhookEngine};
 use hmac::{Hmac, KeyInit, Mac};
-use support::{Delivering, eventually, text};
+use support::{Delivering, eventually, status_of, text};
 
 const SECRET: &str = "app-secret";
 
@@ -50,9 +56,13 @@ async fn hook(State(state): State<Shared>, headers: HeaderMap, body: axum::body:
     StatusCode::OK
 }
 
+fn app(state: &Shared) -> axum::Router {
+    axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(state.clone())
+}
+
 async fn receiver(refuse_first: usize) -> (String, Shared) {
     let state: Shared = Arc::new(Mutex::new((refuse_first, Received::default())));
-    let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(state.clone());
+    let app = app(&state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -209,4 +219,228 @@ async fn no_callback_is_lost_across_sigkill() {
     }
     drop(ferry);
     drop(chat);
+}
+
+/// A test PKI: a self-signed CA (`ca_pem`) and a server configuration whose certificate that CA
+/// signed, for `localhost` and 127.0.0.1.
+struct TestPki {
+    ca_pem: String,
+    server: Arc<rustls::ServerConfig>,
+}
+
+fn test_pki() -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "ferry test CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![server_cert.der().clone()], key)
+        .unwrap();
+    TestPki { ca_pem: ca.pem(), server: Arc::new(server) }
+}
+
+/// Why TLS handshakes with the receiver failed, one entry per failure.
+type HandshakeErrors = Arc<Mutex<Vec<String>>>;
+
+/// The receiver of [`receiver`] over TLS on 127.0.0.1, port 0. Returns its
+/// `https://localhost:PORT/hook` URL, its state, and its failed TLS handshakes.
+async fn tls_receiver(refuse_first: usize, tls: Arc<rustls::ServerConfig>) -> (String, Shared, HandshakeErrors) {
+    let state: Shared = Arc::new(Mutex::new((refuse_first, Received::default())));
+    let app = app(&state);
+    let failed_handshakes = HandshakeErrors::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let failed = failed_handshakes.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let (acceptor, app, failed) = (acceptor.clone(), app.clone(), failed.clone());
+            tokio::spawn(async move {
+                match acceptor.accept(tcp).await {
+                    Ok(tls) => {
+                        let service = hyper_util::service::TowerToHyperService::new(app);
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                            .await;
+                    }
+                    Err(e) => failed.lock().unwrap().push(e.to_string()),
+                }
+            });
+        }
+    });
+    (format!("https://localhost:{port}/hook"), state, failed_handshakes)
+}
+
+/// Sends `n` text messages and returns their ids.
+async fn send_texts(client: &mut support::Client, prefix: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(client.send(text(&format!("{prefix}{i:05}"), "hello")).await.unwrap().into_inner().message_id);
+    }
+    ids
+}
+
+/// Asserts that the statuses of every message in `ids` arrived exactly as sent, delivered, read.
+fn assert_sent_delivered_read(received: &[(String, String)], ids: &[String]) {
+    let mut by_id: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (id, status) in received {
+        by_id.entry(id).or_default().push(status);
+    }
+    for id in ids {
+        assert_eq!(by_id.get(id.as_str()).map(Vec::as_slice), Some(&["sent", "delivered", "read"][..]), "{id}");
+    }
+}
+
+async fn start_node(shards: u16) -> (ChatSim, Delivering) {
+    let sim = ChatSim::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), ChatSimConfig::for_test())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = CoordinatorConfig::for_test(dir.path(), shards);
+    config.shard.callbacks = true;
+    let ferry =
+        Delivering::start(dir, config, sim.local_addr(), DeliveryConfig::for_test(), ferry_model::clock::system())
+            .await;
+    (sim, ferry)
+}
+
+/// `https://localhost:PORT/hook` with the test CA in `webhook.ca_file`: every status arrives, in
+/// order, signed, after the receiver's first refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_callbacks_arrive_with_the_ca_file() {
+    let pki = test_pki();
+    let (url, state, failed_handshakes) = tls_receiver(2, pki.server.clone()).await;
+    assert!(url.starts_with("https://localhost:"));
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_file = tmp.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+
+    let (sim, ferry) = start_node(2).await;
+    let hooks = WebhookEngine::start(
+        ferry.node.coordinator.shards(),
+        WebhookConfig { secret: Some(SECRET.into()), ca_file: Some(ca_file), ..WebhookConfig::for_test(url) },
+    )
+    .unwrap();
+    let mut client = ferry.node.client().await;
+    let ids = send_texts(&mut client, "+4479440", 10).await;
+    eventually(Duration::from_secs(60), "30 callbacks over https", || async {
+        statuses(Shape::Onprem, &state.lock().unwrap().1.bodies).len() >= 30
+    })
+    .await;
+    let received = std::mem::take(&mut state.lock().unwrap().1);
+    assert_eq!(received.refused, 2, "the receiver refused its first requests");
+    assert_eq!(received.bad_signatures, 0);
+    assert_sent_delivered_read(&statuses(Shape::Onprem, &received.bodies), &ids);
+    assert_eq!(*failed_handshakes.lock().unwrap(), Vec::<String>::new(), "every TLS handshake succeeded");
+    hooks.shutdown().await;
+    ferry.stop().await;
+    sim.shutdown().await;
+}
+
+/// The same receiver without `ca_file`: its certificate chains to no trusted root, so nothing
+/// arrives, every attempt counts as failed and no cursor moves. An engine started afterwards with
+/// the CA delivers every one of those callbacks: they were retried, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_to_an_untrusted_certificate_is_retried_not_lost() {
+    let pki = test_pki();
+    let (url, state, failed_handshakes) = tls_receiver(0, pki.server.clone()).await;
+    let (sim, ferry) = start_node(2).await;
+    let shards = ferry.node.coordinator.shards();
+    let cursors_before: Vec<u64> = shards.iter().map(|s| s.webhook_cursor()).collect();
+    let untrusting = WebhookEngine::start(shards, WebhookConfig::for_test(url.clone())).unwrap();
+    let mut client = ferry.node.client().await;
+    let ids = send_texts(&mut client, "+4479550", 10).await;
+    // Every message read, so all 30 callbacks are in the outbox; several attempts failed.
+    for id in &ids {
+        let id = id.clone();
+        eventually(Duration::from_secs(30), "message read", || {
+            let (mut c, id) = (client.clone(), id.clone());
+            async move { status_of(&mut c, &id).await.status == "read" }
+        })
+        .await;
+    }
+    eventually(Duration::from_secs(30), "repeated failed attempts and handshakes", || async {
+        untrusting.stats().failed_attempts.load(Ordering::Relaxed) >= 6 && failed_handshakes.lock().unwrap().len() >= 6
+    })
+    .await;
+    assert_eq!(untrusting.stats().delivered.load(Ordering::Relaxed), 0);
+    untrusting.shutdown().await;
+    // ferry refused the certificate (rustls answers an unknown issuer with the UnknownCA alert).
+    let errors = failed_handshakes.lock().unwrap().clone();
+    assert!(errors.iter().all(|e| e.contains("UnknownCA")), "{errors:?}");
+    let seen = {
+        let s = state.lock().unwrap();
+        s.1.bodies.len() + s.1.refused
+    };
+    assert_eq!(seen, 0, "no request reached the receiver");
+    let cursors_after: Vec<u64> = shards.iter().map(|s| s.webhook_cursor()).collect();
+    assert_eq!(cursors_after, cursors_before, "no webhook cursor moved");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_file = tmp.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let trusting =
+        WebhookEngine::start(shards, WebhookConfig { ca_file: Some(ca_file), ..WebhookConfig::for_test(url) }).unwrap();
+    eventually(Duration::from_secs(60), "the 30 held-back callbacks", || async {
+        statuses(Shape::Onprem, &state.lock().unwrap().1.bodies).len() >= 30
+    })
+    .await;
+    assert_sent_delivered_read(&statuses(Shape::Onprem, &state.lock().unwrap().1.bodies), &ids);
+    assert_eq!(trusting.stats().failed_attempts.load(Ordering::Relaxed), 0);
+    trusting.shutdown().await;
+    ferry.stop().await;
+    sim.shutdown().await;
+}
+
+/// `max_statuses_per_post = 10`: the receiver holds its door shut (500) until every message is
+/// read, so each shard has a backlog; then every status arrives, in bodies of at most 10 (full
+/// ones among them), and per message in the order sent, delivered, read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_carry_up_to_max_statuses_per_post() {
+    let (url, state) = receiver(usize::MAX).await;
+    let (sim, ferry) = start_node(2).await;
+    let hooks = WebhookEngine::start(
+        ferry.node.coordinator.shards(),
+        WebhookConfig { secret: Some(SECRET.into()), max_statuses_per_post: 10, ..WebhookConfig::for_test(url) },
+    )
+    .unwrap();
+    let mut client = ferry.node.client().await;
+    let ids = send_texts(&mut client, "+4479660", 40).await;
+    for id in &ids {
+        let id = id.clone();
+        eventually(Duration::from_secs(30), "message read", || {
+            let (mut c, id) = (client.clone(), id.clone());
+            async move { status_of(&mut c, &id).await.status == "read" }
+        })
+        .await;
+    }
+    state.lock().unwrap().0 = 0; // open the door
+    eventually(Duration::from_secs(60), "120 callbacks", || async {
+        statuses(Shape::Onprem, &state.lock().unwrap().1.bodies).len() >= 120
+    })
+    .await;
+    let received = std::mem::take(&mut state.lock().unwrap().1);
+    assert!(received.refused > 0, "the receiver refused while the backlog built up");
+    assert_eq!(received.bad_signatures, 0);
+    let sizes: Vec<usize> = received.bodies.iter().map(|b| b["statuses"].as_array().unwrap().len()).collect();
+    assert!(sizes.iter().all(|&n| (1..=10).contains(&n)), "every body carries 1 to 10 statuses: {sizes:?}");
+    assert!(sizes.iter().filter(|&&n| n == 10).count() >= 10, "the backlog went out in full bodies: {sizes:?}");
+    let all = statuses(Shape::Onprem, &received.bodies);
+    assert_eq!(all.len(), 120, "each status arrived once");
+    assert_sent_delivered_read(&all, &ids);
+    hooks.shutdown().await;
+    ferry.stop().await;
+    sim.shutdown().await;
 }

@@ -9,6 +9,12 @@
 //! Failures are retried forever with linear backoff (3 s steps, capped at 15 minutes, as the
 //! reference does).
 //!
+//! Transport: one hyper client (HTTP/1.1) for both schemes. `https://` URLs go over TLS
+//! (rustls, ring) and the server's certificate must chain to a trust root: the Mozilla roots
+//! compiled in (`webpki-roots`, not the system store) plus the PEM certificates of
+//! `webhook.ca_file` when set (a private CA). `http://` is accepted for loopback and development; a
+//! plain-http URL to a non-loopback host logs a warning at start.
+//!
 //! Invariants (written as absences):
 //! - No cursor moves past a callback before its receiver answered 2xx, and retention never drops an
 //!   event at or past the cursor; a crash before the cursor is durable sends the callback again
@@ -16,12 +22,18 @@
 //! - No status of a message is reported before an earlier one: each shard's sender posts its
 //!   outbox strictly in order, one request at a time (several shards post concurrently, at most
 //!   `max_concurrent_requests` in all).
+//! - No callback goes over TLS to a server whose certificate does not chain to a configured trust
+//!   root or does not name the URL's host: such a handshake fails, counts as a failed attempt and
+//!   is retried like any refusal (the cursor stays).
+//! - No client certificate is sent (no mutual TLS), and the system's certificate store is not
+//!   read.
 //!
-//! Limits of this first version: `http://` URLs only (TLS is next); one request in flight per
-//! shard.
+//! Limits of this version: one request in flight per shard; HTTP/1.1 only.
 
 pub mod payload;
 
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,9 +41,13 @@ use bytes::Bytes;
 use ferry_shard::Shard;
 use hmac::{Hmac, KeyInit, Mac};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -40,16 +56,22 @@ pub use payload::Shape;
 
 /// Longest time between two writes of a shard's webhook cursor while callbacks flow.
 const CURSOR_PERSIST_EVERY: Duration = Duration::from_millis(100);
+/// The client every sender of an engine shares: `http://` and `https://` over one pool.
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Webhook settings (config section `[webhook]`; flags `--webhook-url`, `--webhook-secret`,
-/// `--webhook-shape`).
+/// `--webhook-shape`; `ca_file` only in the config file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// Where callbacks are POSTed (`http://HOST:PORT/PATH`). Unset: no callbacks (and nothing is
-    /// written to the outbox).
+    /// Where callbacks are POSTed (`https://HOST[:PORT]/PATH`, or `http://` for loopback and
+    /// development). Unset: no callbacks (and nothing is written to the outbox).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// PEM file of extra trust roots for `https://` URLs (a private CA), added to the built-in
+    /// Mozilla roots. Unset: the built-in roots only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// App secret for `X-Hub-Signature-256`. Unset: requests are not signed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
@@ -73,6 +95,7 @@ impl Default for WebhookConfig {
     fn default() -> Self {
         WebhookConfig {
             url: None,
+            ca_file: None,
             secret: None,
             shape: Shape::Onprem,
             backoff_step_ms: 3_000,
@@ -86,17 +109,13 @@ impl Default for WebhookConfig {
 }
 
 impl WebhookConfig {
+    /// Checks every key; also reads `ca_file` (so `ferry config check` catches a bad one).
     pub fn validate(&self) -> Result<(), String> {
         if let Some(url) = &self.url {
-            let uri: hyper::Uri =
-                url.parse().map_err(|e| format!("webhook.url `{url}`: {e}; expected http://HOST:PORT/PATH"))?;
-            match uri.scheme_str() {
-                Some("http") => {}
-                Some("https") => {
-                    return Err(format!("webhook.url `{url}`: https is not supported yet; expected an http:// URL"));
-                }
-                _ => return Err(format!("webhook.url `{url}`: expected an http:// URL")),
-            }
+            parse_url(url)?;
+        }
+        if let Some(path) = &self.ca_file {
+            load_ca_file(path)?;
         }
         for (name, v) in [
             ("webhook.backoff_step_ms", self.backoff_step_ms),
@@ -118,6 +137,68 @@ impl WebhookConfig {
     pub fn for_test(url: String) -> Self {
         WebhookConfig { url: Some(url), backoff_step_ms: 20, backoff_max_ms: 200, ..WebhookConfig::default() }
     }
+}
+
+/// `webhook.url` parsed: an `http://` or `https://` URL with a host.
+fn parse_url(url: &str) -> Result<hyper::Uri, String> {
+    const EXPECTED: &str = "expected https://HOST[:PORT]/PATH or http://HOST[:PORT]/PATH";
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("webhook.url `{url}`: {e}; {EXPECTED}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => return Err(format!("webhook.url `{url}`: scheme `{other}` is not supported; {EXPECTED}")),
+        None => return Err(format!("webhook.url `{url}`: no scheme; {EXPECTED}")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("webhook.url `{url}`: no host; {EXPECTED}"));
+    }
+    Ok(uri)
+}
+
+/// Whether `host` (as in a URL: IPv6 in brackets) is this machine: `localhost`, 127.0.0.0/8 or ::1.
+fn is_loopback(host: &str) -> bool {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    bare.eq_ignore_ascii_case("localhost") || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The certificates of `webhook.ca_file`: at least one, each a usable trust anchor.
+fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| format!("webhook.ca_file `{shown}`: cannot read it: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("webhook.ca_file `{shown}`: not valid PEM: {e}; expected PEM CERTIFICATE blocks"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "webhook.ca_file `{shown}`: no certificate in it; expected one or more PEM CERTIFICATE blocks"
+        ));
+    }
+    // Parse each as a trust anchor now, so a broken one is a config error rather than a
+    // handshake failure later.
+    let mut roots = RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        roots.add(cert.clone()).map_err(|e| {
+            format!("webhook.ca_file `{shown}`: certificate {} is not usable as a trust root: {e}", i + 1)
+        })?;
+    }
+    Ok(certs)
+}
+
+/// The client for `config`: http and https, trusting the built-in roots plus `ca_file`.
+fn client(config: &WebhookConfig) -> Result<HttpClient, String> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &config.ca_file {
+        for cert in load_ca_file(path)? {
+            roots.add(cert).map_err(|e| format!("webhook.ca_file `{}`: {e}", path.display()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up for the webhook: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
 /// `sha256=<hex HMAC-SHA256 of body>`, the value of `X-Hub-Signature-256`.
@@ -151,9 +232,14 @@ impl WebhookEngine {
     /// Starts a sender per shard. The shards must have been opened with `ShardConfig::callbacks`.
     pub fn start(shards: &[Arc<Shard>], config: WebhookConfig) -> Result<WebhookEngine, String> {
         config.validate()?;
-        let url: hyper::Uri =
-            config.url.clone().ok_or("webhook.url is not set")?.parse().map_err(|e| format!("{e}"))?;
-        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let url = parse_url(config.url.as_deref().ok_or("webhook.url is not set")?)?;
+        if url.scheme_str() == Some("http") && !url.host().is_some_and(is_loopback) {
+            tracing::warn!(
+                %url,
+                "callbacks over plain http to a non-loopback host: use https outside development"
+            );
+        }
+        let client = client(&config)?;
         let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
         let stats = Arc::new(WebhookStats::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -190,7 +276,7 @@ impl WebhookEngine {
 
 struct Sender {
     shard: Arc<Shard>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     url: hyper::Uri,
     config: Arc<WebhookConfig>,
     permits: Arc<Semaphore>,
@@ -328,12 +414,84 @@ mod tests {
         );
     }
 
+    fn with_url(url: &str) -> WebhookConfig {
+        WebhookConfig { url: Some(url.into()), ..WebhookConfig::default() }
+    }
+
     #[test]
     fn config_refuses_bad_urls_and_zeroes() {
         assert!(WebhookConfig::default().validate().is_ok());
-        let https = WebhookConfig { url: Some("https://x.example/hook".into()), ..WebhookConfig::default() };
-        assert!(https.validate().unwrap_err().contains("https"));
         let zero = WebhookConfig { max_concurrent_requests: 0, ..WebhookConfig::default() };
         assert!(zero.validate().unwrap_err().contains("max_concurrent_requests"));
+    }
+
+    #[test]
+    fn config_takes_https_and_http_urls() {
+        for ok in
+            ["https://x.example/hook", "https://x.example:8443/a/b", "http://127.0.0.1:8090/hook", "http://[::1]/h"]
+        {
+            assert_eq!(with_url(ok).validate(), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn config_refuses_other_schemes_and_missing_hosts() {
+        let err = with_url("ftp://x.example/hook").validate().unwrap_err();
+        assert!(err.contains("webhook.url `ftp://x.example/hook`") && err.contains("scheme `ftp`"), "{err}");
+        assert!(err.contains("expected https://"), "{err}");
+        let err = with_url("x.example:80").validate().unwrap_err();
+        assert!(err.contains("no scheme"), "{err}");
+        let err = with_url("not a url").validate().unwrap_err();
+        assert!(err.contains("webhook.url `not a url`") && err.contains("expected https://"), "{err}");
+    }
+
+    #[test]
+    fn config_refuses_a_bad_ca_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let with_ca = |path: &Path| WebhookConfig { ca_file: Some(path.to_owned()), ..with_url("https://x.example/") };
+
+        let missing = dir.join("missing.pem");
+        let err = with_ca(&missing).validate().unwrap_err();
+        assert!(err.contains("webhook.ca_file") && err.contains("missing.pem") && err.contains("cannot read"), "{err}");
+
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let err = with_ca(&empty).validate().unwrap_err();
+        assert!(
+            err.contains("webhook.ca_file") && err.contains("empty.pem") && err.contains("no certificate"),
+            "{err}"
+        );
+
+        // A PEM block that is not a certificate (a key) is not a trust root either.
+        let key_only = dir.join("key.pem");
+        std::fs::write(&key_only, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+        let err = with_ca(&key_only).validate().unwrap_err();
+        assert!(err.contains("key.pem") && err.contains("no certificate"), "{err}");
+
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+        let err = with_ca(&garbage).validate().unwrap_err();
+        assert!(err.contains("garbage.pem") && err.contains("trust root"), "{err}");
+
+        // A real CA certificate (and a file with the CA and something else) is fine.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let good = dir.join("ca.pem");
+        std::fs::write(&good, format!("{}{}", ca.pem(), key.serialize_pem())).unwrap();
+        assert_eq!(with_ca(&good).validate(), Ok(()));
+        assert!(client(&with_ca(&good)).is_ok());
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in ["localhost", "LocalHost", "127.0.0.1", "127.8.9.10", "[::1]", "::1"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["example.com", "10.0.0.1", "[2001:db8::1]", "localhost.example.com", "128.0.0.1"] {
+            assert!(!is_loopback(host), "{host}");
+        }
     }
 }

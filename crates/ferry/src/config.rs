@@ -95,7 +95,8 @@ pub struct Overrides {
     /// Chat server to deliver to, HOST:PORT [default: none: an in-process `ferry chatsim`].
     #[arg(long, env = "FERRY_UPSTREAM")]
     pub upstream: Option<String>,
-    /// Webhook for status callbacks, http://HOST:PORT/PATH [default: none].
+    /// Webhook for status callbacks, https://HOST[:PORT]/PATH (http:// for loopback/dev)
+    /// [default: none].
     #[arg(long, env = "FERRY_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
     /// App secret signing callbacks (X-Hub-Signature-256) [default: unsigned].
