@@ -198,11 +198,13 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         ),
         WindowPolicy::Off => tracing::warn!("customer-service window not enforced (customer_service_window = off)"),
     }
+    // Signal handlers first: a SIGTERM right after the readiness lines must drain, not kill.
+    let shutdown = shutdown_signal();
     // Machine-readable readiness lines (tests and scripts wait for them).
     println!("ferry: upstream {upstream}");
     println!("ferry: grpc listening on {bound}");
 
-    ferry_ingest::serve(listener, coordinator.clone(), shutdown_signal()).await?;
+    ferry_ingest::serve(listener, coordinator.clone(), shutdown).await?;
     tracing::info!("stopped accepting; stopping delivery");
     delivery.shutdown(std::time::Duration::from_secs(10)).await;
     if let Some(w) = webhooks {
@@ -216,24 +218,35 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are registered when this is *called*, not
+/// when the future is first polled, so a signal that arrives right after the readiness line (which
+/// is printed after this call) is not lost to the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
+            tracing::info!("shutdown signal received");
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
-    tracing::info!("shutdown signal received");
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received");
+    }
 }
 
 async fn connect(target: &str) -> anyhow::Result<MessagesClient<tonic::transport::Channel>> {
