@@ -12,7 +12,7 @@ use ferry_chatsim::{ChatSim, ChatSimConfig};
 use ferry_coordinator::CoordinatorConfig;
 use ferry_delivery::DeliveryConfig;
 use ferry_proto::v1;
-use support::{Client, Delivering, eventually, status_of, text};
+use support::{Client, Delivering, text, wait_until_read};
 use tonic::Streaming;
 
 async fn start() -> (ChatSim, Delivering) {
@@ -56,16 +56,6 @@ async fn send_n(client: &mut Client, n: usize) -> Vec<String> {
     ids
 }
 
-async fn wait_read(client: &Client, ids: &[String]) {
-    for id in ids {
-        eventually(Duration::from_secs(60), "read", || {
-            let (mut c, id) = (client.clone(), id.clone());
-            async move { status_of(&mut c, &id).await.status == "read" }
-        })
-        .await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_watch_misses_nothing_and_repeats_nothing() {
     let (sim, ferry) = start().await;
@@ -80,7 +70,7 @@ async fn a_resumed_watch_misses_nothing_and_repeats_nothing() {
     }
     let cursor = seen.last().unwrap().cursor.clone();
     drop(first);
-    wait_read(&client, &ids).await;
+    wait_until_read(&client, &ids, Duration::from_secs(60)).await;
 
     // Resume: exactly the other 45 events arrive, then nothing.
     let mut resumed = watch(&mut client, v1::WatchStatusesRequest { cursor, ..Default::default() }).await;
@@ -108,7 +98,7 @@ async fn filters_select_events_and_bad_requests_are_refused() {
     let (sim, ferry) = start().await;
     let mut client = ferry.node.client().await;
     let ids = send_n(&mut client, 6).await;
-    wait_read(&client, &ids).await;
+    wait_until_read(&client, &ids, Duration::from_secs(60)).await;
 
     // From the oldest retained event, one recipient: that recipient's three statuses.
     let oldest = v1::StartFrom::Oldest as i32;

@@ -22,7 +22,7 @@ use ferry_coordinator::CoordinatorConfig;
 use ferry_delivery::DeliveryConfig;
 use ferry_webhooks::{Shape, WebhookConfig, WebhookEngine};
 use hmac::{Hmac, KeyInit, Mac};
-use support::{Delivering, eventually, status_of, text};
+use support::{Delivering, eventually, text, wait_until_read};
 
 const SECRET: &str = "app-secret";
 
@@ -363,14 +363,7 @@ async fn https_to_an_untrusted_certificate_is_retried_not_lost() {
     let mut client = ferry.node.client().await;
     let ids = send_texts(&mut client, "+4479550", 10).await;
     // Every message read, so all 30 callbacks are in the outbox; several attempts failed.
-    for id in &ids {
-        let id = id.clone();
-        eventually(Duration::from_secs(30), "message read", || {
-            let (mut c, id) = (client.clone(), id.clone());
-            async move { status_of(&mut c, &id).await.status == "read" }
-        })
-        .await;
-    }
+    wait_until_read(&client, &ids, Duration::from_secs(30)).await;
     eventually(Duration::from_secs(30), "repeated failed attempts and handshakes", || async {
         untrusting.stats().failed_attempts.load(Ordering::Relaxed) >= 6 && failed_handshakes.lock().unwrap().len() >= 6
     })
@@ -418,14 +411,7 @@ async fn batches_carry_up_to_max_statuses_per_post() {
     .unwrap();
     let mut client = ferry.node.client().await;
     let ids = send_texts(&mut client, "+4479660", 40).await;
-    for id in &ids {
-        let id = id.clone();
-        eventually(Duration::from_secs(30), "message read", || {
-            let (mut c, id) = (client.clone(), id.clone());
-            async move { status_of(&mut c, &id).await.status == "read" }
-        })
-        .await;
-    }
+    wait_until_read(&client, &ids, Duration::from_secs(30)).await;
     state.lock().unwrap().0 = 0; // open the door
     eventually(Duration::from_secs(60), "120 callbacks", || async {
         statuses(Shape::Onprem, &state.lock().unwrap().1.bodies).len() >= 120

@@ -169,6 +169,17 @@ where
     }
 }
 
+/// Waits until every message in `ids` has status `read` (each within `timeout`).
+pub async fn wait_until_read(client: &Client, ids: &[String], timeout: Duration) {
+    for id in ids {
+        eventually(timeout, &format!("{id} read"), || {
+            let (mut c, id) = (client.clone(), id.clone());
+            async move { status_of(&mut c, &id).await.status == "read" }
+        })
+        .await;
+    }
+}
+
 /// A real `ferry serve` process.
 pub struct FerryProcess {
     pub child: Child,

@@ -329,7 +329,7 @@ impl Shard {
         &self,
         next: u64,
     ) -> Result<impl Future<Output = Result<(), ShardError>> + use<>, ShardError> {
-        self.webhook_cursor.fetch_max(next, Ordering::AcqRel);
+        self.note_webhook_progress(next);
         let (reply, rx) = oneshot::channel();
         self.submit(WriteOp::SetWebhookCursor { next, reply })?;
         let shard = self.id.0;
