@@ -97,7 +97,7 @@ fn a_data_dir_refuses_another_shard_count() {
     let ferry = FerryProcess::spawn(dir.path(), 8);
     assert_eq!(ferry.terminate().code(), Some(0));
     let out = std::process::Command::new(ferry_bin())
-        .args(["serve", "--grpc-listen", "127.0.0.1:0", "--shards", "4", "--data-dir"])
+        .args(["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--shards", "4", "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();

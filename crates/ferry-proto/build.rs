@@ -8,7 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
     unsafe { std::env::set_var("PROTOC", protoc) };
 
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // The manifest dir at *run* time, not `env!` (compile time): cargo reuses a compiled build
+    // script across checkouts at different paths (CI's clean clone and a dev tree share a target
+    // dir), and a baked-in path then points at the other checkout.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = ["ferry/v1/content.proto", "ferry/v1/messages.proto", "ferry/chat/v1/chat.proto"];
     let paths: Vec<PathBuf> = files.iter().map(|f| root.join(f)).collect();
     for p in &paths {

@@ -183,7 +183,10 @@ pub async fn wait_until_read(client: &Client, ids: &[String], timeout: Duration)
 /// A real `ferry serve` process.
 pub struct FerryProcess {
     pub child: Child,
+    /// gRPC address.
     pub addr: SocketAddr,
+    /// HTTP address (JSON API, health, metrics).
+    pub http_addr: SocketAddr,
 }
 
 pub fn ferry_bin() -> PathBuf {
@@ -200,7 +203,8 @@ impl FerryProcess {
     /// [`FerryProcess::spawn`] with extra flags, e.g. `["--upstream", addr]`.
     pub fn spawn_with(data_dir: &Path, shards: u16, extra: &[&str]) -> FerryProcess {
         let mut child = Command::new(ferry_bin())
-            .args(["serve", "--grpc-listen", "127.0.0.1:0", "--shards", &shards.to_string(), "--data-dir"])
+            .args(["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(["--shards", &shards.to_string(), "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
@@ -210,15 +214,20 @@ impl FerryProcess {
             .expect("spawn ferry serve");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
+        let mut http_addr = None;
         let addr = loop {
             let line = lines.next().expect("ferry serve exited before listening").unwrap();
+            if let Some(a) = line.strip_prefix("ferry: http listening on ") {
+                http_addr = Some(a.parse().unwrap());
+            }
             if let Some(a) = line.strip_prefix("ferry: grpc listening on ") {
                 break a.parse().unwrap();
             }
         };
+        let http_addr = http_addr.expect("the http readiness line comes before the grpc one");
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        FerryProcess { child, addr }
+        FerryProcess { child, addr, http_addr }
     }
 
     /// SIGKILL: no shutdown code runs.

@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 pub struct FerryConfig {
     /// Address of the gRPC API (`ferry.v1.Messages`, health, reflection).
     pub grpc_listen: String,
+    /// Address of the HTTP API (JSON messages, users, health, `/metrics`).
+    pub http_listen: String,
+    /// Seconds a SIGTERM/SIGINT drain may take before the process exits anyway (status 1).
+    pub shutdown_grace_secs: u64,
     /// Where the node keeps its shards.
     pub data_dir: PathBuf,
     /// Number of shards, 1..=32; fixed when the data dir is created.
@@ -51,6 +55,8 @@ impl Default for FerryConfig {
         let node = CoordinatorConfig::default();
         FerryConfig {
             grpc_listen: "127.0.0.1:50051".into(),
+            http_listen: "127.0.0.1:8080".into(),
+            shutdown_grace_secs: 30,
             data_dir: node.data_dir,
             shards: node.shards,
             country_code: node.country_code,
@@ -76,6 +82,10 @@ pub struct Overrides {
     /// Data directory [default: ./data].
     #[arg(long, env = "FERRY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// HTTP listen address (JSON API, health, metrics) [default: 127.0.0.1:8080]; port 0 picks a
+    /// free port.
+    #[arg(long, env = "FERRY_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
     /// gRPC listen address [default: 127.0.0.1:50051]; port 0 picks a free port.
     #[arg(long, env = "FERRY_GRPC_LISTEN")]
     pub grpc_listen: Option<String>,
@@ -120,6 +130,9 @@ impl FerryConfig {
         if let Some(v) = &o.grpc_listen {
             c.grpc_listen = v.clone();
         }
+        if let Some(v) = &o.http_listen {
+            c.http_listen = v.clone();
+        }
         if let Some(v) = o.shards {
             c.shards = v;
         }
@@ -159,6 +172,12 @@ impl FerryConfig {
             .with_context(|| format!("grpc_listen `{}`: expected HOST:PORT, e.g. 127.0.0.1:50051", self.grpc_listen))
     }
 
+    pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.http_listen
+            .parse()
+            .with_context(|| format!("http_listen `{}`: expected HOST:PORT, e.g. 127.0.0.1:8080", self.http_listen))
+    }
+
     pub fn coordinator(&self) -> CoordinatorConfig {
         CoordinatorConfig {
             data_dir: self.data_dir.clone(),
@@ -182,6 +201,10 @@ impl FerryConfig {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         self.grpc_addr()?;
+        self.http_addr()?;
+        if self.shutdown_grace_secs == 0 {
+            bail!("shutdown_grace_secs = 0: expected at least 1 second for a drain");
+        }
         if let Err(e) = self.coordinator().validate() {
             bail!("{e}");
         }

@@ -198,13 +198,27 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         ),
         WindowPolicy::Off => tracing::warn!("customer-service window not enforced (customer_service_window = off)"),
     }
+    let http_listener = tokio::net::TcpListener::bind(config.http_addr()?)
+        .await
+        .with_context(|| format!("cannot listen on {} (http_listen)", config.http_listen))?;
+    let http_bound = http_listener.local_addr()?;
+    let lifecycle = Arc::new(ferry_http::Lifecycle::default());
     // Signal handlers first: a SIGTERM right after the readiness lines must drain, not kill.
-    let shutdown = shutdown_signal();
+    let stopping = watch_signals(lifecycle.clone(), std::time::Duration::from_secs(config.shutdown_grace_secs))?;
     // Machine-readable readiness lines (tests and scripts wait for them).
     println!("ferry: upstream {upstream}");
+    println!("ferry: http listening on {http_bound}");
     println!("ferry: grpc listening on {bound}");
 
-    ferry_ingest::serve(listener, coordinator.clone(), shutdown).await?;
+    let http_state = Arc::new(ferry_http::HttpState { coordinator: coordinator.clone(), lifecycle: lifecycle.clone() });
+    let http =
+        tokio::spawn(ferry_http::serve(http_listener, ferry_http::router(http_state), stopped(stopping.clone())));
+    ferry_ingest::serve(listener, coordinator.clone(), stopped(stopping)).await?;
+    match http.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "http server failed"),
+        Err(e) => tracing::error!(error = %e, "http server task failed"),
+    }
     tracing::info!("stopped accepting; stopping delivery");
     delivery.shutdown(std::time::Duration::from_secs(10)).await;
     if let Some(w) = webhooks {
@@ -218,35 +232,53 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are registered when this is *called*, not
-/// when the future is first polled, so a signal that arrives right after the readiness line (which
-/// is printed after this call) is not lost to the default action.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        async move {
-            match (term, int) {
-                (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                }
-                _ => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-            tracing::info!("shutdown signal received");
+/// Installs the SIGTERM/SIGINT handlers now (not on first poll: a signal right after the readiness
+/// lines must drain, not kill) and returns a receiver that turns `true` at the first signal.
+///
+/// First signal: `lifecycle` starts draining (`/readyz` answers 503) and the receiver flips, so
+/// both servers stop accepting and finish in-flight calls; a watchdog exits with status 1 if the
+/// drain takes longer than `grace`. Second signal: exit at once (status 130). Exiting early loses
+/// nothing acknowledged: every answered message is already on disk.
+fn watch_signals(
+    lifecycle: Arc<ferry_http::Lifecycle>,
+    grace: std::time::Duration,
+) -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutdown signal received");
-    }
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutdown signal received: draining (a second signal exits at once)"
+        );
+        lifecycle.start_draining();
+        let _ = tx.send(true);
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::warn!("second signal: exiting at once");
+                std::process::exit(130);
+            }
+            _ = int.recv() => {
+                tracing::warn!("second signal: exiting at once");
+                std::process::exit(130);
+            }
+            _ = tokio::time::sleep(grace) => {
+                tracing::error!(grace_secs = grace.as_secs(), "drain did not finish within the grace period: exiting");
+                std::process::exit(1);
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Resolves when `stopping` turns true (or its sender is gone).
+async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
 }
 
 async fn connect(target: &str) -> anyhow::Result<MessagesClient<tonic::transport::Channel>> {

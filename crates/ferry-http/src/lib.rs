@@ -1,0 +1,60 @@
+//! ferry's HTTP surface, served by the same process and tokio runtime as the gRPC API.
+//!
+//! - [`messages`]: the JSON API: On-Prem `POST /v1/messages` and Cloud
+//!   `POST /{version}/{phone_number_id}/messages`. It only maps shapes: parsing to the domain
+//!   (`ferry_model::message::parse_json`) and validation are the ones gRPC uses.
+//! - [`users`]: `POST /v1/users/login`, `/v1/users/logout`, user management; bearer tokens.
+//! - [`ops`]: `GET /v1/health`, `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Invariants: this crate never touches storage directly (it awaits the coordinator), and it
+//! answers a send only with what the coordinator returned after the durable write.
+
+pub mod messages;
+pub mod ops;
+pub mod users;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use ferry_coordinator::Coordinator;
+use tokio::net::TcpListener;
+
+/// The process's lifecycle as the HTTP and gRPC surfaces report it.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    draining: AtomicBool,
+}
+
+impl Lifecycle {
+    /// Called once, at the first SIGTERM/SIGINT: `/readyz` answers 503 from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Everything the HTTP handlers need, shared by all requests.
+pub struct HttpState {
+    pub coordinator: Arc<Coordinator>,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+/// The whole HTTP API.
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new().merge(messages::routes()).merge(users::routes()).merge(ops::routes()).with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves; then stops accepting and lets
+/// in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,11 @@
+//! (filled in by the users work)
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::HttpState;
+
+pub fn routes() -> Router<Arc<HttpState>> {
+    Router::new()
+}
