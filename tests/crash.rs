@@ -113,3 +113,18 @@ fn bad_config_is_one_clear_line_and_nonzero_exit() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("ferry: error:") && stderr.contains("expected 1 to 32"), "{stderr}");
 }
+
+#[test]
+fn config_check_prints_the_effective_config_with_secrets_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, "shards = 4\n[webhook]\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"app-s3cret\"\n")
+        .unwrap();
+    let out = std::process::Command::new(ferry_bin()).args(["config", "check"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(!printed.contains("app-s3cret"), "the secret leaked: {printed}");
+    assert!(printed.contains("secret = \"********\""), "{printed}");
+    // Defaults are filled in and the file's values win over them.
+    assert!(printed.contains("shards = 4") && printed.contains("http_listen = \"127.0.0.1:8080\""), "{printed}");
+}

@@ -13,6 +13,9 @@ use ferry_shard::{ShardConfig, StorageTuning};
 use ferry_webhooks::WebhookConfig;
 use serde::{Deserialize, Serialize};
 
+/// What a secret prints as.
+pub const MASK: &str = "********";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FerryConfig {
@@ -190,6 +193,17 @@ impl FerryConfig {
         }
     }
 
+    /// This config with every secret replaced by [`MASK`], for printing (`ferry config check`,
+    /// logs, the admin settings view). Unset secrets stay unset, so the output still shows
+    /// whether one is configured.
+    pub fn masked(&self) -> FerryConfig {
+        let mut c = self.clone();
+        if c.webhook.secret.is_some() {
+            c.webhook.secret = Some(MASK.into());
+        }
+        c
+    }
+
     /// The effective customer-service window policy (see the field's doc).
     pub fn window_policy(&self) -> WindowPolicy {
         self.customer_service_window.unwrap_or(if self.upstream.is_some() {
@@ -242,6 +256,18 @@ mod tests {
         assert!(toml::from_str::<FerryConfig>("shardz = 3").unwrap_err().to_string().contains("shardz"));
         let c = FerryConfig { shards: 33, ..FerryConfig::default() };
         assert!(c.validate().unwrap_err().to_string().contains("expected 1 to 32"));
+    }
+
+    #[test]
+    fn masked_hides_every_secret_and_keeps_the_rest() {
+        let mut c = FerryConfig::default();
+        c.webhook.secret = Some("s3cret-app-secret".into());
+        let printed = toml::to_string_pretty(&c.masked()).unwrap();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains(MASK));
+        assert_eq!(c.masked().shards, c.shards);
+        // Unset stays unset: the output still tells whether a secret is configured.
+        assert_eq!(FerryConfig::default().masked().webhook.secret, None);
     }
 
     #[test]

@@ -211,14 +211,14 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     println!("ferry: grpc listening on {bound}");
 
     let http_state = Arc::new(ferry_http::HttpState { coordinator: coordinator.clone(), lifecycle: lifecycle.clone() });
-    let http =
-        tokio::spawn(ferry_http::serve(http_listener, ferry_http::router(http_state), stopped(stopping.clone())));
+    // HTTP stays up through the drain so probes see `/readyz` turn 503 (and `/metrics` keeps
+    // answering); its message routes refuse new sends while draining. It stops last, before the
+    // shards close.
+    let (http_stop, http_stopping) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(ferry_http::serve(http_listener, ferry_http::router(http_state), async move {
+        let _ = http_stopping.await;
+    }));
     ferry_ingest::serve(listener, coordinator.clone(), stopped(stopping)).await?;
-    match http.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "http server failed"),
-        Err(e) => tracing::error!(error = %e, "http server task failed"),
-    }
     tracing::info!("stopped accepting; stopping delivery");
     delivery.shutdown(std::time::Duration::from_secs(10)).await;
     if let Some(w) = webhooks {
@@ -226,6 +226,12 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     }
     if let Some(sim) = chatsim {
         sim.shutdown().await;
+    }
+    let _ = http_stop.send(());
+    match http.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "http server failed"),
+        Err(e) => tracing::error!(error = %e, "http server task failed"),
     }
     coordinator.close();
     tracing::info!("ferry stopped cleanly");
@@ -235,8 +241,9 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
 /// Installs the SIGTERM/SIGINT handlers now (not on first poll: a signal right after the readiness
 /// lines must drain, not kill) and returns a receiver that turns `true` at the first signal.
 ///
-/// First signal: `lifecycle` starts draining (`/readyz` answers 503) and the receiver flips, so
-/// both servers stop accepting and finish in-flight calls; a watchdog exits with status 1 if the
+/// First signal: `lifecycle` starts draining (`/readyz` answers 503, HTTP sends are refused) and
+/// the receiver flips, so gRPC stops accepting and finishes in-flight calls, then delivery stops;
+/// HTTP stops last. A watchdog exits with status 1 if the
 /// drain takes longer than `grace`. Second signal: exit at once (status 130). Exiting early loses
 /// nothing acknowledged: every answered message is already on disk.
 fn watch_signals(
@@ -361,6 +368,6 @@ async fn watch(a: WatchArgs) -> anyhow::Result<()> {
 fn config_check(file: std::path::PathBuf) -> anyhow::Result<()> {
     let overrides = Overrides { config: Some(file), ..Overrides::default() };
     let config = FerryConfig::load(&overrides)?;
-    println!("{}", toml::to_string_pretty(&config)?);
+    println!("{}", toml::to_string_pretty(&config.masked())?);
     Ok(())
 }

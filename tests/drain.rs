@@ -1,0 +1,165 @@
+//! Graceful drain of a real `ferry serve` process: SIGTERM under load loses no accepted message and
+//! exits 0; a drain that hangs is cut short by a second signal (exit 130) or by
+//! `shutdown_grace_secs` (exit 1).
+
+mod support;
+
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_proto::v1;
+
+use support::{FerryProcess, connect, text};
+
+fn signal(ferry: &FerryProcess, sig: &str) {
+    let status = std::process::Command::new("kill").args([sig, &ferry.child.id().to_string()]).status().unwrap();
+    assert!(status.success(), "kill {sig}");
+}
+
+/// Polls the child until it exits or `timeout` passes; returns the exit code and how long it took.
+fn wait_exit(ferry: &mut FerryProcess, timeout: Duration) -> (Option<i32>, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = ferry.child.try_wait().unwrap() {
+            return (status.code(), start.elapsed());
+        }
+        assert!(start.elapsed() < timeout, "ferry did not exit within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_no_accepted_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let ferry = FerryProcess::spawn(dir.path(), 4);
+    let client = connect(ferry.addr).await;
+
+    // 16 senders; SIGTERM once 2,000 sends were answered, while others are in flight.
+    const TERM_AFTER: usize = 2_000;
+    let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let (mut c, ids, answered, stop) = (client.clone(), ids.clone(), answered.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                match c.send(text(&format!("+4420{t:02}{n:06}"), "drain me")).await {
+                    Ok(r) => {
+                        ids.lock().unwrap().push(r.into_inner().message_id);
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => break, // refused: the server is draining or gone
+                }
+            }
+        }));
+    }
+    while answered.load(Ordering::Relaxed) < TERM_AFTER {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let code = tokio::task::spawn_blocking(move || ferry.terminate().code()).await.unwrap();
+    assert_eq!(code, Some(0), "SIGTERM under load drains and exits 0");
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let ids = ids.lock().unwrap().clone();
+    assert!(ids.len() >= TERM_AFTER);
+
+    // Every id a client got back is there after the restart.
+    let ferry = FerryProcess::spawn(dir.path(), 4);
+    let mut client = connect(ferry.addr).await;
+    for id in &ids {
+        let r = client
+            .get_message(v1::GetMessageRequest { message_id: id.clone() })
+            .await
+            .unwrap_or_else(|s| panic!("accepted {id} lost across SIGTERM: {s}"))
+            .into_inner();
+        assert!(matches!(r.status.as_str(), "accepted" | "sent" | "delivered" | "read"), "{id}: {}", r.status);
+    }
+    assert_eq!(ferry.terminate().code(), Some(0));
+}
+
+/// A webhook receiver that accepts connections and reads requests but never answers: the
+/// webhook sender's POST hangs until its (long) request timeout, and so does the drain.
+struct HangingReceiver {
+    port: u16,
+    requests: Arc<AtomicUsize>,
+}
+
+impl HangingReceiver {
+    fn start() -> HangingReceiver {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            return;
+                        }
+                        seen.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        HangingReceiver { port, requests }
+    }
+}
+
+/// `ferry serve` whose drain hangs on a webhook POST, with `shutdown_grace_secs = grace`.
+async fn ferry_with_hanging_drain(dir: &std::path::Path, grace: u64) -> (FerryProcess, HangingReceiver) {
+    let receiver = HangingReceiver::start();
+    let config = dir.join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "shutdown_grace_secs = {grace}\n[webhook]\nurl = \"http://127.0.0.1:{}/hook\"\nrequest_timeout_ms = 600000\n",
+            receiver.port
+        ),
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let ferry = FerryProcess::spawn_with(&data, 2, &["--config", config.to_str().unwrap()]);
+    let mut client = connect(ferry.addr).await;
+    client.send(text("+16315550100", "status callbacks will hang")).await.unwrap();
+    let start = Instant::now();
+    while receiver.requests.load(Ordering::SeqCst) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "the webhook was never called");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (ferry, receiver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ferry, _receiver) = ferry_with_hanging_drain(dir.path(), 600).await;
+    signal(&ferry, "-TERM");
+    // The drain waits for the hanging POST: still running a moment later.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(ferry.child.try_wait().unwrap().is_none(), "the drain should still be waiting on the webhook");
+    signal(&ferry, "-TERM");
+    let (code, took) = wait_exit(&mut ferry, Duration::from_secs(10));
+    assert_eq!(code, Some(130), "a second signal exits at once with 130");
+    assert!(took < Duration::from_secs(3), "exit took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_longer_than_the_grace_period_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ferry, _receiver) = ferry_with_hanging_drain(dir.path(), 2).await;
+    signal(&ferry, "-TERM");
+    let (code, took) = wait_exit(&mut ferry, Duration::from_secs(20));
+    assert_eq!(code, Some(1), "the grace watchdog exits 1");
+    assert!(took >= Duration::from_millis(1900), "exited before the grace period: {took:?}");
+}
