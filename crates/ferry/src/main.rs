@@ -154,6 +154,8 @@ fn init_logging(filter: &str) {
 async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     let config = FerryConfig::load(&overrides)?;
     init_logging(&config.log);
+    // Before anything records: series recorded without a recorder are lost.
+    let prometheus = ferry_http::ops::install_recorder().map_err(anyhow::Error::msg)?;
     let addr = config.grpc_addr()?;
     let coordinator = Arc::new(
         Coordinator::open(&config.coordinator())
@@ -210,7 +212,11 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     println!("ferry: http listening on {http_bound}");
     println!("ferry: grpc listening on {bound}");
 
-    let http_state = Arc::new(ferry_http::HttpState { coordinator: coordinator.clone(), lifecycle: lifecycle.clone() });
+    let http_state = Arc::new(ferry_http::HttpState {
+        coordinator: coordinator.clone(),
+        lifecycle: lifecycle.clone(),
+        ops: ferry_http::ops::Ops { prometheus: Some(prometheus), delivery: delivery.shard_stats().to_vec() },
+    });
     let http =
         tokio::spawn(ferry_http::serve(http_listener, ferry_http::router(http_state), stopped(stopping.clone())));
     ferry_ingest::serve(listener, coordinator.clone(), stopped(stopping)).await?;
