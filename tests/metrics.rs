@@ -121,6 +121,7 @@ async fn metrics_move_when_messages_flow_and_the_dashboard_queries_only_real_ser
     assert!(value(&s, "ferry_session_setups_total", &[]) >= 1.0);
     assert!(value(&s, "ferry_session_cache_hits_total", &[]) >= (N + 1) as f64);
     assert_eq!(value(&s, "ferry_gateway_connected", &[]), 2.0, "both shards connected");
+    assert_eq!(value(&s, "ferry_in_flight", &[]), 0.0, "every envelope answered: nothing in flight");
     for name in ["ferry_in_flight", "ferry_rocksdb_sst_bytes", "ferry_rocksdb_pending_compaction_bytes"] {
         for shard in ["0", "1"] {
             assert!(
