@@ -13,9 +13,11 @@
 //! - Routing never uses `std::hash` or `ahash`.
 //! - An idempotency key that answered once answers the same id for 24 h, across restarts:
 //!   start-up replays pending idempotency intents before the node serves ([`Coordinator::open`]).
+//! - No send outcome goes uncounted in the metrics and none is counted twice ([`telemetry`]).
 
 pub mod config;
 pub mod routing;
+pub mod telemetry;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -213,6 +215,13 @@ impl Coordinator {
     /// Sends many messages: one result per command, in order. Valid messages are accepted even
     /// when others are rejected; each shard gets at most one append for the whole call.
     pub async fn send_many(&self, commands: Vec<SendCommand>) -> Vec<Result<Accepted, ApiError>> {
+        let started = std::time::Instant::now();
+        let results = self.send_many_uncounted(commands).await;
+        telemetry::note_outcomes(&results, started.elapsed());
+        results
+    }
+
+    async fn send_many_uncounted(&self, commands: Vec<SendCommand>) -> Vec<Result<Accepted, ApiError>> {
         let now = self.clock.now_ms();
         let mut results: Vec<Option<Result<Accepted, ApiError>>> = vec![None; commands.len()];
         let mut prepared = Vec::with_capacity(commands.len());

@@ -228,6 +228,8 @@ pub(crate) struct ShardLoop {
     /// stay `Settling` (never resent: the server has them).
     deferred_settle: Vec<Settlement>,
     deferred_receipts: Vec<u64>,
+    /// `ferry_accept_to_ack_seconds`, registered once per loop (recording is an atomic op).
+    accept_to_ack: metrics::Histogram,
 }
 
 impl ShardLoop {
@@ -270,6 +272,7 @@ impl ShardLoop {
             settle_tasks: JoinSet::new(),
             deferred_settle: Vec::new(),
             deferred_receipts: Vec::new(),
+            accept_to_ack: metrics::histogram!(ACCEPT_TO_ACK_SECONDS),
         }
     }
 
@@ -471,6 +474,7 @@ impl ShardLoop {
             let r = self.recipients.get_mut(key).expect("present");
             r.waiting.pop_front();
             r.in_flight += 1;
+            self.stats.add(&self.stats.in_flight, 1);
             self.stats.add(&self.stats.envelopes_sent, 1);
             if link.send(ClientFrame { frame: Some(client_frame::Frame::Envelope(envelope)) }).is_err() {
                 // The link dropped under us: the Down event requeues in-flight messages.
@@ -530,6 +534,7 @@ impl ShardLoop {
         let key = m.key.clone();
         let r = self.recipients.entry(key.clone()).or_default();
         r.in_flight = r.in_flight.saturating_sub(1);
+        self.stats.left_flight();
         r.waiting.push_front(seq);
         self.ready.push_back(key);
     }
@@ -688,6 +693,8 @@ impl ShardLoop {
                 }
                 let r = self.recipients.get_mut(&key).expect("in-flight message has a recipient");
                 r.in_flight -= 1;
+                self.stats.left_flight();
+                self.accept_to_ack.record(ms_to_seconds(at_ms - m.record.accepted_at_ms));
                 r.rate_limits.acked();
                 self.ready.push_back(key);
             }
@@ -702,6 +709,7 @@ impl ShardLoop {
                         m.phase = Phase::Waiting;
                         let r = self.recipients.get_mut(&key).expect("present");
                         r.in_flight -= 1;
+                        self.stats.left_flight();
                         self.fail(
                             seq,
                             ErrorCode::UserNotValid,
@@ -726,6 +734,7 @@ impl ShardLoop {
                         let wait = r.rate_limits.refused(&self.config, error.retry_after_ms, fresh);
                         if marketing && refusals > self.config.marketing_limit_retries {
                             r.in_flight -= 1;
+                            self.stats.left_flight();
                             let detail = format!(
                                 "refused {refusals} times in a row (delivery.marketing_limit_retries is {}): {}",
                                 self.config.marketing_limit_retries, error.detail
@@ -963,6 +972,14 @@ impl ShardLoop {
 
 /// Exponential backoff with jitter: `retry_initial_ms × 2^(failures-1)`, capped at
 /// `retry_max_ms`, then a uniform delay in `[d/2, d]` so retries of many messages spread out.
+/// Histogram of the time from the durable accept to the chat server's ack (the ack's timestamp,
+/// or the node's clock when the server sent none), in seconds.
+pub const ACCEPT_TO_ACK_SECONDS: &str = "ferry_accept_to_ack_seconds";
+
+fn ms_to_seconds(ms: i64) -> f64 {
+    ms.max(0) as f64 / 1000.0
+}
+
 fn backoff(config: &DeliveryConfig, failures: u32) -> Duration {
     let exp = config.retry_initial_ms.saturating_mul(1u64 << failures.clamp(1, 21).saturating_sub(1));
     let capped = exp.min(config.retry_max_ms);

@@ -1,4 +1,6 @@
-//! Counters of the delivery loops (read by tests, `ferry serve` logs, metrics later).
+//! Counters of the delivery loops (read by tests, `ferry serve` logs, and `/metrics` at scrape
+//! time: `ferry-http`'s `ops` turns them into Prometheus series; nothing here is per-message
+//! beyond a relaxed atomic add).
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
@@ -36,6 +38,8 @@ pub struct ShardDeliveryStats {
     pub rekeys: AtomicU64,
     /// Messages in memory now (gauge).
     pub loaded: AtomicU64,
+    /// Envelopes sent and not answered yet (gauge).
+    pub in_flight: AtomicU64,
     /// Inbound user messages received on this shard's stream (recorded in the user's shard).
     pub inbound: AtomicU64,
     pub(crate) link_state: AtomicU8,
@@ -44,6 +48,11 @@ pub struct ShardDeliveryStats {
 impl ShardDeliveryStats {
     pub(crate) fn add(&self, counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// One envelope left flight (answered, or requeued after a lost link or a timeout).
+    pub(crate) fn left_flight(&self) {
+        let _ = self.in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
     }
 
     pub fn link_state(&self) -> LinkState {
@@ -69,6 +78,7 @@ impl ShardDeliveryStats {
             session_setups: get(&self.session_setups),
             rekeys: get(&self.rekeys),
             loaded: get(&self.loaded),
+            in_flight: get(&self.in_flight),
             inbound: get(&self.inbound),
         }
     }
@@ -92,6 +102,7 @@ pub struct DeliverySnapshot {
     pub session_setups: u64,
     pub rekeys: u64,
     pub loaded: u64,
+    pub in_flight: u64,
     pub inbound: u64,
 }
 
@@ -114,6 +125,7 @@ impl std::ops::Add for DeliverySnapshot {
             session_setups: self.session_setups + o.session_setups,
             rekeys: self.rekeys + o.rekeys,
             loaded: self.loaded + o.loaded,
+            in_flight: self.in_flight + o.in_flight,
             inbound: self.inbound + o.inbound,
         }
     }

@@ -42,6 +42,8 @@ impl Lifecycle {
 pub struct HttpState {
     pub coordinator: Arc<Coordinator>,
     pub lifecycle: Arc<Lifecycle>,
+    /// Delivery stats and the metrics recorder for the ops endpoints.
+    pub ops: ops::Ops,
 }
 
 /// The whole HTTP API.

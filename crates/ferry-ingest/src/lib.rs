@@ -6,14 +6,15 @@
 //! listener together with `grpc.health.v1.Health` and server reflection.
 //!
 //! Invariants: this crate never touches storage (it only awaits the coordinator), and it answers a
-//! send only with what the coordinator returned after the durable write.
+//! send only with what the coordinator returned after the durable write. No request it refuses
+//! before the coordinator goes uncounted in `ferry_messages_rejected_total`.
 
 pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use ferry_coordinator::{Accepted, Coordinator, MessageView, SendCommand};
+use ferry_coordinator::{Accepted, Coordinator, MessageView, SendCommand, telemetry};
 use ferry_model::message::OutboundMessage;
 use ferry_model::{ApiError, ErrorCode};
 use ferry_proto::v1::messages_server::{Messages, MessagesServer};
@@ -109,7 +110,10 @@ impl Messages for MessagesService {
     }
 
     async fn send(&self, request: Request<v1::SendRequest>) -> Result<Response<v1::SendResponse>, Status> {
-        let command = command_from(request.into_inner()).map_err(|e| status_from(&e))?;
+        let command = command_from(request.into_inner()).map_err(|e| {
+            telemetry::note_rejected(&e);
+            status_from(&e)
+        })?;
         match self.coordinator.send(command).await {
             Ok(a) => Ok(Response::new(response_from(a))),
             Err(e) => Err(status_from(&e)),
@@ -126,6 +130,7 @@ impl Messages for MessagesService {
                 "messages",
                 format_args!("between 1 and {MAX_BATCH} messages in one batch, got {}", messages.len()),
             );
+            telemetry::note_rejected(&e);
             return Err(status_from(&e));
         }
         let n = messages.len();
@@ -138,7 +143,10 @@ impl Messages for MessagesService {
                     commands.push(c);
                     command_index.push(i);
                 }
-                Err(e) => results[i] = Some(error_result(&e)),
+                Err(e) => {
+                    telemetry::note_rejected(&e);
+                    results[i] = Some(error_result(&e));
+                }
             }
         }
         let outcomes = self.coordinator.send_many(commands).await;
@@ -176,6 +184,9 @@ fn error_result(e: &ApiError) -> v1::SendResult {
 
 /// Serves `ferry.v1.Messages`, `grpc.health.v1.Health` and reflection on `listener` until
 /// `shutdown` resolves; then stops accepting and finishes in-flight calls.
+///
+/// Health: `ferry.v1.Messages` (and the server as a whole, service `""`) report `SERVING` while
+/// the node accepts and `NOT_SERVING` from the moment `shutdown` resolves (the drain).
 pub async fn serve(
     listener: TcpListener,
     coordinator: Arc<Coordinator>,
@@ -195,6 +206,9 @@ pub async fn serve(
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
+        // Health checkers see the drain before the listener closes.
+        health_reporter.set_not_serving::<MessagesServer<MessagesService>>().await;
+        health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         let _ = stop.send(true);
     };
     tonic::transport::Server::builder()

@@ -413,6 +413,16 @@ impl Shard {
         }
     }
 
+    /// Whether [`Shard::close`] was called (the shard takes no more writes).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// RocksDB's size figures (SST bytes, pending compaction bytes), for metrics.
+    pub fn disk_usage(&self) -> crate::storage::DiskUsage {
+        self.store.disk_usage()
+    }
+
     /// Stops accepting ops, lets the writer commit everything already submitted, and joins it.
     /// Later calls return at once; ops submitted afterwards fail with [`ShardError::Stopped`].
     pub fn close(&self) {

@@ -341,6 +341,16 @@ pub struct EventRetention {
     pub webhook_floor: Arc<AtomicU64>,
 }
 
+/// RocksDB's size figures of one shard ([`Store::disk_usage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// `rocksdb.total-sst-files-size`: bytes of all SST files (live and obsolete not yet deleted).
+    pub sst_bytes: u64,
+    /// `rocksdb.estimate-pending-compaction-bytes`: bytes compaction would rewrite to bring every
+    /// level under its target size.
+    pub pending_compaction_bytes: u64,
+}
+
 /// An open shard database. Reads may come from any thread; writes come only from the shard's
 /// writer thread.
 pub struct Store {
@@ -561,5 +571,20 @@ impl Store {
     /// Approximate number of live keys in the queue (RocksDB estimate).
     pub fn estimated_queue_len(&self) -> u64 {
         self.db.property_int_value_cf(self.cf(CF_QUEUE), "rocksdb.estimate-num-keys").ok().flatten().unwrap_or(0)
+    }
+
+    /// RocksDB's size figures, summed over the shard's column families (a property read each;
+    /// cheap enough for a metrics scrape, not for a hot path).
+    pub fn disk_usage(&self) -> DiskUsage {
+        let sum = |property: &str| -> u64 {
+            ALL_CFS
+                .iter()
+                .map(|name| self.db.property_int_value_cf(self.cf(name), property).ok().flatten().unwrap_or(0))
+                .sum()
+        };
+        DiskUsage {
+            sst_bytes: sum("rocksdb.total-sst-files-size"),
+            pending_compaction_bytes: sum("rocksdb.estimate-pending-compaction-bytes"),
+        }
     }
 }

@@ -214,6 +214,11 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     out
 }
 
+/// Counter: status events delivered to the webhook (answered 2xx).
+pub const WEBHOOK_DELIVERED_TOTAL: &str = "ferry_webhook_delivered_total";
+/// Counter: webhook POSTs that failed (refused, unreachable, timed out); each is retried.
+pub const WEBHOOK_FAILURES_TOTAL: &str = "ferry_webhook_failures_total";
+
 /// Counters of the senders.
 #[derive(Debug, Default)]
 pub struct WebhookStats {
@@ -320,6 +325,7 @@ impl Sender {
                 Ok(()) => {
                     failures = 0;
                     self.stats.delivered.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    metrics::counter!(WEBHOOK_DELIVERED_TOTAL).increment(batch.len() as u64);
                     cursor = batch.last().map_or(cursor, |(seq, _)| seq + 1);
                     self.shard.note_webhook_progress(cursor);
                     if persisted_at.elapsed() >= CURSOR_PERSIST_EVERY {
@@ -330,6 +336,7 @@ impl Sender {
                 Err(reason) => {
                     failures += 1;
                     self.stats.failed_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    metrics::counter!(WEBHOOK_FAILURES_TOTAL).increment(1);
                     let wait = (self.config.backoff_step_ms.saturating_mul(failures)).min(self.config.backoff_max_ms);
                     tracing::warn!(shard = %self.shard.id(), reason, retry_in_ms = wait, "webhook refused or unreachable");
                     self.persist(&mut persisted, cursor);

@@ -154,6 +154,8 @@ fn init_logging(filter: &str) {
 async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     let config = FerryConfig::load(&overrides)?;
     init_logging(&config.log);
+    // Before anything records: series recorded without a recorder are lost.
+    let prometheus = ferry_http::ops::install_recorder().map_err(anyhow::Error::msg)?;
     let addr = config.grpc_addr()?;
     let coordinator = Arc::new(
         Coordinator::open(&config.coordinator())
@@ -210,7 +212,11 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     println!("ferry: http listening on {http_bound}");
     println!("ferry: grpc listening on {bound}");
 
-    let http_state = Arc::new(ferry_http::HttpState { coordinator: coordinator.clone(), lifecycle: lifecycle.clone() });
+    let http_state = Arc::new(ferry_http::HttpState {
+        coordinator: coordinator.clone(),
+        lifecycle: lifecycle.clone(),
+        ops: ferry_http::ops::Ops { prometheus: Some(prometheus), delivery: delivery.shard_stats().to_vec() },
+    });
     // HTTP stays up through the drain so probes see `/readyz` turn 503 (and `/metrics` keeps
     // answering); its message routes refuse new sends while draining. It stops last, before the
     // shards close.
