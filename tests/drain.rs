@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ferry_proto::v1;
 
-use support::{FerryProcess, connect, text};
+use support::{FerryProcess, connect, http_get, text};
 
 fn signal(ferry: &FerryProcess, sig: &str) {
     let status = std::process::Command::new("kill").args([sig, &ferry.child.id().to_string()]).status().unwrap();
@@ -144,9 +144,21 @@ async fn ferry_with_hanging_drain(dir: &std::path::Path, grace: u64) -> (FerryPr
 async fn a_second_signal_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (mut ferry, _receiver) = ferry_with_hanging_drain(dir.path(), 600).await;
+    assert_eq!(http_get(ferry.http_addr, "/readyz").await.0, 200);
     signal(&ferry, "-TERM");
-    // The drain waits for the hanging POST: still running a moment later.
-    std::thread::sleep(Duration::from_millis(500));
+    // The drain waits for the hanging POST: still running, and no longer ready, while live.
+    let start = Instant::now();
+    while http_get(ferry.http_addr, "/readyz").await.0 != 503 {
+        assert!(start.elapsed() < Duration::from_secs(5), "/readyz never turned 503 during the drain");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(http_get(ferry.http_addr, "/healthz").await.0, 200, "live while draining");
+    // gRPC stops accepting (its in-flight calls finish first).
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(ferry.addr).await.is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(5), "gRPC still accepts connections during the drain");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(ferry.child.try_wait().unwrap().is_none(), "the drain should still be waiting on the webhook");
     signal(&ferry, "-TERM");
     let (code, took) = wait_exit(&mut ferry, Duration::from_secs(10));

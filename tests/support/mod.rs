@@ -294,3 +294,16 @@ pub async fn chat_stats(addr: SocketAddr) -> ferry_proto::chat::v1::StatsRespons
         .expect("connect to chatsim");
     c.stats(ferry_proto::chat::v1::StatsRequest {}).await.expect("chatsim stats").into_inner()
 }
+
+/// A plain HTTP/1.1 GET over a fresh connection: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the http port");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an http response");
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    (status, body.to_owned())
+}
