@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use ferry_auth::{AuthConfig, AuthMode};
 use ferry_chatsim::ChatSimConfig;
 use ferry_coordinator::{CoordinatorConfig, WindowPolicy};
 use ferry_delivery::DeliveryConfig;
@@ -48,6 +49,8 @@ pub struct FerryConfig {
     pub chatsim: ChatSimConfig,
     /// Status callbacks (unset `url`: none).
     pub webhook: WebhookConfig,
+    /// Users and bearer tokens for the HTTP and gRPC APIs.
+    pub auth: AuthConfig,
 }
 
 impl Default for FerryConfig {
@@ -69,6 +72,7 @@ impl Default for FerryConfig {
             delivery: DeliveryConfig::default(),
             chatsim: ChatSimConfig::default(),
             webhook: WebhookConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -115,6 +119,13 @@ pub struct Overrides {
     /// Callback shape: onprem or cloud [default: onprem].
     #[arg(long, env = "FERRY_WEBHOOK_SHAPE")]
     pub webhook_shape: Option<ferry_webhooks::Shape>,
+    /// Auth: enabled or disabled (no tokens needed; local experiments only) [default: enabled].
+    #[arg(long, env = "FERRY_AUTH")]
+    pub auth: Option<AuthMode>,
+    /// Password of the `admin` user created at first start [default: none: generated and printed
+    /// once]. Prefer the env var: a flag shows in the process list.
+    #[arg(long, env = "FERRY_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
 }
 
 impl FerryConfig {
@@ -156,6 +167,12 @@ impl FerryConfig {
         }
         if let Some(v) = o.webhook_shape {
             c.webhook.shape = v;
+        }
+        if let Some(v) = o.auth {
+            c.auth.mode = v;
+        }
+        if let Some(v) = &o.admin_password {
+            c.auth.admin_password = Some(v.clone()).filter(|p| !p.is_empty());
         }
         c.validate()?;
         Ok(c)
@@ -222,6 +239,9 @@ impl FerryConfig {
         if let Err(e) = self.webhook.validate() {
             bail!("{e}");
         }
+        if let Err(e) = self.auth.validate() {
+            bail!("{e}");
+        }
         Ok(())
     }
 }
@@ -242,6 +262,19 @@ mod tests {
         assert!(toml::from_str::<FerryConfig>("shardz = 3").unwrap_err().to_string().contains("shardz"));
         let c = FerryConfig { shards: 33, ..FerryConfig::default() };
         assert!(c.validate().unwrap_err().to_string().contains("expected 1 to 32"));
+    }
+
+    #[test]
+    fn auth_section_and_overrides() {
+        let c: FerryConfig = toml::from_str("[auth]\nmode = \"disabled\"\ntoken_ttl_secs = 60\n").unwrap();
+        assert_eq!((c.auth.mode, c.auth.token_ttl_secs), (AuthMode::Disabled, 60));
+        let e = toml::from_str::<FerryConfig>("[auth]\nmode = \"off\"\n").unwrap_err().to_string();
+        assert!(e.contains("enabled") && e.contains("disabled"), "{e}");
+        let o = Overrides { auth: Some(AuthMode::Disabled), admin_password: Some("0123456789".into()), ..Overrides::default() };
+        let c = FerryConfig::load(&o).unwrap();
+        assert_eq!((c.auth.mode, c.auth.admin_password.as_deref()), (AuthMode::Disabled, Some("0123456789")));
+        let o = Overrides { admin_password: Some("short".into()), ..Overrides::default() };
+        assert!(FerryConfig::load(&o).unwrap_err().to_string().contains("FERRY_ADMIN_PASSWORD"));
     }
 
     #[test]
