@@ -109,14 +109,15 @@ async fn tokens_and_roles_over_http_and_grpc_and_across_a_restart() {
     let (status, _, settings) = http(h, "GET", "/v1/settings", bearer(&admin), None).await;
     assert_eq!(status, 200, "{settings}");
     assert_eq!(settings["settings"]["auth"]["admin_password"], "********");
-    let created = http(h, "POST", "/v1/users", bearer(&admin), Some(json!({"username":"bob","password":"bob-pass-1"})))
-        .await;
+    let created =
+        http(h, "POST", "/v1/users", bearer(&admin), Some(json!({"username":"bob","password":"bob-pass-1"}))).await;
     assert_eq!((created.0, &created.2["users"][0]["role"]), (201, &json!("user")), "{}", created.2);
-    let bad = http(h, "POST", "/v1/users", bearer(&admin), Some(json!({"username":"eve","password":"x","role":"root"})))
-        .await;
+    let bad =
+        http(h, "POST", "/v1/users", bearer(&admin), Some(json!({"username":"eve","password":"x","role":"root"})))
+            .await;
     assert_eq!((bad.0, &bad.2["errors"][0]["code"]), (400, &json!(1009)), "{}", bad.2);
-    let dup = http(h, "POST", "/v1/users", bearer(&admin), Some(json!({"username":"bob","password":"bob-pass-2"})))
-        .await;
+    let dup =
+        http(h, "POST", "/v1/users", bearer(&admin), Some(json!({"username":"bob","password":"bob-pass-2"}))).await;
     assert!(dup.2["errors"][0]["details"].as_str().unwrap().contains("exists already"), "{}", dup.2);
 
     // A user: messages yes, admin endpoints no (403, no challenge).

@@ -25,8 +25,8 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use ahash::AHashMap;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ferry_model::clock::SharedClock;
@@ -88,10 +88,7 @@ impl Default for AuthConfig {
 impl AuthConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.token_ttl_secs == 0 || self.token_ttl_secs > 366 * 24 * 60 * 60 {
-            return Err(format!(
-                "auth.token_ttl_secs = {}: expected 1 to 31622400 (366 days)",
-                self.token_ttl_secs
-            ));
+            return Err(format!("auth.token_ttl_secs = {}: expected 1 to 31622400 (366 days)", self.token_ttl_secs));
         }
         if let Some(p) = &self.admin_password {
             check_password(p).map_err(|e| format!("auth.admin_password (FERRY_ADMIN_PASSWORD): {}", e.details))?;
@@ -403,8 +400,7 @@ impl Auth {
                 return Err(refused());
             }
             e.db.put_token(&hash, &record)?;
-            let cached =
-                CachedToken { username: Arc::from(username), role, expires_at_ms: record.expires_at_ms };
+            let cached = CachedToken { username: Arc::from(username), role, expires_at_ms: record.expires_at_ms };
             e.tokens.write().insert(hash, cached);
         }
         self.purge_expired(now);
@@ -512,9 +508,7 @@ fn bearer_token(authorization: Option<&str>) -> Result<&str, AuthError> {
         ));
     };
     match value.trim().split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
-            Ok(token.trim())
-        }
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(token.trim()),
         _ => Err(AuthError::Unauthenticated("malformed authorization: expected `Bearer TOKEN`".into())),
     }
 }

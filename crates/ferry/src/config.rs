@@ -270,7 +270,11 @@ mod tests {
         assert_eq!((c.auth.mode, c.auth.token_ttl_secs), (AuthMode::Disabled, 60));
         let e = toml::from_str::<FerryConfig>("[auth]\nmode = \"off\"\n").unwrap_err().to_string();
         assert!(e.contains("enabled") && e.contains("disabled"), "{e}");
-        let o = Overrides { auth: Some(AuthMode::Disabled), admin_password: Some("0123456789".into()), ..Overrides::default() };
+        let o = Overrides {
+            auth: Some(AuthMode::Disabled),
+            admin_password: Some("0123456789".into()),
+            ..Overrides::default()
+        };
         let c = FerryConfig::load(&o).unwrap();
         assert_eq!((c.auth.mode, c.auth.admin_password.as_deref()), (AuthMode::Disabled, Some("0123456789")));
         let o = Overrides { admin_password: Some("short".into()), ..Overrides::default() };
