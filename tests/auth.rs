@@ -95,6 +95,10 @@ async fn tokens_and_roles_over_http_and_grpc_and_across_a_restart() {
     assert_refused(http(h, "POST", "/v1/messages", None, Some(json!({}))).await, 401, "no token");
     assert_refused(http(h, "GET", "/v1/settings", bearer("forged"), None).await, 401, "unknown or revoked");
     assert_unauthenticated(grpc_send(g, None).await, "no token");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{g}")).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = tonic_health::pb::HealthCheckRequest { service: "ferry.v1.Messages".into() };
+    health.check(request).await.expect("gRPC health is open without a token");
     assert_unauthenticated(grpc_send(g, Some("forged")).await, "unknown or revoked");
 
     // Wrong password, unknown user, no credentials: 401 with a Basic challenge.

@@ -141,12 +141,17 @@ async fn login(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Respo
         Err(e) => return auth_error(&e, "Basic"),
     };
     let auth = state.auth.clone();
-    match blocking(move || auth.login(&user, &password)).await {
+    let name = user.clone();
+    match blocking(move || auth.login(&name, &password)).await {
         Ok(t) => json_response(
             StatusCode::OK,
             json!({"users": [{"token": t.token, "expires_after": format_utc(t.expires_at_ms)}]}),
         ),
-        Err(r) => r,
+        Err(r) => {
+            // The name only: never the password.
+            tracing::warn!(%user, status = r.status().as_u16(), "login refused");
+            r
+        }
     }
 }
 
