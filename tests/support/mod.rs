@@ -187,6 +187,8 @@ pub struct FerryProcess {
     pub addr: SocketAddr,
     /// HTTP address (JSON API, health, metrics).
     pub http_addr: SocketAddr,
+    /// The admin password ferry generated and printed at first start (auth on, none configured).
+    pub generated_admin_password: Option<String>,
 }
 
 pub fn ferry_bin() -> PathBuf {
@@ -200,12 +202,33 @@ impl FerryProcess {
         FerryProcess::spawn_with(data_dir, shards, &[])
     }
 
-    /// [`FerryProcess::spawn`] with extra flags, e.g. `["--upstream", addr]`.
+    /// [`FerryProcess::spawn`] with extra flags, e.g. `["--upstream", addr]`. Auth is off
+    /// (`--auth disabled`): see [`FerryProcess::spawn_with_auth`].
     pub fn spawn_with(data_dir: &Path, shards: u16, extra: &[&str]) -> FerryProcess {
-        let mut child = Command::new(ferry_bin())
+        FerryProcess::start(data_dir, shards, extra, None)
+    }
+
+    /// [`FerryProcess::spawn_with`] with auth on; `admin_password` goes to FERRY_ADMIN_PASSWORD
+    /// (None: ferry generates one at first start, see `generated_admin_password`).
+    pub fn spawn_with_auth(data_dir: &Path, shards: u16, admin_password: Option<&str>, extra: &[&str]) -> FerryProcess {
+        FerryProcess::start(data_dir, shards, extra, Some(admin_password))
+    }
+
+    /// `auth`: None = `--auth disabled`; Some(password) = auth on, with that admin password.
+    fn start(data_dir: &Path, shards: u16, extra: &[&str], auth: Option<Option<&str>>) -> FerryProcess {
+        let mut command = Command::new(ferry_bin());
+        command
             .args(["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .args(["--shards", &shards.to_string(), "--data-dir"])
             .arg(data_dir)
+            .env_remove("FERRY_AUTH")
+            .env_remove("FERRY_ADMIN_PASSWORD");
+        match auth {
+            None => command.args(["--auth", "disabled"]),
+            Some(Some(password)) => command.env("FERRY_ADMIN_PASSWORD", password),
+            Some(None) => &mut command,
+        };
+        let mut child = command
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -215,8 +238,12 @@ impl FerryProcess {
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let mut http_addr = None;
+        let mut generated_admin_password = None;
         let addr = loop {
             let line = lines.next().expect("ferry serve exited before listening").unwrap();
+            if let Some(p) = line.strip_prefix("ferry: generated admin password: ") {
+                generated_admin_password = Some(p.to_owned());
+            }
             if let Some(a) = line.strip_prefix("ferry: http listening on ") {
                 http_addr = Some(a.parse().unwrap());
             }
@@ -227,7 +254,7 @@ impl FerryProcess {
         let http_addr = http_addr.expect("the http readiness line comes before the grpc one");
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        FerryProcess { child, addr, http_addr }
+        FerryProcess { child, addr, http_addr, generated_admin_password }
     }
 
     /// SIGKILL: no shutdown code runs.

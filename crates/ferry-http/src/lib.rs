@@ -3,11 +3,13 @@
 //! - [`messages`]: the JSON API: On-Prem `POST /v1/messages` and Cloud
 //!   `POST /{version}/{phone_number_id}/messages`. It only maps shapes: parsing to the domain
 //!   (`ferry_model::message::parse_json`) and validation are the ones gRPC uses.
-//! - [`users`]: `POST /v1/users/login`, `/v1/users/logout`, user management; bearer tokens.
+//! - [`users`]: `POST /v1/users/login`, `/v1/users/logout`, user management, settings; the
+//!   auth middleware in front of every route.
 //! - [`ops`]: `GET /v1/health`, `/healthz`, `/readyz`, `/metrics`.
 //!
-//! Invariants: this crate never touches storage directly (it awaits the coordinator), and it
-//! answers a send only with what the coordinator returned after the durable write.
+//! Invariants: this crate never touches storage directly (it awaits the coordinator, and
+//! `ferry-auth` for users and tokens), and it answers a send only with what the coordinator
+//! returned after the durable write. No route runs without the auth middleware.
 
 pub mod messages;
 pub mod ops;
@@ -44,11 +46,21 @@ pub struct HttpState {
     pub lifecycle: Arc<Lifecycle>,
     /// Delivery stats and the metrics recorder for the ops endpoints.
     pub ops: ops::Ops,
+    /// Users and tokens (the same as gRPC's); [`users::require_auth`] checks every request.
+    pub auth: Arc<ferry_auth::Auth>,
+    /// The effective config, secrets masked, for `GET /v1/settings` (admin only).
+    pub settings: serde_json::Value,
 }
 
-/// The whole HTTP API.
+/// The whole HTTP API, behind the auth middleware ([`users::required_access`] says which routes
+/// are open).
 pub fn router(state: Arc<HttpState>) -> Router {
-    Router::new().merge(messages::routes()).merge(users::routes()).merge(ops::routes()).with_state(state)
+    Router::new()
+        .merge(messages::routes())
+        .merge(users::routes())
+        .merge(ops::routes())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), users::require_auth))
+        .with_state(state)
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops accepting and lets

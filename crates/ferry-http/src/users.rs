@@ -1,11 +1,271 @@
-//! (filled in by the users work)
+//! Users, tokens and who may call what over HTTP (the users and tokens are `ferry-auth`'s; the
+//! same tokens work on gRPC).
+//!
+//! - `POST /v1/users/login` with HTTP Basic (`Authorization: Basic base64(user:password)`) →
+//!   `{"users":[{"token":"…","expires_after":"2026-11-29 14:00:00+00:00"}]}`.
+//! - `POST /v1/users/logout` (bearer) revokes that token only.
+//! - Admin only: `POST /v1/users` `{"username","password","role"}` (role `admin` or `user`,
+//!   default `user`), `GET /v1/users/{username}`, `DELETE /v1/users/{username}` (also revokes
+//!   the user's tokens), `GET /v1/settings` (the effective config, secrets masked).
+//!
+//! [`require_auth`] is a middleware on the whole router; [`required_access`] is its table:
+//! `/healthz`, `/readyz` and `/metrics` are open (probes and Prometheus scrape without a token),
+//! and so is `POST /v1/users/login` (it checks the password itself); user management and settings
+//! need role `admin`; everything else (messages, `/v1/health`, logout, unknown paths) needs a
+//! valid bearer token of role `user` or `admin`.
+//!
+//! Refusals use the On-Prem error shape: 401 (no, wrong, expired or revoked credentials, with
+//! `WWW-Authenticate`) or 403 (role too low), body
+//! `{"errors":[{"code":1005,"title":"…","details":"…"}]}`.
+//!
+//! Invariants (written as absences): no route outside the open list in [`required_access`] runs
+//! without a valid token; no response or log line carries a password or a token other than the
+//! one a login just issued.
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use ferry_auth::{AuthError, Role, UserInfo};
+use ferry_model::{ApiError, ErrorCode};
+use serde_json::json;
 
 use crate::HttpState;
 
 pub fn routes() -> Router<Arc<HttpState>> {
     Router::new()
+        .route("/v1/users/login", post(login))
+        .route("/v1/users/logout", post(logout))
+        .route("/v1/users", post(create_user))
+        .route("/v1/users/{username}", get(get_user).delete(delete_user))
+        .route("/v1/settings", get(settings))
+}
+
+/// What a request needs before it reaches its handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token: probes, `/metrics`, and login (which checks HTTP Basic itself).
+    Open,
+    /// A valid bearer token whose role allows this one.
+    Token(Role),
+}
+
+/// The access table of the HTTP API (see the module docs).
+pub fn required_access(method: &Method, path: &str) -> Access {
+    match path {
+        "/healthz" | "/readyz" | "/metrics" => Access::Open,
+        "/v1/users/login" if method == Method::POST => Access::Open,
+        "/v1/users/logout" if method == Method::POST => Access::Token(Role::User),
+        "/v1/users" | "/v1/settings" => Access::Token(Role::Admin),
+        p if p.starts_with("/v1/users/") || p.starts_with("/v1/settings/") => Access::Token(Role::Admin),
+        _ => Access::Token(Role::User),
+    }
+}
+
+/// Middleware: refuses (401/403) a request that [`required_access`] does not let through; puts the
+/// caller's [`ferry_auth::Principal`] in the request's extensions.
+pub async fn require_auth(State(state): State<Arc<HttpState>>, mut request: Request, next: Next) -> Response {
+    if let Access::Token(role) = required_access(request.method(), request.uri().path()) {
+        match state.auth.authorize(authorization(request.headers()), role) {
+            Ok(principal) => {
+                request.extensions_mut().insert(principal);
+            }
+            Err(e) => return auth_error(&e, "Bearer"),
+        }
+    }
+    next.run(request).await
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    // A non-ASCII value is no valid credential: pass something that fails as malformed.
+    headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("?"))
+}
+
+/// A JSON response.
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.to_string()).into_response()
+}
+
+/// An error in the On-Prem shape, with the HTTP status of the one error table.
+pub fn api_error_response(e: &ApiError) -> Response {
+    let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({"errors": [{"code": e.code.code(), "title": e.code.title(), "details": e.details}]});
+    json_response(status, body)
+}
+
+/// An auth failure; a 401 names the scheme to use (`WWW-Authenticate`).
+fn auth_error(e: &AuthError, scheme: &'static str) -> Response {
+    if let AuthError::Storage(err) = e {
+        tracing::error!(error = %err, "auth storage failed");
+    }
+    let mut response = api_error_response(&e.api_error());
+    if response.status() == StatusCode::UNAUTHORIZED {
+        let challenge = if scheme == "Basic" { "Basic realm=\"ferry\"" } else { "Bearer realm=\"ferry\"" };
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    }
+    response
+}
+
+/// Runs slow auth work (argon2) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, AuthError> + Send + 'static) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(auth_error(&e, "Basic")),
+        Err(e) => Err(api_error_response(&ApiError::new(ErrorCode::Internal, "", e.to_string()))),
+    }
+}
+
+/// `Authorization: Basic base64(user:password)` → (user, password).
+fn basic_credentials(headers: &HeaderMap) -> Result<(String, String), AuthError> {
+    let malformed = || AuthError::Unauthenticated("expected `Authorization: Basic base64(username:password)`".into());
+    let value = authorization(headers).ok_or_else(malformed)?;
+    let (scheme, encoded) = value.trim().split_once(' ').ok_or_else(malformed)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(malformed());
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| malformed())?;
+    let text = String::from_utf8(decoded).map_err(|_| malformed())?;
+    let (user, password) = text.split_once(':').ok_or_else(malformed)?;
+    Ok((user.to_owned(), password.to_owned()))
+}
+
+async fn login(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    let (user, password) = match basic_credentials(&headers) {
+        Ok(c) => c,
+        Err(e) => return auth_error(&e, "Basic"),
+    };
+    let auth = state.auth.clone();
+    let name = user.clone();
+    match blocking(move || auth.login(&name, &password)).await {
+        Ok(t) => json_response(
+            StatusCode::OK,
+            json!({"users": [{"token": t.token, "expires_after": format_utc(t.expires_at_ms)}]}),
+        ),
+        Err(r) => {
+            // The name only: never the password.
+            tracing::warn!(%user, status = r.status().as_u16(), "login refused");
+            r
+        }
+    }
+}
+
+async fn logout(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    let auth = state.auth.clone();
+    let header = authorization(&headers).map(str::to_owned);
+    match blocking(move || auth.logout(header.as_deref())).await {
+        Ok(()) => json_response(StatusCode::OK, json!({})),
+        Err(r) => r,
+    }
+}
+
+fn user_json(u: &UserInfo) -> serde_json::Value {
+    json!({"username": u.username, "role": u.role.as_str(), "created_at": format_utc(u.created_at_ms)})
+}
+
+async fn create_user(State(state): State<Arc<HttpState>>, body: Bytes) -> Response {
+    let parsed: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        _ => {
+            let e = ApiError::invalid("body", r#"a JSON object {"username","password","role"}"#);
+            return api_error_response(&e);
+        }
+    };
+    let field = |name: &str| parsed.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+    let Some(username) = field("username") else { return api_error_response(&ApiError::missing("username")) };
+    let Some(password) = field("password") else { return api_error_response(&ApiError::missing("password")) };
+    let role = match field("role").as_deref().unwrap_or("user").parse::<Role>() {
+        Ok(r) => r,
+        Err(e) => return api_error_response(&ApiError::new(ErrorCode::InvalidParameter, "role", e)),
+    };
+    let auth = state.auth.clone();
+    match blocking(move || auth.create_user(&username, &password, role)).await {
+        Ok(u) => json_response(StatusCode::CREATED, json!({"users": [user_json(&u)]})),
+        Err(r) => r,
+    }
+}
+
+async fn get_user(State(state): State<Arc<HttpState>>, Path(username): Path<String>) -> Response {
+    let auth = state.auth.clone();
+    match blocking(move || auth.user(&username)).await {
+        Ok(u) => json_response(StatusCode::OK, json!({"users": [user_json(&u)]})),
+        Err(r) => r,
+    }
+}
+
+async fn delete_user(State(state): State<Arc<HttpState>>, Path(username): Path<String>) -> Response {
+    let auth = state.auth.clone();
+    let name = username.clone();
+    match blocking(move || auth.delete_user(&name)).await {
+        Ok(()) => {
+            tracing::info!(%username, "user deleted; its tokens are revoked");
+            json_response(StatusCode::OK, json!({"users": [{"username": username}]}))
+        }
+        Err(r) => r,
+    }
+}
+
+async fn settings(State(state): State<Arc<HttpState>>) -> Response {
+    json_response(StatusCode::OK, json!({"settings": state.settings}))
+}
+
+/// `YYYY-MM-DD HH:MM:SS+00:00` (the reference's `expires_after` format) of a Unix time in ms.
+pub fn format_utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}+00:00", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod users_tests {
+    use super::*;
+
+    #[test]
+    fn expires_after_is_the_reference_format() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00+00:00");
+        assert_eq!(format_utc(1_519_918_166_000), "2018-03-01 15:29:26+00:00");
+        assert_eq!(format_utc(951_782_400_000), "2000-02-29 00:00:00+00:00");
+    }
+
+    #[test]
+    fn access_table() {
+        let (get, post, delete) = (Method::GET, Method::POST, Method::DELETE);
+        for p in ["/healthz", "/readyz", "/metrics"] {
+            assert_eq!(required_access(&get, p), Access::Open, "{p}");
+        }
+        assert_eq!(required_access(&post, "/v1/users/login"), Access::Open);
+        assert_eq!(required_access(&get, "/v1/users/login"), Access::Token(Role::Admin));
+        assert_eq!(required_access(&post, "/v1/users/logout"), Access::Token(Role::User));
+        assert_eq!(required_access(&post, "/v1/users"), Access::Token(Role::Admin));
+        assert_eq!(required_access(&delete, "/v1/users/bob"), Access::Token(Role::Admin));
+        assert_eq!(required_access(&get, "/v1/settings"), Access::Token(Role::Admin));
+        assert_eq!(required_access(&post, "/v1/messages"), Access::Token(Role::User));
+        assert_eq!(required_access(&get, "/v1/health"), Access::Token(Role::User));
+        assert_eq!(required_access(&get, "/nope"), Access::Token(Role::User));
+    }
+
+    #[test]
+    fn basic_credentials_are_parsed_and_malformed_ones_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic YWRtaW46cDpzcw=="));
+        assert_eq!(basic_credentials(&h).unwrap(), ("admin".into(), "p:ss".into()));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer YWRtaW46cDpzcw=="));
+        assert!(basic_credentials(&h).is_err());
+        assert!(basic_credentials(&HeaderMap::new()).is_err());
+    }
 }

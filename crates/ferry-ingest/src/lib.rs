@@ -5,15 +5,22 @@
 //! one error table (`ferry_model::ErrorCode`) to a gRPC status. [`serve`] runs it on a bound
 //! listener together with `grpc.health.v1.Health` and server reflection.
 //!
+//! Auth ([`serve_with_auth`]): every `ferry.v1.Messages` call passes [`BearerAuth`], which needs
+//! metadata `authorization: Bearer TOKEN` (the tokens of `POST /v1/users/login`, see `ferry-auth`)
+//! and answers UNAUTHENTICATED without a valid one; then each RPC checks its role in
+//! [`required_role`] (PERMISSION_DENIED when too low). Health and reflection stay open, for probes.
+//!
 //! Invariants: this crate never touches storage (it only awaits the coordinator), and it answers a
 //! send only with what the coordinator returned after the durable write. No request it refuses
-//! before the coordinator goes uncounted in `ferry_messages_rejected_total`.
+//! before the coordinator goes uncounted in `ferry_messages_rejected_total`, and no `Messages`
+//! RPC runs without passing the interceptor and its role check.
 
 pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
 
+use ferry_auth::{Auth, Principal, Role};
 use ferry_coordinator::{Accepted, Coordinator, MessageView, SendCommand, telemetry};
 use ferry_model::message::OutboundMessage;
 use ferry_model::{ApiError, ErrorCode};
@@ -58,6 +65,53 @@ pub fn status_from(e: &ApiError) -> Status {
     }
     let details = prost::Message::encode_to_vec(&v1::Error::from(e));
     Status::with_details_and_metadata(code, e.to_string(), details.into(), metadata)
+}
+
+/// RPCs of `ferry.v1.Messages` that need role `admin`; every other one needs role `user`.
+pub const ADMIN_RPCS: &[&str] = &[];
+
+/// The role an RPC of `ferry.v1.Messages` (by its proto method name, e.g. `Send`) needs.
+pub fn required_role(rpc: &str) -> Role {
+    if ADMIN_RPCS.contains(&rpc) { Role::Admin } else { Role::User }
+}
+
+/// The interceptor on `ferry.v1.Messages`: checks `authorization: Bearer TOKEN` and hands the
+/// caller ([`Principal`]) to the RPC in the request's extensions.
+#[derive(Clone)]
+pub struct BearerAuth {
+    auth: Arc<Auth>,
+}
+
+impl BearerAuth {
+    pub fn new(auth: Arc<Auth>) -> Self {
+        BearerAuth { auth }
+    }
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let header = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        let principal = self.auth.authorize(header, Role::User).map_err(|e| status_from(&e.api_error()))?;
+        request.extensions_mut().insert(principal);
+        Ok(request)
+    }
+}
+
+/// Refuses with PERMISSION_DENIED unless the caller's role allows `rpc` ([`required_role`]).
+fn check_role<T>(request: &Request<T>, rpc: &str) -> Result<(), Status> {
+    role_allows(request.extensions().get::<Principal>(), rpc, required_role(rpc))
+}
+
+fn role_allows(caller: Option<&Principal>, rpc: &str, needed: Role) -> Result<(), Status> {
+    match caller {
+        Some(p) if p.role.allows(needed) => Ok(()),
+        Some(p) => Err(status_from(&ApiError::new(
+            ErrorCode::AccessDenied,
+            "",
+            format!("user `{}` has role `{}`; {rpc} needs role `{}`", p.username, p.role.as_str(), needed.as_str()),
+        ))),
+        None => Err(status_from(&ApiError::new(ErrorCode::Unauthenticated, "", "no authenticated caller"))),
+    }
 }
 
 fn command_from(request: v1::SendRequest) -> Result<SendCommand, ApiError> {
@@ -105,11 +159,13 @@ impl Messages for MessagesService {
         &self,
         request: Request<v1::WatchStatusesRequest>,
     ) -> Result<Response<Self::WatchStatusesStream>, Status> {
+        check_role(&request, "WatchStatuses")?;
         let watch = watch::Watch::new(&self.coordinator, request.into_inner()).map_err(|e| status_from(&e))?;
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(watch.start(self.stopping.clone()))))
     }
 
     async fn send(&self, request: Request<v1::SendRequest>) -> Result<Response<v1::SendResponse>, Status> {
+        check_role(&request, "Send")?;
         let command = command_from(request.into_inner()).map_err(|e| {
             telemetry::note_rejected(&e);
             status_from(&e)
@@ -124,6 +180,7 @@ impl Messages for MessagesService {
         &self,
         request: Request<v1::SendBatchRequest>,
     ) -> Result<Response<v1::SendBatchResponse>, Status> {
+        check_role(&request, "SendBatch")?;
         let messages = request.into_inner().messages;
         if messages.is_empty() || messages.len() > MAX_BATCH {
             let e = ApiError::invalid(
@@ -165,6 +222,7 @@ impl Messages for MessagesService {
         &self,
         request: Request<v1::GetMessageRequest>,
     ) -> Result<Response<v1::MessageRecord>, Status> {
+        check_role(&request, "GetMessage")?;
         let id = request.into_inner().message_id;
         if id.is_empty() {
             return Err(status_from(&ApiError::missing("message_id")));
@@ -186,10 +244,21 @@ fn error_result(e: &ApiError) -> v1::SendResult {
 /// `shutdown` resolves; then stops accepting and finishes in-flight calls.
 ///
 /// Health: `ferry.v1.Messages` (and the server as a whole, service `""`) report `SERVING` while
-/// the node accepts and `NOT_SERVING` from the moment `shutdown` resolves (the drain).
+/// the node accepts and `NOT_SERVING` from the moment `shutdown` resolves (the drain). No auth: for in-process tests; `ferry serve` uses
+/// [`serve_with_auth`].
 pub async fn serve(
     listener: TcpListener,
     coordinator: Arc<Coordinator>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    serve_with_auth(listener, coordinator, Arc::new(Auth::disabled()), shutdown).await
+}
+
+/// [`serve`] with every `ferry.v1.Messages` call checked by `auth` ([`BearerAuth`]).
+pub async fn serve_with_auth(
+    listener: TcpListener,
+    coordinator: Arc<Coordinator>,
+    auth: Arc<Auth>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -214,7 +283,29 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(MessagesServer::new(MessagesService::new(coordinator, stopping)))
+        .add_service(MessagesServer::with_interceptor(
+            MessagesService::new(coordinator, stopping),
+            BearerAuth::new(auth),
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+
+    #[test]
+    fn a_role_too_low_is_permission_denied_and_no_caller_unauthenticated() {
+        let user = Principal { username: "bob".into(), role: Role::User };
+        let admin = Principal { username: "root".into(), role: Role::Admin };
+        assert!(role_allows(Some(&user), "Send", required_role("Send")).is_ok());
+        assert!(role_allows(Some(&admin), "ResolveHeld", Role::Admin).is_ok());
+        let denied = role_allows(Some(&user), "ResolveHeld", Role::Admin).unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        assert!(denied.message().contains("needs role `admin`"), "{}", denied.message());
+        assert_eq!(denied.metadata().get(ERROR_CODE_METADATA).unwrap(), "1005");
+        let none = role_allows(None, "Send", Role::User).unwrap_err();
+        assert_eq!(none.code(), tonic::Code::Unauthenticated);
+    }
 }

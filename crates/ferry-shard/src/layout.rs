@@ -4,6 +4,7 @@
 //! <data_dir>/node.json      {"format_version":1,"shard_count":8,"node_id":"...","created_at_ms":...}
 //! <data_dir>/shard-00/      RocksDB of shard 0 (format in `storage`)
 //! <data_dir>/shard-01/      ...
+//! <data_dir>/auth/          RocksDB of users and hashed tokens (format in `auth_store`)
 //! ```
 //!
 //! `node.json` is written once, when the data dir is created (temp file, fsync, rename, fsync of

@@ -16,12 +16,14 @@
 //! - The queue and the status of a message change only together: an acked or failed message
 //!   leaves the queue in the same synced batch that writes its status ([`settle`]).
 //!
-//! Modules: [`storage`] (on-disk format: column families, key and value encoding),
+//! Modules: [`auth_store`] (the node's users and hashed tokens, in `<data_dir>/auth/`, a RocksDB
+//! apart from the shards), [`storage`] (on-disk format: column families, key and value encoding),
 //! [`settle`] (recording acks, failures and receipts; statuses never go backwards),
 //! [`resources`] (block cache, write-buffer manager and thread pools shared by all shards of a
 //! node), [`writer`] (the group-commit thread), [`layout`] (the data dir: node file, shard dirs),
 //! and [`shard`] (the handle the coordinator uses).
 
+pub mod auth_store;
 pub mod layout;
 pub mod resources;
 pub mod settle;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use ferry_auth::{AuthConfig, AuthMode};
 use ferry_chatsim::ChatSimConfig;
 use ferry_coordinator::{CoordinatorConfig, WindowPolicy};
 use ferry_delivery::DeliveryConfig;
@@ -51,6 +52,8 @@ pub struct FerryConfig {
     pub chatsim: ChatSimConfig,
     /// Status callbacks (unset `url`: none).
     pub webhook: WebhookConfig,
+    /// Users and bearer tokens for the HTTP and gRPC APIs.
+    pub auth: AuthConfig,
 }
 
 impl Default for FerryConfig {
@@ -72,6 +75,7 @@ impl Default for FerryConfig {
             delivery: DeliveryConfig::default(),
             chatsim: ChatSimConfig::default(),
             webhook: WebhookConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -118,6 +122,13 @@ pub struct Overrides {
     /// Callback shape: onprem or cloud [default: onprem].
     #[arg(long, env = "FERRY_WEBHOOK_SHAPE")]
     pub webhook_shape: Option<ferry_webhooks::Shape>,
+    /// Auth: enabled or disabled (no tokens needed; local experiments only) [default: enabled].
+    #[arg(long, env = "FERRY_AUTH")]
+    pub auth: Option<AuthMode>,
+    /// Password of the `admin` user created at first start [default: none: generated and printed
+    /// once]. Prefer the env var: a flag shows in the process list.
+    #[arg(long, env = "FERRY_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
 }
 
 impl FerryConfig {
@@ -160,6 +171,12 @@ impl FerryConfig {
         if let Some(v) = o.webhook_shape {
             c.webhook.shape = v;
         }
+        if let Some(v) = o.auth {
+            c.auth.mode = v;
+        }
+        if let Some(v) = &o.admin_password {
+            c.auth.admin_password = Some(v.clone()).filter(|p| !p.is_empty());
+        }
         c.validate()?;
         Ok(c)
     }
@@ -198,8 +215,10 @@ impl FerryConfig {
     /// whether one is configured.
     pub fn masked(&self) -> FerryConfig {
         let mut c = self.clone();
-        if c.webhook.secret.is_some() {
-            c.webhook.secret = Some(MASK.into());
+        for secret in [&mut c.webhook.secret, &mut c.auth.admin_password] {
+            if secret.is_some() {
+                *secret = Some(MASK.into());
+            }
         }
         c
     }
@@ -236,6 +255,9 @@ impl FerryConfig {
         if let Err(e) = self.webhook.validate() {
             bail!("{e}");
         }
+        if let Err(e) = self.auth.validate() {
+            bail!("{e}");
+        }
         Ok(())
     }
 }
@@ -262,12 +284,31 @@ mod tests {
     fn masked_hides_every_secret_and_keeps_the_rest() {
         let mut c = FerryConfig::default();
         c.webhook.secret = Some("s3cret-app-secret".into());
+        c.auth.admin_password = Some("s3cret-admin-password".into());
         let printed = toml::to_string_pretty(&c.masked()).unwrap();
         assert!(!printed.contains("s3cret"), "{printed}");
         assert!(printed.contains(MASK));
         assert_eq!(c.masked().shards, c.shards);
         // Unset stays unset: the output still tells whether a secret is configured.
         assert_eq!(FerryConfig::default().masked().webhook.secret, None);
+        assert_eq!(FerryConfig::default().masked().auth.admin_password, None);
+    }
+
+    #[test]
+    fn auth_section_and_overrides() {
+        let c: FerryConfig = toml::from_str("[auth]\nmode = \"disabled\"\ntoken_ttl_secs = 60\n").unwrap();
+        assert_eq!((c.auth.mode, c.auth.token_ttl_secs), (AuthMode::Disabled, 60));
+        let e = toml::from_str::<FerryConfig>("[auth]\nmode = \"off\"\n").unwrap_err().to_string();
+        assert!(e.contains("enabled") && e.contains("disabled"), "{e}");
+        let o = Overrides {
+            auth: Some(AuthMode::Disabled),
+            admin_password: Some("0123456789".into()),
+            ..Overrides::default()
+        };
+        let c = FerryConfig::load(&o).unwrap();
+        assert_eq!((c.auth.mode, c.auth.admin_password.as_deref()), (AuthMode::Disabled, Some("0123456789")));
+        let o = Overrides { admin_password: Some("short".into()), ..Overrides::default() };
+        assert!(FerryConfig::load(&o).unwrap_err().to_string().contains("FERRY_ADMIN_PASSWORD"));
     }
 
     #[test]

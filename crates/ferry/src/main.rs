@@ -1,5 +1,6 @@
 //! The `ferry` command: `serve` runs a node, `send` and `get` talk to one over gRPC,
-//! `chatsim` runs the reference chat server, `loadgen` drives load, `config check` validates a config file.
+//! `chatsim` runs the reference chat server, `loadgen` drives load, `config check` validates a config file,
+//! `login` gets a bearer token (for `--token` / `FERRY_TOKEN`).
 
 mod config;
 
@@ -42,6 +43,8 @@ enum Command {
     Loadgen(ferry_loadgen::LoadgenArgs),
     /// Run the reference chat server (decrypts and acks envelopes, sends receipts, fault knobs).
     Chatsim(ferry_chatsim::ChatSimArgs),
+    /// Log in over HTTP (HTTP Basic) and print a bearer token for `--token` / FERRY_TOKEN.
+    Login(LoginArgs),
     /// Validate a config file and print the effective config.
     Config {
         #[command(subcommand)]
@@ -56,10 +59,26 @@ enum ConfigCommand {
 }
 
 #[derive(clap::Args)]
+struct LoginArgs {
+    /// HTTP address of a ferry node.
+    #[arg(long, env = "FERRY_HTTP", default_value = "http://127.0.0.1:8080")]
+    http: String,
+    /// User name.
+    #[arg(long, default_value = "admin")]
+    user: String,
+    /// Password (prefer the env var: a flag shows in the process list).
+    #[arg(long, env = "FERRY_PASSWORD", hide_env_values = true)]
+    password: String,
+}
+
+#[derive(clap::Args)]
 struct SendArgs {
     /// gRPC address of a ferry node.
     #[arg(long, env = "FERRY_TARGET", default_value = "http://127.0.0.1:50051")]
     target: String,
+    /// Bearer token (`ferry login`); needed unless the node runs with `--auth disabled`.
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Recipient phone number, e.g. "+1 (631) 555-1234".
     #[arg(long)]
     to: String,
@@ -88,6 +107,9 @@ struct WatchArgs {
     /// gRPC address of a ferry node.
     #[arg(long, env = "FERRY_TARGET", default_value = "http://127.0.0.1:50051")]
     target: String,
+    /// Bearer token (`ferry login`); needed unless the node runs with `--auth disabled`.
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Only this recipient's messages.
     #[arg(long)]
     recipient: Option<String>,
@@ -107,6 +129,9 @@ struct GetArgs {
     /// gRPC address of a ferry node.
     #[arg(long, env = "FERRY_TARGET", default_value = "http://127.0.0.1:50051")]
     target: String,
+    /// Bearer token (`ferry login`); needed unless the node runs with `--auth disabled`.
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// The message id (`wamid.…`).
     message_id: String,
 }
@@ -126,6 +151,7 @@ fn main() -> std::process::ExitCode {
             Command::Send(a) => send(a).await,
             Command::Get(a) => get(a).await,
             Command::Watch(a) => watch(a).await,
+            Command::Login(a) => login(a).await,
             Command::Loadgen(a) => ferry_loadgen::run(a).await.map(|report| print!("{}", report.summary())),
             Command::Chatsim(a) => {
                 init_logging("info");
@@ -204,6 +230,7 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (http_listen)", config.http_listen))?;
     let http_bound = http_listener.local_addr()?;
+    let auth = open_auth(&config, &coordinator)?;
     let lifecycle = Arc::new(ferry_http::Lifecycle::default());
     // Signal handlers first: a SIGTERM right after the readiness lines must drain, not kill.
     let stopping = watch_signals(lifecycle.clone(), std::time::Duration::from_secs(config.shutdown_grace_secs))?;
@@ -216,6 +243,8 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         coordinator: coordinator.clone(),
         lifecycle: lifecycle.clone(),
         ops: ferry_http::ops::Ops { prometheus: Some(prometheus), delivery: delivery.shard_stats().to_vec() },
+        auth: auth.clone(),
+        settings: settings_json(&config),
     });
     // HTTP stays up through the drain so probes see `/readyz` turn 503 (and `/metrics` keeps
     // answering); its message routes refuse new sends while draining. It stops last, before the
@@ -224,7 +253,7 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     let http = tokio::spawn(ferry_http::serve(http_listener, ferry_http::router(http_state), async move {
         let _ = http_stopping.await;
     }));
-    ferry_ingest::serve(listener, coordinator.clone(), stopped(stopping)).await?;
+    ferry_ingest::serve_with_auth(listener, coordinator.clone(), auth, stopped(stopping)).await?;
     tracing::info!("stopped accepting; stopping delivery");
     delivery.shutdown(std::time::Duration::from_secs(10)).await;
     if let Some(w) = webhooks {
@@ -242,6 +271,38 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     coordinator.close();
     tracing::info!("ferry stopped cleanly");
     Ok(())
+}
+
+/// Opens users and tokens (`<data_dir>/auth`). At first start with no configured admin password,
+/// prints the generated one, once, on stdout (before the readiness lines).
+fn open_auth(config: &FerryConfig, coordinator: &Coordinator) -> anyhow::Result<Arc<ferry_auth::Auth>> {
+    use ferry_auth::Bootstrap;
+    let (auth, bootstrap) = ferry_auth::Auth::open(&config.data_dir, &config.auth, coordinator.clock().clone())
+        .with_context(|| format!("cannot open users and tokens in {}", config.data_dir.join("auth").display()))?;
+    match bootstrap {
+        Bootstrap::Disabled => tracing::warn!(
+            "AUTH IS DISABLED (auth.mode = disabled): anyone who can reach the HTTP and gRPC ports can send \
+             messages and manage the node. Use this for local experiments only."
+        ),
+        Bootstrap::AdminGenerated(password) => {
+            println!("ferry: generated admin password: {password}");
+            tracing::warn!(
+                "created user `admin` with a generated password, printed once on stdout \
+                 (\"ferry: generated admin password: ...\"); it will not be shown again"
+            );
+        }
+        Bootstrap::AdminFromConfig => {
+            tracing::info!("created user `admin` with the configured password (auth.admin_password)")
+        }
+        Bootstrap::Existing => {}
+    }
+    Ok(Arc::new(auth))
+}
+
+/// The effective config for `GET /v1/settings`, secrets masked.
+/// The effective config for `GET /v1/settings`, secrets masked (as `ferry config check` prints it).
+fn settings_json(config: &FerryConfig) -> serde_json::Value {
+    serde_json::to_value(config.masked()).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
 }
 
 /// Installs the SIGTERM/SIGINT handlers now (not on first poll: a signal right after the readiness
@@ -294,8 +355,60 @@ async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
     let _ = stopping.wait_for(|s| *s).await;
 }
 
-async fn connect(target: &str) -> anyhow::Result<MessagesClient<tonic::transport::Channel>> {
-    MessagesClient::connect(target.to_owned()).await.with_context(|| format!("cannot connect to {target}"))
+/// Adds `authorization: Bearer T` to every call when a token is given.
+#[derive(Clone)]
+struct BearerToken(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Client = MessagesClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>>;
+
+async fn connect(target: &str, token: Option<&str>) -> anyhow::Result<Client> {
+    let token = match token {
+        Some(t) => Some(format!("Bearer {t}").parse().context("--token (FERRY_TOKEN) must be printable ASCII")?),
+        None => None,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(target.to_owned())
+        .with_context(|| format!("bad target {target:?}: expected e.g. http://127.0.0.1:50051"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {target}"))?;
+    Ok(MessagesClient::with_interceptor(channel, BearerToken(token)))
+}
+
+/// `POST /v1/users/login` with HTTP Basic; prints the token.
+async fn login(a: LoginArgs) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    use http_body_util::BodyExt as _;
+    let url = format!("{}/v1/users/login", a.http.trim_end_matches('/'));
+    if !url.starts_with("http://") {
+        anyhow::bail!("--http {}: expected http://HOST:PORT", a.http);
+    }
+    let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", a.user, a.password));
+    let request = hyper::Request::post(&url)
+        .header(hyper::header::AUTHORIZATION, format!("Basic {credentials}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .with_context(|| format!("bad --http {}", a.http))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let response = client.request(request).await.with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await.context("reading the login answer")?.to_bytes();
+    let parsed: serde_json::Value = serde_json::from_slice(&body)
+        .with_context(|| format!("login answered {status} with {}", String::from_utf8_lossy(&body)))?;
+    if !status.is_success() {
+        anyhow::bail!("login refused ({status}): {parsed}");
+    }
+    let token = parsed["users"][0]["token"].as_str().context("login answer without users[0].token")?;
+    println!("{token}");
+    Ok(())
 }
 
 fn describe(status: &tonic::Status) -> String {
@@ -303,7 +416,7 @@ fn describe(status: &tonic::Status) -> String {
 }
 
 async fn send(a: SendArgs) -> anyhow::Result<()> {
-    let mut client = connect(&a.target).await?;
+    let mut client = connect(&a.target, a.token.as_deref()).await?;
     let content = match (a.text, a.template) {
         (Some(body), _) => Content::Text(v1::TextMessage { body, preview_url: a.preview_url }),
         (None, Some(name)) => Content::Template(v1::TemplateMessage {
@@ -326,7 +439,7 @@ async fn send(a: SendArgs) -> anyhow::Result<()> {
 }
 
 async fn get(a: GetArgs) -> anyhow::Result<()> {
-    let mut client = connect(&a.target).await?;
+    let mut client = connect(&a.target, a.token.as_deref()).await?;
     let r = client
         .get_message(v1::GetMessageRequest { message_id: a.message_id })
         .await
@@ -346,7 +459,7 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
 }
 
 async fn watch(a: WatchArgs) -> anyhow::Result<()> {
-    let mut client = connect(&a.target).await?;
+    let mut client = connect(&a.target, a.token.as_deref()).await?;
     let start = if a.from_oldest { v1::StartFrom::Oldest } else { v1::StartFrom::Latest };
     let request = v1::WatchStatusesRequest {
         recipient: a.recipient.unwrap_or_default(),
