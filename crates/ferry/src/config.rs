@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use ferry_chatsim::ChatSimConfig;
-use ferry_coordinator::{CoordinatorConfig, WindowPolicy};
+use ferry_coordinator::{CoordinatorConfig, PacingConfig, WindowPolicy};
 use ferry_delivery::DeliveryConfig;
 use ferry_shard::{ShardConfig, StorageTuning};
 use ferry_webhooks::WebhookConfig;
@@ -48,6 +48,8 @@ pub struct FerryConfig {
     pub chatsim: ChatSimConfig,
     /// Status callbacks (unset `url`: none).
     pub webhook: WebhookConfig,
+    /// Paced templates: held (`held_for_quality_assessment`) until released or dropped.
+    pub pacing: PacingConfig,
 }
 
 impl Default for FerryConfig {
@@ -69,6 +71,7 @@ impl Default for FerryConfig {
             delivery: DeliveryConfig::default(),
             chatsim: ChatSimConfig::default(),
             webhook: WebhookConfig::default(),
+            pacing: node.pacing,
         }
     }
 }
@@ -187,6 +190,7 @@ impl FerryConfig {
             customer_service_window: self.window_policy(),
             shard: ShardConfig { callbacks: self.webhook.url.is_some(), ..self.shard.clone() },
             storage: self.storage.clone(),
+            pacing: self.pacing.clone(),
         }
     }
 
@@ -242,6 +246,13 @@ mod tests {
         assert!(toml::from_str::<FerryConfig>("shardz = 3").unwrap_err().to_string().contains("shardz"));
         let c = FerryConfig { shards: 33, ..FerryConfig::default() };
         assert!(c.validate().unwrap_err().to_string().contains("expected 1 to 32"));
+        let paced: FerryConfig = toml::from_str("[pacing]\ntemplates = [\"promo\"]\nafter_hold = \"drop\"").unwrap();
+        assert_eq!(paced.coordinator().pacing.after_hold, ferry_coordinator::AfterHold::Drop);
+        let err = toml::from_str::<FerryConfig>("[pacing]\nafter_hold = \"keep\"").unwrap_err().to_string();
+        assert!(err.contains("release") && err.contains("drop"), "{err}");
+        let c =
+            FerryConfig { pacing: PacingConfig { hold_secs: 0, ..PacingConfig::default() }, ..FerryConfig::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("pacing.hold_secs"));
     }
 
     #[test]

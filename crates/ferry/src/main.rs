@@ -1,4 +1,4 @@
-//! The `ferry` command: `serve` runs a node, `send` and `get` talk to one over gRPC,
+//! The `ferry` command: `serve` runs a node, `send`, `get`, `watch` and `held` talk to one over gRPC,
 //! `chatsim` runs the reference chat server, `loadgen` drives load, `config check` validates a config file.
 
 mod config;
@@ -38,6 +38,11 @@ enum Command {
     Get(GetArgs),
     /// Follow status changes (WatchStatuses) and print each as a JSON line, with its resume cursor.
     Watch(WatchArgs),
+    /// Admin: release or drop the held messages of a paced template (ResolveHeld).
+    Held {
+        #[command(subcommand)]
+        command: HeldCommand,
+    },
     /// Drive a ferry node with load over gRPC and report accepted/acked msg/s and latencies.
     Loadgen(ferry_loadgen::LoadgenArgs),
     /// Run the reference chat server (decrypts and acks envelopes, sends receipts, fault knobs).
@@ -102,6 +107,24 @@ struct WatchArgs {
     from_oldest: bool,
 }
 
+#[derive(Subcommand)]
+enum HeldCommand {
+    /// Release every held message of the template into delivery (same ids as answered at send).
+    Release(HeldArgs),
+    /// Drop every held message of the template: failed, error 132015 "Template is paused".
+    Drop(HeldArgs),
+}
+
+#[derive(clap::Args)]
+struct HeldArgs {
+    /// gRPC address of a ferry node.
+    #[arg(long, env = "FERRY_TARGET", default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// The paced template's name.
+    #[arg(long)]
+    template: String,
+}
+
 #[derive(clap::Args)]
 struct GetArgs {
     /// gRPC address of a ferry node.
@@ -126,6 +149,7 @@ fn main() -> std::process::ExitCode {
             Command::Send(a) => send(a).await,
             Command::Get(a) => get(a).await,
             Command::Watch(a) => watch(a).await,
+            Command::Held { command } => held(command).await,
             Command::Loadgen(a) => ferry_loadgen::run(a).await.map(|report| print!("{}", report.summary())),
             Command::Chatsim(a) => {
                 init_logging("info");
@@ -213,7 +237,9 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     let http_state = Arc::new(ferry_http::HttpState { coordinator: coordinator.clone(), lifecycle: lifecycle.clone() });
     let http =
         tokio::spawn(ferry_http::serve(http_listener, ferry_http::router(http_state), stopped(stopping.clone())));
+    let pacing_rule = coordinator.start_pacing_rule();
     ferry_ingest::serve(listener, coordinator.clone(), stopped(stopping)).await?;
+    pacing_rule.abort();
     match http.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "http server failed"),
@@ -329,6 +355,23 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
         "error": r.error.map(|e| serde_json::json!({"code": e.code, "title": e.title, "details": e.details})),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+async fn held(command: HeldCommand) -> anyhow::Result<()> {
+    let (a, action) = match command {
+        HeldCommand::Release(a) => (a, v1::HeldAction::Release),
+        HeldCommand::Drop(a) => (a, v1::HeldAction::Drop),
+    };
+    let mut client = connect(&a.target).await?;
+    let request = v1::ResolveHeldRequest { template_name: a.template, action: action as i32 };
+    let r = client
+        .resolve_held(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("resolve held refused: {}", describe(&s)))?
+        .into_inner();
+    let out = serde_json::json!({"released": r.released, "dropped": r.dropped, "expired": r.expired});
+    println!("{out}");
     Ok(())
 }
 
