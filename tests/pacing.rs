@@ -182,3 +182,31 @@ async fn the_rule_drops_when_after_hold_is_drop() {
     assert_eq!(sim.stats().unique_messages, 0);
     ferry.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_serve_holds_across_sigkill_and_ferry_held_drop_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, "[pacing]\ntemplates = [\"promo\"]\nhold_secs = 3600\n").unwrap();
+    let data = dir.path().join("data");
+    let args = ["--config", config.to_str().unwrap()];
+    let ferry = support::FerryProcess::spawn_with(&data, 2, &args);
+    let mut client = support::connect(ferry.addr).await;
+    let promo = client.send(template("+16315550031", "promo")).await.unwrap().into_inner();
+    assert_eq!(promo.message_status, HELD);
+    ferry.kill9();
+
+    let ferry = support::FerryProcess::spawn_with(&data, 2, &args);
+    let mut client = support::connect(ferry.addr).await;
+    assert_eq!(status_of(&mut client, &promo.message_id).await.status, HELD, "held across SIGKILL");
+    let out = std::process::Command::new(support::ferry_bin())
+        .args(["held", "drop", "--template", "promo", "--target", &format!("http://{}", ferry.addr)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(counts, serde_json::json!({"released": 0, "dropped": 1, "expired": 0}));
+    let failed = status_of(&mut client, &promo.message_id).await;
+    assert_eq!((failed.status.as_str(), failed.error.map(|e| e.code)), ("failed", Some(132015)));
+    assert!(ferry.terminate().success());
+}
