@@ -28,6 +28,7 @@ fn record() -> NewMessage {
             ..QueueRecord::default()
         },
         idempotency: None,
+        held_template: None,
     }
 }
 

@@ -88,7 +88,8 @@ fn shard_append(c: &mut Criterion) {
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_function(format!("batch_{batch}"), |b| {
             b.iter(|| {
-                let messages = vec![NewMessage { record: record.clone(), idempotency: None }; batch];
+                let messages =
+                    vec![NewMessage { record: record.clone(), idempotency: None, held_template: None }; batch];
                 let wait = shard.append_durably(messages).unwrap();
                 black_box(runtime.block_on(wait).unwrap())
             })

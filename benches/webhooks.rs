@@ -90,8 +90,10 @@ async fn run(args: Args) {
                         payload: b"{}".to_vec(),
                         biz_opaque_callback_data: "bench".into(),
                         idempotency_key: String::new(),
+                        held_at_ms: 0,
                     },
                     idempotency: None,
+                    held_template: None,
                 })
                 .collect();
             let out = shard.append_durably(messages).unwrap().await.unwrap();

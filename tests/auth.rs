@@ -74,6 +74,16 @@ async fn grpc_send(addr: SocketAddr, token: Option<&str>) -> Result<(), (Code, S
     client.send(request).await.map(|_| ()).map_err(|s| (s.code(), s.message().to_owned()))
 }
 
+/// The admin-only `ResolveHeld` over gRPC with this token.
+async fn grpc_resolve_held(addr: SocketAddr, token: &str) -> Result<(), (Code, String)> {
+    let mut client = MessagesClient::connect(format!("http://{addr}")).await.unwrap();
+    let action = ferry_proto::v1::HeldAction::Release as i32;
+    let mut request =
+        tonic::Request::new(ferry_proto::v1::ResolveHeldRequest { template_name: "promo".into(), action });
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    client.resolve_held(request).await.map(|_| ()).map_err(|s| (s.code(), s.message().to_owned()))
+}
+
 #[track_caller]
 fn assert_unauthenticated(r: Result<(), (Code, String)>, details: &str) {
     let (code, message) = r.expect_err("refused");
@@ -133,6 +143,11 @@ async fn tokens_and_roles_over_http_and_grpc_and_across_a_restart() {
     let as_bob = Some(json!({"username":"mallory","password":"mallory-pass"}));
     assert_refused(http(h, "POST", "/v1/users", bearer(&bob), as_bob).await, 403, "needs role `admin`");
     assert_refused(http(h, "DELETE", "/v1/users/admin", bearer(&bob), None).await, 403, "needs role `admin`");
+    // Over gRPC: the admin-only `ResolveHeld` (paced templates) refuses a user, serves an admin.
+    let (code, message) = grpc_resolve_held(g, &bob).await.expect_err("a user may not resolve held messages");
+    assert_eq!(code, Code::PermissionDenied, "{message}");
+    assert!(message.contains("admin"), "{message}");
+    grpc_resolve_held(g, &admin).await.expect("an admin may resolve held messages");
 
     // Logout revokes that token only, on both APIs.
     let (status, _, _) = http(h, "POST", "/v1/users/logout", bearer(&bob), None).await;

@@ -114,6 +114,7 @@ impl Delivering {
         clock: ferry_model::clock::SharedClock,
     ) -> Delivering {
         let coordinator = Arc::new(Coordinator::open_with_clock(&config, clock.clone()).await.expect("open node"));
+        coordinator.start_pacing_rule();
         let engine =
             ferry_delivery::DeliveryEngine::start(coordinator.shards(), &upstream.to_string(), delivery, clock)
                 .expect("start delivery");

@@ -38,6 +38,51 @@ impl std::fmt::Display for WindowPolicy {
     }
 }
 
+/// What the pacing rule does with a held message once `pacing.hold_secs` have passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterHold {
+    /// Into the delivery queue (the template passed its quality assessment).
+    #[default]
+    Release,
+    /// Failed with 132015 "Template is paused".
+    Drop,
+}
+
+/// Paced templates (config `[pacing]`): a send of one of `templates` is answered
+/// `held_for_quality_assessment` and held (not delivered) until the rule or an admin
+/// `ResolveHeld` call releases or drops it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PacingConfig {
+    /// Names of the paced templates (exact, case-sensitive). Empty: nothing is held.
+    pub templates: Vec<String>,
+    /// The rule: a held message is released or dropped (`after_hold`) this many seconds after it
+    /// was accepted. Checked every second.
+    pub hold_secs: u64,
+    pub after_hold: AfterHold,
+}
+
+impl Default for PacingConfig {
+    fn default() -> Self {
+        PacingConfig { templates: Vec::new(), hold_secs: 600, after_hold: AfterHold::Release }
+    }
+}
+
+impl PacingConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.hold_secs == 0 {
+            return Err("pacing.hold_secs = 0: expected at least 1 second of hold".into());
+        }
+        if let Some(bad) = self.templates.iter().find(|t| t.trim().is_empty() || t.trim() != t.as_str()) {
+            return Err(format!(
+                "pacing.templates: `{bad}` is not a template name (expected a non-empty name without surrounding spaces)"
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CoordinatorConfig {
@@ -54,6 +99,7 @@ pub struct CoordinatorConfig {
     pub customer_service_window: WindowPolicy,
     pub shard: ShardConfig,
     pub storage: StorageTuning,
+    pub pacing: PacingConfig,
 }
 
 impl Default for CoordinatorConfig {
@@ -66,6 +112,7 @@ impl Default for CoordinatorConfig {
             customer_service_window: WindowPolicy::Enforce,
             shard: ShardConfig::default(),
             storage: StorageTuning::default(),
+            pacing: PacingConfig::default(),
         }
     }
 }
@@ -90,6 +137,7 @@ impl CoordinatorConfig {
         ferry_model::phone::validate_country_code(&self.country_code)
             .map_err(|e| format!("country_code `{}`: {e}", self.country_code))?;
         self.shard.validate()?;
+        self.pacing.validate()?;
         self.storage.validate()
     }
 }

@@ -14,28 +14,56 @@
 //! - An idempotency key that answered once answers the same id for 24 h, across restarts:
 //!   start-up replays pending idempotency intents before the node serves ([`Coordinator::open`]).
 //! - No send outcome goes uncounted in the metrics and none is counted twice ([`telemetry`]).
+//! - A paced template's message (`[pacing] templates`) never enters the delivery queue until it is
+//!   released; it keeps the id answered at send time whether released or dropped.
+//!
+//! Pacing: [`Coordinator::resolve_held`] (the admin call) and [`Coordinator::apply_pacing_rule`]
+//! (run every second by [`Coordinator::start_pacing_rule`]) release or drop held messages through
+//! their shard's writer (`Shard::resolve_held_durably`).
 
 pub mod config;
 pub mod routing;
 pub mod telemetry;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferry_model::clock::SharedClock;
-use ferry_model::message::OutboundMessage;
+use ferry_model::message::{Content, OutboundMessage};
 use ferry_model::validate::{ValidatedMessage, ValidationContext};
 use ferry_model::{ApiError, ErrorCode, MessageId, MessageStatus, ShardId, WaId, phone};
 use ferry_shard::storage::idempotency_key;
 use ferry_shard::{
-    IdempotencyPlacement, IdempotencyRecord, NewMessage, NodeLayout, QueueRecord, Shard, ShardError, ShardStats,
-    SharedResources,
+    FailureReason, HeldAction, IdempotencyPlacement, IdempotencyRecord, NewMessage, NodeLayout, QueueRecord,
+    ResolvedHeld, Shard, ShardError, ShardStats, SharedResources,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use xxhash_rust::xxh3::xxh3_128;
 
-pub use config::{CoordinatorConfig, WindowPolicy};
+pub use config::{AfterHold, CoordinatorConfig, PacingConfig, WindowPolicy};
+
+/// Held messages read per scan of a shard's `held` column family.
+const HELD_SCAN_CHUNK: usize = 1024;
+/// How often the pacing rule runs.
+const PACING_RULE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What one release/drop of held messages did, over all shards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeldCounts {
+    pub released: u64,
+    pub dropped: u64,
+    /// Failed with 410 instead: their TTL passed while they were held.
+    pub expired: u64,
+}
+
+impl HeldCounts {
+    fn add(&mut self, r: &ResolvedHeld) {
+        self.released += r.released.len() as u64;
+        self.dropped += r.dropped.len() as u64;
+        self.expired += r.expired.len() as u64;
+    }
+}
 
 /// How long a user's message keeps the customer-service window open.
 pub const CUSTOMER_SERVICE_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
@@ -62,6 +90,9 @@ pub struct Accepted {
     pub wa_id: WaId,
     /// True when an earlier send with the same idempotency key answered this id.
     pub idempotent_replay: bool,
+    /// The message is held (a paced template's): status `held_for_quality_assessment`. For a
+    /// replay: whether it is still held now.
+    pub held: bool,
 }
 
 /// A message as `GetMessage` shows it.
@@ -110,6 +141,10 @@ pub struct Coordinator {
     window: WindowPolicy,
     default_sender: WaId,
     key_locks: Vec<Arc<Mutex<()>>>,
+    pacing: PacingConfig,
+    paced: HashSet<String>,
+    /// Set by [`Coordinator::close`]: the pacing rule stops.
+    closed: AtomicBool,
     /// Failpoint for tests: skip the key-shard write after appending, as a crash there would.
     skip_key_shard_write: AtomicBool,
     // Declared last so it is dropped after the shards that use it.
@@ -124,6 +159,8 @@ struct Prepared {
     shard: ShardId,
     payload: Vec<u8>,
     idempotency: Option<KeyInfo>,
+    /// The paced template's name: the message is held.
+    held_template: Option<String>,
 }
 
 struct KeyInfo {
@@ -167,6 +204,9 @@ impl Coordinator {
             window: config.customer_service_window,
             default_sender,
             key_locks: (0..KEY_LOCK_STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
+            paced: config.pacing.templates.iter().cloned().collect(),
+            pacing: config.pacing.clone(),
+            closed: AtomicBool::new(false),
             skip_key_shard_write: AtomicBool::new(false),
             _resources: resources,
         };
@@ -263,10 +303,12 @@ impl Coordinator {
             }
             match self.shards[k.key_shard.index()].get_idempotency(&k.storage_key, now) {
                 Ok(Some(record)) if record.payload_hash == k.payload_hash => {
+                    let held = p.held_template.is_some() && self.is_held(&record.message_id);
                     results[p.index] = Some(Ok(Accepted {
                         message_id: MessageId::from_stored(record.message_id),
                         wa_id: WaId::from_normalized(record.wa_id),
                         idempotent_replay: true,
+                        held,
                     }));
                 }
                 Ok(Some(_)) => results[p.index] = Some(Err(conflict(&k.raw))),
@@ -325,6 +367,7 @@ impl Coordinator {
                             message_id: outcome.message_id,
                             wa_id: p.validated.wa_id.clone(),
                             idempotent_replay: false,
+                            held: outcome.held,
                         });
                     }
                 }
@@ -435,7 +478,128 @@ impl Coordinator {
                 Some(KeyInfo { raw, storage_key, key_shard, payload_hash })
             }
         };
-        Ok(Prepared { index, validated, sender, shard, payload, idempotency })
+        let held_template = match &validated.message.content {
+            Content::Template(t) => t.name.as_ref().filter(|name| self.paced.contains(name.as_str())).cloned(),
+            _ => None,
+        };
+        Ok(Prepared { index, validated, sender, shard, payload, idempotency, held_template })
+    }
+
+    /// Whether the message with this (stored, valid) id is still held.
+    fn is_held(&self, message_id: &str) -> bool {
+        MessageId::decode(message_id)
+            .filter(|key| key.node_id == self.layout.meta.node_id)
+            .and_then(|key| self.shards.get(key.shard.index()).map(|s| (s, key.seq)))
+            .is_some_and(|(shard, seq)| matches!(shard.get_held(seq), Ok(Some(_))))
+    }
+
+    /// The admin call behind `ResolveHeld`: releases (into delivery) or drops (failed, 132015)
+    /// every held message of `template_name`, on every shard. Returns what was done; messages
+    /// whose TTL passed while held fail with 410 instead.
+    pub async fn resolve_held(&self, template_name: &str, action: AfterHold) -> Result<HeldCounts, ApiError> {
+        if template_name.is_empty() {
+            return Err(ApiError::missing("template_name"));
+        }
+        let reason = FailureReason {
+            code: ErrorCode::TemplatePaused.code(),
+            title: ErrorCode::TemplatePaused.title().to_owned(),
+            details: format!("template `{template_name}` was paused: its held messages were dropped by an admin call"),
+        };
+        self.resolve_where(action, reason, |_, h| h.template_name == template_name, false).await
+    }
+
+    /// The pacing rule: every message held for `pacing.hold_secs` or longer (by the coordinator's
+    /// clock) is released or dropped as `pacing.after_hold` says.
+    pub async fn apply_pacing_rule(&self) -> Result<HeldCounts, ApiError> {
+        let hold_ms = i64::try_from(self.pacing.hold_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let cutoff = self.clock.now_ms().saturating_sub(hold_ms);
+        let reason = FailureReason {
+            code: ErrorCode::TemplatePaused.code(),
+            title: ErrorCode::TemplatePaused.title().to_owned(),
+            details: format!(
+                "the template was paused: held {} s for quality assessment, then dropped (pacing.after_hold = drop)",
+                self.pacing.hold_secs
+            ),
+        };
+        let due = |_: u64, h: &ferry_shard::HeldRecord| h.record.as_ref().is_some_and(|r| r.held_at_ms <= cutoff);
+        self.resolve_where(self.pacing.after_hold, reason, due, true).await
+    }
+
+    /// Resolves the held messages that `select` picks, shard by shard, in chunks. With `in_order`,
+    /// a shard's scan stops at the first message not picked (held messages are in acceptance
+    /// order, so the rule reads only the due head).
+    async fn resolve_where(
+        &self,
+        action: AfterHold,
+        reason: FailureReason,
+        select: impl Fn(u64, &ferry_shard::HeldRecord) -> bool,
+        in_order: bool,
+    ) -> Result<HeldCounts, ApiError> {
+        let mut counts = HeldCounts::default();
+        for shard in &self.shards {
+            let mut from = 0;
+            loop {
+                let chunk = shard.scan_held(from, HELD_SCAN_CHUNK).map_err(shard_error)?;
+                let Some(&(last, _)) = chunk.last() else { break };
+                let full = chunk.len() == HELD_SCAN_CHUNK;
+                let mut seqs = Vec::new();
+                let mut stopped = false;
+                for (seq, held) in &chunk {
+                    if select(*seq, held) {
+                        seqs.push(*seq);
+                    } else if in_order {
+                        stopped = true;
+                        break;
+                    }
+                }
+                if !seqs.is_empty() {
+                    let action = match action {
+                        AfterHold::Release => HeldAction::Release,
+                        AfterHold::Drop => HeldAction::Drop(reason.clone()),
+                    };
+                    let resolved = shard
+                        .resolve_held_durably(seqs, action, self.clock.now_ms())
+                        .map_err(shard_error)?
+                        .await
+                        .map_err(shard_error)?;
+                    counts.add(&resolved);
+                }
+                if stopped || !full {
+                    break;
+                }
+                from = last + 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Runs [`Coordinator::apply_pacing_rule`] every second on the current tokio runtime until
+    /// the coordinator is closed or dropped (the task holds only a weak reference between runs).
+    pub fn start_pacing_rule(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PACING_RULE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(coordinator) = weak.upgrade() else { break };
+                if coordinator.closed.load(Ordering::Acquire) {
+                    break;
+                }
+                match coordinator.apply_pacing_rule().await {
+                    Ok(c) if c != HeldCounts::default() => {
+                        tracing::info!(
+                            released = c.released,
+                            dropped = c.dropped,
+                            expired = c.expired,
+                            "pacing rule applied"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "pacing rule failed; trying again in 1 s"),
+                }
+            }
+        })
     }
 
     /// Failpoint for tests: when set, sends stop after the durable append and never write the
@@ -462,19 +626,28 @@ impl Coordinator {
             return Err(not_found());
         }
         let shard = &self.shards[key.shard.index()];
-        if let Some(record) = shard.get_queued(key.seq).map_err(shard_error)? {
+        let (queued, held) = match shard.get_queued(key.seq).map_err(shard_error)? {
+            Some(record) => (Some(record), false),
+            None => (shard.get_held(key.seq).map_err(shard_error)?.and_then(|h| h.record), true),
+        };
+        if let Some(record) = queued {
+            // Accepted (a released message's history shows its hold) or held.
+            let mut history = vec![(MessageStatus::Accepted, record.accepted_at_ms)];
+            if record.held_at_ms > 0 {
+                history.push((MessageStatus::HeldForQualityAssessment, record.held_at_ms));
+            }
             return Ok(MessageView {
                 message_id: MessageId::encode(key),
                 wa_id: WaId::from_normalized(record.wa_id),
                 shard: key.shard,
-                status: MessageStatus::Accepted,
+                status: if held { MessageStatus::HeldForQualityAssessment } else { MessageStatus::Accepted },
                 message_type: record.message_type,
                 sender: record.sender,
                 accepted_at_ms: record.accepted_at_ms,
                 expires_at_ms: record.expires_at_ms,
-                updated_at_ms: record.accepted_at_ms,
+                updated_at_ms: record.held_at_ms.max(record.accepted_at_ms),
                 biz_opaque_callback_data: record.biz_opaque_callback_data,
-                history: vec![(MessageStatus::Accepted, record.accepted_at_ms)],
+                history,
                 error: None,
             });
         }
@@ -545,6 +718,7 @@ impl Coordinator {
 
     /// Stops every shard after its writer committed what was already submitted.
     pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         for shard in &self.shards {
             shard.close();
         }
@@ -575,8 +749,10 @@ fn new_message(p: &mut Prepared, now: i64) -> NewMessage {
             payload: std::mem::take(&mut p.payload),
             biz_opaque_callback_data: v.message.biz_opaque_callback_data.clone().unwrap_or_default(),
             idempotency_key: p.idempotency.as_ref().map(|k| k.raw.clone()).unwrap_or_default(),
+            held_at_ms: if p.held_template.is_some() { now } else { 0 },
         },
         idempotency,
+        held_template: p.held_template.clone(),
     }
 }
 

@@ -13,6 +13,10 @@
 //! - **Reading.** A cursor walks the queue forward from the shard's low watermark; each scan is
 //!   bounded by the room left in the window and by the committed `next_seq`, so the loop never
 //!   rescans and never holds more than `window` messages, whatever the backlog on disk.
+//!   Released held messages (paced templates) enter the queue under their original, usually
+//!   older, seq: the shard hands the loop their seqs (`Shard::take_released`) and the loop
+//!   point-reads those below its cursor (the scan reads the others), within the same window.
+//!   They join the back of their recipient's FIFO.
 //! - **Order.** Each recipient has a FIFO of waiting messages and at most
 //!   `max_in_flight_per_recipient` envelopes in flight (1 by default: send order is delivery order).
 //!   A message that must be retried goes back to the *front* of its recipient's FIFO.
@@ -209,6 +213,8 @@ pub(crate) struct ShardLoop {
 
     /// Next queue sequence number to read.
     cursor: u64,
+    /// Released held messages not read yet (their seqs; see the module docs).
+    late: VecDeque<u64>,
     /// Every loaded, unsettled message by sequence (ordered: the lowest held is the watermark).
     messages: BTreeMap<u64, Loaded>,
     recipients: HashMap<RecipientKey, Recipient>,
@@ -259,6 +265,7 @@ impl ShardLoop {
             events,
             shutdown,
             cursor,
+            late: VecDeque::new(),
             messages: BTreeMap::new(),
             recipients: HashMap::new(),
             ready: VecDeque::new(),
@@ -332,8 +339,32 @@ impl ShardLoop {
 
     // ---- reading the queue -------------------------------------------------------------------
 
+    /// Reads released held messages below the cursor (point reads), while the window has room.
+    fn load_released(&mut self) {
+        self.late.extend(self.shard.take_released(usize::MAX));
+        while self.messages.len() < self.config.window
+            && let Some(seq) = self.late.pop_front()
+        {
+            // At or past the cursor the scan reads it; loaded already (or settled: then it is no
+            // longer in the queue) needs nothing.
+            if seq >= self.cursor || self.messages.contains_key(&seq) {
+                continue;
+            }
+            match self.shard.get_queued(seq) {
+                Ok(Some(record)) => self.admit(seq, record),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(shard = %self.shard.id(), seq, error = %e, "cannot read a released message; retrying");
+                    self.late.push_front(seq);
+                    return;
+                }
+            }
+        }
+    }
+
     /// Reads the next messages of the queue into memory while the window has room.
     fn load_from_queue(&mut self) {
+        self.load_released();
         loop {
             let room = self.config.window.saturating_sub(self.messages.len());
             let until = self.shard.committed_next_seq();

@@ -21,9 +21,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use ferry_auth::{Auth, Principal, Role};
-use ferry_coordinator::{Accepted, Coordinator, MessageView, SendCommand, telemetry};
+use ferry_coordinator::{Accepted, AfterHold, Coordinator, MessageView, SendCommand, telemetry};
 use ferry_model::message::OutboundMessage;
-use ferry_model::{ApiError, ErrorCode};
+use ferry_model::{ApiError, ErrorCode, MessageStatus};
 use ferry_proto::v1::messages_server::{Messages, MessagesServer};
 use ferry_proto::v1::{self, send_result};
 use tokio::net::TcpListener;
@@ -68,7 +68,7 @@ pub fn status_from(e: &ApiError) -> Status {
 }
 
 /// RPCs of `ferry.v1.Messages` that need role `admin`; every other one needs role `user`.
-pub const ADMIN_RPCS: &[&str] = &[];
+pub const ADMIN_RPCS: &[&str] = &["ResolveHeld"];
 
 /// The role an RPC of `ferry.v1.Messages` (by its proto method name, e.g. `Send`) needs.
 pub fn required_role(rpc: &str) -> Role {
@@ -125,7 +125,9 @@ fn response_from(a: Accepted) -> v1::SendResponse {
     v1::SendResponse {
         message_id: a.message_id.into_string(),
         wa_id: a.wa_id.as_str().to_owned(),
-        message_status: "accepted".into(),
+        message_status: if a.held { MessageStatus::HeldForQualityAssessment } else { MessageStatus::Accepted }
+            .as_str()
+            .into(),
         idempotent_replay: a.idempotent_replay,
     }
 }
@@ -215,6 +217,32 @@ impl Messages for MessagesService {
         }
         Ok(Response::new(v1::SendBatchResponse {
             results: results.into_iter().map(|r| r.expect("every message has a result")).collect(),
+        }))
+    }
+
+    async fn resolve_held(
+        &self,
+        request: Request<v1::ResolveHeldRequest>,
+    ) -> Result<Response<v1::ResolveHeldResponse>, Status> {
+        check_role(&request, "ResolveHeld")?;
+        let request = request.into_inner();
+        let action = match v1::HeldAction::try_from(request.action) {
+            Ok(v1::HeldAction::Release) => AfterHold::Release,
+            Ok(v1::HeldAction::Drop) => AfterHold::Drop,
+            _ => {
+                let e = ApiError::invalid(
+                    "action",
+                    format_args!("HELD_ACTION_RELEASE (1) or HELD_ACTION_DROP (2), got {}", request.action),
+                );
+                return Err(status_from(&e));
+            }
+        };
+        let counts =
+            self.coordinator.resolve_held(&request.template_name, action).await.map_err(|e| status_from(&e))?;
+        Ok(Response::new(v1::ResolveHeldResponse {
+            released: counts.released,
+            dropped: counts.dropped,
+            expired: counts.expired,
         }))
     }
 

@@ -118,6 +118,13 @@ impl Messages for StubMessages {
     ) -> Result<Response<Self::WatchStatusesStream>, Status> {
         Err(Status::unimplemented("stub"))
     }
+
+    async fn resolve_held(
+        &self,
+        _request: Request<v1::ResolveHeldRequest>,
+    ) -> Result<Response<v1::ResolveHeldResponse>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
 }
 
 /// Acks every accepted message `ack_after` after its accept, on top of `preexisting` unique

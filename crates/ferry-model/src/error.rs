@@ -69,6 +69,10 @@ pub enum ErrorCode {
     /// API had no code of its own for it (it reported 1026, like any undeliverable message), so
     /// ferry reports the Cloud code in both flavours, where callers can tell it apart.
     MarketingLimit,
+    /// 132015: the template is paused (paced template dropped after its quality assessment, by
+    /// `pacing.after_hold = "drop"` or an admin `ResolveHeld` drop). The On-Prem API had no code
+    /// for it; ferry reports the Cloud code 132015 in both flavours.
+    TemplatePaused,
     /// 1009 with HTTP 409 / gRPC ALREADY_EXISTS: the idempotency key was already used by the same
     /// sender for a different message.
     IdempotencyConflict,
@@ -98,6 +102,7 @@ impl ErrorCode {
         ErrorCode::OutsideCustomerServiceWindow,
         ErrorCode::SpamRateLimit,
         ErrorCode::MarketingLimit,
+        ErrorCode::TemplatePaused,
         ErrorCode::IdempotencyConflict,
         ErrorCode::Unauthenticated,
     ];
@@ -124,6 +129,8 @@ impl ErrorCode {
             ErrorCode::OutsideCustomerServiceWindow => 470,
             ErrorCode::SpamRateLimit => 471,
             ErrorCode::MarketingLimit => 131049,
+            // No On-Prem code exists: the Cloud code in both flavours.
+            ErrorCode::TemplatePaused => 132015,
             ErrorCode::IdempotencyConflict => 1009,
             ErrorCode::Unauthenticated => 1005,
         }
@@ -151,6 +158,7 @@ impl ErrorCode {
             ErrorCode::OutsideCustomerServiceWindow => 131047,
             ErrorCode::SpamRateLimit => 131048,
             ErrorCode::MarketingLimit => 131049,
+            ErrorCode::TemplatePaused => 132015,
             ErrorCode::IdempotencyConflict => 131009,
             ErrorCode::Unauthenticated => 190,
         }
@@ -180,6 +188,7 @@ impl ErrorCode {
             }
             ErrorCode::SpamRateLimit => "Spam rate limit hit",
             ErrorCode::MarketingLimit => "This message was not delivered to maintain healthy ecosystem engagement",
+            ErrorCode::TemplatePaused => "Template is paused",
             ErrorCode::IdempotencyConflict => "Idempotency key reused with a different message",
             ErrorCode::Unauthenticated => "Authentication required",
         }
@@ -197,6 +206,7 @@ impl ErrorCode {
             | ErrorCode::SenderIsRecipient
             | ErrorCode::ReceiverIncapable
             | ErrorCode::MarketingLimit
+            | ErrorCode::TemplatePaused
             | ErrorCode::OutsideCustomerServiceWindow => 400,
             ErrorCode::Unauthenticated => 401,
             ErrorCode::AccessDenied => 403,
@@ -221,6 +231,7 @@ impl ErrorCode {
             ErrorCode::UserNotValid
             | ErrorCode::ReceiverIncapable
             | ErrorCode::MarketingLimit
+            | ErrorCode::TemplatePaused
             | ErrorCode::OutsideCustomerServiceWindow => GrpcCode::FailedPrecondition,
             ErrorCode::Unauthenticated => GrpcCode::Unauthenticated,
             ErrorCode::AccessDenied => GrpcCode::PermissionDenied,
@@ -322,5 +333,12 @@ mod tests {
         assert_eq!((code.http_status(), code.grpc_code()), (400, GrpcCode::FailedPrecondition));
         // Webhooks find the code by its reference number: it must name one kind only.
         assert_eq!(ErrorCode::ALL.iter().filter(|c| c.code() == 131049).count(), 1);
+    }
+
+    #[test]
+    fn template_paused_is_132015_in_both_flavours() {
+        let code = ErrorCode::TemplatePaused;
+        assert_eq!((code.code(), code.cloud_code(), code.title()), (132015, 132015, "Template is paused"));
+        assert_eq!(ErrorCode::ALL.iter().filter(|c| c.code() == 132015).count(), 1);
     }
 }

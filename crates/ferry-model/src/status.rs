@@ -1,7 +1,9 @@
 //! What became of a message: [`MessageStatus`] and the rule that a status never goes backwards.
 //!
 //! `accepted` (durable in its shard) → `sent` (the chat server acknowledged it) → `delivered` →
-//! `read`; or `accepted` → `failed` (TTL expired, recipient invalid). A later status may arrive
+//! `read`; or `accepted` → `failed` (TTL expired, recipient invalid). A message of a paced template
+//! is `held_for_quality_assessment` from its acceptance until it is released (then delivered like
+//! any accepted message) or dropped (`failed`, 132015). A later status may arrive
 //! before an earlier one (a receipt racing the ack that precedes it); [`MessageStatus::advances`]
 //! decides whether a change moves the message forward, so stores and callbacks never regress.
 
@@ -15,15 +17,19 @@ pub enum MessageStatus {
     Delivered,
     Read,
     Failed,
+    /// A paced template's message, held while the template's quality is assessed (not in the
+    /// delivery queue). Released → delivered as usual; dropped → `failed` (132015).
+    HeldForQualityAssessment,
 }
 
 impl MessageStatus {
-    pub const ALL: [MessageStatus; 5] = [
+    pub const ALL: [MessageStatus; 6] = [
         MessageStatus::Accepted,
         MessageStatus::Sent,
         MessageStatus::Delivered,
         MessageStatus::Read,
         MessageStatus::Failed,
+        MessageStatus::HeldForQualityAssessment,
     ];
 
     /// The name used on every API (`accepted`, `sent`, `delivered`, `read`, `failed`).
@@ -34,6 +40,7 @@ impl MessageStatus {
             MessageStatus::Delivered => "delivered",
             MessageStatus::Read => "read",
             MessageStatus::Failed => "failed",
+            MessageStatus::HeldForQualityAssessment => "held_for_quality_assessment",
         }
     }
 
@@ -45,6 +52,7 @@ impl MessageStatus {
             MessageStatus::Delivered => 2,
             MessageStatus::Read => 3,
             MessageStatus::Failed => 4,
+            MessageStatus::HeldForQualityAssessment => 5,
         }
     }
 
@@ -53,13 +61,16 @@ impl MessageStatus {
     }
 
     /// Whether moving from `self` to `next` is progress. `sent < delivered < read`; `failed` only
-    /// replaces a message that was never sent (a sent message cannot fail any more).
+    /// replaces a message that was never sent (a sent message cannot fail any more); `held` only
+    /// follows `accepted`, and ranks like it (a released message moves on to `sent`).
     pub fn advances(self, next: MessageStatus) -> bool {
         use MessageStatus::*;
         match (self, next) {
             (Failed, _) => false,
-            (_, Failed) => self == Accepted,
+            (_, Failed) => matches!(self, Accepted | HeldForQualityAssessment),
             (_, Accepted) => false,
+            (_, HeldForQualityAssessment) => self == Accepted,
+            (HeldForQualityAssessment, _) => true,
             _ => next.code() > self.code(),
         }
     }
@@ -94,6 +105,11 @@ mod tests {
         assert!(!Sent.advances(Failed));
         assert!(!Failed.advances(Sent));
         assert!(!Read.advances(Accepted));
+        assert!(Accepted.advances(HeldForQualityAssessment));
+        assert!(HeldForQualityAssessment.advances(Sent));
+        assert!(HeldForQualityAssessment.advances(Failed));
+        assert!(!Sent.advances(HeldForQualityAssessment));
+        assert!(!HeldForQualityAssessment.advances(Accepted));
     }
 
     #[test]

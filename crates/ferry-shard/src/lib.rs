@@ -15,6 +15,9 @@
 //!
 //! - The queue and the status of a message change only together: an acked or failed message
 //!   leaves the queue in the same synced batch that writes its status ([`settle`]).
+//! - A held (paced template) message is never in the queue, and leaves `held` only in the synced
+//!   batch that puts it in the queue under the same seq, or writes its `failed` status and event.
+//! - No persisted queue low watermark passes a released held message that is still queued.
 //!
 //! Modules: [`auth_store`] (the node's users and hashed tokens, in `<data_dir>/auth/`, a RocksDB
 //! apart from the shards), [`storage`] (on-disk format: column families, key and value encoding),
@@ -36,10 +39,10 @@ pub use resources::{SharedResources, StorageTuning};
 pub use settle::{FailureReason, InboundRecord, Settlement};
 pub use shard::{Shard, ShardConfig, ShardStats};
 pub use storage::{
-    CALLBACK_INBOUND, CALLBACK_STATUS, CallbackRecord, ContactRecord, IdempotencyIntent, IdempotencyRecord,
+    CALLBACK_INBOUND, CALLBACK_STATUS, CallbackRecord, ContactRecord, HeldRecord, IdempotencyIntent, IdempotencyRecord,
     QueueRecord, StatusEvent, StatusRecord,
 };
-pub use writer::{AppendOutcome, IdempotencyPlacement, NewMessage};
+pub use writer::{AppendOutcome, HeldAction, IdempotencyPlacement, NewMessage, ResolvedHeld};
 
 /// Errors of the shard layer.
 #[derive(Debug, thiserror::Error)]

@@ -64,7 +64,8 @@ impl Settlement {
     }
 }
 
-/// The status-record fields of a queued message (status `accepted`, no history yet).
+/// The status-record fields of a queued message (status `accepted`; history `accepted`, plus
+/// `held_for_quality_assessment` for a paced template's message).
 pub fn status_base(record: &QueueRecord) -> StatusRecord {
     StatusRecord {
         status: MessageStatus::Accepted.code(),
@@ -74,7 +75,12 @@ pub fn status_base(record: &QueueRecord) -> StatusRecord {
         accepted_at_ms: record.accepted_at_ms,
         expires_at_ms: record.expires_at_ms,
         updated_at_ms: record.accepted_at_ms,
-        history: vec![StatusEvent { status: MessageStatus::Accepted.code(), at_ms: record.accepted_at_ms }],
+        history: std::iter::once(StatusEvent { status: MessageStatus::Accepted.code(), at_ms: record.accepted_at_ms })
+            .chain((record.held_at_ms > 0).then(|| StatusEvent {
+                status: MessageStatus::HeldForQualityAssessment.code(),
+                at_ms: record.held_at_ms,
+            }))
+            .collect(),
         error_code: 0,
         error_title: String::new(),
         error_details: String::new(),
@@ -150,9 +156,9 @@ pub fn callback_for(seq: u64, record: &StatusRecord) -> CallbackRecord {
 /// of a resend may carry a later time than the receipts; each time is capped by the next one, so
 /// times never go backwards either.
 pub fn callbacks_through(seq: u64, record: &StatusRecord) -> Vec<CallbackRecord> {
-    let accepted = MessageStatus::Accepted.code();
+    let before_sent = [MessageStatus::Accepted.code(), MessageStatus::HeldForQualityAssessment.code()];
     let mut events: Vec<(u32, i64)> =
-        record.history.iter().filter(|e| e.status != accepted).map(|e| (e.status, e.at_ms)).collect();
+        record.history.iter().filter(|e| !before_sent.contains(&e.status)).map(|e| (e.status, e.at_ms)).collect();
     events.sort_by_key(|(status, _)| *status);
     events.dedup_by_key(|(status, _)| *status);
     for i in (0..events.len().saturating_sub(1)).rev() {
@@ -244,6 +250,7 @@ mod tests {
             payload: vec![],
             biz_opaque_callback_data: "cb".into(),
             idempotency_key: String::new(),
+            held_at_ms: 0,
         })
     }
 

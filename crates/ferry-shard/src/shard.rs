@@ -14,11 +14,11 @@ use crate::ShardError;
 use crate::resources::SharedResources;
 use crate::settle::Settlement;
 use crate::storage::{
-    CallbackRecord, ContactRecord, EventRetention, FORMAT_VERSION, IdempotencyIntent, IdempotencyRecord,
+    CallbackRecord, ContactRecord, EventRetention, FORMAT_VERSION, HeldRecord, IdempotencyIntent, IdempotencyRecord,
     META_FORMAT_VERSION, META_IDENTITY_KEY, META_NEXT_OUTBOX_SEQ, META_NEXT_SEQ, META_NODE_ID,
     META_QUEUE_LOW_WATERMARK, META_SHARD, META_WEBHOOK_CURSOR, QueueRecord, StatusRecord, Store, session_key,
 };
-use crate::writer::{AppendOutcome, Committed, NewMessage, WriteOp, Writer, WriterCounters};
+use crate::writer::{AppendOutcome, Committed, HeldAction, NewMessage, ResolvedHeld, WriteOp, Writer, WriterCounters};
 
 /// Per-shard knobs (config keys under `[shard]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,7 +130,9 @@ impl Shard {
             next_seq: AtomicU64::new(next_seq),
             appended: tokio::sync::Notify::new(),
             next_outbox_seq: tokio::sync::watch::Sender::new(next_outbox_seq),
+            released: std::sync::Mutex::new(Vec::new()),
         });
+        let queue_low_watermark = Arc::new(AtomicU64::new(queue_low_watermark));
         let writer = Writer {
             store: store.clone(),
             shard: id,
@@ -141,6 +143,9 @@ impl Shard {
             counters: counters.clone(),
             committed: committed.clone(),
             next_outbox_seq,
+            persisted_low_watermark: queue_low_watermark.load(Ordering::Acquire),
+            queue_low_watermark: queue_low_watermark.clone(),
+            released_unsettled: Default::default(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("shard-{:02}-writer", id.0))
@@ -158,7 +163,7 @@ impl Shard {
             counters,
             committed,
             identity_key,
-            queue_low_watermark: Arc::new(AtomicU64::new(queue_low_watermark)),
+            queue_low_watermark,
             webhook_cursor: webhook_floor,
             writer: Mutex::new(Some(handle)),
         })
@@ -177,7 +182,8 @@ impl Shard {
         self.identity_key
     }
 
-    /// Every queue key below this is deleted (as of the last settle batch, or open).
+    /// Every queue key below this is deleted (as of the last durable batch, or open). Lowered when a
+    /// held message below it is released into the queue.
     pub fn queue_low_watermark(&self) -> u64 {
         self.queue_low_watermark.load(Ordering::Acquire)
     }
@@ -270,15 +276,46 @@ impl Shard {
         let (reply, rx) = oneshot::channel();
         self.submit(WriteOp::Settle { entries, low_watermark, reply })?;
         let shard = self.id.0;
-        let watermark = self.queue_low_watermark.clone();
-        Ok(async move {
-            let result = rx.await.unwrap_or(Err(ShardError::Stopped(shard)));
-            // Raised only once the batch holding it is durable.
-            if let (Ok(()), Some(mark)) = (&result, low_watermark) {
-                watermark.fetch_max(mark, Ordering::AcqRel);
-            }
-            result
-        })
+        // The writer publishes the watermark it wrote (never above a released message still
+        // queued) once the batch is durable.
+        Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
+    }
+
+    /// Resolves held messages durably (synced): each of `seqs` still in `held` is released into the
+    /// queue under the same seq, or fails (`HeldAction::Drop`'s reason; 410 when its TTL passed by
+    /// `at_ms`) with its status event, in one batch. Seqs no longer held are skipped. Released
+    /// messages are handed to the delivery loop ([`Shard::take_released`]).
+    ///
+    /// Never refused for capacity (like settlements).
+    pub fn resolve_held_durably(
+        &self,
+        seqs: Vec<u64>,
+        action: HeldAction,
+        at_ms: i64,
+    ) -> Result<impl Future<Output = Result<ResolvedHeld, ShardError>> + use<>, ShardError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(WriteOp::ResolveHeld { seqs, action, at_ms, reply })?;
+        let shard = self.id.0;
+        Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
+    }
+
+    /// Up to `max` seqs of held messages released into the queue since the last call (durable;
+    /// usually below the delivery loop's cursor, so the loop point-reads them). Meant for one
+    /// taker: the shard's delivery loop. [`Shard::appended`] resolves after each release.
+    pub fn take_released(&self, max: usize) -> Vec<u64> {
+        let mut released = self.committed.released.lock().unwrap_or_else(|e| e.into_inner());
+        let n = max.min(released.len());
+        released.drain(..n).collect()
+    }
+
+    /// A held message (a paced template's, not yet released or dropped).
+    pub fn get_held(&self, seq: u64) -> Result<Option<HeldRecord>, ShardError> {
+        self.store.get_held(seq)
+    }
+
+    /// Up to `limit` held messages from sequence `from`, in seq (= acceptance) order.
+    pub fn scan_held(&self, from: u64, limit: usize) -> Result<Vec<(u64, HeldRecord)>, ShardError> {
+        self.store.scan_held(from, limit)
     }
 
     /// Stores encryption-session snapshots durably (synced): `(sender, recipient, snapshot)`.

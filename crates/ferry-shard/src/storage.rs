@@ -15,6 +15,7 @@
 //! | `sessions` | `sender ++ 0x00 ++ recipient` (UTF-8 wa_ids) | `[1u8] ++` ferry-session snapshot | writer |
 //! | `outbox` | event seq as u64 big-endian | `[1u8] ++ CallbackRecord` (protobuf) | writer (settle) |
 //! | `contacts` | `business ++ 0x00 ++ user` (UTF-8 wa_ids) | `[1u8] ++ ContactRecord` (protobuf) | writer (inbound) |
+//! | `held` | `seq` as u64 big-endian | `[1u8] ++ HeldRecord` (protobuf) | writer (append, resolve held) |
 //!
 //! `meta` keys: `format_version` (u32 BE), `shard` (u16 BE index ++ u16 BE shard count),
 //! `node_id` (u64 BE), `next_seq` (u64 BE: the next sequence number to assign; rewritten in every
@@ -74,6 +75,23 @@
 //! same batch, for the webhook. The chat server's copy is acknowledged only after that batch is
 //! durable.
 //!
+//! ## Paced templates (`held`)
+//!
+//! A message of a paced template (config `[pacing] templates`) gets its sequence number like any
+//! other but is written to `held`, **not** to `queue`, in the append's synced batch: the delivery
+//! loop reads `queue` in seq order and tracks a low watermark below every queued key, and a held
+//! message must pin neither. A message is in at most one of `queue`, `held` and `status`
+//! (receipts aside). Leaving `held` is one synced batch either way:
+//! - **release**: `held` delete + `queue` put under the **same** seq (the id answered at send time
+//!   stays the message's id). The seq is usually below the delivery loop's read cursor, so the
+//!   writer lowers `meta/queue_low_watermark` to it in the same batch (a restart's scan covers it)
+//!   and keeps every later watermark at or below it until the message leaves the queue; it also
+//!   tells the running loop the seq (`Shard::take_released`), which point-reads it.
+//! - **drop**: `held` delete + `failed` status record (132015 "Template is paused", or 410 when
+//!   the TTL passed while held) + its status event, exactly as a delivery failure is settled.
+//!
+//! `held` keys are written once and removed with `SingleDelete`, like `queue` keys.
+
 //! ## Queue hygiene (tombstones at the head of an LSM FIFO)
 //!
 //! Deleting the head of a FIFO leaves tombstones that a scan from the start has to step over until
@@ -84,7 +102,8 @@
 //! 2. The delivery loop never rescans: it keeps a cursor and reads forward from it with
 //!    `iterate_lower_bound`/`iterate_upper_bound` set to `[cursor, committed next_seq)`, so
 //!    it never seeks into the deleted head. At start-up it begins at `meta/queue_low_watermark`,
-//!    which every settle batch advances.
+//!    which every settle batch advances (and a release of a held message may lower: "Paced
+//!    templates" above).
 //! 3. Each scan is bounded by the in-memory window, not by the queue length.
 //!
 //! Measured (`FERRY_BENCH_TOMBSTONES=10000000 cargo bench --bench queue_tombstones`, details in
@@ -125,8 +144,18 @@ pub const CF_STATUS: &str = "status";
 pub const CF_SESSIONS: &str = "sessions";
 pub const CF_OUTBOX: &str = "outbox";
 pub const CF_CONTACTS: &str = "contacts";
-const ALL_CFS: [&str; 8] =
-    [CF_META, CF_QUEUE, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_STATUS, CF_SESSIONS, CF_OUTBOX, CF_CONTACTS];
+pub const CF_HELD: &str = "held";
+const ALL_CFS: [&str; 9] = [
+    CF_META,
+    CF_QUEUE,
+    CF_IDEMPOTENCY,
+    CF_IDEMPOTENCY_INTENTS,
+    CF_STATUS,
+    CF_SESSIONS,
+    CF_OUTBOX,
+    CF_CONTACTS,
+    CF_HELD,
+];
 
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
 pub const META_SHARD: &[u8] = b"shard";
@@ -164,6 +193,21 @@ pub struct QueueRecord {
     /// Empty when the send carried no key.
     #[prost(string, tag = "8")]
     pub idempotency_key: String,
+    /// When the message was held as a paced template's (0: never held). A released message keeps
+    /// it, so its history shows the hold.
+    #[prost(int64, tag = "9")]
+    pub held_at_ms: i64,
+}
+
+/// A paced template's message waiting in `held` (see "Paced templates" above).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HeldRecord {
+    /// The queue record it becomes when released (`held_at_ms` set).
+    #[prost(message, optional, tag = "1")]
+    pub record: Option<QueueRecord>,
+    /// The template's name (what `ResolveHeld` selects by).
+    #[prost(string, tag = "2")]
+    pub template_name: String,
 }
 
 /// What an idempotency key answered the first time.
@@ -450,6 +494,18 @@ impl Store {
             None => Ok(None),
             Some(v) => decode_value(self.shard, &v).map(Some),
         }
+    }
+
+    pub fn get_held(&self, seq: u64) -> Result<Option<HeldRecord>, ShardError> {
+        match self.db.get_pinned_cf(self.cf(CF_HELD), queue_key(seq)).map_err(|e| self.rocks(e))? {
+            None => Ok(None),
+            Some(v) => decode_value(self.shard, &v).map(Some),
+        }
+    }
+
+    /// Up to `limit` held messages from sequence `from`, in seq (= acceptance) order.
+    pub fn scan_held(&self, from: u64, limit: usize) -> Result<Vec<(u64, HeldRecord)>, ShardError> {
+        self.scan_bounded(CF_HELD, from, u64::MAX, limit)
     }
 
     pub fn get_status(&self, seq: u64) -> Result<Option<StatusRecord>, ShardError> {

@@ -11,7 +11,7 @@
 //! The writer is a thread rather than a tokio task because RocksDB's synced write blocks; the
 //! async side only awaits a oneshot reply.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -21,11 +21,12 @@ use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::oneshot;
 
 use crate::ShardError;
-use crate::settle::Settlement;
+use crate::settle::{FailureReason, Settlement};
 use crate::storage::{
-    CF_CONTACTS, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_META, CF_OUTBOX, CF_QUEUE, CF_SESSIONS, CF_STATUS,
-    ContactRecord, IdempotencyIntent, IdempotencyRecord, META_NEXT_OUTBOX_SEQ, META_NEXT_SEQ, META_QUEUE_LOW_WATERMARK,
-    META_WEBHOOK_CURSOR, QueueRecord, StatusRecord, Store, encode_value, queue_key, session_key,
+    CF_CONTACTS, CF_HELD, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_META, CF_OUTBOX, CF_QUEUE, CF_SESSIONS, CF_STATUS,
+    ContactRecord, HeldRecord, IdempotencyIntent, IdempotencyRecord, META_NEXT_OUTBOX_SEQ, META_NEXT_SEQ,
+    META_QUEUE_LOW_WATERMARK, META_WEBHOOK_CURSOR, QueueRecord, StatusRecord, Store, encode_value, queue_key,
+    session_key,
 };
 
 /// Where the idempotency record of a new message goes (see `storage` module docs).
@@ -43,6 +44,9 @@ pub enum IdempotencyPlacement {
 pub struct NewMessage {
     pub record: QueueRecord,
     pub idempotency: Option<IdempotencyPlacement>,
+    /// `Some(template name)`: a paced template's message, written to `held` instead of `queue`
+    /// (see the storage docs, "Paced templates"); `record.held_at_ms` should be set.
+    pub held_template: Option<String>,
 }
 
 /// The result of one durable append.
@@ -50,6 +54,27 @@ pub struct NewMessage {
 pub struct AppendOutcome {
     pub seq: u64,
     pub message_id: MessageId,
+    /// The message was written to `held` (a paced template's).
+    pub held: bool,
+}
+
+/// What to do with held messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeldAction {
+    /// Into the queue under the same seq, delivered like any accepted message.
+    Release,
+    /// Failed for good with this reason (132015 "Template is paused").
+    Drop(FailureReason),
+}
+
+/// What one resolve of held messages did (sequence numbers). Seqs that were no longer held (already
+/// resolved by a concurrent call) are in none of the lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvedHeld {
+    pub released: Vec<u64>,
+    pub dropped: Vec<u64>,
+    /// Failed with 410 instead: their TTL passed while they were held.
+    pub expired: Vec<u64>,
 }
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ShardError>>;
@@ -78,6 +103,14 @@ pub(crate) enum WriteOp {
         entries: Vec<Settlement>,
         low_watermark: Option<u64>,
         reply: Reply<()>,
+    },
+    /// Moves held messages out of `held`: into the queue, or to `failed` (see [`HeldAction`]).
+    /// Messages whose TTL passed by `at_ms` fail with 410 whatever the action.
+    ResolveHeld {
+        seqs: Vec<u64>,
+        action: HeldAction,
+        at_ms: i64,
+        reply: Reply<ResolvedHeld>,
     },
     /// Records that the webhook receiver accepted every status event below `next` (`meta/webhook_cursor`).
     SetWebhookCursor {
@@ -109,9 +142,11 @@ impl WriteOp {
             WriteOp::Remove { seqs, .. } => seqs.len(),
             // Settlements and sessions free or hold no queue space: never refused for capacity
             // (the delivery loop must always be able to record an ack).
-            WriteOp::Settle { .. } | WriteOp::PutSessions { .. } | WriteOp::SetWebhookCursor { .. } | WriteOp::Stop => {
-                0
-            }
+            WriteOp::Settle { .. }
+            | WriteOp::PutSessions { .. }
+            | WriteOp::SetWebhookCursor { .. }
+            | WriteOp::ResolveHeld { .. }
+            | WriteOp::Stop => 0,
             WriteOp::Hold { weight, .. } => *weight,
         }
     }
@@ -135,6 +170,9 @@ pub struct Committed {
     /// The status-event (outbox) sequence below which every event is durable; every webhook
     /// sender and status-stream watcher subscribes to it.
     pub next_outbox_seq: tokio::sync::watch::Sender<u64>,
+    /// Held messages released into the queue (durably), most likely below the delivery loop's
+    /// read cursor: the loop takes them and point-reads them (`Shard::take_released`).
+    pub released: std::sync::Mutex<Vec<u64>>,
 }
 
 pub(crate) struct Writer {
@@ -147,11 +185,66 @@ pub(crate) struct Writer {
     pub(crate) counters: Arc<WriterCounters>,
     pub(crate) committed: Arc<Committed>,
     pub(crate) next_outbox_seq: u64,
+    /// `meta/queue_low_watermark` as persisted, published to readers after each commit.
+    pub(crate) queue_low_watermark: Arc<AtomicU64>,
+    pub(crate) persisted_low_watermark: u64,
+    /// Released held messages that have not left the queue yet: no low watermark written while
+    /// one is queued may pass it (the delivery loop may not have read it yet). In memory only: a
+    /// restart's scan starts at the persisted watermark, which is at or below every one of them.
+    pub(crate) released_unsettled: BTreeSet<u64>,
 }
 
 enum Pending {
     Append { reply: Reply<Vec<AppendOutcome>>, outcomes: Vec<AppendOutcome> },
     Done(Reply<()>),
+    Resolved { reply: Reply<ResolvedHeld>, outcome: ResolvedHeld },
+}
+
+/// The status-change state of one batch, shared by settlements and dropped held messages.
+struct StatusBatch<'a> {
+    store: &'a Store,
+    /// Status records as of this batch, so several changes to one message in a batch compose.
+    statuses: HashMap<u64, StatusRecord>,
+    read_error: Option<crate::ShardError>,
+    next_outbox_seq: &'a mut u64,
+}
+
+impl StatusBatch<'_> {
+    /// Merges `change` into the message's status record and adds its status event(s).
+    fn record(&mut self, batch: &mut WriteBatch, seq: u64, change: &Settlement) {
+        let (status_cf, outbox_cf) = (self.store.cf(CF_STATUS), self.store.cf(CF_OUTBOX));
+        let current = match self.statuses.get(&seq) {
+            Some(r) => Some(r.clone()),
+            None => match self.store.get_status(seq) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.read_error = Some(e);
+                    None
+                }
+            },
+        };
+        if let Some(next) = crate::settle::merge(current.as_ref(), change) {
+            batch.put_cf(status_cf, queue_key(seq), encode_value(&next));
+            let advanced = current.as_ref().is_none_or(|c| c.status != next.status);
+            // A receipt that overtook its ack creates a record without the
+            // message's fields; its callback waits until the ack fills them.
+            let filled = current.as_ref().is_some_and(|c| c.wa_id.is_empty()) && !next.wa_id.is_empty();
+            if filled {
+                // The ack filled in a record receipts created (they overtook it,
+                // e.g. after a restart): report every status it went through, in
+                // order, so no receiver misses `sent` or `delivered`.
+                for callback in crate::settle::callbacks_through(seq, &next) {
+                    batch.put_cf(outbox_cf, queue_key(*self.next_outbox_seq), encode_value(&callback));
+                    *self.next_outbox_seq += 1;
+                }
+            } else if advanced && !next.wa_id.is_empty() {
+                let callback = crate::settle::callback_for(seq, &next);
+                batch.put_cf(outbox_cf, queue_key(*self.next_outbox_seq), encode_value(&callback));
+                *self.next_outbox_seq += 1;
+            }
+            self.statuses.insert(seq, next);
+        }
+    }
 }
 
 impl Writer {
@@ -193,15 +286,25 @@ impl Writer {
         let store = &self.store;
         let (queue, idem, intents, meta) =
             (store.cf(CF_QUEUE), store.cf(CF_IDEMPOTENCY), store.cf(CF_IDEMPOTENCY_INTENTS), store.cf(CF_META));
-        let (status_cf, sessions_cf, outbox_cf) = (store.cf(CF_STATUS), store.cf(CF_SESSIONS), store.cf(CF_OUTBOX));
+        let (sessions_cf, outbox_cf, held_cf) = (store.cf(CF_SESSIONS), store.cf(CF_OUTBOX), store.cf(CF_HELD));
         let outbox_before = self.next_outbox_seq;
-        // Status records as of this batch, so several changes to one message in a batch compose.
-        let mut statuses: HashMap<u64, StatusRecord> = HashMap::new();
+        let mut next_outbox_seq = self.next_outbox_seq;
+        let mut status = StatusBatch {
+            store: &self.store,
+            statuses: HashMap::new(),
+            read_error: None,
+            next_outbox_seq: &mut next_outbox_seq,
+        };
         // Contact records as of this batch (several inbound messages of one user compose).
         let mut contacts: HashMap<Vec<u8>, ContactRecord> = HashMap::new();
         let contacts_cf = store.cf(CF_CONTACTS);
         let mut settled = 0u64;
-        let mut read_error = None;
+        // The highest low watermark a settle op asked for; held messages released and queue keys
+        // removed in this batch (see `released_unsettled`); held seqs resolved in this batch.
+        let mut requested_watermark: Option<u64> = None;
+        let mut released_now: Vec<u64> = Vec::new();
+        let mut left_queue: Vec<u64> = Vec::new();
+        let mut resolved_here: HashSet<u64> = HashSet::new();
         let mut batch = WriteBatch::default();
         let mut pending = Vec::with_capacity(ops.len());
         let seq_before = self.next_seq;
@@ -215,7 +318,14 @@ impl Writer {
                         self.next_seq += 1;
                         let message_id =
                             MessageId::encode(MessageKey { shard: self.shard, node_id: self.node_id, seq });
-                        batch.put_cf(queue, queue_key(seq), encode_value(&m.record));
+                        let held = m.held_template.is_some();
+                        match m.held_template {
+                            None => batch.put_cf(queue, queue_key(seq), encode_value(&m.record)),
+                            Some(template_name) => {
+                                let record = HeldRecord { record: Some(m.record.clone()), template_name };
+                                batch.put_cf(held_cf, queue_key(seq), encode_value(&record));
+                            }
+                        }
                         match m.idempotency {
                             None => {}
                             Some(IdempotencyPlacement::Here { key, payload_hash }) => {
@@ -241,7 +351,7 @@ impl Writer {
                                 batch.put_cf(intents, queue_key(seq), encode_value(&intent));
                             }
                         }
-                        outcomes.push(AppendOutcome { seq, message_id });
+                        outcomes.push(AppendOutcome { seq, message_id, held });
                         appended += 1;
                     }
                     pending.push(Pending::Append { reply, outcomes });
@@ -263,6 +373,7 @@ impl Writer {
                     // instead of lingering to the bottom level.
                     for seq in seqs {
                         batch.single_delete_cf(queue, queue_key(seq));
+                        left_queue.push(seq);
                     }
                     pending.push(Pending::Done(reply));
                 }
@@ -273,7 +384,7 @@ impl Writer {
                             let current = match contacts.get(&key) {
                                 Some(c) => Some(c.clone()),
                                 None => store.get_contact_by_key(&key).unwrap_or_else(|e| {
-                                    read_error = Some(e);
+                                    status.read_error = Some(e);
                                     None
                                 }),
                             };
@@ -284,51 +395,66 @@ impl Writer {
                                 contacts.insert(key, record);
                             }
                             let event = crate::settle::inbound_callback(m);
-                            batch.put_cf(outbox_cf, queue_key(self.next_outbox_seq), encode_value(&event));
-                            self.next_outbox_seq += 1;
+                            batch.put_cf(outbox_cf, queue_key(*status.next_outbox_seq), encode_value(&event));
+                            *status.next_outbox_seq += 1;
                             continue;
                         }
                         let seq = change.seq();
                         if change.leaves_queue() {
                             batch.single_delete_cf(queue, queue_key(seq));
+                            left_queue.push(seq);
                             settled += 1;
                         }
-                        let current = match statuses.get(&seq) {
-                            Some(r) => Some(r.clone()),
-                            None => match store.get_status(seq) {
-                                Ok(r) => r,
-                                Err(e) => {
-                                    read_error = Some(e);
-                                    None
-                                }
-                            },
-                        };
-                        if let Some(next) = crate::settle::merge(current.as_ref(), &change) {
-                            batch.put_cf(status_cf, queue_key(seq), encode_value(&next));
-                            let advanced = current.as_ref().is_none_or(|c| c.status != next.status);
-                            // A receipt that overtook its ack creates a record without the
-                            // message's fields; its callback waits until the ack fills them.
-                            let filled = current.as_ref().is_some_and(|c| c.wa_id.is_empty()) && !next.wa_id.is_empty();
-                            if filled {
-                                // The ack filled in a record receipts created (they overtook it,
-                                // e.g. after a restart): report every status it went through, in
-                                // order, so no receiver misses `sent` or `delivered`.
-                                for callback in crate::settle::callbacks_through(seq, &next) {
-                                    batch.put_cf(outbox_cf, queue_key(self.next_outbox_seq), encode_value(&callback));
-                                    self.next_outbox_seq += 1;
-                                }
-                            } else if advanced && !next.wa_id.is_empty() {
-                                let callback = crate::settle::callback_for(seq, &next);
-                                batch.put_cf(outbox_cf, queue_key(self.next_outbox_seq), encode_value(&callback));
-                                self.next_outbox_seq += 1;
-                            }
-                            statuses.insert(seq, next);
-                        }
+                        status.record(&mut batch, seq, &change);
                     }
                     if let Some(mark) = low_watermark {
-                        batch.put_cf(meta, META_QUEUE_LOW_WATERMARK, mark.to_be_bytes());
+                        requested_watermark = Some(requested_watermark.map_or(mark, |m| m.max(mark)));
                     }
                     pending.push(Pending::Done(reply));
+                }
+                WriteOp::ResolveHeld { seqs, action, at_ms, reply } => {
+                    let mut outcome = ResolvedHeld::default();
+                    for seq in seqs {
+                        if !resolved_here.insert(seq) {
+                            continue;
+                        }
+                        let record = match store.get_held(seq) {
+                            Ok(Some(HeldRecord { record: Some(record), .. })) => record,
+                            Ok(Some(HeldRecord { record: None, .. })) => {
+                                status.read_error = Some(crate::ShardError::Corrupt {
+                                    shard: self.shard.0,
+                                    what: format!("held record {seq} has no queue record"),
+                                });
+                                continue;
+                            }
+                            Ok(None) => continue, // already resolved
+                            Err(e) => {
+                                status.read_error = Some(e);
+                                continue;
+                            }
+                        };
+                        batch.single_delete_cf(held_cf, queue_key(seq));
+                        let reason = if record.expires_at_ms <= at_ms {
+                            outcome.expired.push(seq);
+                            let code = ferry_model::ErrorCode::Expired;
+                            FailureReason {
+                                code: code.code(),
+                                title: code.title().to_owned(),
+                                details: "the message's TTL passed while it was held for quality assessment".into(),
+                            }
+                        } else if let HeldAction::Drop(reason) = &action {
+                            outcome.dropped.push(seq);
+                            reason.clone()
+                        } else {
+                            batch.put_cf(queue, queue_key(seq), encode_value(&record));
+                            released_now.push(seq);
+                            outcome.released.push(seq);
+                            continue;
+                        };
+                        let message = crate::settle::status_base(&record);
+                        status.record(&mut batch, seq, &Settlement::Failed { seq, message, at_ms, reason });
+                    }
+                    pending.push(Pending::Resolved { reply, outcome });
                 }
                 WriteOp::SetWebhookCursor { next, reply } => {
                     batch.put_cf(meta, META_WEBHOOK_CURSOR, next.to_be_bytes());
@@ -346,11 +472,19 @@ impl Writer {
                 WriteOp::Hold { .. } | WriteOp::Stop => unreachable!("holds and stops are handled by run"),
             }
         }
+        let read_error = status.read_error.take();
+        drop(status);
+        // Outbox numbers of a failed batch are not reused either (like sequence numbers).
+        self.next_outbox_seq = next_outbox_seq;
         if self.next_seq != seq_before {
             batch.put_cf(meta, META_NEXT_SEQ, self.next_seq.to_be_bytes());
         }
         if self.next_outbox_seq != outbox_before {
             batch.put_cf(meta, META_NEXT_OUTBOX_SEQ, self.next_outbox_seq.to_be_bytes());
+        }
+        let watermark = self.next_low_watermark(requested_watermark, &released_now, &left_queue);
+        if let Some(mark) = watermark {
+            batch.put_cf(meta, META_QUEUE_LOW_WATERMARK, mark.to_be_bytes());
         }
         let result = match read_error {
             // A status we could not read cannot be merged: fail the batch rather than overwrite it.
@@ -375,16 +509,30 @@ impl Writer {
                 if self.next_outbox_seq != outbox_before {
                     self.committed.next_outbox_seq.send_replace(self.next_outbox_seq);
                 }
+                if let Some(mark) = watermark {
+                    self.persisted_low_watermark = mark;
+                    self.queue_low_watermark.store(mark, Ordering::Release);
+                }
+                if !self.released_unsettled.is_empty() {
+                    for seq in &left_queue {
+                        self.released_unsettled.remove(seq);
+                    }
+                }
+                if !released_now.is_empty() {
+                    self.released_unsettled.extend(released_now.iter().copied());
+                    self.committed.released.lock().unwrap_or_else(|e| e.into_inner()).extend(released_now);
+                    self.committed.appended.notify_one();
+                }
                 for p in pending {
                     // A dropped receiver means the caller went away; the data is durable anyway.
                     match p {
                         Pending::Append { reply, outcomes } => drop(reply.send(Ok(outcomes))),
                         Pending::Done(reply) => drop(reply.send(Ok(()))),
+                        Pending::Resolved { reply, outcome } => drop(reply.send(Ok(outcome))),
                     }
                 }
             }
             Err(e) => {
-                // Outbox numbers of a failed batch are not reused either (like sequence numbers).
                 tracing::error!(shard = %self.shard, error = %e, "synced write failed; failing its batch");
                 // Sequence numbers of a failed batch are not reused: a later success persists a
                 // higher next_seq, and ids stay unique whether or not the failed write reached disk.
@@ -393,9 +541,30 @@ impl Writer {
                     match p {
                         Pending::Append { reply, .. } => drop(reply.send(Err(err))),
                         Pending::Done(reply) => drop(reply.send(Err(err))),
+                        Pending::Resolved { reply, .. } => drop(reply.send(Err(err))),
                     }
                 }
             }
         }
+    }
+
+    /// The low watermark to persist with this batch, if it changes: what the settle ops asked for,
+    /// but never above a released held message still in the queue (the delivery loop may not have
+    /// read it: it sits below the loop's cursor). A release alone lowers the persisted watermark to
+    /// the released seq, so a restart's scan reads it.
+    fn next_low_watermark(&self, requested: Option<u64>, released_now: &[u64], left_queue: &[u64]) -> Option<u64> {
+        let floor = if self.released_unsettled.is_empty() && released_now.is_empty() {
+            None
+        } else {
+            let left: HashSet<u64> = left_queue.iter().copied().collect();
+            self.released_unsettled.iter().chain(released_now).copied().filter(|s| !left.contains(s)).min()
+        };
+        let target = match (requested, floor) {
+            (Some(r), Some(f)) => r.min(f),
+            (Some(r), None) => r,
+            (None, Some(f)) if f < self.persisted_low_watermark => f,
+            (None, _) => return None,
+        };
+        (target != self.persisted_low_watermark).then_some(target)
     }
 }

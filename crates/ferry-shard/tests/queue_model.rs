@@ -35,6 +35,7 @@ fn record(payload: Vec<u8>) -> NewMessage {
     NewMessage {
         record: QueueRecord { wa_id: "16315551234".into(), payload, ..QueueRecord::default() },
         idempotency: None,
+        held_template: None,
     }
 }
 

@@ -31,8 +31,10 @@ fn message(n: u32) -> NewMessage {
             payload: b"{}".to_vec(),
             biz_opaque_callback_data: "cb".into(),
             idempotency_key: String::new(),
+            held_at_ms: 0,
         },
         idempotency: None,
+        held_template: None,
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use ferry_auth::{AuthConfig, AuthMode};
 use ferry_chatsim::ChatSimConfig;
-use ferry_coordinator::{CoordinatorConfig, WindowPolicy};
+use ferry_coordinator::{CoordinatorConfig, PacingConfig, WindowPolicy};
 use ferry_delivery::DeliveryConfig;
 use ferry_shard::{ShardConfig, StorageTuning};
 use ferry_webhooks::WebhookConfig;
@@ -54,6 +54,8 @@ pub struct FerryConfig {
     pub webhook: WebhookConfig,
     /// Users and bearer tokens for the HTTP and gRPC APIs.
     pub auth: AuthConfig,
+    /// Paced templates: held (`held_for_quality_assessment`) until released or dropped.
+    pub pacing: PacingConfig,
 }
 
 impl Default for FerryConfig {
@@ -76,6 +78,7 @@ impl Default for FerryConfig {
             chatsim: ChatSimConfig::default(),
             webhook: WebhookConfig::default(),
             auth: AuthConfig::default(),
+            pacing: node.pacing,
         }
     }
 }
@@ -207,6 +210,7 @@ impl FerryConfig {
             customer_service_window: self.window_policy(),
             shard: ShardConfig { callbacks: self.webhook.url.is_some(), ..self.shard.clone() },
             storage: self.storage.clone(),
+            pacing: self.pacing.clone(),
         }
     }
 
@@ -278,6 +282,13 @@ mod tests {
         assert!(toml::from_str::<FerryConfig>("shardz = 3").unwrap_err().to_string().contains("shardz"));
         let c = FerryConfig { shards: 33, ..FerryConfig::default() };
         assert!(c.validate().unwrap_err().to_string().contains("expected 1 to 32"));
+        let paced: FerryConfig = toml::from_str("[pacing]\ntemplates = [\"promo\"]\nafter_hold = \"drop\"").unwrap();
+        assert_eq!(paced.coordinator().pacing.after_hold, ferry_coordinator::AfterHold::Drop);
+        let err = toml::from_str::<FerryConfig>("[pacing]\nafter_hold = \"keep\"").unwrap_err().to_string();
+        assert!(err.contains("release") && err.contains("drop"), "{err}");
+        let c =
+            FerryConfig { pacing: PacingConfig { hold_secs: 0, ..PacingConfig::default() }, ..FerryConfig::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("pacing.hold_secs"));
     }
 
     #[test]

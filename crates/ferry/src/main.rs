@@ -1,4 +1,4 @@
-//! The `ferry` command: `serve` runs a node, `send` and `get` talk to one over gRPC,
+//! The `ferry` command: `serve` runs a node, `send`, `get`, `watch` and `held` talk to one over gRPC,
 //! `chatsim` runs the reference chat server, `loadgen` drives load, `config check` validates a config file,
 //! `login` gets a bearer token (for `--token` / `FERRY_TOKEN`).
 
@@ -39,6 +39,11 @@ enum Command {
     Get(GetArgs),
     /// Follow status changes (WatchStatuses) and print each as a JSON line, with its resume cursor.
     Watch(WatchArgs),
+    /// Admin: release or drop the held messages of a paced template (ResolveHeld).
+    Held {
+        #[command(subcommand)]
+        command: HeldCommand,
+    },
     /// Drive a ferry node with load over gRPC and report accepted/acked msg/s and latencies.
     Loadgen(ferry_loadgen::LoadgenArgs),
     /// Run the reference chat server (decrypts and acks envelopes, sends receipts, fault knobs).
@@ -124,6 +129,27 @@ struct WatchArgs {
     from_oldest: bool,
 }
 
+#[derive(Subcommand)]
+enum HeldCommand {
+    /// Release every held message of the template into delivery (same ids as answered at send).
+    Release(HeldArgs),
+    /// Drop every held message of the template: failed, error 132015 "Template is paused".
+    Drop(HeldArgs),
+}
+
+#[derive(clap::Args)]
+struct HeldArgs {
+    /// gRPC address of a ferry node.
+    #[arg(long, env = "FERRY_TARGET", default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// Bearer token of an admin (`ferry login`); needed unless the node runs with `--auth disabled`.
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The paced template's name.
+    #[arg(long)]
+    template: String,
+}
+
 #[derive(clap::Args)]
 struct GetArgs {
     /// gRPC address of a ferry node.
@@ -152,6 +178,7 @@ fn main() -> std::process::ExitCode {
             Command::Get(a) => get(a).await,
             Command::Watch(a) => watch(a).await,
             Command::Login(a) => login(a).await,
+            Command::Held { command } => held(command).await,
             Command::Loadgen(a) => ferry_loadgen::run(a).await.map(|report| print!("{}", report.summary())),
             Command::Chatsim(a) => {
                 init_logging("info");
@@ -253,7 +280,9 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     let http = tokio::spawn(ferry_http::serve(http_listener, ferry_http::router(http_state), async move {
         let _ = http_stopping.await;
     }));
+    let pacing_rule = coordinator.start_pacing_rule();
     ferry_ingest::serve_with_auth(listener, coordinator.clone(), auth, stopped(stopping)).await?;
+    pacing_rule.abort();
     tracing::info!("stopped accepting; stopping delivery");
     delivery.shutdown(std::time::Duration::from_secs(10)).await;
     if let Some(w) = webhooks {
@@ -455,6 +484,23 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
         "error": r.error.map(|e| serde_json::json!({"code": e.code, "title": e.title, "details": e.details})),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+async fn held(command: HeldCommand) -> anyhow::Result<()> {
+    let (a, action) = match command {
+        HeldCommand::Release(a) => (a, v1::HeldAction::Release),
+        HeldCommand::Drop(a) => (a, v1::HeldAction::Drop),
+    };
+    let mut client = connect(&a.target, a.token.as_deref()).await?;
+    let request = v1::ResolveHeldRequest { template_name: a.template, action: action as i32 };
+    let r = client
+        .resolve_held(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("resolve held refused: {}", describe(&s)))?
+        .into_inner();
+    let out = serde_json::json!({"released": r.released, "dropped": r.dropped, "expired": r.expired});
+    println!("{out}");
     Ok(())
 }
 
