@@ -48,6 +48,8 @@ pub struct FerryConfig {
     pub chatsim: ChatSimConfig,
     /// Status callbacks (unset `url`: none).
     pub webhook: WebhookConfig,
+    /// The HTTP API's limits.
+    pub http: ferry_http::HttpConfig,
 }
 
 impl Default for FerryConfig {
@@ -69,6 +71,7 @@ impl Default for FerryConfig {
             delivery: DeliveryConfig::default(),
             chatsim: ChatSimConfig::default(),
             webhook: WebhookConfig::default(),
+            http: ferry_http::HttpConfig::default(),
         }
     }
 }
@@ -222,6 +225,9 @@ impl FerryConfig {
         if let Err(e) = self.webhook.validate() {
             bail!("{e}");
         }
+        if let Err(e) = self.http.validate() {
+            bail!("{e}");
+        }
         Ok(())
     }
 }
@@ -242,6 +248,10 @@ mod tests {
         assert!(toml::from_str::<FerryConfig>("shardz = 3").unwrap_err().to_string().contains("shardz"));
         let c = FerryConfig { shards: 33, ..FerryConfig::default() };
         assert!(c.validate().unwrap_err().to_string().contains("expected 1 to 32"));
+        let c: FerryConfig = toml::from_str("[http]\nmax_body_bytes = 100").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("http.max_body_bytes = 100") && e.contains("at least 1024"), "{e}");
+        assert!(toml::from_str::<FerryConfig>("[http]\nmax_body = 1").unwrap_err().to_string().contains("max_body"));
     }
 
     #[test]

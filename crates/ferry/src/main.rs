@@ -210,7 +210,11 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     println!("ferry: http listening on {http_bound}");
     println!("ferry: grpc listening on {bound}");
 
-    let http_state = Arc::new(ferry_http::HttpState { coordinator: coordinator.clone(), lifecycle: lifecycle.clone() });
+    let http_state = Arc::new(ferry_http::HttpState {
+        coordinator: coordinator.clone(),
+        lifecycle: lifecycle.clone(),
+        max_body_bytes: config.http.max_body_bytes,
+    });
     let http =
         tokio::spawn(ferry_http::serve(http_listener, ferry_http::router(http_state), stopped(stopping.clone())));
     ferry_ingest::serve(listener, coordinator.clone(), stopped(stopping)).await?;
