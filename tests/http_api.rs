@@ -9,6 +9,8 @@
 //!   every JSON request body in it and checks that a fixture covers each one (so none is
 //!   forgotten when the reference grows).
 //! - Invalid variants get the flavour's error shape, status and code.
+//! - `[tls]`: a real `ferry serve` with an rcgen certificate answers the JSON API over https and
+//!   gRPC over TLS, and refuses plaintext.
 
 mod support;
 
@@ -416,4 +418,97 @@ async fn idempotency_key_and_cloud_sender() {
     assert_eq!(code, 131021, "{answer}");
     let (status, answer) = post_json(server.addr, "/v21.0/106540352242922/messages", &to_self).await;
     assert_eq!(status, 200, "a numeric phone number id sends from the default sender: {answer}");
+}
+
+/// A CA and a server certificate for `localhost` signed by it (PEM), and a client config that
+/// trusts only that CA.
+fn test_pki(dir: &Path) -> (PathBuf, PathBuf, rustls::ClientConfig) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "ferry test CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (cert_file, key_file, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_the_json_api_and_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file, client_tls) = test_pki(dir.path());
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            cert_file.display().to_string(),
+            key_file.display().to_string()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let ferry = support::FerryProcess::spawn_with(&data, 2, &["--config", config.to_str().unwrap()]);
+
+    // JSON API over https (the certificate names localhost).
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_tls.clone())
+        .https_only()
+        .enable_http1()
+        .build();
+    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(https);
+    let body = json!({"to": "+16315551234", "type": "text", "text": {"body": "over tls"}}).to_string();
+    let request = hyper::Request::post(format!("https://localhost:{}/v1/messages", ferry.http_addr.port()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
+    let response = client.request(request).await.expect("https request");
+    assert_eq!(response.status(), 201);
+    let answer: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert!(answer["messages"][0]["id"].as_str().unwrap().starts_with("wamid."), "{answer}");
+    // Plain http on the TLS port gets no answer.
+    let plain = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = hyper::Request::post(format!("http://{}/v1/messages", ferry.http_addr))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(15), plain.request(request))
+        .await
+        .expect("answered or closed");
+    assert!(refused.is_err(), "plaintext http must not be served: {refused:?}");
+
+    // gRPC over TLS with ALPN h2, through a connector that trusts only the test CA.
+    let mut grpc_tls = client_tls;
+    grpc_tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(grpc_tls));
+    let grpc_addr = ferry.addr;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://localhost:{}", grpc_addr.port()))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: hyper::Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(grpc_addr).await?;
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let tls = connector.connect(name, tcp).await?;
+                assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "the server negotiates h2");
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .expect("grpc over tls");
+    let mut grpc = ferry_proto::v1::messages_client::MessagesClient::new(channel);
+    let sent = grpc.send(support::text("+16315551234", "grpc over tls")).await.expect("send over tls").into_inner();
+    assert!(sent.message_id.starts_with("wamid."), "{sent:?}");
+    ferry.terminate();
 }

@@ -11,6 +11,7 @@
 
 pub mod messages;
 pub mod ops;
+pub mod tls;
 pub mod users;
 
 use std::future::Future;
@@ -91,4 +92,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// [`serve`] over TLS (`[tls]`): the same router behind rustls.
+pub async fn serve_tls(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(tls::TlsListener::new(listener, config)?, router).with_graceful_shutdown(shutdown).await
 }

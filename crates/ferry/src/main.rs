@@ -155,6 +155,11 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     let config = FerryConfig::load(&overrides)?;
     init_logging(&config.log);
     let addr = config.grpc_addr()?;
+    // `[tls]`: the files were checked by `load`; read them once for both listeners.
+    let tls = config.tls.load()?;
+    if tls.is_some() {
+        tracing::info!("tls on: the http and grpc listeners serve TLS only");
+    }
     let coordinator = Arc::new(
         Coordinator::open(&config.coordinator())
             .await
@@ -215,9 +220,20 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         lifecycle: lifecycle.clone(),
         max_body_bytes: config.http.max_body_bytes,
     });
-    let http =
-        tokio::spawn(ferry_http::serve(http_listener, ferry_http::router(http_state), stopped(stopping.clone())));
-    ferry_ingest::serve(listener, coordinator.clone(), stopped(stopping)).await?;
+    let router = ferry_http::router(http_state);
+    let http = match &tls {
+        Some(t) => {
+            tokio::spawn(ferry_http::serve_tls(http_listener, t.http.clone(), router, stopped(stopping.clone())))
+        }
+        None => tokio::spawn(ferry_http::serve(http_listener, router, stopped(stopping.clone()))),
+    };
+    match tls {
+        Some(t) => {
+            let accepted = ferry_http::tls::accept(listener, t.grpc);
+            ferry_ingest::serve_accepted(accepted, coordinator.clone(), stopped(stopping)).await?
+        }
+        None => ferry_ingest::serve(listener, coordinator.clone(), stopped(stopping)).await?,
+    }
     match http.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "http server failed"),
