@@ -3,7 +3,8 @@
 //! [`MessagesService`] implements `ferry.v1.Messages`: it converts wire types to domain types
 //! (`ferry_proto::convert`), hands them to the [`Coordinator`], and maps every failure through the
 //! one error table (`ferry_model::ErrorCode`) to a gRPC status. [`serve`] runs it on a bound
-//! listener together with `grpc.health.v1.Health` and server reflection.
+//! listener together with `grpc.health.v1.Health` and server reflection; [`serve_accepted`] runs
+//! the same services over connections accepted elsewhere (the TLS streams of `[tls]`).
 //!
 //! Invariants: this crate never touches storage (it only awaits the coordinator), and it answers a
 //! send only with what the coordinator returned after the durable write.
