@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ferry_proto::v1;
 
-use support::{FerryProcess, connect, http_get, text};
+use support::{FerryProcess, connect, http_get, http_post_json, text};
 
 fn signal(ferry: &FerryProcess, sig: &str) {
     let status = std::process::Command::new("kill").args([sig, &ferry.child.id().to_string()]).status().unwrap();
@@ -153,6 +153,10 @@ async fn a_second_signal_exits_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(http_get(ferry.http_addr, "/healthz").await.0, 200, "live while draining");
+    let text = serde_json::json!({"to": "+16315550101", "type": "text", "text": {"body": "too late"}});
+    let (status, body) = http_post_json(ferry.http_addr, "/v1/messages", &text).await;
+    assert_eq!(status, 503, "HTTP sends are refused while draining: {body}");
+    assert!(body.contains("1011"), "{body}");
     // gRPC stops accepting (its in-flight calls finish first).
     let start = Instant::now();
     while tokio::net::TcpStream::connect(ferry.addr).await.is_ok() {

@@ -325,9 +325,22 @@ pub async fn chat_stats(addr: SocketAddr) -> ferry_proto::chat::v1::StatsRespons
 
 /// A plain HTTP/1.1 GET over a fresh connection: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")).await
+}
+
+/// A plain HTTP/1.1 POST of a JSON body over a fresh connection: (status, body).
+pub async fn http_post_json(addr: SocketAddr, path: &str, body: &serde_json::Value) -> (u16, String) {
+    let body = body.to_string();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    http_request(addr, head + &body).await
+}
+
+async fn http_request(addr: SocketAddr, request: String) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the http port");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await.unwrap();

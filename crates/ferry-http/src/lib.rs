@@ -13,6 +13,7 @@
 
 pub mod messages;
 pub mod ops;
+pub mod tls;
 pub mod users;
 
 use std::future::Future;
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use ferry_coordinator::Coordinator;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 /// The process's lifecycle as the HTTP and gRPC surfaces report it.
@@ -50,6 +52,39 @@ pub struct HttpState {
     pub auth: Arc<ferry_auth::Auth>,
     /// The effective config, secrets masked, for `GET /v1/settings` (admin only).
     pub settings: serde_json::Value,
+    /// Longest request body the messages API reads (`[http] max_body_bytes`); longer is 413.
+    pub max_body_bytes: usize,
+}
+
+/// The `[http]` section of `ferry.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Longest JSON request body accepted, in bytes; longer bodies are refused with 413 in the
+    /// flavour's error shape. Default [`DEFAULT_MAX_BODY_BYTES`] (1 MiB).
+    pub max_body_bytes: usize,
+}
+
+/// 1 MiB: far above the largest valid message (a 4096-character text, or an interactive list with
+/// ten rows, is a few KiB), small enough that a flood of big bodies cannot exhaust memory.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { max_body_bytes: DEFAULT_MAX_BODY_BYTES }
+    }
+}
+
+impl HttpConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_body_bytes < 1024 {
+            return Err(format!(
+                "http.max_body_bytes = {}: expected at least 1024 bytes (a message request needs a few hundred)",
+                self.max_body_bytes
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The whole HTTP API, behind the auth middleware ([`users::required_access`] says which routes
@@ -71,4 +106,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// [`serve`] over TLS (`[tls]`): the same router behind rustls.
+pub async fn serve_tls(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(tls::TlsListener::new(listener, config)?, router).with_graceful_shutdown(shutdown).await
 }

@@ -3,7 +3,8 @@
 //! [`MessagesService`] implements `ferry.v1.Messages`: it converts wire types to domain types
 //! (`ferry_proto::convert`), hands them to the [`Coordinator`], and maps every failure through the
 //! one error table (`ferry_model::ErrorCode`) to a gRPC status. [`serve`] runs it on a bound
-//! listener together with `grpc.health.v1.Health` and server reflection.
+//! listener together with `grpc.health.v1.Health` and server reflection; [`serve_accepted`] runs
+//! the same services over connections accepted elsewhere (the TLS streams of `[tls]`).
 //!
 //! Auth ([`serve_with_auth`]): every `ferry.v1.Messages` call passes [`BearerAuth`], which needs
 //! metadata `authorization: Bearer TOKEN` (the tokens of `POST /v1/users/login`, see `ferry-auth`)
@@ -18,7 +19,9 @@
 pub mod watch;
 
 use std::future::Future;
+
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use ferry_auth::{Auth, Principal, Role};
 use ferry_coordinator::{Accepted, AfterHold, Coordinator, MessageView, SendCommand, telemetry};
@@ -289,6 +292,99 @@ pub async fn serve_with_auth(
     auth: Arc<Auth>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    // No Nagle: an answer is one small frame, and delaying it for the client's delayed ACK costs
+    // ~40 ms per call at low concurrency. (`Server::tcp_nodelay` applies only to listeners the
+    // server binds itself, so it is set on the incoming stream.)
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    serve_incoming(incoming, coordinator, auth, shutdown).await
+}
+
+/// [`serve_with_auth`] over connections accepted elsewhere, e.g. TLS streams whose handshake is done
+/// (`ferry_http::tls::accept`, `[tls]`). Ends when `shutdown` resolves.
+pub async fn serve_accepted<IO, A>(
+    accepted: tokio::sync::mpsc::Receiver<(IO, A)>,
+    coordinator: Arc<Coordinator>,
+    auth: Arc<Auth>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    A: Send + 'static,
+{
+    use tokio_stream::StreamExt;
+    let incoming =
+        tokio_stream::wrappers::ReceiverStream::new(accepted).map(|(io, _)| Ok::<_, std::io::Error>(AcceptedConn(io)));
+    serve_incoming(incoming, coordinator, auth, shutdown).await
+}
+
+/// A connection accepted elsewhere, for tonic (which wants [`Connected`] on its streams).
+///
+/// [`Connected`]: tonic::transport::server::Connected
+struct AcceptedConn<IO>(IO);
+
+impl<IO> tonic::transport::server::Connected for AcceptedConn<IO> {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for AcceptedConn<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for AcceptedConn<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+async fn serve_incoming<I, IO, IE>(
+    incoming: I,
+    coordinator: Arc<Coordinator>,
+    auth: Arc<Auth>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error>
+where
+    I: tokio_stream::Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<MessagesServer<MessagesService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -296,10 +392,6 @@ pub async fn serve_with_auth(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("descriptor sets are valid");
-    // No Nagle: an answer is one small frame, and delaying it for the client's delayed ACK costs
-    // ~40 ms per call at low concurrency. (`Server::tcp_nodelay` applies only to listeners the
-    // server binds itself, so it is set on the incoming stream.)
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;

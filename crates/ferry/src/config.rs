@@ -56,6 +56,45 @@ pub struct FerryConfig {
     pub auth: AuthConfig,
     /// Paced templates: held (`held_for_quality_assessment`) until released or dropped.
     pub pacing: PacingConfig,
+    /// The HTTP API's limits.
+    pub http: ferry_http::HttpConfig,
+    /// TLS for both listeners (unset: plaintext).
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: a PEM certificate chain and private key; both set or neither. When set, the HTTP and
+/// the gRPC listener both serve TLS only (rustls).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// The rustls configs of both listeners.
+pub struct ServerTls {
+    /// Offers ALPN `http/1.1`.
+    pub http: std::sync::Arc<rustls::ServerConfig>,
+    /// Offers ALPN `h2` (gRPC clients such as grpc-go require it).
+    pub grpc: std::sync::Arc<rustls::ServerConfig>,
+}
+
+impl TlsConfig {
+    /// Reads and checks the files: `None` when TLS is off.
+    pub fn load(&self) -> anyhow::Result<Option<ServerTls>> {
+        match (&self.cert_file, &self.key_file) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => {
+                let http = ferry_http::tls::server_config(cert, key, &[b"http/1.1"]).map_err(anyhow::Error::msg)?;
+                let grpc = ferry_http::tls::server_config(cert, key, &[b"h2"]).map_err(anyhow::Error::msg)?;
+                Ok(Some(ServerTls { http, grpc }))
+            }
+            (Some(_), None) => bail!("tls.cert_file is set but tls.key_file is not: expected both (TLS on) or neither"),
+            (None, Some(_)) => bail!("tls.key_file is set but tls.cert_file is not: expected both (TLS on) or neither"),
+        }
+    }
 }
 
 impl Default for FerryConfig {
@@ -79,6 +118,8 @@ impl Default for FerryConfig {
             webhook: WebhookConfig::default(),
             auth: AuthConfig::default(),
             pacing: node.pacing,
+            http: ferry_http::HttpConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -262,6 +303,10 @@ impl FerryConfig {
         if let Err(e) = self.auth.validate() {
             bail!("{e}");
         }
+        if let Err(e) = self.http.validate() {
+            bail!("{e}");
+        }
+        self.tls.load()?;
         Ok(())
     }
 }
@@ -320,6 +365,37 @@ mod tests {
         assert_eq!((c.auth.mode, c.auth.admin_password.as_deref()), (AuthMode::Disabled, Some("0123456789")));
         let o = Overrides { admin_password: Some("short".into()), ..Overrides::default() };
         assert!(FerryConfig::load(&o).unwrap_err().to_string().contains("FERRY_ADMIN_PASSWORD"));
+    }
+
+    #[test]
+    fn http_section_is_validated() {
+        let c: FerryConfig = toml::from_str("[http]\nmax_body_bytes = 100").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("http.max_body_bytes = 100") && e.contains("at least 1024"), "{e}");
+        assert!(toml::from_str::<FerryConfig>("[http]\nmax_body = 1").unwrap_err().to_string().contains("max_body"));
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_readable_pem() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        let only_cert = TlsConfig { cert_file: Some(cert.clone()), key_file: None };
+        let e = FerryConfig { tls: only_cert, ..FerryConfig::default() }.validate().unwrap_err().to_string();
+        assert!(e.contains("tls.key_file is not") && e.contains("both"), "{e}");
+        let missing = TlsConfig { cert_file: Some(cert.clone()), key_file: Some(key.clone()) };
+        let e = FerryConfig { tls: missing.clone(), ..FerryConfig::default() }.validate().unwrap_err().to_string();
+        assert!(e.contains("tls.cert_file") && e.contains("cert.pem") && e.contains("cannot read"), "{e}");
+        std::fs::write(&cert, "not pem").unwrap();
+        std::fs::write(&key, "not pem").unwrap();
+        let e = missing.load().err().unwrap().to_string();
+        assert!(e.contains("no certificate") && e.contains("BEGIN CERTIFICATE"), "{e}");
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(&cert, pair.cert.pem()).unwrap();
+        let e = missing.load().err().unwrap().to_string();
+        assert!(e.contains("tls.key_file") && e.contains("private key"), "{e}");
+        std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+        assert!(missing.load().unwrap().is_some());
     }
 
     #[test]

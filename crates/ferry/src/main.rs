@@ -210,6 +210,11 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     // Before anything records: series recorded without a recorder are lost.
     let prometheus = ferry_http::ops::install_recorder().map_err(anyhow::Error::msg)?;
     let addr = config.grpc_addr()?;
+    // `[tls]`: the files were checked by `load`; read them once for both listeners.
+    let tls = config.tls.load()?;
+    if tls.is_some() {
+        tracing::info!("tls on: the http and grpc listeners serve TLS only");
+    }
     let coordinator = Arc::new(
         Coordinator::open(&config.coordinator())
             .await
@@ -272,16 +277,28 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         ops: ferry_http::ops::Ops { prometheus: Some(prometheus), delivery: delivery.shard_stats().to_vec() },
         auth: auth.clone(),
         settings: settings_json(&config),
+        max_body_bytes: config.http.max_body_bytes,
     });
     // HTTP stays up through the drain so probes see `/readyz` turn 503 (and `/metrics` keeps
     // answering); its message routes refuse new sends while draining. It stops last, before the
     // shards close.
     let (http_stop, http_stopping) = tokio::sync::oneshot::channel::<()>();
-    let http = tokio::spawn(ferry_http::serve(http_listener, ferry_http::router(http_state), async move {
+    let http_stopped = async move {
         let _ = http_stopping.await;
-    }));
+    };
+    let router = ferry_http::router(http_state);
+    let http = match &tls {
+        Some(t) => tokio::spawn(ferry_http::serve_tls(http_listener, t.http.clone(), router, http_stopped)),
+        None => tokio::spawn(ferry_http::serve(http_listener, router, http_stopped)),
+    };
     let pacing_rule = coordinator.start_pacing_rule();
-    ferry_ingest::serve_with_auth(listener, coordinator.clone(), auth, stopped(stopping)).await?;
+    match tls {
+        Some(t) => {
+            let accepted = ferry_http::tls::accept(listener, t.grpc);
+            ferry_ingest::serve_accepted(accepted, coordinator.clone(), auth, stopped(stopping)).await?
+        }
+        None => ferry_ingest::serve_with_auth(listener, coordinator.clone(), auth, stopped(stopping)).await?,
+    }
     pacing_rule.abort();
     tracing::info!("stopped accepting; stopping delivery");
     delivery.shutdown(std::time::Duration::from_secs(10)).await;
