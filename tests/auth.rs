@@ -103,6 +103,11 @@ async fn tokens_and_roles_over_http_and_grpc_and_across_a_restart() {
     assert_ne!(status, 401, "/healthz is open");
     assert_refused(http(h, "GET", "/v1/settings", None, None).await, 401, "no token");
     assert_refused(http(h, "POST", "/v1/messages", None, Some(json!({}))).await, 401, "no token");
+    // The Cloud route refuses in the Cloud shape, which Cloud clients parse.
+    let (status, challenge, body) = http(h, "POST", "/v21.0/106540352242922/messages", None, Some(json!({}))).await;
+    assert_eq!((status, challenge.is_some()), (401, true), "{body}");
+    assert_eq!(body["error"]["type"], "OAuthException", "{body}");
+    assert!(body["error"]["error_data"]["details"].as_str().unwrap().contains("no token"), "{body}");
     assert_refused(http(h, "GET", "/v1/settings", bearer("forged"), None).await, 401, "unknown or revoked");
     assert_unauthenticated(grpc_send(g, None).await, "no token");
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{g}")).unwrap().connect().await.unwrap();

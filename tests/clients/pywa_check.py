@@ -1,6 +1,7 @@
 """pywa, a real Cloud API client from PyPI, against ferry's Cloud route.
 
-Starts `ferry serve` (in-process chat server, ports 0, a temporary data dir), points pywa at
+Starts `ferry serve` (in-process chat server, ports 0, a temporary data dir, auth on), logs in as
+the admin (`POST /v1/users/login`, HTTP Basic) and hands the bearer token to pywa, points pywa at
 `http://ADDR/v21.0` and sends a text, a template and an interactive (reply buttons) message; each
 must come back with a message id (and the template with message_status "accepted"). Run by
 tests/clients/pywa_check.sh, which makes the venv.
@@ -20,13 +21,15 @@ from pywa.types.templates import TemplateLanguage
 API_VERSION = "21.0"
 PHONE_ID = "106540352242922"  # a Graph API phone-number id: ferry sends from its default sender
 TO = "+16315551234"
+ADMIN_PASSWORD = "pywa-check-admin-password"
 
 
 def start_ferry(binary: str, data_dir: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [binary, "serve", "--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
          "--shards", "2", "--data-dir", data_dir],
-        stdout=subprocess.PIPE, text=True, env={"RUST_LOG": "warn", "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE, text=True,
+        env={"RUST_LOG": "warn", "PATH": "/usr/bin:/bin", "FERRY_ADMIN_PASSWORD": ADMIN_PASSWORD},
     )
     for line in proc.stdout:
         if line.startswith("ferry: http listening on "):
@@ -39,8 +42,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         proc, addr = start_ferry(binary, data_dir)
         try:
+            login = httpx.post(f"http://{addr}/v1/users/login", auth=("admin", ADMIN_PASSWORD), timeout=10)
+            assert login.status_code == 200, f"login: {login.status_code} {login.text}"
+            token = login.json()["users"][0]["token"]
             session = httpx.Client(timeout=10)
-            wa = WhatsApp(phone_id=PHONE_ID, token="ferry-test-token", session=session, api_version=API_VERSION)
+            wa = WhatsApp(phone_id=PHONE_ID, token=token, session=session, api_version=API_VERSION)
             session.base_url = f"http://{addr}/v{API_VERSION}"
 
             text = wa.send_message(to=TO, text="hello from pywa")

@@ -626,9 +626,11 @@ impl Coordinator {
             return Err(not_found());
         }
         let shard = &self.shards[key.shard.index()];
-        let (queued, held) = match shard.get_queued(key.seq).map_err(shard_error)? {
-            Some(record) => (Some(record), false),
-            None => (shard.get_held(key.seq).map_err(shard_error)?.and_then(|h| h.record), true),
+        // Read in the direction messages move (held → queue → status), so one moving between two
+        // reads is found by the next read instead of missed by both.
+        let (queued, held) = match shard.get_held(key.seq).map_err(shard_error)?.and_then(|h| h.record) {
+            Some(record) => (Some(record), true),
+            None => (shard.get_queued(key.seq).map_err(shard_error)?, false),
         };
         if let Some(record) = queued {
             // Accepted (a released message's history shows its hold) or held.

@@ -105,7 +105,10 @@ async fn cloud_send(
 ) -> Response {
     let sender = match cloud_sender(&version, &phone_number_id) {
         Ok(s) => s,
-        Err(e) => return error_response(Flavour::Cloud, e.into()),
+        Err(e) => {
+            ferry_coordinator::telemetry::note_rejected(&e);
+            return error_response(Flavour::Cloud, e.into());
+        }
     };
     match send(&state, Flavour::Cloud, sender, request).await {
         Ok((input, accepted)) => {
@@ -284,6 +287,19 @@ fn details_of(e: &ApiError) -> String {
     }
 }
 
+/// Whether `path` is the Cloud messages route (`/{version}/{phone_number_id}/messages`): errors on
+/// it, including auth refusals, are answered in the Cloud shape that Cloud clients parse.
+pub fn is_cloud_path(path: &str) -> bool {
+    let mut parts = path.trim_start_matches('/').split('/');
+    matches!((parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some(v), Some(id), Some("messages"), None) if !v.is_empty() && !id.is_empty() && v != "v1")
+}
+
+/// `e` in the Cloud error shape, with the table's HTTP status.
+pub fn cloud_error_response(e: ApiError) -> Response {
+    error_response(Flavour::Cloud, e.into())
+}
+
 fn error_response(flavour: Flavour, f: Failure) -> Response {
     let e = &f.error;
     let status = f
@@ -324,6 +340,14 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cloud_paths_are_recognised() {
+        assert!(is_cloud_path("/v21.0/106540352242922/messages"));
+        assert!(!is_cloud_path("/v1/messages"));
+        assert!(!is_cloud_path("/v1/users/login"));
+        assert!(!is_cloud_path("/v21.0/106540352242922/messages/x"));
+    }
 
     #[test]
     fn cloud_path_picks_the_sender() {

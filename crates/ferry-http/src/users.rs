@@ -76,6 +76,16 @@ pub async fn require_auth(State(state): State<Arc<HttpState>>, mut request: Requ
             Ok(principal) => {
                 request.extensions_mut().insert(principal);
             }
+            Err(e) if crate::messages::is_cloud_path(request.uri().path()) => {
+                // Cloud clients (pywa, the Graph SDKs) parse only the Cloud error shape.
+                let mut response = crate::messages::cloud_error_response(e.api_error());
+                if response.status() == StatusCode::UNAUTHORIZED {
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ferry\""));
+                }
+                return response;
+            }
             Err(e) => return auth_error(&e, "Bearer"),
         }
     }
@@ -112,8 +122,22 @@ fn auth_error(e: &AuthError, scheme: &'static str) -> Response {
     response
 }
 
-/// Runs slow auth work (argon2) off the async workers.
+/// Auth work running at once (argon2id: ~19 MiB and tens of ms of a core per check). Login needs
+/// no token, so without a bound a flood of logins would take hundreds of blocking threads and
+/// gigabytes, and starve the send path.
+static AUTH_WORK_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// How long a request waits for a slot before it is refused with 429 (1015).
+const AUTH_WORK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs slow auth work (argon2) off the async workers, at most [`AUTH_WORK_SLOTS`] at once.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, AuthError> + Send + 'static) -> Result<T, Response> {
+    let _slot = match tokio::time::timeout(AUTH_WORK_WAIT, AUTH_WORK_SLOTS.acquire()).await {
+        Ok(Ok(slot)) => slot,
+        _ => {
+            let e = ApiError::new(ErrorCode::TooManyRequests, "", "too many logins at once: retry in a few seconds");
+            return Err(api_error_response(&e));
+        }
+    };
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(auth_error(&e, "Basic")),

@@ -556,8 +556,12 @@ impl Writer {
         let floor = if self.released_unsettled.is_empty() && released_now.is_empty() {
             None
         } else {
+            // `released_unsettled` is sorted: its first seq not leaving now is its minimum, found in
+            // at most `left_queue.len() + 1` steps (not a walk of every released message).
             let left: HashSet<u64> = left_queue.iter().copied().collect();
-            self.released_unsettled.iter().chain(released_now).copied().filter(|s| !left.contains(s)).min()
+            let unsettled = self.released_unsettled.iter().copied().find(|s| !left.contains(s));
+            let now = released_now.iter().copied().filter(|s| !left.contains(s)).min();
+            unsettled.into_iter().chain(now).min()
         };
         let target = match (requested, floor) {
             (Some(r), Some(f)) => r.min(f),

@@ -17,6 +17,28 @@ use serde::{Deserialize, Serialize};
 /// What a secret prints as.
 pub const MASK: &str = "********";
 
+/// `url` with credentials hidden: the userinfo (`https://user:pass@host`) and the query (`?token=…`),
+/// where webhook URLs often carry them. Scheme, host, port and path stay readable.
+pub fn mask_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, _)) => (r, Some(MASK)),
+        None => (rest, None),
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{MASK}@{host}"),
+        None => authority.to_owned(),
+    };
+    let mut out = if scheme.is_empty() { host } else { format!("{scheme}://{host}") };
+    out.push_str(path);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FerryConfig {
@@ -265,6 +287,7 @@ impl FerryConfig {
                 *secret = Some(MASK.into());
             }
         }
+        c.webhook.url = c.webhook.url.as_deref().map(mask_url);
         c
     }
 
@@ -348,6 +371,16 @@ mod tests {
         // Unset stays unset: the output still tells whether a secret is configured.
         assert_eq!(FerryConfig::default().masked().webhook.secret, None);
         assert_eq!(FerryConfig::default().masked().auth.admin_password, None);
+    }
+
+    #[test]
+    fn webhook_url_credentials_are_masked() {
+        assert_eq!(mask_url("https://hooks.example.com/wa"), "https://hooks.example.com/wa");
+        assert_eq!(
+            mask_url("https://u:p@hooks.example.com:8443/wa?token=abc"),
+            "https://********@hooks.example.com:8443/wa?********"
+        );
+        assert_eq!(mask_url("http://127.0.0.1:9/hook?sig=1"), "http://127.0.0.1:9/hook?********");
     }
 
     #[test]

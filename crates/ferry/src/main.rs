@@ -236,6 +236,7 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         DeliveryEngine::start(coordinator.shards(), &upstream, config.delivery.clone(), coordinator.clock().clone())?;
     let webhooks = match &config.webhook.url {
         Some(url) => {
+            let url = config::mask_url(url);
             tracing::info!(%url, shape = ?config.webhook.shape, "status callbacks on");
             Some(
                 ferry_webhooks::WebhookEngine::start(coordinator.shards(), config.webhook.clone())
