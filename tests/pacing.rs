@@ -161,6 +161,18 @@ async fn held_messages_survive_a_restart_and_the_rule_releases_them_after_hold_s
     clock.advance(Duration::from_secs(601));
     wait_for_status(&client, &promo.message_id, "read").await;
     assert_eq!(sim.stats().unique_messages, 2);
+
+    // Messages held later are found above the rule's scan floor: one due, then the other.
+    let early = client.send(template("+16315550013", "promo")).await.unwrap().into_inner().message_id;
+    clock.advance(Duration::from_secs(300));
+    let late = client.send(template("+16315550014", "promo")).await.unwrap().into_inner().message_id;
+    clock.advance(Duration::from_secs(301));
+    wait_for_status(&client, &early, "read").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(status_of(&mut client, &late).await.status, HELD, "301 s old: not due yet");
+    clock.advance(Duration::from_secs(300));
+    wait_for_status(&client, &late, "read").await;
+    assert_eq!(sim.stats().unique_messages, 4);
     ferry.stop().await;
 }
 

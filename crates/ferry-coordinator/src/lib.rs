@@ -145,6 +145,10 @@ pub struct Coordinator {
     paced: HashSet<String>,
     /// Set by [`Coordinator::close`]: the pacing rule stops.
     closed: AtomicBool,
+    /// Per shard: no message below this seq is held. Scans of the `held` column family start here,
+    /// so the rule's once-a-second pass does not step over the tombstones of resolved messages
+    /// (seqs only grow, so a message held later is always above it). 0 after a start.
+    held_floor: Vec<std::sync::atomic::AtomicU64>,
     /// Failpoint for tests: skip the key-shard write after appending, as a crash there would.
     skip_key_shard_write: AtomicBool,
     // Declared last so it is dropped after the shards that use it.
@@ -207,6 +211,7 @@ impl Coordinator {
             paced: config.pacing.templates.iter().cloned().collect(),
             pacing: config.pacing.clone(),
             closed: AtomicBool::new(false),
+            held_floor: (0..config.shards).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
             skip_key_shard_write: AtomicBool::new(false),
             _resources: resources,
         };
@@ -536,20 +541,25 @@ impl Coordinator {
         in_order: bool,
     ) -> Result<HeldCounts, ApiError> {
         let mut counts = HeldCounts::default();
-        for shard in &self.shards {
-            let mut from = 0;
+        for (shard, floor) in self.shards.iter().zip(&self.held_floor) {
+            let mut from = floor.load(Ordering::Acquire);
             loop {
                 let chunk = shard.scan_held(from, HELD_SCAN_CHUNK).map_err(shard_error)?;
                 let Some(&(last, _)) = chunk.last() else { break };
+                // Everything below the first message still held after this pass is resolved.
+                let mut first_kept = None;
                 let full = chunk.len() == HELD_SCAN_CHUNK;
                 let mut seqs = Vec::new();
                 let mut stopped = false;
                 for (seq, held) in &chunk {
                     if select(*seq, held) {
                         seqs.push(*seq);
-                    } else if in_order {
-                        stopped = true;
-                        break;
+                    } else {
+                        first_kept.get_or_insert(*seq);
+                        if in_order {
+                            stopped = true;
+                            break;
+                        }
                     }
                 }
                 if !seqs.is_empty() {
@@ -563,6 +573,10 @@ impl Coordinator {
                         .await
                         .map_err(shard_error)?;
                     counts.add(&resolved);
+                }
+                // Only a pass that has seen every held message from the floor up may raise it.
+                if from == floor.load(Ordering::Acquire) {
+                    floor.store(first_kept.unwrap_or(last + 1), Ordering::Release);
                 }
                 if stopped || !full {
                     break;

@@ -45,6 +45,10 @@ use serde_json::{Value, json};
 
 use crate::HttpState;
 
+/// A request body that has not fully arrived after this long is refused (408): a stalled client
+/// must not hold a handler, its memory, or the drain, forever.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The request header carrying an idempotency key (optional).
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
@@ -259,7 +263,18 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     {
         return Err(too_large(format!("{n} bytes")));
     }
-    match axum::body::to_bytes(body, limit).await {
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await;
+    let Ok(read) = read else {
+        return Err(Failure {
+            error: ApiError::new(
+                ErrorCode::InvalidParameter,
+                "",
+                format!("the request body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs()),
+            ),
+            status: Some(StatusCode::REQUEST_TIMEOUT),
+        });
+    };
+    match read {
         Ok(bytes) => Ok(bytes),
         Err(e) => {
             let is_limit = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());

@@ -310,10 +310,17 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         sim.shutdown().await;
     }
     let _ = http_stop.send(());
-    match http.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "http server failed"),
-        Err(e) => tracing::error!(error = %e, "http server task failed"),
+    // Open HTTP requests get a few seconds to finish; then they are cut (a send cut before its
+    // answer was either written, and is kept, or not: the client retries with its idempotency key).
+    let mut http = http;
+    match tokio::time::timeout(HTTP_STOP_WAIT, &mut http).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "http server failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "http server task failed"),
+        Err(_) => {
+            tracing::warn!(wait_secs = HTTP_STOP_WAIT.as_secs(), "http requests still open: closing them");
+            http.abort();
+        }
     }
     coordinator.close();
     tracing::info!("ferry stopped cleanly");
@@ -351,6 +358,9 @@ fn open_auth(config: &FerryConfig, coordinator: &Coordinator) -> anyhow::Result<
 fn settings_json(config: &FerryConfig) -> serde_json::Value {
     serde_json::to_value(config.masked()).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
 }
+
+/// How long the drain waits for open HTTP requests once everything else has stopped.
+const HTTP_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Installs the SIGTERM/SIGINT handlers now (not on first poll: a signal right after the readiness
 /// lines must drain, not kill) and returns a receiver that turns `true` at the first signal.
