@@ -161,9 +161,25 @@ async fn tokens_and_roles_over_http_and_grpc_and_across_a_restart() {
     assert_unauthenticated(grpc_send(g, Some(&bob)).await, "unknown or revoked");
     grpc_send(g, Some(&bob2)).await.expect("the other token of bob still works");
 
-    // Deleting a user revokes all its tokens.
+    // Deleting a user revokes all its tokens, and ends their open status streams.
+    let mut watch = MessagesClient::connect(format!("http://{g}")).await.unwrap();
+    let mut request = tonic::Request::new(ferry_proto::v1::WatchStatusesRequest::default());
+    request.metadata_mut().insert("authorization", format!("Bearer {bob2}").parse().unwrap());
+    let mut stream = watch.watch_statuses(request).await.expect("bob may watch").into_inner();
     let (status, _, body) = http(h, "DELETE", "/v1/users/bob", bearer(&admin), None).await;
     assert_eq!(status, 200, "{body}");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue, // events of earlier sends may still arrive
+                Ok(None) => panic!("the stream ended without an error"),
+                Err(s) => return s,
+            }
+        }
+    })
+    .await
+    .expect("a revoked caller's WatchStatuses stream ends within the re-check period");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     assert_unauthenticated(grpc_send(g, Some(&bob2)).await, "unknown or revoked");
     assert_refused(http(h, "GET", "/v1/users/bob", bearer(&bob2), None).await, 401, "unknown or revoked");
     let (status, _, body) = http(h, "GET", "/v1/users/bob", bearer(&admin), None).await;

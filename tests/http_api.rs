@@ -445,6 +445,7 @@ fn test_pki(dir: &Path) -> (PathBuf, PathBuf, rustls::ClientConfig) {
     let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_file, cert.pem()).unwrap();
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().clone()).unwrap();
     let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -521,6 +522,15 @@ async fn tls_serves_the_json_api_and_grpc() {
     let mut grpc = ferry_proto::v1::messages_client::MessagesClient::new(channel);
     let sent = grpc.send(support::text("+16315551234", "grpc over tls")).await.expect("send over tls").into_inner();
     assert!(sent.message_id.starts_with("wamid."), "{sent:?}");
+    // The CLI over TLS: an https:// target, trusting the CA given in FERRY_CA_CERT.
+    let out = std::process::Command::new(support::ferry_bin())
+        .args(["send", "--target", &format!("https://localhost:{}", grpc_addr.port())])
+        .args(["--to", "+16315551234", "--text", "cli over tls"])
+        .env("FERRY_CA_CERT", dir.path().join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("wamid."));
     ferry.terminate();
 }
 

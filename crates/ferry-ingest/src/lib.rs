@@ -46,13 +46,20 @@ pub struct MessagesService {
     /// Becomes true when the server stops accepting: open `WatchStatuses` streams end then, so a
     /// graceful shutdown does not wait for clients that would watch forever.
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// Re-checks the token of open `WatchStatuses` streams (see [`WATCH_REAUTH_EVERY`]).
+    auth: Arc<Auth>,
 }
 
 impl MessagesService {
-    pub fn new(coordinator: Arc<Coordinator>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
-        MessagesService { coordinator, stopping }
+    pub fn new(coordinator: Arc<Coordinator>, stopping: tokio::sync::watch::Receiver<bool>, auth: Arc<Auth>) -> Self {
+        MessagesService { coordinator, stopping, auth }
     }
 }
+
+/// How often an open `WatchStatuses` stream re-checks its caller's token: a stream outlives the
+/// call that opened it, so a logout, a deleted user or an expired token ends it (UNAUTHENTICATED)
+/// within this long instead of never.
+pub const WATCH_REAUTH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Maps a client-facing error to a gRPC status: the message names the code, field and
 /// expectation; the code and field are also in metadata, and the status details hold the
@@ -165,8 +172,35 @@ impl Messages for MessagesService {
         request: Request<v1::WatchStatusesRequest>,
     ) -> Result<Response<Self::WatchStatusesStream>, Status> {
         check_role(&request, "WatchStatuses")?;
+        let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let watch = watch::Watch::new(&self.coordinator, request.into_inner()).map_err(|e| status_from(&e))?;
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(watch.start(self.stopping.clone()))))
+        let mut events = watch.start(self.stopping.clone());
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let auth = self.auth.clone();
+        tokio::spawn(async move {
+            let mut recheck = tokio::time::interval(WATCH_REAUTH_EVERY);
+            recheck.tick().await; // the first tick is now: the interceptor just checked
+            loop {
+                tokio::select! {
+                    event = events.recv() => match event {
+                        Some(event) => {
+                            if tx.send(event).await.is_err() {
+                                return; // the client went away
+                            }
+                        }
+                        None => return,
+                    },
+                    _ = recheck.tick() => {
+                        let needed = required_role("WatchStatuses");
+                        if let Err(e) = auth.authorize(authorization.as_deref(), needed) {
+                            let _ = tx.send(Err(status_from(&e.api_error()))).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     async fn send(&self, request: Request<v1::SendRequest>) -> Result<Response<v1::SendResponse>, Status> {
@@ -404,7 +438,7 @@ where
         .add_service(health_service)
         .add_service(reflection)
         .add_service(MessagesServer::with_interceptor(
-            MessagesService::new(coordinator, stopping),
+            MessagesService::new(coordinator, stopping, auth.clone()),
             BearerAuth::new(auth),
         ))
         .serve_with_incoming_shutdown(incoming, shutdown)

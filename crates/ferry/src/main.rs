@@ -432,7 +432,11 @@ async fn connect(target: &str, token: Option<&str>) -> anyhow::Result<Client> {
         Some(t) => Some(format!("Bearer {t}").parse().context("--token (FERRY_TOKEN) must be printable ASCII")?),
         None => None,
     };
-    let channel = tonic::transport::Endpoint::from_shared(target.to_owned())
+    // `https://` targets use TLS (a node with `[tls]`), trusting the PEM CA in `FERRY_CA_CERT` when
+    // set, else the built-in web roots.
+    let ca_cert = std::env::var_os("FERRY_CA_CERT").map(std::path::PathBuf::from);
+    let channel = ferry_loadgen::client::endpoint(target, false, ca_cert.as_deref())
+        .await
         .with_context(|| format!("bad target {target:?}: expected e.g. http://127.0.0.1:50051"))?
         .connect()
         .await
