@@ -94,6 +94,10 @@ fn describe() {
         "Durable accept to the chat server's ack, per acked message."
     );
     describe_gauge!("ferry_queue_depth", "Messages in the shard's queue (RocksDB estimate of its keys).");
+    describe_gauge!(
+        "ferry_held_messages",
+        "Paced templates' messages held for quality assessment (RocksDB estimate of the held keys)."
+    );
     describe_gauge!("ferry_in_flight", "Envelopes sent to the chat server and not answered yet.");
     describe_gauge!("ferry_delivery_window_loaded", "Messages of the shard in the delivery loop's memory.");
     describe_gauge!("ferry_gateway_connected", "1 while the shard's link to the chat server is up, else 0.");
@@ -217,6 +221,7 @@ pub fn sample(state: &HttpState) {
         let label = shard.id().to_string();
         let stats = shard.stats();
         metrics::gauge!("ferry_queue_depth", "shard" => label.clone()).set(stats.estimated_queue_len as f64);
+        metrics::gauge!("ferry_held_messages", "shard" => label.clone()).set(stats.estimated_held_len as f64);
         let disk = shard.disk_usage();
         metrics::gauge!("ferry_rocksdb_sst_bytes", "shard" => label.clone()).set(disk.sst_bytes as f64);
         metrics::gauge!("ferry_rocksdb_pending_compaction_bytes", "shard" => label.clone())

@@ -66,6 +66,9 @@ pub fn server_config(cert_file: &Path, key_file: &Path, alpn: &[&[u8]]) -> Resul
     Ok(Arc::new(config))
 }
 
+/// TLS handshakes in progress at once per listener.
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+
 /// Accepts connections on `listener` and performs their TLS handshakes, each in its own task;
 /// established streams come out of the returned channel. The loop ends when the receiver is
 /// dropped.
@@ -75,6 +78,7 @@ pub fn accept(
 ) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -90,9 +94,16 @@ pub fn accept(
                 _ = tx.closed() => return,
             };
             let _ = tcp.set_nodelay(true);
+            // Bounded handshakes: idle or slow connections cannot pile up tasks and descriptors;
+            // past the bound a new connection is closed at once (clients retry).
+            let Ok(slot) = handshakes.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, max = MAX_PENDING_HANDSHAKES, "tls: too many handshakes in progress, closing");
+                continue;
+            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send((stream, peer)).await;

@@ -70,6 +70,8 @@ pub struct ShardStats {
     pub synced_writes: u64,
     pub pending: usize,
     pub estimated_queue_len: u64,
+    /// Approximate number of held messages (paced templates), from RocksDB's estimate.
+    pub estimated_held_len: u64,
     /// Messages that left the queue (acked or failed).
     pub settled: u64,
 }
@@ -446,6 +448,7 @@ impl Shard {
             synced_writes: self.counters.synced_writes.load(Ordering::Relaxed),
             pending: self.pending.load(Ordering::Relaxed),
             estimated_queue_len: self.store.estimated_queue_len(),
+            estimated_held_len: self.store.estimated_held_len(),
             settled: self.counters.settled.load(Ordering::Relaxed),
         }
     }

@@ -624,6 +624,11 @@ impl Store {
         self.db.compact_range_cf(self.cf(CF_QUEUE), None::<&[u8]>, None::<&[u8]>);
     }
 
+    /// Approximate number of held messages (paced templates; RocksDB estimate).
+    pub fn estimated_held_len(&self) -> u64 {
+        self.db.property_int_value_cf(self.cf(CF_HELD), "rocksdb.estimate-num-keys").ok().flatten().unwrap_or(0)
+    }
+
     /// Approximate number of live keys in the queue (RocksDB estimate).
     pub fn estimated_queue_len(&self) -> u64 {
         self.db.property_int_value_cf(self.cf(CF_QUEUE), "rocksdb.estimate-num-keys").ok().flatten().unwrap_or(0)
