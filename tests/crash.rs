@@ -3,18 +3,9 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
-
-use ferry_proto::v1;
-
-use support::{FerryProcess, connect, ferry_bin, text};
+use support::{FerryProcess, SendLoad, assert_all_kept, connect, ferry_bin, text};
 
 use tonic::Code;
-
-/// Accepted ids, shared between sender tasks.
-type Ids = Arc<std::sync::Mutex<Vec<String>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_send_survives_sigkill() {
@@ -33,49 +24,16 @@ async fn every_acknowledged_send_survives_sigkill() {
 
     // 32 concurrent senders; SIGKILL once 3,000 sends were acknowledged, while others are in flight.
     const KILL_AFTER: usize = 3_000;
-    let ids: Ids = Arc::default();
-    let acked = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for t in 0..32 {
-        let (mut c, ids, acked, stop) = (client.clone(), ids.clone(), acked.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let to = format!("+1631{t:02}{n:05}");
-                match c.send(text(&to, "durable?")).await {
-                    Ok(r) => {
-                        ids.lock().unwrap().push(r.into_inner().message_id);
-                        acked.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(_) => break, // the server is gone
-                }
-            }
-        }));
-    }
-    while acked.load(Ordering::Relaxed) < KILL_AFTER {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let load = SendLoad::start(&client, 32, "+1631");
+    load.wait_answered(KILL_AFTER).await;
     ferry.kill9();
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let ids = ids.lock().unwrap().clone();
+    let ids = load.finish().await;
     assert!(ids.len() >= KILL_AFTER);
 
     let ferry = FerryProcess::spawn(dir.path(), 4);
     let mut client = connect(ferry.addr).await;
-    for id in &ids {
-        let r = client
-            .get_message(v1::GetMessageRequest { message_id: id.clone() })
-            .await
-            .unwrap_or_else(|s| panic!("acknowledged {id} lost after SIGKILL: {s}"))
-            .into_inner();
-        // Delivery runs too (in-process chatsim): queued, or already acked by the server.
-        assert!(matches!(r.status.as_str(), "accepted" | "sent" | "delivered" | "read"), "{id}: {}", r.status);
-    }
+    // Delivery runs too (in-process chatsim): each is queued, or already acked by the server.
+    assert_all_kept(&mut client, &ids, "SIGKILL").await;
     // Idempotency holds across the crash: same id for the same message, conflict for another.
     for (m, id) in &keyed {
         let again = client.send(m.clone()).await.unwrap().into_inner();

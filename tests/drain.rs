@@ -6,12 +6,10 @@ mod support;
 
 use std::io::Read;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ferry_proto::v1;
-
-use support::{FerryProcess, connect, http_get, http_post_json, text};
+use support::{FerryProcess, SendLoad, assert_all_kept, connect, http_get, http_post_json, text};
 
 fn signal(ferry: &FerryProcess, sig: &str) {
     let status = std::process::Command::new("kill").args([sig, &ferry.child.id().to_string()]).status().unwrap();
@@ -38,49 +36,16 @@ async fn sigterm_under_load_loses_no_accepted_message() {
 
     // 16 senders; SIGTERM once 2,000 sends were answered, while others are in flight.
     const TERM_AFTER: usize = 2_000;
-    let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let answered = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for t in 0..16 {
-        let (mut c, ids, answered, stop) = (client.clone(), ids.clone(), answered.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                match c.send(text(&format!("+4420{t:02}{n:06}"), "drain me")).await {
-                    Ok(r) => {
-                        ids.lock().unwrap().push(r.into_inner().message_id);
-                        answered.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(_) => break, // refused: the server is draining or gone
-                }
-            }
-        }));
-    }
-    while answered.load(Ordering::Relaxed) < TERM_AFTER {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let load = SendLoad::start(&client, 16, "+4420");
+    load.wait_answered(TERM_AFTER).await;
     let code = tokio::task::spawn_blocking(move || ferry.terminate().code()).await.unwrap();
     assert_eq!(code, Some(0), "SIGTERM under load drains and exits 0");
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let ids = ids.lock().unwrap().clone();
+    let ids = load.finish().await;
     assert!(ids.len() >= TERM_AFTER);
 
     // Every id a client got back is there after the restart.
     let ferry = FerryProcess::spawn(dir.path(), 4);
-    let mut client = connect(ferry.addr).await;
-    for id in &ids {
-        let r = client
-            .get_message(v1::GetMessageRequest { message_id: id.clone() })
-            .await
-            .unwrap_or_else(|s| panic!("accepted {id} lost across SIGTERM: {s}"))
-            .into_inner();
-        assert!(matches!(r.status.as_str(), "accepted" | "sent" | "delivered" | "read"), "{id}: {}", r.status);
-    }
+    assert_all_kept(&mut connect(ferry.addr).await, &ids, "SIGTERM").await;
     assert_eq!(ferry.terminate().code(), Some(0));
 }
 

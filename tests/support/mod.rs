@@ -348,3 +348,68 @@ async fn http_request(addr: SocketAddr, request: String) -> (u16, String) {
     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
     (status, body.to_owned())
 }
+
+/// Concurrent senders over gRPC, each sending texts to its own recipients (`{prefix}{task:02}{n:06}`)
+/// until stopped or refused; every answered id is kept. For crash and drain tests.
+pub struct SendLoad {
+    ids: Arc<std::sync::Mutex<Vec<String>>>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SendLoad {
+    pub fn start(client: &Client, senders: usize, prefix: &str) -> SendLoad {
+        use std::sync::atomic::Ordering;
+        let load = SendLoad { ids: Arc::default(), answered: Arc::default(), stop: Arc::default(), tasks: Vec::new() };
+        let tasks = (0..senders)
+            .map(|t| {
+                let (mut c, ids, answered, stop) =
+                    (client.clone(), load.ids.clone(), load.answered.clone(), load.stop.clone());
+                let prefix = prefix.to_owned();
+                tokio::spawn(async move {
+                    let mut n = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        match c.send(text(&format!("{prefix}{t:02}{n:06}"), "under load")).await {
+                            Ok(r) => {
+                                ids.lock().unwrap().push(r.into_inner().message_id);
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(_) => break, // refused: the server is draining or gone
+                        }
+                    }
+                })
+            })
+            .collect();
+        SendLoad { tasks, ..load }
+    }
+
+    /// Waits until at least `n` sends were answered with an id.
+    pub async fn wait_answered(&self, n: usize) {
+        while self.answered.load(std::sync::atomic::Ordering::Relaxed) < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the senders and returns every id a client got back.
+    pub async fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        self.ids.lock().unwrap().clone()
+    }
+}
+
+/// Asserts that every id in `ids` is known to the node: queued, or already acked by the server.
+pub async fn assert_all_kept(client: &mut Client, ids: &[String], after: &str) {
+    for id in ids {
+        let r = client
+            .get_message(v1::GetMessageRequest { message_id: id.clone() })
+            .await
+            .unwrap_or_else(|s| panic!("answered {id} lost after {after}: {s}"))
+            .into_inner();
+        assert!(matches!(r.status.as_str(), "accepted" | "sent" | "delivered" | "read"), "{id}: {}", r.status);
+    }
+}
