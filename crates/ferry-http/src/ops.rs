@@ -2,7 +2,7 @@
 //!
 //! - `GET /v1/health`: the reference's multiconnect shape, one entry per shard keyed
 //!   `shard-NN` (`{"health":{"shard-00":{"gateway_status":"connected","role":"shard"},...},
-//!   "meta":{"api_status":"stable","version":"ferry X.Y.Z"}}`). `gateway_status` is the state of
+//!   "meta":{"api_status":"stable","version":"X.Y.Z"}}`). `gateway_status` is the state of
 //!   that shard's link to the chat server: `connected`, `connecting` (first attempt or
 //!   reconnecting) or `disconnected` (the stream ended; waiting to retry). Always 200: the body
 //!   says what is wrong.
@@ -161,8 +161,9 @@ fn json_body(v: Value) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], v.to_string())
 }
 
-fn version() -> String {
-    format!("ferry {}", env!("CARGO_PKG_VERSION"))
+/// The same `meta.version` as the messages API answers.
+fn version() -> &'static str {
+    crate::messages::VERSION
 }
 
 async fn health(State(state): State<Arc<HttpState>>) -> Response {
