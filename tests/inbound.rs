@@ -81,11 +81,19 @@ async fn the_window_opens_with_a_user_message_and_closes_after_24_hours() {
 
     // 23 hours later still open; 24 hours and a minute later closed again.
     clock.advance(Duration::from_secs(23 * 3600));
-    client.send(text(user, "still open")).await.expect("within 24 h");
+    let mut keyed = text(user, "still open");
+    keyed.idempotency_key = "late-retry".into();
+    let first = client.send(keyed.clone()).await.expect("within 24 h").into_inner();
     clock.advance(Duration::from_secs(3600 + 60));
     let refused = client.send(text(user, "too late")).await.expect_err("the window closed");
     assert_eq!(refused.metadata().get("ferry-error-code").unwrap(), "470");
     assert!(refused.message().contains("24 hours ago"), "{}", refused.message());
+    // A client retry of the message accepted while the window was open answers its first id.
+    let retry = client.send(keyed.clone()).await.expect("a keyed retry is a replay, not a new send").into_inner();
+    assert_eq!((retry.message_id, retry.idempotent_replay), (first.message_id, true));
+    keyed.idempotency_key = "fresh-key".into();
+    let refused = client.send(keyed).await.expect_err("a new key is a new send: outside the window");
+    assert_eq!(refused.metadata().get("ferry-error-code").unwrap(), "470");
     client.send(template(user)).await.expect("a template reopens the conversation");
 
     ferry.stop().await;

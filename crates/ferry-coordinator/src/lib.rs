@@ -165,6 +165,9 @@ struct Prepared {
     idempotency: Option<KeyInfo>,
     /// The paced template's name: the message is held.
     held_template: Option<String>,
+    /// A refusal that applies only if this is not an idempotent replay (the 24 h window: a keyed
+    /// retry of a message accepted while the window was open answers its first id).
+    refusal_unless_replay: Option<ApiError>,
 }
 
 struct KeyInfo {
@@ -317,6 +320,9 @@ impl Coordinator {
                     }));
                 }
                 Ok(Some(_)) => results[p.index] = Some(Err(conflict(&k.raw))),
+                Ok(None) if p.refusal_unless_replay.is_some() => {
+                    results[p.index] = Some(Err(p.refusal_unless_replay.clone().expect("checked")));
+                }
                 Ok(None) => {
                     first_with_key.insert(k.storage_key.clone(), pos);
                     fresh.push(pos);
@@ -463,8 +469,15 @@ impl Coordinator {
         let ctx = ValidationContext { default_country_code: self.country_code.clone(), sender: Some(sender.clone()) };
         let validated = command.message.validate(&ctx)?;
         let shard = routing::shard_for_recipient(&validated.wa_id, self.shard_count());
-        if self.window == WindowPolicy::Enforce && validated.message_type() != "template" {
-            self.check_window(shard, &sender, &validated.wa_id)?;
+        let mut refusal_unless_replay = None;
+        if self.window == WindowPolicy::Enforce
+            && validated.message_type() != "template"
+            && let Err(e) = self.check_window(shard, &sender, &validated.wa_id)
+        {
+            match command.idempotency_key.as_deref() {
+                Some(k) if !k.is_empty() => refusal_unless_replay = Some(e),
+                _ => return Err(e),
+            }
         }
         let payload = validated.encode();
         let idempotency = match command.idempotency_key.filter(|k| !k.is_empty()) {
@@ -487,7 +500,7 @@ impl Coordinator {
             Content::Template(t) => t.name.as_ref().filter(|name| self.paced.contains(name.as_str())).cloned(),
             _ => None,
         };
-        Ok(Prepared { index, validated, sender, shard, payload, idempotency, held_template })
+        Ok(Prepared { index, validated, sender, shard, payload, idempotency, held_template, refusal_unless_replay })
     }
 
     /// Whether the message with this (stored, valid) id is still held.
