@@ -88,7 +88,7 @@ impl From<ApiError> for Failure {
 }
 
 async fn onprem_send(State(state): State<Arc<HttpState>>, request: Request) -> Response {
-    match send(&state, Flavour::OnPrem, None, request).await {
+    match send(&state, Flavour::OnPrem, Ok(None), request).await {
         Ok((_, accepted)) => {
             // The reference's On-Prem answer has only the id; a held message says so (as Cloud).
             let mut message = json!({"id": accepted.message_id.as_str()});
@@ -107,14 +107,7 @@ async fn cloud_send(
     Path((version, phone_number_id)): Path<(String, String)>,
     request: Request,
 ) -> Response {
-    let sender = match cloud_sender(&version, &phone_number_id) {
-        Ok(s) => s,
-        Err(e) => {
-            ferry_coordinator::telemetry::note_rejected(&e);
-            return error_response(Flavour::Cloud, e.into());
-        }
-    };
-    match send(&state, Flavour::Cloud, sender, request).await {
+    match send(&state, Flavour::Cloud, cloud_sender(&version, &phone_number_id), request).await {
         Ok((input, accepted)) => {
             let body = json!({
                 "messaging_product": "whatsapp",
@@ -163,29 +156,32 @@ struct CloudEnvelope {
 /// Checks headers and size, parses, sends. Returns the recipient as written and the acceptance.
 /// Every refusal before the coordinator is counted in `ferry_messages_rejected_total` here (the
 /// coordinator counts its own).
+/// `sender` is the route's choice of sender (the Cloud path's, or a refusal of that path).
 async fn send(
     state: &HttpState,
     flavour: Flavour,
-    sender: Option<String>,
+    sender: Result<Option<String>, ApiError>,
     request: Request,
 ) -> Result<(String, Accepted), Failure> {
-    let (message, idempotency_key, input) = match prepare(state, flavour, request).await {
+    let (command, input) = match prepare(state, flavour, sender, request).await {
         Ok(prepared) => prepared,
         Err(f) => {
             ferry_coordinator::telemetry::note_rejected(&f.error);
             return Err(f);
         }
     };
-    let accepted = state.coordinator.send(SendCommand { message, idempotency_key, sender }).await?;
+    let accepted = state.coordinator.send(command).await?;
     Ok((input, accepted))
 }
 
-/// Everything before the coordinator: draining, headers, size, the Cloud envelope, parsing.
+/// Everything before the coordinator: draining, the route, headers, size, the Cloud envelope,
+/// parsing. Answers the command and the recipient as written.
 async fn prepare(
     state: &HttpState,
     flavour: Flavour,
+    sender: Result<Option<String>, ApiError>,
     request: Request,
-) -> Result<(ferry_model::message::OutboundMessage, Option<String>, String), Failure> {
+) -> Result<(SendCommand, String), Failure> {
     if state.lifecycle.is_draining() {
         // The node is shutting down (SIGTERM): a client retries elsewhere; nothing was written.
         return Err(ApiError::new(
@@ -195,6 +191,7 @@ async fn prepare(
         )
         .into());
     }
+    let sender = sender?;
     let (parts, body) = request.into_parts();
     check_content_type(&parts.headers)?;
     let idempotency_key = idempotency_key(&parts.headers)?;
@@ -215,7 +212,7 @@ async fn prepare(
 
     let message = parse_json(&body)?;
     let input = message.to.clone();
-    Ok((message, idempotency_key, input))
+    Ok((SendCommand { message, idempotency_key, sender }, input))
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), Failure> {

@@ -76,17 +76,11 @@ pub async fn require_auth(State(state): State<Arc<HttpState>>, mut request: Requ
             Ok(principal) => {
                 request.extensions_mut().insert(principal);
             }
-            Err(e) if crate::messages::is_cloud_path(request.uri().path()) => {
+            Err(e) => {
                 // Cloud clients (pywa, the Graph SDKs) parse only the Cloud error shape.
-                let mut response = crate::messages::cloud_error_response(e.api_error());
-                if response.status() == StatusCode::UNAUTHORIZED {
-                    response
-                        .headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ferry\""));
-                }
-                return response;
+                let cloud = crate::messages::is_cloud_path(request.uri().path());
+                return auth_error_shaped(&e, "Bearer", cloud);
             }
-            Err(e) => return auth_error(&e, "Bearer"),
         }
     }
     next.run(request).await
@@ -111,10 +105,16 @@ pub fn api_error_response(e: &ApiError) -> Response {
 
 /// An auth failure; a 401 names the scheme to use (`WWW-Authenticate`).
 fn auth_error(e: &AuthError, scheme: &'static str) -> Response {
+    auth_error_shaped(e, scheme, false)
+}
+
+/// [`auth_error`] in the On-Prem shape, or the Cloud one (`cloud`).
+fn auth_error_shaped(e: &AuthError, scheme: &'static str, cloud: bool) -> Response {
     if let AuthError::Storage(err) = e {
         tracing::error!(error = %err, "auth storage failed");
     }
-    let mut response = api_error_response(&e.api_error());
+    let mut response =
+        if cloud { crate::messages::cloud_error_response(e.api_error()) } else { api_error_response(&e.api_error()) };
     if response.status() == StatusCode::UNAUTHORIZED {
         let challenge = if scheme == "Basic" { "Basic realm=\"ferry\"" } else { "Bearer realm=\"ferry\"" };
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));

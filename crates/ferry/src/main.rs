@@ -202,8 +202,9 @@ fn init_logging(filter: &str) {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-/// signal → stop accepting → let in-flight calls finish → stop delivery (settled outcomes are
-/// written) → stop the in-process chat server → shards commit what they took → exit.
+/// Runs a node until a signal; the drain is described at [`watch_signals`]: gRPC stops accepting
+/// and finishes in-flight calls → delivery stops (settled outcomes are written) → webhooks and the
+/// in-process chat server stop → HTTP stops → shards commit what they took → exit.
 async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     let config = FerryConfig::load(&overrides)?;
     init_logging(&config.log);
@@ -288,7 +289,7 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         let _ = http_stopping.await;
     };
     let router = ferry_http::router(http_state);
-    let http = match &tls {
+    let mut http = match &tls {
         Some(t) => tokio::spawn(ferry_http::serve_tls(http_listener, t.http.clone(), router, http_stopped)),
         None => tokio::spawn(ferry_http::serve(http_listener, router, http_stopped)),
     };
@@ -312,7 +313,6 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     let _ = http_stop.send(());
     // Open HTTP requests get a few seconds to finish; then they are cut (a send cut before its
     // answer was either written, and is kept, or not: the client retries with its idempotency key).
-    let mut http = http;
     match tokio::time::timeout(HTTP_STOP_WAIT, &mut http).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "http server failed"),
