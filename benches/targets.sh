@@ -8,8 +8,13 @@
 # 2. Open loop at half of it for $DURATION: accept latency percentiles (from each call's scheduled
 #    time, so queueing is not hidden).
 #
+# ferry runs as shipped (auth on): the script sets the admin password, logs in and hands the
+# token to loadgen. The test suite runs it once at smoke size (tests/bench_scripts.rs), so it
+# cannot rot unnoticed.
+#
 #   benches/targets.sh                      # SHARDS=8 BATCH=100 DURATION=15s
 #   SHARDS=32 BATCH=1 CONCURRENCY=64 benches/targets.sh
+#   FERRY_BIN=path/to/ferry DURATION=1s RECIPIENTS=100 benches/targets.sh   # no build, smoke size
 set -euo pipefail
 SHARDS=${SHARDS:-8}
 BATCH=${BATCH:-100}
@@ -17,21 +22,33 @@ CONCURRENCY=${CONCURRENCY:-16}
 DURATION=${DURATION:-15s}
 RECIPIENTS=${RECIPIENTS:-10000}
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-scripts/setup.sh
-cargo build --release --locked --quiet -p ferry --bin ferry
-ferry="$CARGO_TARGET_DIR/release/ferry"
+if [ -n "${FERRY_BIN:-}" ]; then
+    ferry="$FERRY_BIN"
+else
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+    scripts/setup.sh
+    # --workspace: a -p build unifies features differently and rebuilds RocksDB.
+    cargo build --release --locked --quiet --workspace --bin ferry
+    ferry="$CARGO_TARGET_DIR/release/ferry"
+fi
 
 work=$(mktemp -d)
-"$ferry" serve --shards "$SHARDS" --data-dir "$work/data" --grpc-listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.err" &
+export FERRY_ADMIN_PASSWORD="bench-$RANDOM-$RANDOM"
+"$ferry" serve --shards "$SHARDS" --data-dir "$work/data" --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+    >"$work/serve.out" 2>"$work/serve.err" &
 serve_pid=$!
 trap 'kill $serve_pid 2>/dev/null; wait $serve_pid 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 200); do
+for _ in $(seq 300); do
     grep -q "grpc listening" "$work/serve.out" 2>/dev/null && break
+    kill -0 $serve_pid 2>/dev/null || { cat "$work/serve.err" >&2; echo "ferry serve exited" >&2; exit 1; }
     sleep 0.1
 done
+grep -q "grpc listening" "$work/serve.out" || { cat "$work/serve.err" >&2; echo "ferry serve never listened" >&2; exit 1; }
 target="http://$(sed -n 's/^ferry: grpc listening on //p' "$work/serve.out")"
 chatsim="http://$(sed -n 's/^ferry: upstream //p' "$work/serve.out")"
+http="http://$(sed -n 's/^ferry: http listening on //p' "$work/serve.out")"
+FERRY_TOKEN=$(FERRY_PASSWORD="$FERRY_ADMIN_PASSWORD" "$ferry" login --http "$http" --user admin)
+export FERRY_TOKEN
 common=(--target "$target" --chatsim "$chatsim" --batch "$BATCH" --concurrency "$CONCURRENCY"
         --recipients "$RECIPIENTS" --duration "$DURATION" --quiet)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Independent implementation of ferry's routing function, used to produce the fixed vectors in
-crates/ferry-coordinator/src/routing_vectors.in (and to check them: the Rust test pins the same
+crates/ferry-model/src/routing_vectors.in (and to check them: the Rust test pins the same
 values). Needs `pip install xxhash`.
 
 shard = jump_consistent_hash(xxh3_64(wa_id_utf8, seed=0x66657272792d7631), shard_count)

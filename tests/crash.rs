@@ -86,3 +86,24 @@ fn config_check_prints_the_effective_config_with_secrets_masked() {
     // Defaults are filled in and the file's values win over them.
     assert!(printed.contains("shards = 4") && printed.contains("http_listen = \"127.0.0.1:8080\""), "{printed}");
 }
+
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    // `ferry config check FILE | head -0`: the reader is gone before ferry writes. Unix tools exit
+    // quietly then; a panic on EPIPE (exit 101, "failed printing to stdout") is a bug.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, "shards = 4\n").unwrap();
+    let mut child = std::process::Command::new(ferry_bin())
+        .args(["config", "check"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // close the read end: every write gets EPIPE
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

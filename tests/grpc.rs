@@ -207,8 +207,11 @@ async fn idempotency_key_returns_the_first_id_and_refuses_another_payload() {
     ferry.stop().await;
 }
 
-#[tokio::test]
-async fn health_and_reflection_answer() {
+/// `grpc.health.v1.Health/Check` of `service` and the services reflection lists, over `channel`.
+async fn health_and_services(
+    channel: tonic::transport::Channel,
+    service: &str,
+) -> (tonic_health::pb::health_check_response::ServingStatus, Vec<String>) {
     use tokio_stream::StreamExt as _;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -216,17 +219,8 @@ async fn health_and_reflection_answer() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let ferry = InProcess::start(1).await;
-    let endpoint = format!("http://{}", ferry.addr);
-    let channel = tonic::transport::Endpoint::from_shared(endpoint).unwrap().connect().await.unwrap();
     let mut health = HealthClient::new(channel.clone());
-    let h = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "ferry.v1.Messages".into() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(h.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
-
+    let h = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
     let mut reflection = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -237,10 +231,32 @@ async fn health_and_reflection_answer() {
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("expected a service list");
     };
-    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(names.contains(&"ferry.v1.Messages"), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    (h.status(), list.service.into_iter().map(|s| s.name).collect())
+}
+
+#[tokio::test]
+async fn health_and_reflection_answer() {
+    let ferry = InProcess::start(1).await;
+    let endpoint = format!("http://{}", ferry.addr);
+    let channel = tonic::transport::Endpoint::from_shared(endpoint).unwrap().connect().await.unwrap();
+    let (status, names) = health_and_services(channel, "ferry.v1.Messages").await;
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving);
+    assert!(names.iter().any(|n| n == "ferry.v1.Messages"), "{names:?}");
+    assert!(names.iter().any(|n| n == "grpc.health.v1.Health"), "{names:?}");
     ferry.stop().await;
+}
+
+#[tokio::test]
+async fn chatsim_serves_health_and_reflection_too() {
+    // grpcurl and dynamic clients read chatsim's Stats without the .proto files.
+    let chat = support::ChatSimProcess::spawn("127.0.0.1:0", &[]);
+    let endpoint = format!("http://{}", chat.addr);
+    let channel = tonic::transport::Endpoint::from_shared(endpoint).unwrap().connect().await.unwrap();
+    let (status, names) = health_and_services(channel, "ferry.chat.v1.ChatAdmin").await;
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving);
+    for service in ["ferry.chat.v1.Chat", "ferry.chat.v1.ChatAdmin", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == service), "{service} missing from {names:?}");
+    }
 }
 
 #[tokio::test]

@@ -66,6 +66,8 @@ pub struct ChatSim {
 
 impl ChatSim {
     /// Serves on `listener` (tests bind `127.0.0.1:0`) until [`ChatSim::shutdown`].
+    ///
+    /// Cancel safety: cancel-safe (nothing is served until it returns).
     pub async fn start(listener: TcpListener, config: ChatSimConfig) -> anyhow::Result<ChatSim> {
         config.validate()?;
         let local_addr = listener.local_addr().context("reading the chatsim listener's address")?;
@@ -74,10 +76,22 @@ impl ChatSim {
         let service = ChatService { shared: shared.clone() };
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut stopped_for_server = stopped;
+        // Health and reflection, as `ferry serve` has: grpcurl and dynamic clients read `Stats`
+        // without the .proto files.
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter.set_serving::<ChatServer<ChatService>>().await;
+        health_reporter.set_serving::<ChatAdminServer<ChatService>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(ChatServer::new(service.clone()))
                 .add_service(ChatAdminServer::new(service))
+                .add_service(health_service)
+                .add_service(reflection)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stopped_for_server.wait_for(|stop| *stop).await;
                 }),
@@ -108,6 +122,8 @@ impl ChatSim {
     }
 
     /// Stops accepting, ends every stream, and waits (up to a grace period) for connections to close.
+    ///
+    /// Cancel safety: cancel-safe (the stop signal is sent first; the server task ends on its own).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let mut server = self.server;
@@ -135,6 +151,8 @@ pub struct ChatSimArgs {
 
 /// Runs `ferry chatsim`: binds, prints `chatsim: listening on ADDR` to stdout once bound, serves
 /// until SIGINT or SIGTERM, then shuts down.
+///
+/// Cancel safety: not meant to be cancelled (it is the process's main future).
 pub async fn run_cli(args: ChatSimArgs) -> anyhow::Result<()> {
     args.config.validate()?;
     let listener = TcpListener::bind(&args.listen)

@@ -60,3 +60,81 @@ async fn without_replay_a_retry_would_duplicate() {
     assert_ne!(a.message_id, b.message_id);
     node.close();
 }
+
+/// A key whose key shard differs from the recipient's shard (`elsewhere`), or equals it.
+fn key_for(sender: &str, wa: &ferry_model::WaId, shards: u16, elsewhere: bool) -> String {
+    (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| {
+            (shard_for_idempotency_key(&idempotency_key(sender, k), shards) != shard_for_recipient(wa, shards))
+                == elsewhere
+        })
+        .unwrap()
+}
+
+fn appended(node: &Coordinator) -> u64 {
+    node.shard_stats().iter().map(|s| s.appended).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_dropped_mid_write_leaves_its_key_answered_for_the_retry() {
+    // The caller's future is dropped while its append waits in the writer (a client deadline):
+    // a retry right after must find the key, for keys on the message's shard and on another one.
+    for elsewhere in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CoordinatorConfig::for_test(dir.path(), 8);
+        let sender = phone::normalize(&config.default_sender, &config.country_code).unwrap();
+        let to = "+16315551234";
+        let wa = phone::normalize(to, "1").unwrap();
+        let key = key_for(sender.as_str(), &wa, 8, elsewhere);
+        let command = SendCommand { message: text_to(to), idempotency_key: Some(key), sender: None };
+        let node = Coordinator::open(&config).await.unwrap();
+
+        let pause = node.pause_shard_writer_for_test(shard_for_recipient(&wa, 8));
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(50), node.send(command.clone())).await;
+        assert!(cut.is_err(), "the paused writer kept the first send waiting until its deadline");
+        drop(pause);
+        let retry = node.send(command).await.unwrap();
+        assert!(retry.idempotent_replay, "the retry answers the first send's id (key elsewhere: {elsewhere})");
+        assert_eq!(appended(&node), 1, "one message for one key (key elsewhere: {elsewhere})");
+        node.close();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_key_shard_delays_the_key_record_but_never_drops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CoordinatorConfig::for_test(dir.path(), 8);
+    let sender = phone::normalize(&config.default_sender, &config.country_code).unwrap();
+    let to = "+16315551234";
+    let wa = phone::normalize(to, "1").unwrap();
+    let key = key_for(sender.as_str(), &wa, 8, true);
+    let key_shard = shard_for_idempotency_key(&idempotency_key(sender.as_str(), &key), 8);
+    let command = SendCommand { message: text_to(to), idempotency_key: Some(key), sender: None };
+    let node = std::sync::Arc::new(Coordinator::open(&config).await.unwrap());
+
+    // The key shard's mailbox is full (its writer blocked): the record's write must wait, not be
+    // refused and forgotten.
+    let full = node.hold_shard_writer_for_test(key_shard);
+    let first = {
+        let (node, command) = (node.clone(), command.clone());
+        tokio::spawn(async move { node.send(command).await })
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while appended(&node) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the message was never appended");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Give the send time to reach the key shard while it is full.
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
+    while !first.is_finished() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    drop(full);
+    let first = first.await.unwrap().unwrap();
+    let retry = node.send(command).await.unwrap();
+    assert_eq!(retry.message_id, first.message_id, "the retry answers the first id");
+    assert!(retry.idempotent_replay);
+    assert_eq!(appended(&node), 1);
+    node.close();
+}

@@ -94,6 +94,10 @@ fn describe() {
         "Durable accept to the chat server's ack, per acked message."
     );
     describe_gauge!("ferry_queue_depth", "Messages in the shard's queue (RocksDB estimate of its keys).");
+    describe_counter!(
+        "ferry_shard_appended_total",
+        "Messages durably appended to the shard since start (whether or not the caller was still there)."
+    );
     describe_gauge!(
         "ferry_held_messages",
         "Paced templates' messages held for quality assessment (RocksDB estimate of the held keys)."
@@ -223,6 +227,7 @@ pub fn sample(state: &HttpState) {
         let stats = shard.stats();
         metrics::gauge!("ferry_queue_depth", "shard" => label.clone()).set(stats.estimated_queue_len as f64);
         metrics::gauge!("ferry_held_messages", "shard" => label.clone()).set(stats.estimated_held_len as f64);
+        metrics::counter!("ferry_shard_appended_total", "shard" => label.clone()).absolute(stats.appended);
         let disk = shard.disk_usage();
         metrics::gauge!("ferry_rocksdb_sst_bytes", "shard" => label.clone()).set(disk.sst_bytes as f64);
         metrics::gauge!("ferry_rocksdb_pending_compaction_bytes", "shard" => label.clone())

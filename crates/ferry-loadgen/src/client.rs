@@ -33,6 +33,8 @@ impl Interceptor for BearerToken {
 pub type Client = MessagesClient<InterceptedService<Channel, BearerToken>>;
 
 /// Opens `--connections` channels to `--target`.
+///
+/// Cancel safety: cancel-safe (drops the channels made so far).
 pub async fn connect(args: &LoadgenArgs) -> anyhow::Result<Vec<Client>> {
     let token = match &args.token {
         Some(t) => Some(MetadataValue::try_from(format!("Bearer {t}")).context("--token must be printable ASCII")?),
@@ -48,6 +50,8 @@ pub async fn connect(args: &LoadgenArgs) -> anyhow::Result<Vec<Client>> {
 }
 
 /// An endpoint for `addr` with TCP_NODELAY, and TLS when asked (or for `https://`).
+///
+/// Cancel safety: cancel-safe.
 pub async fn endpoint(addr: &str, tls: bool, ca_cert: Option<&std::path::Path>) -> anyhow::Result<Endpoint> {
     let addr =
         if addr.contains("://") { addr.to_owned() } else { format!("{}://{addr}", if tls { "https" } else { "http" }) };
@@ -264,6 +268,9 @@ pub fn status_code_key(status: &tonic::Status) -> String {
 
 /// Sends messages `first..first + len` as one `SendBatch`, or (`batch` false) as `len` concurrent
 /// unary `Send`s.
+///
+/// Cancel safety: cancel-safe for ferry (a dropped call is a cancelled RPC: whatever ferry
+/// accepted stays accepted), but its outcome is then not recorded.
 pub async fn send_call(
     client: &mut Client,
     factory: &MessageFactory,

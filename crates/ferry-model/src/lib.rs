@@ -17,6 +17,7 @@ pub mod error;
 pub mod ids;
 pub mod message;
 pub mod phone;
+pub mod routing;
 pub mod status;
 pub mod validate;
 

@@ -197,6 +197,8 @@ impl Shard {
 
     /// Resolves after the next durable append (or at once if one happened since the last call):
     /// the delivery loop's wake-up. Meant for one waiter (the shard's delivery loop).
+    ///
+    /// Cancel safety: cancel-safe (a wake-up is never lost: `Notify` keeps one permit).
     pub async fn appended(&self) {
         self.committed.appended.notified().await
     }
@@ -412,6 +414,27 @@ impl Shard {
         }
         self.pending.fetch_sub(self.capacity, Ordering::AcqRel);
         WriterHold { _tx: tx }
+    }
+
+    /// Test support: blocks this shard's writer until the returned guard is dropped, without
+    /// refusing anything meanwhile: ops submitted while it is paused are committed together.
+    #[doc(hidden)]
+    pub fn pause_writer_for_test(&self) -> WriterHold {
+        let (tx, release) = crossbeam_channel::bounded(0);
+        let _ = self.tx.send(WriteOp::Hold { release, weight: 0 });
+        WriterHold { _tx: tx }
+    }
+
+    /// Failpoint for tests: the next `n` outbox scans fail (as a read error would).
+    #[doc(hidden)]
+    pub fn failpoint_fail_outbox_scans(&self, n: u64) {
+        self.store.fail_outbox_scans.store(n, Ordering::Relaxed);
+    }
+
+    /// Failpoint for tests: every read of `seq`'s status record fails (`None`: none do).
+    #[doc(hidden)]
+    pub fn failpoint_fail_status_read(&self, seq: Option<u64>) {
+        self.store.fail_status_read.store(seq.unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     pub fn get_queued(&self, seq: u64) -> Result<Option<QueueRecord>, ShardError> {

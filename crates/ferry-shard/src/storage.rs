@@ -400,6 +400,10 @@ pub struct DiskUsage {
 pub struct Store {
     pub(crate) shard: u16,
     pub(crate) db: DB,
+    /// Failpoint for tests: reads of this seq's status record fail (`u64::MAX`: none do).
+    pub(crate) fail_status_read: std::sync::atomic::AtomicU64,
+    /// Failpoint for tests: this many of the next outbox scans fail.
+    pub(crate) fail_outbox_scans: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -464,11 +468,26 @@ impl Store {
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs).map_err(|source| ShardError::Rocks { shard, source })?;
-        Ok(Store { shard, db })
+        Ok(Store {
+            shard,
+            db,
+            fail_status_read: std::sync::atomic::AtomicU64::new(u64::MAX),
+            fail_outbox_scans: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    /// For failpoints: a real `rocksdb::Error` (its constructor is private), from opening a
+    /// database that does not exist without `create_if_missing`.
+    fn injected_error(&self) -> ShardError {
+        let missing = std::env::temp_dir().join("ferry-failpoint-no-such-db");
+        match DB::open(&Options::default(), missing) {
+            Err(source) => self.rocks(source),
+            Ok(_) => ShardError::Layout("failpoint: the missing database exists".into()),
+        }
     }
 
     fn rocks(&self, source: rocksdb::Error) -> ShardError {
@@ -509,6 +528,9 @@ impl Store {
     }
 
     pub fn get_status(&self, seq: u64) -> Result<Option<StatusRecord>, ShardError> {
+        if self.fail_status_read.load(std::sync::atomic::Ordering::Relaxed) == seq {
+            return Err(self.injected_error());
+        }
         match self.db.get_pinned_cf(self.cf(CF_STATUS), queue_key(seq)).map_err(|e| self.rocks(e))? {
             None => Ok(None),
             Some(v) => decode_value(self.shard, &v).map(Some),
@@ -572,6 +594,12 @@ impl Store {
 
     /// Up to `limit` status events with sequence in `[from, until)`, in order.
     pub fn scan_outbox(&self, from: u64, until: u64, limit: usize) -> Result<Vec<(u64, CallbackRecord)>, ShardError> {
+        use std::sync::atomic::Ordering;
+        if self.fail_outbox_scans.load(Ordering::Relaxed) > 0
+            && self.fail_outbox_scans.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
+        {
+            return Err(self.injected_error());
+        }
         self.scan_bounded(CF_OUTBOX, from, until, limit)
     }
 

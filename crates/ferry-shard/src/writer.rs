@@ -137,12 +137,13 @@ impl WriteOp {
     pub(crate) fn weight(&self) -> usize {
         match self {
             WriteOp::Append { messages, .. } => messages.len(),
-            WriteOp::PutIdempotency { entries, .. } => entries.len(),
             WriteOp::ClearIntents { .. } => 0,
             WriteOp::Remove { seqs, .. } => seqs.len(),
             // Settlements and sessions free or hold no queue space: never refused for capacity
-            // (the delivery loop must always be able to record an ack).
-            WriteOp::Settle { .. }
+            // (the delivery loop must always be able to record an ack). An idempotency record
+            // follows a message already accepted: refusing it would leave the key unanswered.
+            WriteOp::PutIdempotency { .. }
+            | WriteOp::Settle { .. }
             | WriteOp::PutSessions { .. }
             | WriteOp::SetWebhookCursor { .. }
             | WriteOp::ResolveHeld { .. }
@@ -201,27 +202,55 @@ enum Pending {
 }
 
 /// The status-change state of one batch, shared by settlements and dropped held messages.
+///
+/// An op first reads every record it needs ([`StatusBatch::prefetch`]); only if all reads succeed
+/// does it add anything to the batch. So a read error fails that op alone, and the batch (with
+/// every other op's appends) is still written.
 struct StatusBatch<'a> {
     store: &'a Store,
     /// Status records as of this batch, so several changes to one message in a batch compose.
     statuses: HashMap<u64, StatusRecord>,
-    read_error: Option<crate::ShardError>,
+    /// Status records as read from the store by `prefetch` (`None`: absent or unreadable).
+    loaded: HashMap<u64, Option<StatusRecord>>,
     next_outbox_seq: &'a mut u64,
 }
 
+/// A record that does not decode is logged and treated as absent (the op overwrites it, as a
+/// record that cannot be merged is better replaced than left to block its message); any other read
+/// error fails the op.
+fn readable<T>(shard: ShardId, what: &str, read: Result<Option<T>, ShardError>) -> Result<Option<T>, ShardError> {
+    match read {
+        Err(ShardError::Corrupt { what: detail, .. }) => {
+            tracing::error!(%shard, record = what, error = %detail, "unreadable record; overwriting it");
+            Ok(None)
+        }
+        other => other,
+    }
+}
+
 impl StatusBatch<'_> {
-    /// Merges `change` into the message's status record and adds its status event(s).
+    /// Reads the status records of `seqs` not read yet in this batch.
+    fn prefetch(&mut self, shard: ShardId, seqs: impl Iterator<Item = u64>) -> Result<(), ShardError> {
+        for seq in seqs {
+            if self.statuses.contains_key(&seq) || self.loaded.contains_key(&seq) {
+                continue;
+            }
+            let record = readable(shard, "status", self.store.get_status(seq))?;
+            self.loaded.insert(seq, record);
+        }
+        Ok(())
+    }
+
+    /// Merges `change` into the message's status record and adds its status event(s). The
+    /// record must have been prefetched.
     fn record(&mut self, batch: &mut WriteBatch, seq: u64, change: &Settlement) {
         let (status_cf, outbox_cf) = (self.store.cf(CF_STATUS), self.store.cf(CF_OUTBOX));
         let current = match self.statuses.get(&seq) {
             Some(r) => Some(r.clone()),
-            None => match self.store.get_status(seq) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.read_error = Some(e);
-                    None
-                }
-            },
+            None => {
+                debug_assert!(self.loaded.contains_key(&seq), "status {seq} recorded without a prefetch");
+                self.loaded.get(&seq).cloned().flatten()
+            }
         };
         if let Some(next) = crate::settle::merge(current.as_ref(), change) {
             batch.put_cf(status_cf, queue_key(seq), encode_value(&next));
@@ -292,11 +321,12 @@ impl Writer {
         let mut status = StatusBatch {
             store: &self.store,
             statuses: HashMap::new(),
-            read_error: None,
+            loaded: HashMap::new(),
             next_outbox_seq: &mut next_outbox_seq,
         };
-        // Contact records as of this batch (several inbound messages of one user compose).
-        let mut contacts: HashMap<Vec<u8>, ContactRecord> = HashMap::new();
+        // Contact records as of this batch (several inbound messages of one user compose); `None`:
+        // read, and absent.
+        let mut contacts: HashMap<Vec<u8>, Option<ContactRecord>> = HashMap::new();
         let contacts_cf = store.cf(CF_CONTACTS);
         let mut settled = 0u64;
         // The highest low watermark a settle op asked for; held messages released and queue keys
@@ -378,21 +408,38 @@ impl Writer {
                     pending.push(Pending::Done(reply));
                 }
                 WriteOp::Settle { entries, low_watermark, reply } => {
+                    // Every read first: a failed one fails this op only.
+                    let reads = status
+                        .prefetch(
+                            self.shard,
+                            entries.iter().filter(|c| !matches!(c, Settlement::Inbound(_))).map(Settlement::seq),
+                        )
+                        .and_then(|()| {
+                            for change in &entries {
+                                if let Settlement::Inbound(m) = change {
+                                    let key = session_key(&m.to, &m.from);
+                                    if let std::collections::hash_map::Entry::Vacant(slot) = contacts.entry(key) {
+                                        let read = store.get_contact_by_key(slot.key());
+                                        slot.insert(readable(self.shard, "contact", read)?);
+                                    }
+                                }
+                            }
+                            Ok(())
+                        });
+                    if let Err(e) = reads {
+                        tracing::error!(shard = %self.shard, error = %e, "settle op not applied: a read failed");
+                        drop(reply.send(Err(e)));
+                        continue;
+                    }
                     for change in entries {
                         if let Settlement::Inbound(m) = &change {
                             let key = session_key(&m.to, &m.from);
-                            let current = match contacts.get(&key) {
-                                Some(c) => Some(c.clone()),
-                                None => store.get_contact_by_key(&key).unwrap_or_else(|e| {
-                                    status.read_error = Some(e);
-                                    None
-                                }),
-                            };
+                            let current = contacts.get(&key).cloned().flatten();
                             if current.as_ref().is_none_or(|c| c.last_inbound_ms < m.at_ms) {
                                 let record =
                                     ContactRecord { last_inbound_ms: m.at_ms, profile_name: m.profile_name.clone() };
                                 batch.put_cf(contacts_cf, &key, encode_value(&record));
-                                contacts.insert(key, record);
+                                contacts.insert(key, Some(record));
                             }
                             let event = crate::settle::inbound_callback(m);
                             batch.put_cf(outbox_cf, queue_key(*status.next_outbox_seq), encode_value(&event));
@@ -413,26 +460,29 @@ impl Writer {
                     pending.push(Pending::Done(reply));
                 }
                 WriteOp::ResolveHeld { seqs, action, at_ms, reply } => {
+                    // Every read first: a failed one fails this op only.
+                    let mut records = Vec::with_capacity(seqs.len());
+                    let reads = seqs.iter().filter(|seq| !resolved_here.contains(seq)).try_for_each(|&seq| {
+                        match readable(self.shard, "held", store.get_held(seq))? {
+                            Some(HeldRecord { record: Some(record), .. }) => records.push((seq, record)),
+                            Some(HeldRecord { record: None, .. }) => {
+                                tracing::error!(shard = %self.shard, seq, "held record without its message; left as is")
+                            }
+                            None => {} // already resolved
+                        }
+                        Ok(())
+                    });
+                    let reads = reads.and_then(|()| status.prefetch(self.shard, records.iter().map(|(seq, _)| *seq)));
+                    if let Err(e) = reads {
+                        tracing::error!(shard = %self.shard, error = %e, "resolve op not applied: a read failed");
+                        drop(reply.send(Err(e)));
+                        continue;
+                    }
                     let mut outcome = ResolvedHeld::default();
-                    for seq in seqs {
+                    for (seq, record) in records {
                         if !resolved_here.insert(seq) {
                             continue;
                         }
-                        let record = match store.get_held(seq) {
-                            Ok(Some(HeldRecord { record: Some(record), .. })) => record,
-                            Ok(Some(HeldRecord { record: None, .. })) => {
-                                status.read_error = Some(crate::ShardError::Corrupt {
-                                    shard: self.shard.0,
-                                    what: format!("held record {seq} has no queue record"),
-                                });
-                                continue;
-                            }
-                            Ok(None) => continue, // already resolved
-                            Err(e) => {
-                                status.read_error = Some(e);
-                                continue;
-                            }
-                        };
                         batch.single_delete_cf(held_cf, queue_key(seq));
                         let reason = if record.expires_at_ms <= at_ms {
                             outcome.expired.push(seq);
@@ -472,7 +522,6 @@ impl Writer {
                 WriteOp::Hold { .. } | WriteOp::Stop => unreachable!("holds and stops are handled by run"),
             }
         }
-        let read_error = status.read_error.take();
         drop(status);
         // Outbox numbers of a failed batch are not reused either (like sequence numbers).
         self.next_outbox_seq = next_outbox_seq;
@@ -486,15 +535,7 @@ impl Writer {
         if let Some(mark) = watermark {
             batch.put_cf(meta, META_QUEUE_LOW_WATERMARK, mark.to_be_bytes());
         }
-        let result = match read_error {
-            // A status we could not read cannot be merged: fail the batch rather than overwrite it.
-            Some(ShardError::Rocks { source, .. }) => Err(source),
-            Some(other) => {
-                tracing::error!(shard = %self.shard, error = %other, "unreadable status record; overwriting it");
-                store.db.write_opt(batch, sync)
-            }
-            None => store.db.write_opt(batch, sync),
-        };
+        let result = store.db.write_opt(batch, sync);
         self.counters.synced_writes.fetch_add(1, Ordering::Relaxed);
         self.pending.fetch_sub(weight, Ordering::AcqRel);
         match result {

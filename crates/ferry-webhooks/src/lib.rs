@@ -142,14 +142,15 @@ impl WebhookConfig {
 /// `webhook.url` parsed: an `http://` or `https://` URL with a host.
 fn parse_url(url: &str) -> Result<hyper::Uri, String> {
     const EXPECTED: &str = "expected https://HOST[:PORT]/PATH or http://HOST[:PORT]/PATH";
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("webhook.url `{url}`: {e}; {EXPECTED}"))?;
+    let shown = mask_url(url);
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("webhook.url `{shown}`: {e}; {EXPECTED}"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
-        Some(other) => return Err(format!("webhook.url `{url}`: scheme `{other}` is not supported; {EXPECTED}")),
-        None => return Err(format!("webhook.url `{url}`: no scheme; {EXPECTED}")),
+        Some(other) => return Err(format!("webhook.url `{shown}`: scheme `{other}` is not supported; {EXPECTED}")),
+        None => return Err(format!("webhook.url `{shown}`: no scheme; {EXPECTED}")),
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("webhook.url `{url}`: no host; {EXPECTED}"));
+        return Err(format!("webhook.url `{shown}`: no host; {EXPECTED}"));
     }
     Ok(uri)
 }
@@ -201,6 +202,32 @@ fn client(config: &WebhookConfig) -> Result<HttpClient, String> {
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
+/// What a secret prints as.
+pub const MASK: &str = "********";
+
+/// `url` with credentials hidden: the userinfo (`https://user:pass@host`) and the query (`?token=…`),
+/// where webhook URLs often carry them. Scheme, host, port and path stay readable. Every log line
+/// and printed config that names the webhook URL goes through this.
+pub fn mask_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, _)) => (r, Some(MASK)),
+        None => (rest, None),
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{MASK}@{host}"),
+        None => authority.to_owned(),
+    };
+    let mut out = if scheme.is_empty() { host } else { format!("{scheme}://{host}") };
+    out.push_str(path);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
 /// `sha256=<hex HMAC-SHA256 of body>`, the value of `X-Hub-Signature-256`.
 pub fn signature(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
@@ -240,7 +267,7 @@ impl WebhookEngine {
         let url = parse_url(config.url.as_deref().ok_or("webhook.url is not set")?)?;
         if url.scheme_str() == Some("http") && !url.host().is_some_and(is_loopback) {
             tracing::warn!(
-                %url,
+                url = %mask_url(&url.to_string()),
                 "callbacks over plain http to a non-loopback host: use https outside development"
             );
         }
@@ -271,6 +298,8 @@ impl WebhookEngine {
     }
 
     /// Stops the senders; undelivered callbacks stay in the status-event logs for the next start.
+    ///
+    /// Cancel safety: cancel-safe (the senders stop either way; the cursors persisted so far stay).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
@@ -278,6 +307,9 @@ impl WebhookEngine {
         }
     }
 }
+
+/// The most of a receiver's response body read (it is only read so the connection can be reused).
+const MAX_RESPONSE_BODY_BYTES: usize = 64 * 1024;
 
 struct Sender {
     shard: Arc<Shard>,
@@ -304,11 +336,24 @@ impl Sender {
                 return;
             }
             let until = *events.borrow_and_update();
-            let batch = match self.shard.scan_outbox(cursor, until, self.config.max_statuses_per_post) {
+            // A RocksDB range read (it may step over tombstones): on a blocking thread, not a
+            // tokio worker that ingest and delivery share.
+            let (shard, limit) = (self.shard.clone(), self.config.max_statuses_per_post);
+            let scan = tokio::task::spawn_blocking(move || shard.scan_outbox(cursor, until, limit))
+                .await
+                .unwrap_or_else(|e| Err(ferry_shard::ShardError::Layout(format!("outbox scan task failed: {e}"))));
+            let batch = match scan {
                 Ok(batch) => one_post(batch),
                 Err(e) => {
-                    tracing::error!(shard = %self.shard.id(), error = %e, "cannot read the status events");
-                    Vec::new()
+                    // The cursor stays where it is: events it did not read are read again.
+                    failures += 1;
+                    let wait = (self.config.backoff_step_ms.saturating_mul(failures)).min(self.config.backoff_max_ms);
+                    tracing::error!(shard = %self.shard.id(), error = %e, retry_in_ms = wait, "cannot read the status events");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    continue;
                 }
             };
             if batch.is_empty() {
@@ -387,13 +432,20 @@ impl Sender {
         let request = request.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
         let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
-        let response = tokio::time::timeout(timeout, self.client.request(request))
+        let deadline = tokio::time::Instant::now() + timeout;
+        let response = tokio::time::timeout_at(deadline, self.client.request(request))
             .await
             .map_err(|_| format!("no answer within {timeout:?}"))?
             .map_err(|e| format!("request failed: {e}"))?;
         let status = response.status();
-        // Read the body so the connection can be reused.
-        let _ = response.into_body().collect().await;
+        // Read the body so the connection can be reused, bounded in size and by the same deadline:
+        // a receiver that trickles or never ends its body must not hold the node-wide permit. The
+        // status line already said whether it took the events; an unread body only costs the
+        // connection (dropped, not reused).
+        let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BODY_BYTES);
+        if tokio::time::timeout_at(deadline, body.collect()).await.is_err() {
+            tracing::debug!(shard = %self.shard.id(), "webhook response body not finished by the deadline; connection dropped");
+        }
         if status.is_success() { Ok(()) } else { Err(format!("answered {status}")) }
     }
 }

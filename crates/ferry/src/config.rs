@@ -14,30 +14,7 @@ use ferry_shard::{ShardConfig, StorageTuning};
 use ferry_webhooks::WebhookConfig;
 use serde::{Deserialize, Serialize};
 
-/// What a secret prints as.
-pub const MASK: &str = "********";
-
-/// `url` with credentials hidden: the userinfo (`https://user:pass@host`) and the query (`?token=…`),
-/// where webhook URLs often carry them. Scheme, host, port and path stay readable.
-pub fn mask_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let (rest, query) = match rest.split_once('?') {
-        Some((r, _)) => (r, Some(MASK)),
-        None => (rest, None),
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let host = match authority.rsplit_once('@') {
-        Some((_, host)) => format!("{MASK}@{host}"),
-        None => authority.to_owned(),
-    };
-    let mut out = if scheme.is_empty() { host } else { format!("{scheme}://{host}") };
-    out.push_str(path);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
+pub use ferry_webhooks::{MASK, mask_url};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -3,6 +3,7 @@
 //! `login` gets a bearer token (for `--token` / `FERRY_TOKEN`).
 
 mod config;
+mod output;
 
 use std::sync::Arc;
 
@@ -179,7 +180,10 @@ fn main() -> std::process::ExitCode {
             Command::Watch(a) => watch(a).await,
             Command::Login(a) => login(a).await,
             Command::Held { command } => held(command).await,
-            Command::Loadgen(a) => ferry_loadgen::run(a).await.map(|report| print!("{}", report.summary())),
+            Command::Loadgen(a) => {
+                let report = ferry_loadgen::run(a).await?;
+                output::line(report.summary().trim_end())
+            }
             Command::Chatsim(a) => {
                 init_logging("info");
                 ferry_chatsim::run_cli(a).await
@@ -189,6 +193,7 @@ fn main() -> std::process::ExitCode {
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if output::is_closed(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry: error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -269,9 +274,14 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     // Signal handlers first: a SIGTERM right after the readiness lines must drain, not kill.
     let stopping = watch_signals(lifecycle.clone(), std::time::Duration::from_secs(config.shutdown_grace_secs))?;
     // Machine-readable readiness lines (tests and scripts wait for them).
-    println!("ferry: upstream {upstream}");
-    println!("ferry: http listening on {http_bound}");
-    println!("ferry: grpc listening on {bound}");
+    // Readiness lines (scripts and tests read them). A closed stdout does not stop the server.
+    for ready in [
+        format!("ferry: upstream {upstream}"),
+        format!("ferry: http listening on {http_bound}"),
+        format!("ferry: grpc listening on {bound}"),
+    ] {
+        let _ = output::line(ready);
+    }
 
     let http_state = Arc::new(ferry_http::HttpState {
         coordinator: coordinator.clone(),
@@ -468,7 +478,7 @@ async fn login(a: LoginArgs) -> anyhow::Result<()> {
         anyhow::bail!("login refused ({status}): {parsed}");
     }
     let token = parsed["users"][0]["token"].as_str().context("login answer without users[0].token")?;
-    println!("{token}");
+    output::line(token)?;
     Ok(())
 }
 
@@ -495,7 +505,7 @@ async fn send(a: SendArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let r = client.send(request).await.map_err(|s| anyhow::anyhow!("send rejected: {}", describe(&s)))?;
-    println!("{}", r.into_inner().message_id);
+    output::line(r.into_inner().message_id)?;
     Ok(())
 }
 
@@ -515,7 +525,7 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
         "history": history,
         "error": r.error.map(|e| serde_json::json!({"code": e.code, "title": e.title, "details": e.details})),
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    output::line(serde_json::to_string_pretty(&out)?)?;
     Ok(())
 }
 
@@ -532,7 +542,7 @@ async fn held(command: HeldCommand) -> anyhow::Result<()> {
         .map_err(|s| anyhow::anyhow!("resolve held refused: {}", describe(&s)))?
         .into_inner();
     let out = serde_json::json!({"released": r.released, "dropped": r.dropped, "expired": r.expired});
-    println!("{out}");
+    output::line(out)?;
     Ok(())
 }
 
@@ -557,7 +567,7 @@ async fn watch(a: WatchArgs) -> anyhow::Result<()> {
             "error": e.error.map(|x| serde_json::json!({"code": x.code, "title": x.title, "details": x.details})),
             "cursor": e.cursor,
         });
-        println!("{out}");
+        output::line(out)?;
     }
     Ok(())
 }
@@ -565,6 +575,6 @@ async fn watch(a: WatchArgs) -> anyhow::Result<()> {
 fn config_check(file: std::path::PathBuf) -> anyhow::Result<()> {
     let overrides = Overrides { config: Some(file), ..Overrides::default() };
     let config = FerryConfig::load(&overrides)?;
-    println!("{}", toml::to_string_pretty(&config.masked())?);
+    output::line(toml::to_string_pretty(&config.masked())?)?;
     Ok(())
 }

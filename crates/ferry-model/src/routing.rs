@@ -11,7 +11,7 @@
 //! routes exactly like the one that wrote it. Never use `std::hash` or `ahash` here (their output
 //! changes across versions, processes and CPUs). The fixed vectors in the tests pin it.
 
-use ferry_model::{ShardId, WaId};
+use crate::{ShardId, WaId};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// Seed of the routing hash: ASCII "ferry-v1" as a big-endian u64. Never change it.

@@ -1,0 +1,35 @@
+//! Benchmark scripts must not rot silently: each runs once here at smoke size (a second of load)
+//! against the binary these tests built, and must produce its figure. The figure itself is not
+//! judged here (performance lives in benches/README.md); only that the script still measures.
+
+mod support;
+
+use std::process::Command;
+
+#[test]
+fn targets_script_measures_at_smoke_size() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new("bash")
+        .arg(root.join("benches/targets.sh"))
+        .env("FERRY_BIN", support::ferry_bin())
+        .envs([("SHARDS", "2"), ("BATCH", "10"), ("CONCURRENCY", "4"), ("DURATION", "1s"), ("RECIPIENTS", "50")])
+        .env_remove("FERRY_TOKEN")
+        .env_remove("FERRY_TARGET")
+        .env_remove("FERRY_HTTP")
+        .output()
+        .expect("run benches/targets.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "targets.sh failed: {}\n{stdout}\n{stderr}", out.status);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("max sustained (acked) "))
+        .unwrap_or_else(|| panic!("no figure in the output:\n{stdout}\n{stderr}"));
+    let rate: u64 = line["max sustained (acked) ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable figure: {line}"));
+    assert!(rate > 0, "the script measured nothing (every call refused?): {line}\n{stdout}");
+    assert!(line.contains("accept p50 ") && line.contains(", p99 "), "{line}");
+}
