@@ -374,3 +374,61 @@ async fn a_marketing_limited_message_fails_with_131049_after_growing_waits_while
     ferry.stop().await;
     sim.shutdown().await;
 }
+
+/// Sends `n` texts to one recipient in batches of 500; returns the ids in send order.
+async fn send_to_one(client: &mut support::Client, to: &str, n: usize, tag: &str) -> Vec<String> {
+    let all: Vec<v1::SendRequest> = (0..n).map(|i| text(to, &format!("{tag} {i}"))).collect();
+    let mut ids = Vec::with_capacity(n);
+    for chunk in all.chunks(500) {
+        let r = client.send_batch(v1::SendBatchRequest { messages: chunk.to_vec() }).await.expect("batch").into_inner();
+        for result in r.results {
+            match result.outcome {
+                Some(v1::send_result::Outcome::Accepted(a)) => ids.push(a.message_id),
+                other => panic!("message rejected: {other:?}"),
+            }
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_rate_limited_recipient_leaves_its_surplus_on_disk_and_the_shard_flows() {
+    // Five messages per second per recipient; one shard, so every recipient shares one window.
+    let sim = chatsim(ChatSimConfig { rate_limit_per_recipient: 5, ..ChatSimConfig::for_test() }).await;
+    let delivery = DeliveryConfig {
+        max_window_per_recipient: 8,
+        rate_limit_base_ms: 20,
+        rate_limit_max_backoff_ms: 1_000,
+        ..DeliveryConfig::for_test()
+    };
+    let ferry = node(1, sim.local_addr(), delivery, ferry_model::clock::system()).await;
+    let mut client = ferry.node.client().await;
+
+    // 10,000 messages to one recipient (more than twice the window of 4,096), then one each to
+    // 1,000 others, queued behind them.
+    const DEEP: &str = "16315550199";
+    let deep = send_to_one(&mut client, &format!("+{DEEP}"), 10_000, "deep").await;
+    send_texts(&mut client, 1_000, 1_000, "other").await;
+    let others_delivered = || sim.stats().unique_messages as usize - sim.delivery_order(DEEP).len();
+    eventually(Duration::from_secs(60), "the 1,000 others delivered while the deep recipient is limited", || async {
+        others_delivered() == 1_000
+    })
+    .await;
+    assert!(sim.delivery_order(DEEP).len() < 10_000);
+    eventually(Duration::from_secs(10), "only the deep recipient's share left in memory", || async {
+        let totals = ferry.totals();
+        totals.loaded <= 8 && totals.recipients_capped == 1
+    })
+    .await;
+
+    // Its surplus is read again from disk as it drains: it keeps flowing, in send order.
+    eventually(Duration::from_secs(30), "the deep recipient refilled from disk several times", || async {
+        sim.delivery_order(DEEP).len() >= 40
+    })
+    .await;
+    let order = sim.delivery_order(DEEP);
+    assert_eq!(order, deep[..order.len()], "the deep recipient's messages arrive in send order");
+    assert_eq!(sim.stats().duplicate_messages, 0);
+    ferry.stop().await;
+    sim.shutdown().await;
+}

@@ -8,6 +8,11 @@ pub struct DeliveryConfig {
     /// Messages of one shard held in memory at once (waiting, in flight, backing off). Bounds
     /// memory whatever the backlog on disk, and is the shard's window of envelopes in flight.
     pub window: usize,
+    /// Messages of one recipient in the window at most (waiting, in flight, backing off). A
+    /// recipient with a deeper backlog keeps the rest on disk, read again as it drains, so one
+    /// rate-limited or backing-off recipient cannot fill the window and stall its shard. At most
+    /// `window` takes effect; at least `max_in_flight_per_recipient`.
+    pub max_window_per_recipient: usize,
     /// Envelopes in flight to one recipient at a time. 1 (the default) delivers the messages of a
     /// recipient in send order; more trades order for throughput to a single recipient.
     pub max_in_flight_per_recipient: usize,
@@ -46,6 +51,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             window: 4096,
+            max_window_per_recipient: 64,
             max_in_flight_per_recipient: 1,
             ack_timeout_ms: 30_000,
             retry_initial_ms: 200,
@@ -70,6 +76,7 @@ impl DeliveryConfig {
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
             ("delivery.window", self.window as u64),
+            ("delivery.max_window_per_recipient", self.max_window_per_recipient as u64),
             ("delivery.max_in_flight_per_recipient", self.max_in_flight_per_recipient as u64),
             ("delivery.ack_timeout_ms", self.ack_timeout_ms),
             ("delivery.retry_initial_ms", self.retry_initial_ms),
@@ -83,6 +90,12 @@ impl DeliveryConfig {
             if v == 0 {
                 return Err(format!("{name} is 0: expected at least 1"));
             }
+        }
+        if self.max_window_per_recipient < self.max_in_flight_per_recipient {
+            return Err(format!(
+                "delivery.max_window_per_recipient is {}: expected at least delivery.max_in_flight_per_recipient ({})",
+                self.max_window_per_recipient, self.max_in_flight_per_recipient
+            ));
         }
         if self.retry_max_ms < self.retry_initial_ms {
             return Err(format!(

@@ -17,7 +17,8 @@
 //!   than `marketing_limit_retries` times in a row (failed, 131049).
 //! - No recipient waits for another: a rate-limited recipient is blocked alone, the shard's other
 //!   recipients keep being dispatched.
-//! - No more than `window` messages of a shard in memory, whatever the backlog on disk.
+//! - No more than `window` messages of a shard in memory, whatever the backlog on disk, and no
+//!   more than `max_window_per_recipient` of one recipient: a recipient's surplus stays on disk.
 //! - No encryption with a message counter that was not first reserved durably, so a crash never
 //!   makes a session reuse a key.
 //! - No receipt is acknowledged to the server before the status change it caused is durable.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod link;
 pub mod shard_loop;
 pub mod stats;
+mod window;
 
 use std::sync::Arc;
 use std::time::Duration;

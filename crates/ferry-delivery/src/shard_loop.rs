@@ -13,6 +13,9 @@
 //! - **Reading.** A cursor walks the queue forward from the shard's low watermark; each scan is
 //!   bounded by the room left in the window and by the committed `next_seq`, so the loop never
 //!   rescans and never holds more than `window` messages, whatever the backlog on disk.
+//!   No recipient holds more than `max_window_per_recipient` of them (`window.rs`): the cursor
+//!   walks on past a recipient at its cap, whose surplus stays on disk and is read again (from
+//!   its lowest unread seq, in order) when it drains. Reads per loop turn are bounded too.
 //!   Released held messages (paced templates) enter the queue under their original, usually
 //!   older, seq: the shard hands the loop their seqs (`Shard::take_released`) and the loop
 //!   point-reads those below its cursor (the scan reads the others), within the same window.
@@ -69,9 +72,13 @@ use tonic::transport::Channel;
 use crate::DeliveryConfig;
 use crate::link::LinkEvent;
 use crate::stats::ShardDeliveryStats;
+use crate::window::Admission;
 
 /// Most messages read from the queue in one scan.
 const SCAN_CHUNK: usize = 1024;
+/// Most queue records read in one turn of the loop (forward scan and refills together), so a
+/// long stretch of one capped recipient's surplus does not hold up answers and acks.
+const READ_BUDGET_PER_TURN: usize = 4 * SCAN_CHUNK;
 
 /// `sender ++ 0 ++ recipient`: a recipient of one business number (the unit of ordering and of
 /// encryption sessions).
@@ -217,6 +224,10 @@ pub(crate) struct ShardLoop {
     late: VecDeque<u64>,
     /// Every loaded, unsettled message by sequence (ordered: the lowest held is the watermark).
     messages: BTreeMap<u64, Loaded>,
+    /// Per-recipient share of the window and the surplus left on disk (`window.rs`).
+    admission: Admission,
+    /// The last turn's read budget ran out with records left to read: read again at once.
+    more_to_read: bool,
     recipients: HashMap<RecipientKey, Recipient>,
     /// Recipients that may be able to dispatch now.
     ready: VecDeque<RecipientKey>,
@@ -254,6 +265,8 @@ impl ShardLoop {
         let cursor = shard.queue_low_watermark().max(1);
         ShardLoop {
             sessions: quick_cache::unsync::Cache::new(config.session_cache_capacity),
+            admission: Admission::new(config.max_window_per_recipient.min(config.window)),
+            more_to_read: false,
             setup_permits: Arc::new(Semaphore::new(config.max_concurrent_session_setups)),
             shard,
             all_shards,
@@ -298,9 +311,13 @@ impl ShardLoop {
             self.dispatch_ready();
             self.flush_settlements();
             self.stats.loaded.store(self.messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.stats
+                .recipients_capped
+                .store(self.admission.recipients_with_surplus() as u64, std::sync::atomic::Ordering::Relaxed);
 
             let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
             let has_room = self.messages.len() < self.config.window;
+            let more_to_read = self.more_to_read && has_room;
             tokio::select! {
                 n = self.events.recv_many(&mut events, 256) => {
                     if n == 0 {
@@ -321,6 +338,7 @@ impl ShardLoop {
                     }
                 }
                 _ = shard.appended(), if has_room => {}
+                _ = tokio::task::yield_now(), if more_to_read => {}
                 _ = sleep_until_opt(next_timer) => self.fire_timers(),
                 _ = ttl_sweep.tick() => self.fail_expired_while_unreachable(),
                 _ = self.shutdown.changed() => {}
@@ -351,7 +369,7 @@ impl ShardLoop {
                 continue;
             }
             match self.shard.get_queued(seq) {
-                Ok(Some(record)) => self.admit(seq, record),
+                Ok(Some(record)) => self.offer(seq, record),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(shard = %self.shard.id(), seq, error = %e, "cannot read a released message; retrying");
@@ -362,26 +380,37 @@ impl ShardLoop {
         }
     }
 
-    /// Reads the next messages of the queue into memory while the window has room.
+    /// Reads the next messages of the queue into memory while the window has room: first the
+    /// surplus of recipients that drained, then forward from the cursor. At most
+    /// [`READ_BUDGET_PER_TURN`] records per call; `more_to_read` says when some are left.
     fn load_from_queue(&mut self) {
         self.load_released();
+        self.more_to_read = false;
+        let mut budget = READ_BUDGET_PER_TURN;
+        self.refill_surplus(&mut budget);
         loop {
             let room = self.config.window.saturating_sub(self.messages.len());
             let until = self.shard.committed_next_seq();
             if room == 0 || self.cursor >= until {
                 return;
             }
-            let chunk = match self.shard.scan_queue_range(self.cursor, until, room.min(SCAN_CHUNK)) {
+            if budget == 0 {
+                self.more_to_read = true;
+                return;
+            }
+            let limit = room.min(SCAN_CHUNK).min(budget);
+            budget -= limit;
+            let chunk = match self.shard.scan_queue_range(self.cursor, until, limit) {
                 Ok(chunk) => chunk,
                 Err(e) => {
                     tracing::error!(shard = %self.shard.id(), error = %e, "cannot read the queue; retrying");
                     return;
                 }
             };
-            let full = chunk.len() == room.min(SCAN_CHUNK);
+            let full = chunk.len() == limit;
             let last = chunk.last().map(|(seq, _)| *seq);
             for (seq, record) in chunk {
-                self.admit(seq, record);
+                self.offer(seq, record);
             }
             // Everything in [cursor, until) that was not returned is deleted (or returned):
             // continue after the last read one, or at `until` when the range is exhausted.
@@ -394,9 +423,71 @@ impl ShardLoop {
         }
     }
 
-    fn admit(&mut self, seq: u64, record: QueueRecord) {
-        let message_id = MessageId::encode(MessageKey { shard: self.shard.id(), node_id: self.shard.node_id(), seq });
+    /// Reads again, below the cursor, the messages left on disk of recipients that drained to half
+    /// their cap: only theirs, in seq order, until the cap, the window or `budget` is reached.
+    fn refill_surplus(&mut self, budget: &mut usize) {
+        while let Some((key, from)) = self.admission.next_refill() {
+            let mut next = from;
+            loop {
+                if next >= self.cursor {
+                    self.admission.refilled(&key, None);
+                    break;
+                }
+                if !self.admission.has_room(&key) {
+                    self.admission.refilled(&key, Some(next));
+                    break;
+                }
+                if self.messages.len() >= self.config.window || *budget == 0 {
+                    self.admission.refilled(&key, Some(next));
+                    self.admission.retry_refill(key);
+                    self.more_to_read |= *budget == 0;
+                    return;
+                }
+                let limit = SCAN_CHUNK.min(*budget);
+                *budget -= limit;
+                let chunk = match self.shard.scan_queue_range(next, self.cursor, limit) {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        tracing::error!(shard = %self.shard.id(), error = %e, "cannot read the queue; retrying");
+                        self.admission.refilled(&key, Some(next));
+                        self.admission.retry_refill(key);
+                        return;
+                    }
+                };
+                let exhausted = chunk.len() < limit;
+                let mut stopped = false;
+                for (seq, record) in chunk {
+                    if self.messages.contains_key(&seq) || recipient_key(&record.sender, &record.wa_id) != key {
+                        next = seq + 1;
+                        continue;
+                    }
+                    if !self.admission.has_room(&key) || self.messages.len() >= self.config.window {
+                        next = seq;
+                        stopped = true;
+                        break;
+                    }
+                    self.admit(seq, record, key.clone());
+                    next = seq + 1;
+                }
+                if exhausted && !stopped {
+                    next = self.cursor;
+                }
+            }
+        }
+    }
+
+    /// Admits a message read from the queue, or leaves it on disk when its recipient is at its
+    /// cap (`window.rs`).
+    fn offer(&mut self, seq: u64, record: QueueRecord) {
         let key = recipient_key(&record.sender, &record.wa_id);
+        if self.admission.offer(&key, seq) {
+            self.admit(seq, record, key);
+        }
+    }
+
+    fn admit(&mut self, seq: u64, record: QueueRecord, key: RecipientKey) {
+        let message_id = MessageId::encode(MessageKey { shard: self.shard.id(), node_id: self.shard.node_id(), seq });
+        self.admission.admitted(&key);
         let recipient = self.recipients.entry(key.clone()).or_default();
         recipient.waiting.push_back(seq);
         if recipient.waiting.len() == 1 {
@@ -895,8 +986,15 @@ impl ShardLoop {
         // gone once this batch is durable; writes are applied in order, so earlier settle
         // batches are durable before this one.
         let leaving: HashSet<u64> = seqs.iter().copied().collect();
-        let low_watermark =
-            self.messages.keys().copied().find(|s| !leaving.contains(s)).unwrap_or(self.cursor).min(self.cursor);
+        // Nor past a message left on disk below the cursor (a capped recipient's surplus).
+        let low_watermark = self
+            .messages
+            .keys()
+            .copied()
+            .find(|s| !leaving.contains(s))
+            .unwrap_or(self.cursor)
+            .min(self.cursor)
+            .min(self.admission.floor().unwrap_or(u64::MAX));
         if entries.is_empty() {
             self.ack_receipts(receipt_ids);
             return;
@@ -920,6 +1018,7 @@ impl ShardLoop {
                     if let Some(m) = self.messages.remove(seq) {
                         sent += 1;
                         let key = m.key;
+                        self.admission.removed(&key);
                         self.forget_recipient_if_idle(&key);
                     }
                 }

@@ -40,6 +40,9 @@ pub struct ShardDeliveryStats {
     pub loaded: AtomicU64,
     /// Envelopes sent and not answered yet (gauge).
     pub in_flight: AtomicU64,
+    /// Recipients at their window cap with messages left on disk (gauge;
+    /// `max_window_per_recipient`).
+    pub recipients_capped: AtomicU64,
     /// Inbound user messages received on this shard's stream (recorded in the user's shard).
     pub inbound: AtomicU64,
     pub(crate) link_state: AtomicU8,
@@ -79,6 +82,7 @@ impl ShardDeliveryStats {
             rekeys: get(&self.rekeys),
             loaded: get(&self.loaded),
             in_flight: get(&self.in_flight),
+            recipients_capped: get(&self.recipients_capped),
             inbound: get(&self.inbound),
         }
     }
@@ -103,6 +107,7 @@ pub struct DeliverySnapshot {
     pub rekeys: u64,
     pub loaded: u64,
     pub in_flight: u64,
+    pub recipients_capped: u64,
     pub inbound: u64,
 }
 
@@ -126,6 +131,7 @@ impl std::ops::Add for DeliverySnapshot {
             rekeys: self.rekeys + o.rekeys,
             loaded: self.loaded + o.loaded,
             in_flight: self.in_flight + o.in_flight,
+            recipients_capped: self.recipients_capped + o.recipients_capped,
             inbound: self.inbound + o.inbound,
         }
     }

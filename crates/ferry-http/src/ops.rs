@@ -100,6 +100,10 @@ fn describe() {
     );
     describe_gauge!("ferry_in_flight", "Envelopes sent to the chat server and not answered yet.");
     describe_gauge!("ferry_delivery_window_loaded", "Messages of the shard in the delivery loop's memory.");
+    describe_gauge!(
+        "ferry_delivery_recipients_capped",
+        "Recipients at max_window_per_recipient with more messages left on disk."
+    );
     describe_gauge!("ferry_gateway_connected", "1 while the shard's link to the chat server is up, else 0.");
     describe_counter!(
         "ferry_delivery_envelopes_sent_total",
@@ -236,6 +240,7 @@ pub fn sample(state: &HttpState) {
         let d = delivery.snapshot();
         metrics::gauge!("ferry_in_flight", "shard" => label.clone()).set(d.in_flight as f64);
         metrics::gauge!("ferry_delivery_window_loaded", "shard" => label.clone()).set(d.loaded as f64);
+        metrics::gauge!("ferry_delivery_recipients_capped", "shard" => label.clone()).set(d.recipients_capped as f64);
         let connected = delivery.link_state() == LinkState::Connected;
         metrics::gauge!("ferry_gateway_connected", "shard" => label.clone()).set(if connected { 1.0 } else { 0.0 });
         for (name, value) in [
