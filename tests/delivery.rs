@@ -432,3 +432,45 @@ async fn a_deep_rate_limited_recipient_leaves_its_surplus_on_disk_and_the_shard_
     ferry.stop().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_session_or_settle_task_is_a_temporary_failure_of_what_it_held() {
+    use ferry_delivery::failpoint::{self, Point};
+    let sim = chatsim(ChatSimConfig::for_test()).await;
+    let ferry = node(1, sim.local_addr(), DeliveryConfig::for_test(), ferry_model::clock::system()).await;
+    let mut client = ferry.node.client().await;
+    failpoint::arm(Point::SessionTask, "16315550301", 1);
+    failpoint::arm(Point::SettleTask, "16315550302", 1);
+    let mut ids = Vec::new();
+    for to in ["+16315550301", "+16315550302", "+16315550304"] {
+        ids.push(client.send(text(to, "despite a panic")).await.unwrap().into_inner().message_id);
+    }
+    wait_all_at_least_sent(&client, &ids, Duration::from_secs(30)).await;
+    let stats = ferry.delivery.as_ref().expect("running").shard_stats()[0].snapshot();
+    assert_eq!((stats.task_panics, stats.loop_restarts), (2, 0), "{stats:?}");
+    assert_eq!(sim.stats().unique_messages, 3);
+    ferry.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_shard_loop_is_restarted_and_delivers_what_it_held() {
+    use ferry_delivery::failpoint::{self, Point};
+    let sim = chatsim(ChatSimConfig::for_test()).await;
+    let ferry = node(1, sim.local_addr(), DeliveryConfig::for_test(), ferry_model::clock::system()).await;
+    let mut client = ferry.node.client().await;
+    failpoint::arm(Point::ShardLoop, "16315550303", 1);
+    let mut ids = Vec::new();
+    for to in ["+16315550303", "+16315550305", "+16315550303"] {
+        ids.push(client.send(text(to, "despite a dead loop")).await.unwrap().into_inner().message_id);
+    }
+    wait_all_at_least_sent(&client, &ids, Duration::from_secs(30)).await;
+    let shard = &ferry.delivery.as_ref().expect("running").shard_stats()[0];
+    let stats = shard.snapshot();
+    assert_eq!((stats.task_panics, stats.loop_restarts), (1, 1), "{stats:?}");
+    assert!(!shard.delivery_restarting(), "health shows the loop running again");
+    assert_eq!(sim.stats().unique_messages, 3);
+    assert_eq!(sim.delivery_order("16315550303"), [ids[0].clone(), ids[2].clone()], "order kept across the restart");
+    ferry.stop().await;
+    sim.shutdown().await;
+}

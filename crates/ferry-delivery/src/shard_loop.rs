@@ -65,13 +65,14 @@ use ferry_session::{IdentityKeyPair, PreKeyBundle, SendingSession};
 use ferry_shard::settle::status_base;
 use ferry_shard::{FailureReason, InboundRecord, QueueRecord, Settlement, Shard, ShardError};
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::DeliveryConfig;
+use crate::failpoint::{self, Point};
 use crate::link::LinkEvent;
 use crate::stats::ShardDeliveryStats;
+use crate::supervise::{Joined, TaskSet};
 use crate::window::Admission;
 
 /// Most messages read from the queue in one scan.
@@ -170,6 +171,14 @@ enum Timer {
     },
 }
 
+/// What a background session task holds: its recipient, and whether it re-keys.
+struct SessionHeld {
+    key: RecipientKey,
+    rekey: bool,
+}
+
+type SessionOutcome = Result<(SendingSession, SessionSource), SessionFailure>;
+
 /// The result of a background session task.
 struct SessionDone {
     key: RecipientKey,
@@ -191,12 +200,14 @@ enum SessionFailure {
     Temporary(String),
 }
 
-struct SettleDone {
+/// What a settle task holds: one batch, kept to write it again if the write failed (or the task
+/// panicked).
+struct SettleBatch {
     seqs: Vec<u64>,
-    /// The batch itself, kept to write it again if it failed.
     entries: Vec<Settlement>,
     receipt_ids: Vec<u64>,
-    result: Result<(), ShardError>,
+    /// An inbound message recorded in another shard (its receipt id is acked once durable).
+    foreign_inbound: Option<ferry_model::ShardId>,
 }
 
 /// Delay before writing a failed settle batch again.
@@ -235,12 +246,12 @@ pub(crate) struct ShardLoop {
     timer_payloads: HashMap<u64, Timer>,
     next_timer_id: u64,
     sessions: quick_cache::unsync::Cache<RecipientKey, SendingSession>,
-    session_tasks: JoinSet<SessionDone>,
+    session_tasks: TaskSet<SessionOutcome, SessionHeld>,
     setup_permits: Arc<Semaphore>,
     link: Option<mpsc::UnboundedSender<ClientFrame>>,
     to_settle: Vec<Settlement>,
     receipts_to_ack: Vec<u64>,
-    settle_tasks: JoinSet<SettleDone>,
+    settle_tasks: TaskSet<Result<(), ShardError>, SettleBatch>,
     /// Settle batches whose write failed, written again after [`SETTLE_RETRY`]. Their messages
     /// stay `Settling` (never resent: the server has them).
     deferred_settle: Vec<Settlement>,
@@ -285,11 +296,11 @@ impl ShardLoop {
             timers: BinaryHeap::new(),
             timer_payloads: HashMap::new(),
             next_timer_id: 0,
-            session_tasks: JoinSet::new(),
+            session_tasks: TaskSet::new(),
             link: None,
             to_settle: Vec::new(),
             receipts_to_ack: Vec::new(),
-            settle_tasks: JoinSet::new(),
+            settle_tasks: TaskSet::new(),
             deferred_settle: Vec::new(),
             deferred_receipts: Vec::new(),
             accept_to_ack: metrics::histogram!(ACCEPT_TO_ACK_SECONDS),
@@ -327,15 +338,11 @@ impl ShardLoop {
                         self.on_link_event(event);
                     }
                 }
-                Some(done) = self.session_tasks.join_next(), if !self.session_tasks.is_empty() => {
-                    if let Ok(done) = done {
-                        self.on_session_done(done);
-                    }
+                Some(joined) = self.session_tasks.join_next(), if !self.session_tasks.is_empty() => {
+                    self.on_session_joined(joined);
                 }
-                Some(done) = self.settle_tasks.join_next(), if !self.settle_tasks.is_empty() => {
-                    if let Ok(done) = done {
-                        self.on_settled(done);
-                    }
+                Some(joined) = self.settle_tasks.join_next(), if !self.settle_tasks.is_empty() => {
+                    self.on_settle_joined(joined);
                 }
                 _ = shard.appended(), if has_room => {}
                 _ = tokio::task::yield_now(), if more_to_read => {}
@@ -346,10 +353,8 @@ impl ShardLoop {
         }
         // Drain: write what was settled, wait for pending writes, then stop.
         self.flush_settlements();
-        while let Some(done) = self.settle_tasks.join_next().await {
-            if let Ok(done) = done {
-                self.on_settled(done);
-            }
+        while let Some(joined) = self.settle_tasks.join_next().await {
+            self.on_settle_joined(joined);
         }
         self.session_tasks.abort_all();
         tracing::debug!(shard = %self.shard.id(), in_memory = self.messages.len(), "delivery loop stopped");
@@ -564,6 +569,9 @@ impl ShardLoop {
                 return;
             }
             let m = self.messages.get_mut(&seq).expect("waiting message is loaded");
+            if failpoint::hit(Point::ShardLoop, &m.record.wa_id) {
+                panic!("failpoint: the shard loop panicked");
+            }
             let mut session = self.sessions.get_mut(key).expect("checked above");
             let encrypted =
                 session.encrypt(m.message_id.as_str(), &m.record.sender, &m.record.wa_id, &m.record.payload);
@@ -694,9 +702,12 @@ impl ShardLoop {
         let permits = self.setup_permits.clone();
         let reservation = self.config.session_reservation;
         let stats = self.stats.clone();
-        let key = key.clone();
-        self.session_tasks.spawn(async move {
-            let outcome = prepare_session(
+        let panics = failpoint::hit(Point::SessionTask, &recipient);
+        self.session_tasks.spawn(SessionHeld { key: key.clone(), rekey }, async move {
+            if panics {
+                panic!("failpoint: the session task panicked");
+            }
+            prepare_session(
                 &shard,
                 client,
                 &identity,
@@ -708,9 +719,21 @@ impl ShardLoop {
                 rekey,
                 reservation,
             )
-            .await;
-            SessionDone { key, rekey, outcome }
+            .await
         });
+    }
+
+    /// A session task ended: its outcome, or a temporary failure for its recipient if it panicked.
+    fn on_session_joined(&mut self, joined: Joined<SessionOutcome, SessionHeld>) {
+        let (SessionHeld { key, rekey }, outcome) = match joined {
+            Joined::Done { output, held } => (held, output),
+            Joined::Panicked { held, reason } => {
+                self.stats.add(&self.stats.task_panics, 1);
+                tracing::error!(shard = %self.shard.id(), reason, "a session task panicked; the recipient retries");
+                (held, Err(SessionFailure::Temporary(format!("the session task panicked: {reason}"))))
+            }
+        };
+        self.on_session_done(SessionDone { key, rekey, outcome });
     }
 
     fn on_session_done(&mut self, done: SessionDone) {
@@ -941,21 +964,17 @@ impl ShardLoop {
         }
         // Another shard's user: that shard's writer records it; the ack goes out on this stream.
         let wait = self.all_shards[owner.index()].settle_durably(vec![Settlement::Inbound(record)], None);
-        let receipt_id = m.receipt_id;
-        self.settle_tasks.spawn(async move {
-            let result = match wait {
+        let held = SettleBatch {
+            seqs: Vec::new(),
+            entries: Vec::new(),
+            receipt_ids: vec![m.receipt_id],
+            foreign_inbound: Some(owner),
+        };
+        self.settle_tasks.spawn(held, async move {
+            match wait {
                 Ok(wait) => wait.await,
                 Err(e) => Err(e),
-            };
-            // Not durable: leave it unacknowledged; the server pushes it again on the next stream.
-            let receipt_ids = match result {
-                Ok(()) => vec![receipt_id],
-                Err(e) => {
-                    tracing::error!(shard = %owner, error = %e, "inbound message not recorded; the chat server will push it again");
-                    Vec::new()
-                }
-            };
-            SettleDone { seqs: Vec::new(), entries: Vec::new(), receipt_ids, result: Ok(()) }
+            }
         });
     }
 
@@ -1000,18 +1019,48 @@ impl ShardLoop {
             return;
         }
         let watermark = (low_watermark > self.shard.queue_low_watermark()).then_some(low_watermark);
-        match self.shard.settle_durably(entries.clone(), watermark) {
-            Ok(wait) => {
-                self.settle_tasks.spawn(async move { SettleDone { seqs, entries, receipt_ids, result: wait.await } });
+        let panics = entries.iter().any(|e| match e {
+            Settlement::Sent { message, .. } | Settlement::Failed { message, .. } => {
+                failpoint::hit(Point::SettleTask, &message.wa_id)
             }
-            Err(e) => {
-                self.settle_tasks.spawn(async move { SettleDone { seqs, entries, receipt_ids, result: Err(e) } });
+            _ => false,
+        });
+        let write = if panics { None } else { Some(self.shard.settle_durably(entries.clone(), watermark)) };
+        let held = SettleBatch { seqs, entries, receipt_ids, foreign_inbound: None };
+        self.settle_tasks.spawn(held, async move {
+            match write {
+                None => panic!("failpoint: the settle task panicked before writing its batch"),
+                Some(Ok(wait)) => wait.await,
+                Some(Err(e)) => Err(e),
             }
-        }
+        });
     }
 
-    fn on_settled(&mut self, done: SettleDone) {
-        match done.result {
+    /// A settle task ended: its write's result; a panic is a failed write (the batch is written
+    /// again).
+    fn on_settle_joined(&mut self, joined: Joined<Result<(), ShardError>, SettleBatch>) {
+        let (batch, result) = match joined {
+            Joined::Done { output, held } => (held, output.map_err(|e| e.to_string())),
+            Joined::Panicked { held, reason } => {
+                self.stats.add(&self.stats.task_panics, 1);
+                (held, Err(format!("the settle task panicked: {reason}")))
+            }
+        };
+        if let Some(owner) = batch.foreign_inbound {
+            match result {
+                Ok(()) => self.ack_receipts(batch.receipt_ids),
+                // Not durable: left unacknowledged; the server pushes it again on the next stream.
+                Err(e) => {
+                    tracing::error!(shard = %owner, error = %e, "inbound message not recorded; the chat server will push it again");
+                }
+            }
+            return;
+        }
+        self.on_settled(batch, result);
+    }
+
+    fn on_settled(&mut self, done: SettleBatch, result: Result<(), String>) {
+        match result {
             Ok(()) => {
                 let mut sent = 0;
                 for seq in &done.seqs {

@@ -2,7 +2,7 @@
 //! time: `ferry-http`'s `ops` turns them into Prometheus series; nothing here is per-message
 //! beyond a relaxed atomic add).
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use crate::link::LinkState;
 
@@ -45,7 +45,13 @@ pub struct ShardDeliveryStats {
     pub recipients_capped: AtomicU64,
     /// Inbound user messages received on this shard's stream (recorded in the user's shard).
     pub inbound: AtomicU64,
+    /// Background tasks (session set-ups, settle writes) and shard loops that panicked.
+    pub task_panics: AtomicU64,
+    /// Times the shard's delivery loop was started again after a panic.
+    pub loop_restarts: AtomicU64,
     pub(crate) link_state: AtomicU8,
+    /// The loop panicked and is not running again yet (health shows it).
+    pub(crate) delivery_restarting: AtomicBool,
 }
 
 impl ShardDeliveryStats {
@@ -60,6 +66,12 @@ impl ShardDeliveryStats {
 
     pub fn link_state(&self) -> LinkState {
         LinkState::load(&self.link_state)
+    }
+
+    /// True from a panic of the shard's delivery loop until it runs again (`/readyz` is 503 and
+    /// the shard's gateway `disconnected` meanwhile).
+    pub fn delivery_restarting(&self) -> bool {
+        self.delivery_restarting.load(Ordering::Relaxed)
     }
 
     /// A plain copy of every counter.
@@ -84,6 +96,8 @@ impl ShardDeliveryStats {
             in_flight: get(&self.in_flight),
             recipients_capped: get(&self.recipients_capped),
             inbound: get(&self.inbound),
+            task_panics: get(&self.task_panics),
+            loop_restarts: get(&self.loop_restarts),
         }
     }
 }
@@ -109,6 +123,8 @@ pub struct DeliverySnapshot {
     pub in_flight: u64,
     pub recipients_capped: u64,
     pub inbound: u64,
+    pub task_panics: u64,
+    pub loop_restarts: u64,
 }
 
 impl std::ops::Add for DeliverySnapshot {
@@ -133,6 +149,8 @@ impl std::ops::Add for DeliverySnapshot {
             in_flight: self.in_flight + o.in_flight,
             recipients_capped: self.recipients_capped + o.recipients_capped,
             inbound: self.inbound + o.inbound,
+            task_panics: self.task_panics + o.task_panics,
+            loop_restarts: self.loop_restarts + o.loop_restarts,
         }
     }
 }
