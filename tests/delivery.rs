@@ -474,3 +474,22 @@ async fn a_panicking_shard_loop_is_restarted_and_delivers_what_it_held() {
     ferry.stop().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_but_keeps_the_stream_is_reconnected_after_timeouts_in_a_row() {
+    // Each stream answers 5 envelopes, then reads without answering and stays open.
+    let sim = chatsim(ChatSimConfig { stall_after: 5, ..ChatSimConfig::for_test() }).await;
+    let delivery =
+        DeliveryConfig { ack_timeout_ms: 300, ack_timeouts_before_reconnect: 2, ..DeliveryConfig::for_test() };
+    let ferry = node(1, sim.local_addr(), delivery, ferry_model::clock::system()).await;
+    let mut client = ferry.node.client().await;
+    let ids = send_texts(&mut client, 20, 20, "stalled").await;
+    wait_all_at_least_sent(&client, &ids, Duration::from_secs(30)).await;
+    let stats = sim.stats();
+    assert_eq!(stats.unique_messages, 20);
+    assert!(stats.connections >= 4, "a new stream after each stall: {stats:?}");
+    let totals = ferry.totals();
+    assert!(totals.ack_timeouts >= 2 && totals.link_resets >= 3, "{totals:?}");
+    ferry.stop().await;
+    sim.shutdown().await;
+}

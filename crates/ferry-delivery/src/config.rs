@@ -16,8 +16,12 @@ pub struct DeliveryConfig {
     /// Envelopes in flight to one recipient at a time. 1 (the default) delivers the messages of a
     /// recipient in send order; more trades order for throughput to a single recipient.
     pub max_in_flight_per_recipient: usize,
-    /// An envelope with no answer after this long is sent again (ms).
+    /// An envelope with no answer after this long is sent again (ms), after the recipient's
+    /// retry backoff.
     pub ack_timeout_ms: u64,
+    /// Ack timeouts in a row (no answer at all in between) after which the stream to the chat
+    /// server is reset and opened again: a server that stops answering but keeps the connection.
+    pub ack_timeouts_before_reconnect: u32,
     /// First retry delay after a temporary failure (ms); doubles per attempt, with jitter.
     pub retry_initial_ms: u64,
     /// Longest retry delay (ms). Retries go on forever (until the message's TTL).
@@ -54,6 +58,7 @@ impl Default for DeliveryConfig {
             max_window_per_recipient: 64,
             max_in_flight_per_recipient: 1,
             ack_timeout_ms: 30_000,
+            ack_timeouts_before_reconnect: 3,
             retry_initial_ms: 200,
             retry_max_ms: 60_000,
             session_cache_capacity: 65_536,
@@ -73,12 +78,19 @@ impl DeliveryConfig {
         DeliveryConfig { ack_timeout_ms: 5_000, retry_initial_ms: 20, retry_max_ms: 500, ..DeliveryConfig::default() }
     }
 
+    /// Frames the outgoing buffer of a link holds: every loaded message's envelope, plus room for
+    /// receipt acks. Full means the server stopped taking frames: the loop resets the stream.
+    pub(crate) fn link_buffer(&self) -> usize {
+        self.window.saturating_add(1024)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
             ("delivery.window", self.window as u64),
             ("delivery.max_window_per_recipient", self.max_window_per_recipient as u64),
             ("delivery.max_in_flight_per_recipient", self.max_in_flight_per_recipient as u64),
             ("delivery.ack_timeout_ms", self.ack_timeout_ms),
+            ("delivery.ack_timeouts_before_reconnect", u64::from(self.ack_timeouts_before_reconnect)),
             ("delivery.retry_initial_ms", self.retry_initial_ms),
             ("delivery.session_cache_capacity", self.session_cache_capacity as u64),
             ("delivery.session_reservation", self.session_reservation),

@@ -25,8 +25,14 @@
 //!   A message that must be retried goes back to the *front* of its recipient's FIFO.
 //! - **Retries.** Forever, with exponential backoff and jitter, until the server acks; except
 //!   TTL expired (failed, 410), recipient invalid (failed, 1013), rate limited (below), session
-//!   unknown (re-key, then resend). An envelope unanswered after `ack_timeout_ms`, or in flight
-//!   when the link drops, is sent again (the server dedups by message id).
+//!   unknown (re-key, then resend; re-keys in a row back off). An envelope unanswered after
+//!   `ack_timeout_ms` is sent again after the recipient's backoff, and one in flight when the link
+//!   drops at once (the server dedups by message id). `ack_timeouts_before_reconnect` timeouts in
+//!   a row (no answer in between), or a full outgoing buffer, reset the stream.
+//! - **Attempts.** Every envelope carries its attempt number and the server echoes it: an answer
+//!   to an earlier attempt is recognised. An ack of any attempt settles the message (the server
+//!   has it: it is not sent again); any other late answer is ignored (a late `SESSION_UNKNOWN`
+//!   does not discard the fresh session).
 //! - **Rate limits.** `RATE_LIMITED` (pair rate limit, 131056) and `MARKETING_LIMITED` (per-user
 //!   marketing limit, 131049) block only that recipient, for `rate_limit_base_ms × 4^X` (X = the
 //!   recipient's refusals in a row, 0 for the first; reset by its next ack), at least the server's
@@ -70,7 +76,7 @@ use tonic::transport::Channel;
 
 use crate::DeliveryConfig;
 use crate::failpoint::{self, Point};
-use crate::link::LinkEvent;
+use crate::link::{LinkEvent, LinkHandle, SendFailure};
 use crate::stats::ShardDeliveryStats;
 use crate::supervise::{Joined, TaskSet};
 use crate::window::Admission;
@@ -129,6 +135,9 @@ struct Recipient {
     session_busy: bool,
     /// The next setup must fetch a new bundle (the server did not know the session).
     rekey: bool,
+    /// `SESSION_UNKNOWN` answers in a row (reset by an ack): from the second on, the recipient
+    /// backs off before its re-key.
+    rekeys_in_a_row: u32,
     /// Rate-limit refusals in a row (X of the 4^X backoff).
     rate_limits: RateLimitStreak,
 }
@@ -248,7 +257,9 @@ pub(crate) struct ShardLoop {
     sessions: quick_cache::unsync::Cache<RecipientKey, SendingSession>,
     session_tasks: TaskSet<SessionOutcome, SessionHeld>,
     setup_permits: Arc<Semaphore>,
-    link: Option<mpsc::UnboundedSender<ClientFrame>>,
+    link: Option<LinkHandle>,
+    /// Ack timeouts since the last answer on this link: `ack_timeouts_before_reconnect` resets it.
+    timeouts_in_a_row: u32,
     to_settle: Vec<Settlement>,
     receipts_to_ack: Vec<u64>,
     settle_tasks: TaskSet<Result<(), ShardError>, SettleBatch>,
@@ -298,6 +309,7 @@ impl ShardLoop {
             next_timer_id: 0,
             session_tasks: TaskSet::new(),
             link: None,
+            timeouts_in_a_row: 0,
             to_settle: Vec::new(),
             receipts_to_ack: Vec::new(),
             settle_tasks: TaskSet::new(),
@@ -597,6 +609,7 @@ impl ShardLoop {
                 recipient: m.record.wa_id.clone(),
                 header: Some(header.into()),
                 ciphertext,
+                attempt,
             };
             if attempt > 1 {
                 self.stats.add(&self.stats.retries, 1);
@@ -606,9 +619,14 @@ impl ShardLoop {
             r.in_flight += 1;
             self.stats.add(&self.stats.in_flight, 1);
             self.stats.add(&self.stats.envelopes_sent, 1);
-            if link.send(ClientFrame { frame: Some(client_frame::Frame::Envelope(envelope)) }).is_err() {
+            match link.try_send(ClientFrame { frame: Some(client_frame::Frame::Envelope(envelope)) }) {
+                Ok(()) => {}
                 // The link dropped under us: the Down event requeues in-flight messages.
-                return;
+                Err(SendFailure::Closed) => return,
+                Err(SendFailure::Full) => {
+                    self.reset_link("the outgoing buffer is full (the server takes no frames)");
+                    return;
+                }
             }
             let deadline = now + Duration::from_millis(self.config.ack_timeout_ms);
             let timer = self.add_timer(deadline, Timer::AckTimeout { seq, attempt });
@@ -777,9 +795,10 @@ impl ShardLoop {
 
     fn on_link_event(&mut self, event: LinkEvent) {
         match event {
-            LinkEvent::Up(sender) => {
+            LinkEvent::Up(handle) => {
                 tracing::info!(shard = %self.shard.id(), "connected to the chat server");
-                self.link = Some(sender);
+                self.link = Some(handle);
+                self.timeouts_in_a_row = 0;
                 let keys: Vec<RecipientKey> = self.recipients.keys().cloned().collect();
                 self.ready.extend(keys);
             }
@@ -787,18 +806,7 @@ impl ShardLoop {
                 if self.link.take().is_some() {
                     tracing::warn!(shard = %self.shard.id(), reason, "lost the chat server; in-flight messages will be resent");
                 }
-                // Whatever was in flight may or may not have arrived: send it again (the server
-                // dedups by message id). Highest sequence first so each FIFO keeps its order.
-                let mut in_flight: Vec<u64> = self
-                    .messages
-                    .iter()
-                    .filter(|(_, m)| matches!(m.phase, Phase::InFlight { .. }))
-                    .map(|(&seq, _)| seq)
-                    .collect();
-                in_flight.sort_unstable_by(|a, b| b.cmp(a));
-                for seq in in_flight {
-                    self.requeue_front(seq);
-                }
+                self.requeue_all_in_flight();
             }
             LinkEvent::Frame(frame) => match frame.frame {
                 Some(server_frame::Frame::Result(result)) => self.on_result(result),
@@ -807,6 +815,84 @@ impl ShardLoop {
                 None => {}
             },
         }
+    }
+
+    /// Whatever was in flight may or may not have arrived: send it again (the server dedups by
+    /// message id). Highest sequence first so each FIFO keeps its order.
+    fn requeue_all_in_flight(&mut self) {
+        let mut in_flight: Vec<u64> = self
+            .messages
+            .iter()
+            .filter(|(_, m)| matches!(m.phase, Phase::InFlight { .. }))
+            .map(|(&seq, _)| seq)
+            .collect();
+        in_flight.sort_unstable_by(|a, b| b.cmp(a));
+        for seq in in_flight {
+            self.requeue_front(seq);
+        }
+    }
+
+    /// Ends the current stream (the server stopped answering or taking frames): nothing is sent
+    /// until the link is up again; what was in flight is resent then.
+    fn reset_link(&mut self, why: &str) {
+        let Some(link) = self.link.take() else { return };
+        tracing::warn!(shard = %self.shard.id(), why, "resetting the stream to the chat server");
+        link.reset();
+        self.stats.add(&self.stats.link_resets, 1);
+        self.timeouts_in_a_row = 0;
+        self.requeue_all_in_flight();
+    }
+
+    /// The current attempt of `seq` went unanswered for `ack_timeout_ms`: resend after the
+    /// recipient's backoff; too many in a row reset the stream.
+    fn on_ack_timeout(&mut self, seq: u64) {
+        self.stats.add(&self.stats.ack_timeouts, 1);
+        self.timeouts_in_a_row += 1;
+        if let Some(m) = self.messages.get_mut(&seq) {
+            m.failures += 1;
+            let (key, failures) = (m.key.clone(), m.failures);
+            self.requeue_front(seq);
+            self.block_recipient(&key, Instant::now() + backoff(&self.config, failures));
+        }
+        if self.timeouts_in_a_row >= self.config.ack_timeouts_before_reconnect {
+            let why = format!("{} ack timeouts in a row", self.timeouts_in_a_row);
+            self.reset_link(&why);
+        }
+    }
+
+    /// The server acked `seq` (this attempt or an earlier one): it leaves the queue as `sent`.
+    fn settle_acked(&mut self, seq: u64, ack: &ferry_proto::chat::v1::Ack) {
+        let Some(m) = self.messages.get_mut(&seq) else { return };
+        let key = m.key.clone();
+        match m.phase {
+            Phase::Settling => return,
+            Phase::InFlight { .. } => {
+                let timer = m.ack_timer.take();
+                if let Some(r) = self.recipients.get_mut(&key) {
+                    r.in_flight = r.in_flight.saturating_sub(1);
+                }
+                self.stats.left_flight();
+                self.cancel_timer(timer);
+            }
+            Phase::Waiting => {
+                if let Some(r) = self.recipients.get_mut(&key) {
+                    r.waiting.retain(|s| *s != seq);
+                }
+            }
+        }
+        let Some(m) = self.messages.get_mut(&seq) else { return };
+        m.phase = Phase::Settling;
+        let at_ms = if ack.timestamp_ms > 0 { ack.timestamp_ms } else { self.clock.now_ms() };
+        self.to_settle.push(Settlement::Sent { seq, message: status_base(&m.record), at_ms });
+        if ack.duplicate {
+            self.stats.add(&self.stats.acked_as_duplicate, 1);
+        }
+        self.accept_to_ack.record(ms_to_seconds(at_ms - m.record.accepted_at_ms));
+        if let Some(r) = self.recipients.get_mut(&key) {
+            r.rate_limits.acked();
+            r.rekeys_in_a_row = 0;
+        }
+        self.ready.push_back(key);
     }
 
     fn seq_of(&self, message_id: &str) -> Option<u64> {
@@ -819,30 +905,31 @@ impl ShardLoop {
             tracing::warn!(shard = %self.shard.id(), id = result.message_id, "result for a message of another shard");
             return;
         };
+        // Any answer shows the stream is alive.
+        self.timeouts_in_a_row = 0;
         let Some(m) = self.messages.get_mut(&seq) else { return };
-        if !matches!(m.phase, Phase::InFlight { .. }) {
-            return; // a late answer to an attempt we already gave up on
+        // 0: a server that does not echo attempts answers the latest one.
+        let current = match m.phase {
+            Phase::InFlight { attempt } => result.attempt == 0 || result.attempt == attempt,
+            _ => false,
+        };
+        if !current {
+            // A late answer to an earlier attempt. An ack still means the server has the message:
+            // settle it rather than send it again. Anything else the current attempt answers.
+            if let Some(envelope_result::Outcome::Ack(ack)) = &result.outcome {
+                self.settle_acked(seq, ack);
+            }
+            return;
+        }
+        if let Some(envelope_result::Outcome::Ack(ack)) = &result.outcome {
+            self.settle_acked(seq, ack);
+            return;
         }
         let key = m.key.clone();
         let timer = m.ack_timer.take();
         self.cancel_timer(timer);
         let Some(m) = self.messages.get_mut(&seq) else { return };
         match result.outcome {
-            Some(envelope_result::Outcome::Ack(ack)) => {
-                m.phase = Phase::Settling;
-                let at_ms = if ack.timestamp_ms > 0 { ack.timestamp_ms } else { self.clock.now_ms() };
-                let message = status_base(&m.record);
-                self.to_settle.push(Settlement::Sent { seq, message, at_ms });
-                if ack.duplicate {
-                    self.stats.add(&self.stats.acked_as_duplicate, 1);
-                }
-                let r = self.recipients.get_mut(&key).expect("in-flight message has a recipient");
-                r.in_flight -= 1;
-                self.stats.left_flight();
-                self.accept_to_ack.record(ms_to_seconds(at_ms - m.record.accepted_at_ms));
-                r.rate_limits.acked();
-                self.ready.push_back(key);
-            }
             Some(envelope_result::Outcome::Error(error)) => {
                 let kind =
                     delivery_error::Kind::try_from(error.kind).unwrap_or(delivery_error::Kind::TemporarilyUnavailable);
@@ -893,10 +980,16 @@ impl ShardLoop {
                     delivery_error::Kind::SessionUnknown => {
                         self.stats.add(&self.stats.rekeys, 1);
                         self.sessions.remove(&key);
-                        if let Some(r) = self.recipients.get_mut(&key) {
+                        let rekeys = self.recipients.get_mut(&key).map_or(1, |r| {
                             r.rekey = true;
-                        }
+                            r.rekeys_in_a_row = r.rekeys_in_a_row.saturating_add(1);
+                            r.rekeys_in_a_row
+                        });
                         self.requeue_front(seq);
+                        // The first re-key runs at once; one that did not help backs off.
+                        if rekeys > 1 {
+                            self.block_recipient(&key, Instant::now() + backoff(&self.config, rekeys - 1));
+                        }
                     }
                     delivery_error::Kind::TemporarilyUnavailable | delivery_error::Kind::Unspecified => {
                         self.stats.add(&self.stats.temporary_failures, 1);
@@ -907,7 +1000,8 @@ impl ShardLoop {
                     }
                 }
             }
-            None => self.requeue_front(seq),
+            // An ack was settled above; no outcome at all: send it again.
+            Some(envelope_result::Outcome::Ack(_)) | None => self.requeue_front(seq),
         }
     }
 
@@ -1092,8 +1186,11 @@ impl ShardLoop {
         if receipt_ids.is_empty() {
             return;
         }
-        if let Some(link) = &self.link {
-            let _ = link.send(ClientFrame { frame: Some(client_frame::Frame::ReceiptAck(ReceiptAck { receipt_ids })) });
+        let Some(link) = &self.link else { return };
+        // Unsent acks are harmless: the server pushes those receipts again on the next stream.
+        let frame = ClientFrame { frame: Some(client_frame::Frame::ReceiptAck(ReceiptAck { receipt_ids })) };
+        if link.try_send(frame) == Err(SendFailure::Full) {
+            self.reset_link("the outgoing buffer is full (the server takes no frames)");
         }
     }
 
@@ -1135,8 +1232,7 @@ impl ShardLoop {
                 Some(Timer::AckTimeout { seq, attempt })
                     if self.messages.get(&seq).is_some_and(|m| m.phase == Phase::InFlight { attempt }) =>
                 {
-                    self.stats.add(&self.stats.ack_timeouts, 1);
-                    self.requeue_front(seq);
+                    self.on_ack_timeout(seq);
                 }
                 Some(Timer::AckTimeout { .. }) => {}
                 Some(Timer::RetrySettle) => {

@@ -26,6 +26,9 @@ pub struct ShardDeliveryStats {
     pub marketing_limited: AtomicU64,
     pub temporary_failures: AtomicU64,
     pub ack_timeouts: AtomicU64,
+    /// Streams to the chat server reset by the loop (ack timeouts in a row, a full outgoing
+    /// buffer).
+    pub link_resets: AtomicU64,
     /// Encryptions with a cached session.
     pub session_hits: AtomicU64,
     /// Session cache misses (then loaded from the shard or set up).
@@ -87,6 +90,7 @@ impl ShardDeliveryStats {
             marketing_limited: get(&self.marketing_limited),
             temporary_failures: get(&self.temporary_failures),
             ack_timeouts: get(&self.ack_timeouts),
+            link_resets: get(&self.link_resets),
             session_hits: get(&self.session_hits),
             session_misses: get(&self.session_misses),
             session_loads: get(&self.session_loads),
@@ -114,6 +118,7 @@ pub struct DeliverySnapshot {
     pub marketing_limited: u64,
     pub temporary_failures: u64,
     pub ack_timeouts: u64,
+    pub link_resets: u64,
     pub session_hits: u64,
     pub session_misses: u64,
     pub session_loads: u64,
@@ -140,6 +145,7 @@ impl std::ops::Add for DeliverySnapshot {
             marketing_limited: self.marketing_limited + o.marketing_limited,
             temporary_failures: self.temporary_failures + o.temporary_failures,
             ack_timeouts: self.ack_timeouts + o.ack_timeouts,
+            link_resets: self.link_resets + o.link_resets,
             session_hits: self.session_hits + o.session_hits,
             session_misses: self.session_misses + o.session_misses,
             session_loads: self.session_loads + o.session_loads,

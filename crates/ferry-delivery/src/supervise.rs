@@ -136,6 +136,7 @@ pub(crate) async fn supervise_shard(d: ShardDelivery, shutdown: watch::Receiver<
             events_tx,
             d.stats.clone(),
             Duration::from_millis(d.config.reconnect_initial_ms),
+            d.config.link_buffer(),
             shutdown.clone(),
         ));
         let shard_loop = ShardLoop::new(

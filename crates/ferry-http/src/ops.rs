@@ -121,6 +121,10 @@ fn describe() {
     );
     describe_counter!("ferry_delivery_rate_limited_total", "RATE_LIMITED answers from the chat server.");
     describe_counter!("ferry_delivery_ack_timeouts_total", "Envelopes unanswered within ack_timeout_ms.");
+    describe_counter!(
+        "ferry_delivery_link_resets_total",
+        "Streams to the chat server reset by the loop (ack timeouts in a row, full outgoing buffer)."
+    );
     describe_counter!("ferry_session_cache_hits_total", "Encryptions with a cached session.");
     describe_counter!(
         "ferry_session_cache_misses_total",
@@ -266,6 +270,7 @@ pub fn sample(state: &HttpState) {
             ("ferry_delivery_failed_total", d.failed),
             ("ferry_delivery_rate_limited_total", d.rate_limited),
             ("ferry_delivery_ack_timeouts_total", d.ack_timeouts),
+            ("ferry_delivery_link_resets_total", d.link_resets),
             ("ferry_session_cache_hits_total", d.session_hits),
             ("ferry_session_cache_misses_total", d.session_misses),
             ("ferry_session_setups_total", d.session_setups),
