@@ -16,7 +16,7 @@ pub enum Point {
     /// The shard's delivery loop panics while dispatching to the recipient.
     ShardLoop,
     /// Recording an inbound message from the user (`recipient` = the user's wa_id) in its
-    /// owner shard fails, as if the write failed.
+    /// owner shard, when that is another shard than the stream's, fails as if the write failed.
     InboundWrite,
 }
 

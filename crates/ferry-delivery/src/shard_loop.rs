@@ -81,6 +81,8 @@ use crate::stats::ShardDeliveryStats;
 use crate::supervise::{Joined, TaskSet};
 use crate::window::Admission;
 
+mod other_shards;
+
 /// Most messages read from the queue in one scan.
 const SCAN_CHUNK: usize = 1024;
 /// Most queue records read in one turn of the loop (forward scan and refills together), so a
@@ -215,8 +217,9 @@ struct SettleBatch {
     seqs: Vec<u64>,
     entries: Vec<Settlement>,
     receipt_ids: Vec<u64>,
-    /// An inbound message recorded in another shard (its receipt id is acked once durable).
-    foreign_inbound: Option<ferry_model::ShardId>,
+    /// Written to another shard (`other_shards.rs`): inbound messages of its users, receipts of
+    /// its messages.
+    other_shard: Option<ferry_model::ShardId>,
 }
 
 /// Delay before writing a failed settle batch again.
@@ -267,6 +270,8 @@ pub(crate) struct ShardLoop {
     /// stay `Settling` (never resent: the server has them).
     deferred_settle: Vec<Settlement>,
     deferred_receipts: Vec<u64>,
+    /// Settlements for other shards (`other_shards.rs`).
+    other_shards: other_shards::OtherShards,
     /// `ferry_accept_to_ack_seconds`, registered once per loop (recording is an atomic op).
     accept_to_ack: metrics::Histogram,
 }
@@ -315,6 +320,7 @@ impl ShardLoop {
             settle_tasks: TaskSet::new(),
             deferred_settle: Vec::new(),
             deferred_receipts: Vec::new(),
+            other_shards: Default::default(),
             accept_to_ack: metrics::histogram!(ACCEPT_TO_ACK_SECONDS),
         }
     }
@@ -1021,10 +1027,15 @@ impl ShardLoop {
         };
         let at_ms = if receipt.timestamp_ms > 0 { receipt.timestamp_ms } else { self.clock.now_ms() };
         if key.shard != self.shard.id() {
-            // Receipts come back on the stream the envelope left on, so this is rare; the status
-            // is recorded on this shard's stream only for its own messages.
-            self.receipts_to_ack.push(receipt.receipt_id);
-            tracing::warn!(shard = %self.shard.id(), id = receipt.message_id, "receipt for another shard ignored");
+            // Receipts usually come back on the stream the envelope left on; one that did not is
+            // recorded in its message's shard.
+            if key.shard.index() >= self.all_shards.len() {
+                tracing::warn!(shard = %self.shard.id(), id = receipt.message_id, "receipt for a shard this node does not have; dropped");
+                self.receipts_to_ack.push(receipt.receipt_id);
+                return;
+            }
+            let entry = Settlement::Receipt { seq: key.seq, status, at_ms };
+            self.settle_in_other_shard(key.shard, entry, receipt.receipt_id);
             return;
         }
         self.to_settle.push(Settlement::Receipt { seq: key.seq, status, at_ms });
@@ -1057,19 +1068,7 @@ impl ShardLoop {
             return;
         }
         // Another shard's user: that shard's writer records it; the ack goes out on this stream.
-        let wait = self.all_shards[owner.index()].settle_durably(vec![Settlement::Inbound(record)], None);
-        let held = SettleBatch {
-            seqs: Vec::new(),
-            entries: Vec::new(),
-            receipt_ids: vec![m.receipt_id],
-            foreign_inbound: Some(owner),
-        };
-        self.settle_tasks.spawn(held, async move {
-            match wait {
-                Ok(wait) => wait.await,
-                Err(e) => Err(e),
-            }
-        });
+        self.settle_in_other_shard(owner, Settlement::Inbound(record), m.receipt_id);
     }
 
     // ---- settling ----------------------------------------------------------------------------
@@ -1089,6 +1088,7 @@ impl ShardLoop {
 
     /// Writes everything settled this turn as one batch, with the new low watermark.
     fn flush_settlements(&mut self) {
+        self.flush_other_shards();
         if self.to_settle.is_empty() && self.receipts_to_ack.is_empty() {
             return;
         }
@@ -1120,7 +1120,7 @@ impl ShardLoop {
             _ => false,
         });
         let write = if panics { None } else { Some(self.shard.settle_durably(entries.clone(), watermark)) };
-        let held = SettleBatch { seqs, entries, receipt_ids, foreign_inbound: None };
+        let held = SettleBatch { seqs, entries, receipt_ids, other_shard: None };
         self.settle_tasks.spawn(held, async move {
             match write {
                 None => panic!("failpoint: the settle task panicked before writing its batch"),
@@ -1140,17 +1140,10 @@ impl ShardLoop {
                 (held, Err(format!("the settle task panicked: {reason}")))
             }
         };
-        if let Some(owner) = batch.foreign_inbound {
-            match result {
-                Ok(()) => self.ack_receipts(batch.receipt_ids),
-                // Not durable: left unacknowledged; the server pushes it again on the next stream.
-                Err(e) => {
-                    tracing::error!(shard = %owner, error = %e, "inbound message not recorded; the chat server will push it again");
-                }
-            }
-            return;
+        match batch.other_shard {
+            Some(owner) => self.on_other_shard_settled(owner, batch, result),
+            None => self.on_settled(batch, result),
         }
-        self.on_settled(batch, result);
     }
 
     fn on_settled(&mut self, done: SettleBatch, result: Result<(), String>) {
@@ -1172,7 +1165,7 @@ impl ShardLoop {
                 // The server has these messages: write the outcomes again (never resend). They stay
                 // `Settling` meanwhile, holding the watermark below them.
                 tracing::error!(shard = %self.shard.id(), error = %e, "recording outcomes failed; writing them again in 1 s");
-                let retry_pending = !self.deferred_settle.is_empty() || !self.deferred_receipts.is_empty();
+                let retry_pending = self.settle_retry_pending();
                 self.deferred_settle.extend(done.entries);
                 self.deferred_receipts.extend(done.receipt_ids);
                 if !retry_pending {
@@ -1180,6 +1173,11 @@ impl ShardLoop {
                 }
             }
         }
+    }
+
+    /// A [`Timer::RetrySettle`] is scheduled (some deferred batch waits for it).
+    fn settle_retry_pending(&self) -> bool {
+        !self.deferred_settle.is_empty() || !self.deferred_receipts.is_empty() || self.other_shards.has_deferred()
     }
 
     fn ack_receipts(&mut self, receipt_ids: Vec<u64>) {
@@ -1238,6 +1236,7 @@ impl ShardLoop {
                 Some(Timer::RetrySettle) => {
                     self.to_settle.append(&mut self.deferred_settle);
                     self.receipts_to_ack.append(&mut self.deferred_receipts);
+                    self.retry_other_shards();
                 }
                 None => {}
             }
