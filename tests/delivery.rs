@@ -493,3 +493,39 @@ async fn a_server_that_stops_answering_but_keeps_the_stream_is_reconnected_after
     ferry.stop().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_ttl_passes_while_its_attempt_is_unanswered_waits_for_the_answer() {
+    // Every answer comes 1.5 s after the envelope, after ferry's ack timeout of 1 s; no receipts
+    // within the test, so the status is ferry's own verdict.
+    let sim = chatsim(ChatSimConfig {
+        ack_latency_ms: 1_500,
+        delivered_after_ms: 600_000,
+        read_receipts: false,
+        ..ChatSimConfig::for_test()
+    })
+    .await;
+    let clock = ManualClock::new();
+    let delivery = DeliveryConfig { ack_timeout_ms: 1_000, ..DeliveryConfig::for_test() };
+    let ferry = node(1, sim.local_addr(), delivery, clock.clone()).await;
+    let mut client = ferry.node.client().await;
+    let id = client.send(text("+16315550401", "a late answer")).await.unwrap().into_inner().message_id;
+    eventually(Duration::from_secs(10), "the first attempt is out", || async { ferry.totals().envelopes_sent >= 1 })
+        .await;
+    // The TTL (30 days) passes while the attempt is unanswered.
+    clock.advance(Duration::from_secs(31 * 24 * 3600));
+    eventually(Duration::from_secs(20), "the message settled", || {
+        let mut c = client.clone();
+        let id = id.clone();
+        async move { status_of(&mut c, &id).await.status != "accepted" }
+    })
+    .await;
+    let record = status_of(&mut client, &id).await;
+    assert_ne!(record.status, "failed", "the server acked it: not a false 410 ({:?})", record.error);
+    assert_eq!(record.status, "sent");
+    let totals = ferry.totals();
+    assert!(totals.ack_timeouts >= 1 && totals.failed == 0, "the answer came after the ack timeout: {totals:?}");
+    assert_eq!(sim.stats().unique_messages, 1);
+    ferry.stop().await;
+    sim.shutdown().await;
+}

@@ -14,6 +14,8 @@
 //! - No message leaves a shard's queue before the server acked it, or it failed for good (TTL
 //!   expired: 410; recipient invalid: 1013; per-user marketing limit: 131049); the removal and the
 //!   status are one synced write.
+//! - No false `failed`: a message whose TTL passes while an attempt of it is unanswered waits for
+//!   that answer (an ack makes it `sent`); only one with no attempt outstanding expires (410).
 //! - No retry limit short of the TTL: temporary failures back off (exponential, jitter) forever,
 //!   rate limits back off 4^X; the one exception is a message refused `MARKETING_LIMITED` more
 //!   than `marketing_limit_retries` times in a row (failed, 131049).

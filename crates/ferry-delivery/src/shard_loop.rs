@@ -81,6 +81,7 @@ use crate::stats::ShardDeliveryStats;
 use crate::supervise::{Joined, TaskSet};
 use crate::window::Admission;
 
+mod expiry;
 mod other_shards;
 
 /// Most messages read from the queue in one scan.
@@ -107,6 +108,9 @@ enum Phase {
     Waiting,
     /// Sent on the link; `attempt` tells a current timeout from a stale one.
     InFlight { attempt: u32 },
+    /// Its TTL passed while an attempt was unanswered: not sent again, waiting for that answer
+    /// (`expiry.rs`).
+    Expired,
     /// Its outcome is being written.
     Settling,
 }
@@ -125,6 +129,9 @@ struct Loaded {
     marketing_refusals: u32,
     /// The ack-timeout timer of the current attempt, cancelled when an answer arrives.
     ack_timer: Option<u64>,
+    /// Attempts sent on the current stream and not answered yet: while any is, the message does
+    /// not expire (`expiry.rs`).
+    unanswered: u32,
 }
 
 #[derive(Default)]
@@ -179,6 +186,10 @@ enum Timer {
     AckTimeout {
         seq: u64,
         attempt: u32,
+    },
+    /// A parked (expired) message's answer is overdue (`expiry.rs`).
+    AwaitLateAnswer {
+        seq: u64,
     },
 }
 
@@ -527,6 +538,7 @@ impl ShardLoop {
                 failures: 0,
                 marketing_refusals: 0,
                 ack_timer: None,
+                unanswered: 0,
             },
         );
     }
@@ -565,16 +577,10 @@ impl ShardLoop {
                 self.ready.push_back(key.clone());
                 return;
             };
-            // TTL: an expired message fails instead of being sent.
-            let expired = self.messages.get(&seq).is_some_and(|m| self.clock.now_ms() >= m.record.expires_at_ms);
-            if expired {
+            // TTL: an expired message is not sent; it fails, or waits for an outstanding answer.
+            if self.is_expired(seq) {
                 self.recipients.get_mut(key).expect("present").waiting.pop_front();
-                self.fail(
-                    seq,
-                    ErrorCode::Expired,
-                    "Message expired",
-                    "the message's TTL passed before the server acknowledged it",
-                );
+                self.expire_or_await_answer(seq);
                 continue;
             }
             // Session: a hit encrypts now; a miss or an exhausted reservation runs in the background.
@@ -607,6 +613,7 @@ impl ShardLoop {
                 }
             };
             m.attempts += 1;
+            m.unanswered += 1;
             m.phase = Phase::InFlight { attempt: m.attempts };
             let attempt = m.attempts;
             let envelope = Envelope {
@@ -652,7 +659,7 @@ impl ShardLoop {
         let expired: Vec<u64> = self
             .messages
             .iter()
-            .filter(|(_, m)| m.phase == Phase::Waiting && now_ms >= m.record.expires_at_ms)
+            .filter(|(_, m)| matches!(m.phase, Phase::Waiting | Phase::Expired) && now_ms >= m.record.expires_at_ms)
             .map(|(&seq, _)| seq)
             .collect();
         for seq in expired {
@@ -660,12 +667,7 @@ impl ShardLoop {
             if let Some(r) = self.recipients.get_mut(&key) {
                 r.waiting.retain(|s| *s != seq);
             }
-            self.fail(
-                seq,
-                ErrorCode::Expired,
-                "Message expired",
-                "the message's TTL passed before the server acknowledged it",
-            );
+            self.fail_expired(seq);
         }
     }
 
@@ -813,6 +815,7 @@ impl ShardLoop {
                     tracing::warn!(shard = %self.shard.id(), reason, "lost the chat server; in-flight messages will be resent");
                 }
                 self.requeue_all_in_flight();
+                self.stream_ended();
             }
             LinkEvent::Frame(frame) => match frame.frame {
                 Some(server_frame::Frame::Result(result)) => self.on_result(result),
@@ -847,6 +850,7 @@ impl ShardLoop {
         self.stats.add(&self.stats.link_resets, 1);
         self.timeouts_in_a_row = 0;
         self.requeue_all_in_flight();
+        self.stream_ended();
     }
 
     /// The current attempt of `seq` went unanswered for `ack_timeout_ms`: resend after the
@@ -854,7 +858,14 @@ impl ShardLoop {
     fn on_ack_timeout(&mut self, seq: u64) {
         self.stats.add(&self.stats.ack_timeouts, 1);
         self.timeouts_in_a_row += 1;
-        if let Some(m) = self.messages.get_mut(&seq) {
+        if self.is_expired(seq) {
+            // Not sent again: wait for this attempt's answer (an ack makes it `sent`).
+            self.requeue_front(seq);
+            if let Some(r) = self.messages.get(&seq).and_then(|m| self.recipients.get_mut(&m.key)) {
+                r.waiting.retain(|s| *s != seq);
+            }
+            self.expire_or_await_answer(seq);
+        } else if let Some(m) = self.messages.get_mut(&seq) {
             m.failures += 1;
             let (key, failures) = (m.key.clone(), m.failures);
             self.requeue_front(seq);
@@ -885,6 +896,10 @@ impl ShardLoop {
                     r.waiting.retain(|s| *s != seq);
                 }
             }
+            Phase::Expired => {
+                let timer = m.ack_timer.take();
+                self.cancel_timer(timer);
+            }
         }
         let Some(m) = self.messages.get_mut(&seq) else { return };
         m.phase = Phase::Settling;
@@ -914,6 +929,7 @@ impl ShardLoop {
         // Any answer shows the stream is alive.
         self.timeouts_in_a_row = 0;
         let Some(m) = self.messages.get_mut(&seq) else { return };
+        m.unanswered = m.unanswered.saturating_sub(1);
         // 0: a server that does not echo attempts answers the latest one.
         let current = match m.phase {
             Phase::InFlight { attempt } => result.attempt == 0 || result.attempt == attempt,
@@ -922,8 +938,12 @@ impl ShardLoop {
         if !current {
             // A late answer to an earlier attempt. An ack still means the server has the message:
             // settle it rather than send it again. Anything else the current attempt answers.
-            if let Some(envelope_result::Outcome::Ack(ack)) = &result.outcome {
-                self.settle_acked(seq, ack);
+            match &result.outcome {
+                Some(envelope_result::Outcome::Ack(ack)) => self.settle_acked(seq, ack),
+                // A parked message whose last outstanding attempt was refused: nothing can make
+                // it `sent` any more.
+                _ if m.phase == Phase::Expired && m.unanswered == 0 => self.fail_expired(seq),
+                _ => {}
             }
             return;
         }
@@ -1233,6 +1253,7 @@ impl ShardLoop {
                     self.on_ack_timeout(seq);
                 }
                 Some(Timer::AckTimeout { .. }) => {}
+                Some(Timer::AwaitLateAnswer { seq }) => self.on_late_answer_silence(seq),
                 Some(Timer::RetrySettle) => {
                     self.to_settle.append(&mut self.deferred_settle);
                     self.receipts_to_ack.append(&mut self.deferred_receipts);
