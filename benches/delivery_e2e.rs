@@ -89,6 +89,7 @@ async fn run(args: Args) {
     let delivery_config = DeliveryConfig {
         window: args.window,
         max_in_flight_per_recipient: args.per_recipient,
+        max_window_per_recipient: args.per_recipient.max(DeliveryConfig::default().max_window_per_recipient),
         ..DeliveryConfig::default()
     };
     let delivery = DeliveryEngine::start(

@@ -374,3 +374,158 @@ async fn a_marketing_limited_message_fails_with_131049_after_growing_waits_while
     ferry.stop().await;
     sim.shutdown().await;
 }
+
+/// Sends `n` texts to one recipient in batches of 500; returns the ids in send order.
+async fn send_to_one(client: &mut support::Client, to: &str, n: usize, tag: &str) -> Vec<String> {
+    let all: Vec<v1::SendRequest> = (0..n).map(|i| text(to, &format!("{tag} {i}"))).collect();
+    let mut ids = Vec::with_capacity(n);
+    for chunk in all.chunks(500) {
+        let r = client.send_batch(v1::SendBatchRequest { messages: chunk.to_vec() }).await.expect("batch").into_inner();
+        for result in r.results {
+            match result.outcome {
+                Some(v1::send_result::Outcome::Accepted(a)) => ids.push(a.message_id),
+                other => panic!("message rejected: {other:?}"),
+            }
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_rate_limited_recipient_leaves_its_surplus_on_disk_and_the_shard_flows() {
+    // Five messages per second per recipient; one shard, so every recipient shares one window.
+    let sim = chatsim(ChatSimConfig { rate_limit_per_recipient: 5, ..ChatSimConfig::for_test() }).await;
+    let delivery = DeliveryConfig {
+        max_window_per_recipient: 8,
+        rate_limit_base_ms: 20,
+        rate_limit_max_backoff_ms: 1_000,
+        ..DeliveryConfig::for_test()
+    };
+    let ferry = node(1, sim.local_addr(), delivery, ferry_model::clock::system()).await;
+    let mut client = ferry.node.client().await;
+
+    // 10,000 messages to one recipient (more than twice the window of 4,096), then one each to
+    // 1,000 others, queued behind them.
+    const DEEP: &str = "16315550199";
+    let deep = send_to_one(&mut client, &format!("+{DEEP}"), 10_000, "deep").await;
+    send_texts(&mut client, 1_000, 1_000, "other").await;
+    let others_delivered = || sim.stats().unique_messages as usize - sim.delivery_order(DEEP).len();
+    eventually(Duration::from_secs(60), "the 1,000 others delivered while the deep recipient is limited", || async {
+        others_delivered() == 1_000
+    })
+    .await;
+    assert!(sim.delivery_order(DEEP).len() < 10_000);
+    eventually(Duration::from_secs(10), "only the deep recipient's share left in memory", || async {
+        let totals = ferry.totals();
+        totals.loaded <= 8 && totals.recipients_capped == 1
+    })
+    .await;
+
+    // Its surplus is read again from disk as it drains: it keeps flowing, in send order.
+    eventually(Duration::from_secs(30), "the deep recipient refilled from disk several times", || async {
+        sim.delivery_order(DEEP).len() >= 40
+    })
+    .await;
+    let order = sim.delivery_order(DEEP);
+    assert_eq!(order, deep[..order.len()], "the deep recipient's messages arrive in send order");
+    assert_eq!(sim.stats().duplicate_messages, 0);
+    ferry.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_session_or_settle_task_is_a_temporary_failure_of_what_it_held() {
+    use ferry_delivery::failpoint::{self, Point};
+    let sim = chatsim(ChatSimConfig::for_test()).await;
+    let ferry = node(1, sim.local_addr(), DeliveryConfig::for_test(), ferry_model::clock::system()).await;
+    let mut client = ferry.node.client().await;
+    failpoint::arm(Point::SessionTask, "16315550301", 1);
+    failpoint::arm(Point::SettleTask, "16315550302", 1);
+    let mut ids = Vec::new();
+    for to in ["+16315550301", "+16315550302", "+16315550304"] {
+        ids.push(client.send(text(to, "despite a panic")).await.unwrap().into_inner().message_id);
+    }
+    wait_all_at_least_sent(&client, &ids, Duration::from_secs(30)).await;
+    let stats = ferry.delivery.as_ref().expect("running").shard_stats()[0].snapshot();
+    assert_eq!((stats.task_panics, stats.loop_restarts), (2, 0), "{stats:?}");
+    assert_eq!(sim.stats().unique_messages, 3);
+    ferry.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_shard_loop_is_restarted_and_delivers_what_it_held() {
+    use ferry_delivery::failpoint::{self, Point};
+    let sim = chatsim(ChatSimConfig::for_test()).await;
+    let ferry = node(1, sim.local_addr(), DeliveryConfig::for_test(), ferry_model::clock::system()).await;
+    let mut client = ferry.node.client().await;
+    failpoint::arm(Point::ShardLoop, "16315550303", 1);
+    let mut ids = Vec::new();
+    for to in ["+16315550303", "+16315550305", "+16315550303"] {
+        ids.push(client.send(text(to, "despite a dead loop")).await.unwrap().into_inner().message_id);
+    }
+    wait_all_at_least_sent(&client, &ids, Duration::from_secs(30)).await;
+    let shard = &ferry.delivery.as_ref().expect("running").shard_stats()[0];
+    let stats = shard.snapshot();
+    assert_eq!((stats.task_panics, stats.loop_restarts), (1, 1), "{stats:?}");
+    assert!(!shard.delivery_restarting(), "health shows the loop running again");
+    assert_eq!(sim.stats().unique_messages, 3);
+    assert_eq!(sim.delivery_order("16315550303"), [ids[0].clone(), ids[2].clone()], "order kept across the restart");
+    ferry.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_but_keeps_the_stream_is_reconnected_after_timeouts_in_a_row() {
+    // Each stream answers 5 envelopes, then reads without answering and stays open.
+    let sim = chatsim(ChatSimConfig { stall_after: 5, ..ChatSimConfig::for_test() }).await;
+    let delivery =
+        DeliveryConfig { ack_timeout_ms: 300, ack_timeouts_before_reconnect: 2, ..DeliveryConfig::for_test() };
+    let ferry = node(1, sim.local_addr(), delivery, ferry_model::clock::system()).await;
+    let mut client = ferry.node.client().await;
+    let ids = send_texts(&mut client, 20, 20, "stalled").await;
+    wait_all_at_least_sent(&client, &ids, Duration::from_secs(30)).await;
+    let stats = sim.stats();
+    assert_eq!(stats.unique_messages, 20);
+    assert!(stats.connections >= 4, "a new stream after each stall: {stats:?}");
+    let totals = ferry.totals();
+    assert!(totals.ack_timeouts >= 2 && totals.link_resets >= 3, "{totals:?}");
+    ferry.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_ttl_passes_while_its_attempt_is_unanswered_waits_for_the_answer() {
+    // Every answer comes 1.5 s after the envelope, after ferry's ack timeout of 1 s; no receipts
+    // within the test, so the status is ferry's own verdict.
+    let sim = chatsim(ChatSimConfig {
+        ack_latency_ms: 1_500,
+        delivered_after_ms: 600_000,
+        read_receipts: false,
+        ..ChatSimConfig::for_test()
+    })
+    .await;
+    let clock = ManualClock::new();
+    let delivery = DeliveryConfig { ack_timeout_ms: 1_000, ..DeliveryConfig::for_test() };
+    let ferry = node(1, sim.local_addr(), delivery, clock.clone()).await;
+    let mut client = ferry.node.client().await;
+    let id = client.send(text("+16315550401", "a late answer")).await.unwrap().into_inner().message_id;
+    eventually(Duration::from_secs(10), "the first attempt is out", || async { ferry.totals().envelopes_sent >= 1 })
+        .await;
+    // The TTL (30 days) passes while the attempt is unanswered.
+    clock.advance(Duration::from_secs(31 * 24 * 3600));
+    eventually(Duration::from_secs(20), "the message settled", || {
+        let mut c = client.clone();
+        let id = id.clone();
+        async move { status_of(&mut c, &id).await.status != "accepted" }
+    })
+    .await;
+    let record = status_of(&mut client, &id).await;
+    assert_ne!(record.status, "failed", "the server acked it: not a false 410 ({:?})", record.error);
+    assert_eq!(record.status, "sent");
+    let totals = ferry.totals();
+    assert!(totals.ack_timeouts >= 1 && totals.failed == 0, "the answer came after the ack timeout: {totals:?}");
+    assert_eq!(sim.stats().unique_messages, 1);
+    ferry.stop().await;
+    sim.shutdown().await;
+}

@@ -2,7 +2,9 @@
 //! delivery, webhooks) and the reference chat server in this process. A user's message, made with
 //! chatsim's `SimulateInbound`, travels over the delivery stream, is recorded in the shard that
 //! owns the user, reaches the webhook in the configured shape, and opens the window; time is
-//! controlled, so the window can be seen to close after 24 hours.
+//! controlled, so the window can be seen to close after 24 hours. Inbound messages and receipts
+//! that arrive on another shard's stream are recorded in their own shard, and a failed write of
+//! one is retried.
 
 mod support;
 
@@ -10,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_chatsim::{ChatSim, ChatSimConfig};
-use ferry_coordinator::{CoordinatorConfig, WindowPolicy};
+use ferry_coordinator::{CoordinatorConfig, WindowPolicy, routing};
 use ferry_delivery::DeliveryConfig;
+use ferry_model::WaId;
 use ferry_model::clock::ManualClock;
 use ferry_proto::chat::v1::SimulateInboundRequest;
 use ferry_proto::chat::v1::chat_admin_client::ChatAdminClient;
@@ -178,4 +181,63 @@ async fn inbound_messages_reach_the_webhook_onprem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_messages_reach_the_webhook_cloud() {
     inbound_reaches_the_webhook(Shape::Cloud).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_that_arrive_on_another_shards_stream_are_recorded_in_their_shard() {
+    // The server pushes every receipt to the stream that said Hello last: one shard's stream gets
+    // the receipts of every shard's messages.
+    let config = ChatSimConfig { misroute_receipts: true, ..ChatSimConfig::for_test() };
+    let sim = ChatSim::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = CoordinatorConfig::for_test(dir.path(), 4);
+    let ferry =
+        Delivering::start(dir, config, sim.local_addr(), DeliveryConfig::for_test(), ferry_model::clock::system())
+            .await;
+    let mut client = ferry.node.client().await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(client.send(template(&format!("+4479112{i:05}"))).await.unwrap().into_inner().message_id);
+    }
+    support::wait_until_read(&client, &ids, Duration::from_secs(30)).await;
+    ferry.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_message_whose_write_fails_is_retried_until_recorded() {
+    use ferry_delivery::failpoint::{self, Point};
+    let sim = ChatSim::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), ChatSimConfig::for_test())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = CoordinatorConfig::for_test(dir.path(), 2);
+    let ferry =
+        Delivering::start(dir, config, sim.local_addr(), DeliveryConfig::for_test(), ferry_model::clock::system())
+            .await;
+    // One user per shard, so whichever stream the server picks, one of them belongs to another
+    // shard; the first write of each fails.
+    let users: Vec<String> = (0..2u16)
+        .map(|shard| {
+            (0..)
+                .map(|i| format!("4479113{i:05}"))
+                .find(|u| routing::shard_for_recipient(&WaId::from_normalized(u.clone()), 2).0 == shard)
+                .unwrap()
+        })
+        .collect();
+    for u in &users {
+        failpoint::arm(Point::InboundWrite, u, 1);
+        simulate_inbound(&sim, u, "hello").await;
+    }
+    eventually(Duration::from_secs(30), "both inbound messages recorded and acknowledged", || async {
+        sim.stats().inbound_acked == 2
+    })
+    .await;
+    let shards = ferry.node.coordinator.shards();
+    for u in &users {
+        let owner = &shards[usize::from(routing::shard_for_recipient(&WaId::from_normalized(u.clone()), 2).0)];
+        assert!(owner.get_contact(BUSINESS, u).unwrap().is_some(), "{u} recorded in its shard");
+    }
+    ferry.stop().await;
+    sim.shutdown().await;
 }

@@ -1,5 +1,5 @@
 //! The knobs of the reference chat server: receipt timing, fault injection (latency, errors,
-//! disconnects, offline and invalid recipients, rate limits, the per-user marketing limit) and state sizing. Each knob is a field
+//! disconnects, stalled streams, misrouted receipts, offline and invalid recipients, rate limits, the per-user marketing limit) and state sizing. Each knob is a field
 //! of [`ChatSimConfig`] (serde, with defaults) and a `ferry chatsim` flag (clap).
 
 use anyhow::bail;
@@ -54,6 +54,15 @@ pub struct ChatSimConfig {
     /// envelope to them is refused MARKETING_LIMITED (reference code 131049, `retry_after_ms` 0).
     #[arg(long, value_name = "DIGITS")]
     pub marketing_limit_prefix: Option<String>,
+    /// Envelopes each stream answers (0 = no limit): after that many, the stream stops answering
+    /// (it reads and drops every further envelope) but stays open, like a server that hangs
+    /// without closing the connection. A new stream answers again.
+    #[arg(long, default_value_t = 0)]
+    pub stall_after: u64,
+    /// Push every receipt to the stream that said `Hello` last, instead of the stream its envelope
+    /// came on (a server without stream affinity: receipts arrive on another shard's stream).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub misroute_receipts: bool,
     /// Receipts kept per (client_id, channel) until acked; beyond it new receipts are dropped and
     /// counted in `receipts_dropped`.
     #[arg(long, default_value_t = 100_000)]
@@ -79,6 +88,8 @@ impl Default for ChatSimConfig {
             invalid_prefix: None,
             rate_limit_per_recipient: 0,
             marketing_limit_prefix: None,
+            stall_after: 0,
+            misroute_receipts: false,
             max_pending_receipts_per_channel: 100_000,
             state_shards: 64,
         }

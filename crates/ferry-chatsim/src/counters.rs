@@ -40,6 +40,7 @@ counters!(
     inbound_sent,
     inbound_acked,
     marketing_limited,
+    envelopes_unanswered,
 );
 
 /// `counter += by` (relaxed: counters order nothing).

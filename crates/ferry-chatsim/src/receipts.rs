@@ -178,6 +178,11 @@ impl ChannelDirectory {
         channel
     }
 
+    /// The channel of the latest `Hello`, if any stream said one.
+    pub(crate) fn latest(&self) -> Option<Arc<Channel>> {
+        self.latest.lock().clone()
+    }
+
     /// Queues an inbound message on the latest channel (due now); returns whether a channel took it.
     pub(crate) fn push_inbound(&self, message: InboundMessage, max_pending: usize, counters: &Counters) -> bool {
         let latest = self.latest.lock().clone();

@@ -76,17 +76,31 @@ fn now_unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-fn error_result(message_id: String, kind: delivery_error::Kind, retry_after_ms: u64, detail: String) -> EnvelopeResult {
-    EnvelopeResult {
-        message_id,
-        outcome: Some(envelope_result::Outcome::Error(DeliveryError { kind: kind as i32, retry_after_ms, detail })),
+/// Whom an answer is for: the envelope's id and its `attempt`, echoed.
+struct Answering {
+    message_id: String,
+    attempt: u32,
+}
+
+impl Answering {
+    fn of(envelope: &Envelope) -> Self {
+        Answering { message_id: envelope.message_id.clone(), attempt: envelope.attempt }
     }
 }
 
-fn ack_result(message_id: String, duplicate: bool) -> EnvelopeResult {
+fn error_result(to: Answering, kind: delivery_error::Kind, retry_after_ms: u64, detail: String) -> EnvelopeResult {
     EnvelopeResult {
-        message_id,
+        message_id: to.message_id,
+        outcome: Some(envelope_result::Outcome::Error(DeliveryError { kind: kind as i32, retry_after_ms, detail })),
+        attempt: to.attempt,
+    }
+}
+
+fn ack_result(to: Answering, duplicate: bool) -> EnvelopeResult {
+    EnvelopeResult {
+        message_id: to.message_id,
         outcome: Some(envelope_result::Outcome::Ack(Ack { duplicate, timestamp_ms: now_unix_ms() })),
+        attempt: to.attempt,
     }
 }
 
@@ -119,28 +133,28 @@ impl Shared {
             bump(&counters.disconnects_injected, 1);
             return EnvelopeOutcome::Disconnect;
         }
-        let message_id = envelope.message_id.clone();
+        let answering = || Answering::of(&envelope);
         if config.error_rate > 0.0 && rng.random::<f64>() < config.error_rate {
             bump(&counters.temporarily_unavailable, 1);
             let detail = "chatsim: injected temporary failure; retry later".to_owned();
-            return EnvelopeOutcome::Answer(error_result(message_id, Kind::TemporarilyUnavailable, 0, detail));
+            return EnvelopeOutcome::Answer(error_result(answering(), Kind::TemporarilyUnavailable, 0, detail));
         }
         let recipient = envelope.recipient.as_str();
         let invalid_by_prefix = config.invalid_prefix.as_deref().is_some_and(|prefix| recipient.starts_with(prefix));
         if !is_plausible_wa_id(recipient) || invalid_by_prefix {
             bump(&counters.recipient_invalid, 1);
             let detail = format!("recipient {recipient:?} is not a valid WhatsApp user");
-            return EnvelopeOutcome::Answer(error_result(message_id, Kind::RecipientInvalid, 0, detail));
+            return EnvelopeOutcome::Answer(error_result(answering(), Kind::RecipientInvalid, 0, detail));
         }
         if config.marketing_limit_prefix.as_deref().is_some_and(|prefix| recipient.starts_with(prefix)) {
             bump(&counters.marketing_limited, 1);
             let detail = format!("{recipient} has reached the per-user marketing message limit (131049)");
-            return EnvelopeOutcome::Answer(error_result(message_id, Kind::MarketingLimited, 0, detail));
+            return EnvelopeOutcome::Answer(error_result(answering(), Kind::MarketingLimited, 0, detail));
         }
         let header = match envelope.header.as_ref().map(Header::try_from) {
             Some(Ok(header)) => header,
-            Some(Err(error)) => return self.session_unknown(message_id, error.to_string()),
-            None => return self.session_unknown(message_id, "envelope has no session header".to_owned()),
+            Some(Err(error)) => return self.session_unknown(answering(), error.to_string()),
+            None => return self.session_unknown(answering(), "envelope has no session header".to_owned()),
         };
         let now_ms = u64::try_from(now_unix_ms()).unwrap_or(0);
         let reception = self.recipients.receive(
@@ -157,13 +171,16 @@ impl Shared {
             Reception::Delivered { session_established } => {
                 bump(&counters.sessions_established, u64::from(session_established));
                 bump(&counters.unique_messages, 1);
-                self.schedule_receipts(channel, &envelope);
-                EnvelopeOutcome::Answer(ack_result(message_id, false))
+                match self.config.misroute_receipts.then(|| self.channels.latest()).flatten() {
+                    Some(latest) => self.schedule_receipts(&latest, &envelope),
+                    None => self.schedule_receipts(channel, &envelope),
+                }
+                EnvelopeOutcome::Answer(ack_result(answering(), false))
             }
             Reception::Duplicate { session_established } => {
                 bump(&counters.sessions_established, u64::from(session_established));
                 bump(&counters.duplicate_messages, 1);
-                EnvelopeOutcome::Answer(ack_result(message_id, true))
+                EnvelopeOutcome::Answer(ack_result(answering(), true))
             }
             Reception::RateLimited { retry_after_ms } => {
                 bump(&counters.rate_limited, 1);
@@ -171,18 +188,18 @@ impl Shared {
                     "more than {} messages per second to {recipient}; retry after {retry_after_ms} ms",
                     config.rate_limit_per_recipient
                 );
-                EnvelopeOutcome::Answer(error_result(message_id, Kind::RateLimited, retry_after_ms, detail))
+                EnvelopeOutcome::Answer(error_result(answering(), Kind::RateLimited, retry_after_ms, detail))
             }
-            Reception::Failed(error) => self.session_unknown(message_id, error.to_string()),
+            Reception::Failed(error) => self.session_unknown(answering(), error.to_string()),
         }
     }
 
     /// An envelope that did not decrypt or authenticate: never acked; the client must re-key.
-    fn session_unknown(&self, message_id: String, detail: String) -> EnvelopeOutcome {
+    fn session_unknown(&self, to: Answering, detail: String) -> EnvelopeOutcome {
         bump(&self.counters.decrypt_failures, 1);
         bump(&self.counters.session_unknown, 1);
         let detail = format!("{detail}; set up a new session (fetch a new pre-key bundle) and resend");
-        EnvelopeOutcome::Answer(error_result(message_id, delivery_error::Kind::SessionUnknown, 0, detail))
+        EnvelopeOutcome::Answer(error_result(to, delivery_error::Kind::SessionUnknown, 0, detail))
     }
 
     fn schedule_receipts(&self, channel: &Channel, envelope: &Envelope) {
@@ -316,6 +333,7 @@ impl ChatService {
         let mut rng = StdRng::seed_from_u64(shared.config.seed ^ sequence.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let sink = ResultSink::new(&out, shared.config.ack_latency_ms);
         let mut abrupt = false;
+        let mut answered = 0u64;
         loop {
             let frame = tokio::select! {
                 frame = inbound.message() => frame,
@@ -328,7 +346,15 @@ impl ChatService {
                 break;
             };
             match frame {
+                client_frame::Frame::Envelope(_)
+                    if shared.config.stall_after > 0 && answered >= shared.config.stall_after =>
+                {
+                    // The `stall_after` fault: read, never answer, keep the stream open.
+                    bump(&shared.counters.envelopes_received, 1);
+                    bump(&shared.counters.envelopes_unanswered, 1);
+                }
                 client_frame::Frame::Envelope(envelope) => {
+                    answered += 1;
                     match shared.process_envelope(&channel, envelope, &mut rng) {
                         EnvelopeOutcome::Answer(result) => {
                             let frame = ServerFrame { frame: Some(server_frame::Frame::Result(result)) };

@@ -65,6 +65,7 @@ impl Sender {
             recipient: recipient.to_owned(),
             header: Some(SessionHeader::from(&header)),
             ciphertext,
+            attempt: 1,
         }
     }
 }
@@ -628,5 +629,37 @@ async fn with_reply_rate_one_every_reader_writes_back() {
     // The reply comes with the read receipt, not before the message was read.
     assert!(stream.receipts.iter().any(|r| r.status() == receipt::Status::Read), "{:?}", stream.receipts);
     assert_eq!(chatsim.stats().inbound_sent, 1);
+    chatsim.shutdown().await;
+}
+
+#[tokio::test]
+async fn answers_echo_the_attempt_and_a_stalled_stream_reads_without_answering() {
+    let chatsim = start(ChatSimConfig { stall_after: 2, ..ChatSimConfig::for_test() }).await;
+    let mut sender = Sender::new(client(&chatsim).await);
+    let mut stream = Stream::open(&mut sender.client, "node-1", 0).await;
+    for (i, attempt) in [(0, 7), (1, 1)] {
+        let mut envelope = sender.envelope(&format!("wamid.a{i}"), RECIPIENT, b"hi").await;
+        envelope.attempt = attempt;
+        let result = send_one(&mut stream, envelope).await;
+        assert_eq!(result.attempt, attempt, "the answer names the attempt it answers");
+        must_ack(&result, false);
+    }
+    // The third envelope on this stream is read and left unanswered.
+    let mut third = sender.envelope("wamid.a2", RECIPIENT, b"hi").await;
+    stream.send(third.clone()).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while chatsim.stats().envelopes_unanswered < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the stalled stream never read the envelope");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A new stream answers again (and this envelope was never delivered: not a duplicate).
+    let mut fresh = Stream::open(&mut sender.client, "node-1", 0).await;
+    third.attempt = 2;
+    let result = send_one(&mut fresh, third).await;
+    must_ack(&result, false);
+    assert_eq!(result.attempt, 2);
+    let stats = chatsim.stats();
+    assert_eq!((stats.unique_messages, stats.envelopes_unanswered, stats.envelopes_received), (3, 1, 4));
+    drop(stream);
     chatsim.shutdown().await;
 }

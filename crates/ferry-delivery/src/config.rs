@@ -8,11 +8,20 @@ pub struct DeliveryConfig {
     /// Messages of one shard held in memory at once (waiting, in flight, backing off). Bounds
     /// memory whatever the backlog on disk, and is the shard's window of envelopes in flight.
     pub window: usize,
+    /// Messages of one recipient in the window at most (waiting, in flight, backing off). A
+    /// recipient with a deeper backlog keeps the rest on disk, read again as it drains, so one
+    /// rate-limited or backing-off recipient cannot fill the window and stall its shard. At most
+    /// `window` takes effect; at least `max_in_flight_per_recipient`.
+    pub max_window_per_recipient: usize,
     /// Envelopes in flight to one recipient at a time. 1 (the default) delivers the messages of a
     /// recipient in send order; more trades order for throughput to a single recipient.
     pub max_in_flight_per_recipient: usize,
-    /// An envelope with no answer after this long is sent again (ms).
+    /// An envelope with no answer after this long is sent again (ms), after the recipient's
+    /// retry backoff.
     pub ack_timeout_ms: u64,
+    /// Ack timeouts in a row (no answer at all in between) after which the stream to the chat
+    /// server is reset and opened again: a server that stops answering but keeps the connection.
+    pub ack_timeouts_before_reconnect: u32,
     /// First retry delay after a temporary failure (ms); doubles per attempt, with jitter.
     pub retry_initial_ms: u64,
     /// Longest retry delay (ms). Retries go on forever (until the message's TTL).
@@ -46,8 +55,10 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             window: 4096,
+            max_window_per_recipient: 64,
             max_in_flight_per_recipient: 1,
             ack_timeout_ms: 30_000,
+            ack_timeouts_before_reconnect: 3,
             retry_initial_ms: 200,
             retry_max_ms: 60_000,
             session_cache_capacity: 65_536,
@@ -67,11 +78,19 @@ impl DeliveryConfig {
         DeliveryConfig { ack_timeout_ms: 5_000, retry_initial_ms: 20, retry_max_ms: 500, ..DeliveryConfig::default() }
     }
 
+    /// Frames the outgoing buffer of a link holds: every loaded message's envelope, plus room for
+    /// receipt acks. Full means the server stopped taking frames: the loop resets the stream.
+    pub(crate) fn link_buffer(&self) -> usize {
+        self.window.saturating_add(1024)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
             ("delivery.window", self.window as u64),
+            ("delivery.max_window_per_recipient", self.max_window_per_recipient as u64),
             ("delivery.max_in_flight_per_recipient", self.max_in_flight_per_recipient as u64),
             ("delivery.ack_timeout_ms", self.ack_timeout_ms),
+            ("delivery.ack_timeouts_before_reconnect", u64::from(self.ack_timeouts_before_reconnect)),
             ("delivery.retry_initial_ms", self.retry_initial_ms),
             ("delivery.session_cache_capacity", self.session_cache_capacity as u64),
             ("delivery.session_reservation", self.session_reservation),
@@ -83,6 +102,12 @@ impl DeliveryConfig {
             if v == 0 {
                 return Err(format!("{name} is 0: expected at least 1"));
             }
+        }
+        if self.max_window_per_recipient < self.max_in_flight_per_recipient {
+            return Err(format!(
+                "delivery.max_window_per_recipient is {}: expected at least delivery.max_in_flight_per_recipient ({})",
+                self.max_window_per_recipient, self.max_in_flight_per_recipient
+            ));
         }
         if self.retry_max_ms < self.retry_initial_ms {
             return Err(format!(

@@ -4,7 +4,9 @@
 //! the chat server (`proto/ferry/chat/v1`, or `ferry chatsim`).
 //!
 //! [`DeliveryEngine::start`] runs, for every shard of the node, one delivery loop
-//! ([`shard_loop`]) and one link to the chat server ([`link`]). Encryption sessions come from
+//! ([`shard_loop`]) and one link to the chat server ([`link`]), supervised (`supervise.rs`): a
+//! panicking loop is restarted, a panicking background task is a temporary failure of what it
+//! held. Encryption sessions come from
 //! `ferry-session` (Signal-style X3DH + symmetric ratchet; not wire-compatible with WhatsApp),
 //! cached per shard and persisted in the shard's `sessions` column family.
 //!
@@ -12,20 +14,29 @@
 //! - No message leaves a shard's queue before the server acked it, or it failed for good (TTL
 //!   expired: 410; recipient invalid: 1013; per-user marketing limit: 131049); the removal and the
 //!   status are one synced write.
+//! - No false `failed`: a message whose TTL passes while an attempt of it is unanswered waits for
+//!   that answer (an ack makes it `sent`); only one with no attempt outstanding expires (410).
 //! - No retry limit short of the TTL: temporary failures back off (exponential, jitter) forever,
 //!   rate limits back off 4^X; the one exception is a message refused `MARKETING_LIMITED` more
 //!   than `marketing_limit_retries` times in a row (failed, 131049).
 //! - No recipient waits for another: a rate-limited recipient is blocked alone, the shard's other
 //!   recipients keep being dispatched.
-//! - No more than `window` messages of a shard in memory, whatever the backlog on disk.
+//! - No more than `window` messages of a shard in memory, whatever the backlog on disk, and no
+//!   more than `max_window_per_recipient` of one recipient: a recipient's surplus stays on disk.
 //! - No encryption with a message counter that was not first reserved durably, so a crash never
 //!   makes a session reuse a key.
 //! - No receipt is acknowledged to the server before the status change it caused is durable.
+//! - No spawned task ends unheard: each is joined with its id; a panic is counted, logged and
+//!   retried, and a dead shard loop is restarted (health shows it until then).
 
 pub mod config;
+#[doc(hidden)]
+pub mod failpoint;
 pub mod link;
 pub mod shard_loop;
 pub mod stats;
+mod supervise;
+mod window;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +45,7 @@ use ferry_model::clock::SharedClock;
 use ferry_proto::chat::v1::Hello;
 use ferry_proto::chat::v1::chat_client::ChatClient;
 use ferry_shard::Shard;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::DeliveryConfig;
@@ -76,7 +87,7 @@ impl DeliveryEngine {
             .keep_alive_timeout(Duration::from_secs(10));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut stats = Vec::with_capacity(shards.len());
-        let mut tasks = Vec::with_capacity(shards.len() * 2);
+        let mut tasks = Vec::with_capacity(shards.len());
         let all_shards: Arc<[Arc<Shard>]> = shards.iter().cloned().collect();
         for shard in shards {
             // One HTTP/2 connection per shard, like the reference's one gateway link per shard.
@@ -84,28 +95,17 @@ impl DeliveryEngine {
                 .max_decoding_message_size(16 * 1024 * 1024)
                 .max_encoding_message_size(16 * 1024 * 1024);
             let shard_stats = Arc::new(ShardDeliveryStats::default());
-            let (events_tx, events_rx) = mpsc::channel(4096);
             let hello = Hello { client_id: format!("{:016x}", shard.node_id()), channel: u32::from(shard.id().0) };
-            let link = link::run_link(
-                client.clone(),
-                hello,
-                events_tx,
-                shard_stats.clone(),
-                Duration::from_millis(config.reconnect_initial_ms),
-                shutdown_rx.clone(),
-            );
-            tasks.push(tokio::spawn(link));
-            let shard_loop = shard_loop::ShardLoop::new(
-                shard.clone(),
-                all_shards.clone(),
-                config.clone(),
-                clock.clone(),
+            let delivery = supervise::ShardDelivery {
+                shard: shard.clone(),
+                all_shards: all_shards.clone(),
+                config: config.clone(),
+                clock: clock.clone(),
                 client,
-                shard_stats.clone(),
-                events_rx,
-                shutdown_rx.clone(),
-            );
-            tasks.push(tokio::spawn(shard_loop.run()));
+                hello,
+                stats: shard_stats.clone(),
+            };
+            tasks.push(tokio::spawn(supervise::supervise_shard(delivery, shutdown_rx.clone())));
             stats.push(shard_stats);
         }
         Ok(DeliveryEngine { stats, shutdown, tasks })

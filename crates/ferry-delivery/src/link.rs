@@ -6,25 +6,61 @@
 //! ([`LinkEvent::Frame`]), and reports the end of the stream ([`LinkEvent::Down`]); then it
 //! reconnects with backoff, forever, until shutdown. The tonic channel is lazy and reconnects by
 //! itself; this task only re-opens the stream.
+//!
+//! Outgoing frames go through a bounded buffer (`window` + 1,024 frames: every loaded message has
+//! at most one envelope in it, plus receipt acks), so a server that stops reading cannot grow
+//! memory: a full buffer is the loop's cue to reset the stream ([`LinkHandle::reset`]), as are
+//! ack timeouts in a row (a server that stops answering but keeps the stream open).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-
-use crate::stats::ShardDeliveryStats;
 use std::time::Duration;
 
 use ferry_proto::chat::v1::chat_client::ChatClient;
 use ferry_proto::chat::v1::{ClientFrame, Hello, ServerFrame, client_frame};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
+
+use crate::stats::ShardDeliveryStats;
+
+/// The sending side of one open stream.
+#[derive(Debug, Clone)]
+pub struct LinkHandle {
+    frames: mpsc::Sender<ClientFrame>,
+    reset: Arc<Notify>,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendFailure {
+    /// The buffer is full: the server is not taking frames.
+    Full,
+    /// The stream is gone (a `Down` event follows).
+    Closed,
+}
+
+impl LinkHandle {
+    /// Queues a frame for the server without waiting.
+    pub(crate) fn try_send(&self, frame: ClientFrame) -> Result<(), SendFailure> {
+        self.frames.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendFailure::Full,
+            mpsc::error::TrySendError::Closed(_) => SendFailure::Closed,
+        })
+    }
+
+    /// Ends this stream: the link reports `Down` and opens a new one.
+    pub(crate) fn reset(&self) {
+        self.reset.notify_one();
+    }
+}
 
 /// What the link tells the shard's loop.
 #[derive(Debug)]
 pub enum LinkEvent {
-    /// A stream is open; frames sent on this sender go to the server.
-    Up(mpsc::UnboundedSender<ClientFrame>),
+    /// A stream is open; frames sent on this handle go to the server.
+    Up(LinkHandle),
     Frame(ServerFrame),
     /// The stream ended; nothing sent on the last `Up` sender is known to have arrived unless
     /// it was answered.
@@ -64,6 +100,7 @@ pub(crate) async fn run_link(
     events: mpsc::Sender<LinkEvent>,
     stats: Arc<ShardDeliveryStats>,
     reconnect_initial: Duration,
+    buffer: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = reconnect_initial;
@@ -72,11 +109,12 @@ pub(crate) async fn run_link(
             return;
         }
         stats.link_state.store(LinkState::Connecting as u8, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel::<ClientFrame>();
-        let _ = tx.send(ClientFrame { frame: Some(client_frame::Frame::Hello(hello.clone())) });
+        let (tx, rx) = mpsc::channel::<ClientFrame>(buffer.max(1));
+        let _ = tx.try_send(ClientFrame { frame: Some(client_frame::Frame::Hello(hello.clone())) });
+        let reset = Arc::new(Notify::new());
         let mut client = client.clone();
         let opened = tokio::select! {
-            r = client.deliver(UnboundedReceiverStream::new(rx)) => r,
+            r = client.deliver(ReceiverStream::new(rx)) => r,
             _ = shutdown.changed() => return,
         };
         let reason = match opened {
@@ -84,7 +122,8 @@ pub(crate) async fn run_link(
             Ok(response) => {
                 stats.link_state.store(LinkState::Connected as u8, Ordering::Relaxed);
                 backoff = reconnect_initial;
-                if events.send(LinkEvent::Up(tx)).await.is_err() {
+                let handle = LinkHandle { frames: tx, reset: reset.clone() };
+                if events.send(LinkEvent::Up(handle)).await.is_err() {
                     return;
                 }
                 let mut inbound = response.into_inner();
@@ -99,6 +138,7 @@ pub(crate) async fn run_link(
                             Some(Err(status)) => break format!("delivery stream failed: {status}"),
                             None => break "delivery stream closed by the server".to_owned(),
                         },
+                        _ = reset.notified() => break "reset by the delivery loop".to_owned(),
                         _ = shutdown.changed() => return,
                     }
                 }

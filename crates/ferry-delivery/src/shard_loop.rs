@@ -13,6 +13,9 @@
 //! - **Reading.** A cursor walks the queue forward from the shard's low watermark; each scan is
 //!   bounded by the room left in the window and by the committed `next_seq`, so the loop never
 //!   rescans and never holds more than `window` messages, whatever the backlog on disk.
+//!   No recipient holds more than `max_window_per_recipient` of them (`window.rs`): the cursor
+//!   walks on past a recipient at its cap, whose surplus stays on disk and is read again (from
+//!   its lowest unread seq, in order) when it drains. Reads per loop turn are bounded too.
 //!   Released held messages (paced templates) enter the queue under their original, usually
 //!   older, seq: the shard hands the loop their seqs (`Shard::take_released`) and the loop
 //!   point-reads those below its cursor (the scan reads the others), within the same window.
@@ -22,8 +25,14 @@
 //!   A message that must be retried goes back to the *front* of its recipient's FIFO.
 //! - **Retries.** Forever, with exponential backoff and jitter, until the server acks; except
 //!   TTL expired (failed, 410), recipient invalid (failed, 1013), rate limited (below), session
-//!   unknown (re-key, then resend). An envelope unanswered after `ack_timeout_ms`, or in flight
-//!   when the link drops, is sent again (the server dedups by message id).
+//!   unknown (re-key, then resend; re-keys in a row back off). An envelope unanswered after
+//!   `ack_timeout_ms` is sent again after the recipient's backoff, and one in flight when the link
+//!   drops at once (the server dedups by message id). `ack_timeouts_before_reconnect` timeouts in
+//!   a row (no answer in between), or a full outgoing buffer, reset the stream.
+//! - **Attempts.** Every envelope carries its attempt number and the server echoes it: an answer
+//!   to an earlier attempt is recognised. An ack of any attempt settles the message (the server
+//!   has it: it is not sent again); any other late answer is ignored (a late `SESSION_UNKNOWN`
+//!   does not discard the fresh session).
 //! - **Rate limits.** `RATE_LIMITED` (pair rate limit, 131056) and `MARKETING_LIMITED` (per-user
 //!   marketing limit, 131049) block only that recipient, for `rate_limit_base_ms × 4^X` (X = the
 //!   recipient's refusals in a row, 0 for the first; reset by its next ack), at least the server's
@@ -62,16 +71,24 @@ use ferry_session::{IdentityKeyPair, PreKeyBundle, SendingSession};
 use ferry_shard::settle::status_base;
 use ferry_shard::{FailureReason, InboundRecord, QueueRecord, Settlement, Shard, ShardError};
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::DeliveryConfig;
-use crate::link::LinkEvent;
+use crate::failpoint::{self, Point};
+use crate::link::{LinkEvent, LinkHandle, SendFailure};
 use crate::stats::ShardDeliveryStats;
+use crate::supervise::{Joined, TaskSet};
+use crate::window::Admission;
+
+mod expiry;
+mod other_shards;
 
 /// Most messages read from the queue in one scan.
 const SCAN_CHUNK: usize = 1024;
+/// Most queue records read in one turn of the loop (forward scan and refills together), so a
+/// long stretch of one capped recipient's surplus does not hold up answers and acks.
+const READ_BUDGET_PER_TURN: usize = 4 * SCAN_CHUNK;
 
 /// `sender ++ 0 ++ recipient`: a recipient of one business number (the unit of ordering and of
 /// encryption sessions).
@@ -91,6 +108,9 @@ enum Phase {
     Waiting,
     /// Sent on the link; `attempt` tells a current timeout from a stale one.
     InFlight { attempt: u32 },
+    /// Its TTL passed while an attempt was unanswered: not sent again, waiting for that answer
+    /// (`expiry.rs`).
+    Expired,
     /// Its outcome is being written.
     Settling,
 }
@@ -109,6 +129,9 @@ struct Loaded {
     marketing_refusals: u32,
     /// The ack-timeout timer of the current attempt, cancelled when an answer arrives.
     ack_timer: Option<u64>,
+    /// Attempts sent on the current stream and not answered yet: while any is, the message does
+    /// not expire (`expiry.rs`).
+    unanswered: u32,
 }
 
 #[derive(Default)]
@@ -121,6 +144,9 @@ struct Recipient {
     session_busy: bool,
     /// The next setup must fetch a new bundle (the server did not know the session).
     rekey: bool,
+    /// `SESSION_UNKNOWN` answers in a row (reset by an ack): from the second on, the recipient
+    /// backs off before its re-key.
+    rekeys_in_a_row: u32,
     /// Rate-limit refusals in a row (X of the 4^X backoff).
     rate_limits: RateLimitStreak,
 }
@@ -161,7 +187,19 @@ enum Timer {
         seq: u64,
         attempt: u32,
     },
+    /// A parked (expired) message's answer is overdue (`expiry.rs`).
+    AwaitLateAnswer {
+        seq: u64,
+    },
 }
+
+/// What a background session task holds: its recipient, and whether it re-keys.
+struct SessionHeld {
+    key: RecipientKey,
+    rekey: bool,
+}
+
+type SessionOutcome = Result<(SendingSession, SessionSource), SessionFailure>;
 
 /// The result of a background session task.
 struct SessionDone {
@@ -184,12 +222,15 @@ enum SessionFailure {
     Temporary(String),
 }
 
-struct SettleDone {
+/// What a settle task holds: one batch, kept to write it again if the write failed (or the task
+/// panicked).
+struct SettleBatch {
     seqs: Vec<u64>,
-    /// The batch itself, kept to write it again if it failed.
     entries: Vec<Settlement>,
     receipt_ids: Vec<u64>,
-    result: Result<(), ShardError>,
+    /// Written to another shard (`other_shards.rs`): inbound messages of its users, receipts of
+    /// its messages.
+    other_shard: Option<ferry_model::ShardId>,
 }
 
 /// Delay before writing a failed settle batch again.
@@ -217,6 +258,10 @@ pub(crate) struct ShardLoop {
     late: VecDeque<u64>,
     /// Every loaded, unsettled message by sequence (ordered: the lowest held is the watermark).
     messages: BTreeMap<u64, Loaded>,
+    /// Per-recipient share of the window and the surplus left on disk (`window.rs`).
+    admission: Admission,
+    /// The last turn's read budget ran out with records left to read: read again at once.
+    more_to_read: bool,
     recipients: HashMap<RecipientKey, Recipient>,
     /// Recipients that may be able to dispatch now.
     ready: VecDeque<RecipientKey>,
@@ -224,16 +269,20 @@ pub(crate) struct ShardLoop {
     timer_payloads: HashMap<u64, Timer>,
     next_timer_id: u64,
     sessions: quick_cache::unsync::Cache<RecipientKey, SendingSession>,
-    session_tasks: JoinSet<SessionDone>,
+    session_tasks: TaskSet<SessionOutcome, SessionHeld>,
     setup_permits: Arc<Semaphore>,
-    link: Option<mpsc::UnboundedSender<ClientFrame>>,
+    link: Option<LinkHandle>,
+    /// Ack timeouts since the last answer on this link: `ack_timeouts_before_reconnect` resets it.
+    timeouts_in_a_row: u32,
     to_settle: Vec<Settlement>,
     receipts_to_ack: Vec<u64>,
-    settle_tasks: JoinSet<SettleDone>,
+    settle_tasks: TaskSet<Result<(), ShardError>, SettleBatch>,
     /// Settle batches whose write failed, written again after [`SETTLE_RETRY`]. Their messages
     /// stay `Settling` (never resent: the server has them).
     deferred_settle: Vec<Settlement>,
     deferred_receipts: Vec<u64>,
+    /// Settlements for other shards (`other_shards.rs`).
+    other_shards: other_shards::OtherShards,
     /// `ferry_accept_to_ack_seconds`, registered once per loop (recording is an atomic op).
     accept_to_ack: metrics::Histogram,
 }
@@ -254,6 +303,8 @@ impl ShardLoop {
         let cursor = shard.queue_low_watermark().max(1);
         ShardLoop {
             sessions: quick_cache::unsync::Cache::new(config.session_cache_capacity),
+            admission: Admission::new(config.max_window_per_recipient.min(config.window)),
+            more_to_read: false,
             setup_permits: Arc::new(Semaphore::new(config.max_concurrent_session_setups)),
             shard,
             all_shards,
@@ -272,13 +323,15 @@ impl ShardLoop {
             timers: BinaryHeap::new(),
             timer_payloads: HashMap::new(),
             next_timer_id: 0,
-            session_tasks: JoinSet::new(),
+            session_tasks: TaskSet::new(),
             link: None,
+            timeouts_in_a_row: 0,
             to_settle: Vec::new(),
             receipts_to_ack: Vec::new(),
-            settle_tasks: JoinSet::new(),
+            settle_tasks: TaskSet::new(),
             deferred_settle: Vec::new(),
             deferred_receipts: Vec::new(),
+            other_shards: Default::default(),
             accept_to_ack: metrics::histogram!(ACCEPT_TO_ACK_SECONDS),
         }
     }
@@ -298,9 +351,13 @@ impl ShardLoop {
             self.dispatch_ready();
             self.flush_settlements();
             self.stats.loaded.store(self.messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.stats
+                .recipients_capped
+                .store(self.admission.recipients_with_surplus() as u64, std::sync::atomic::Ordering::Relaxed);
 
             let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
             let has_room = self.messages.len() < self.config.window;
+            let more_to_read = self.more_to_read && has_room;
             tokio::select! {
                 n = self.events.recv_many(&mut events, 256) => {
                     if n == 0 {
@@ -310,17 +367,14 @@ impl ShardLoop {
                         self.on_link_event(event);
                     }
                 }
-                Some(done) = self.session_tasks.join_next(), if !self.session_tasks.is_empty() => {
-                    if let Ok(done) = done {
-                        self.on_session_done(done);
-                    }
+                Some(joined) = self.session_tasks.join_next(), if !self.session_tasks.is_empty() => {
+                    self.on_session_joined(joined);
                 }
-                Some(done) = self.settle_tasks.join_next(), if !self.settle_tasks.is_empty() => {
-                    if let Ok(done) = done {
-                        self.on_settled(done);
-                    }
+                Some(joined) = self.settle_tasks.join_next(), if !self.settle_tasks.is_empty() => {
+                    self.on_settle_joined(joined);
                 }
                 _ = shard.appended(), if has_room => {}
+                _ = tokio::task::yield_now(), if more_to_read => {}
                 _ = sleep_until_opt(next_timer) => self.fire_timers(),
                 _ = ttl_sweep.tick() => self.fail_expired_while_unreachable(),
                 _ = self.shutdown.changed() => {}
@@ -328,10 +382,8 @@ impl ShardLoop {
         }
         // Drain: write what was settled, wait for pending writes, then stop.
         self.flush_settlements();
-        while let Some(done) = self.settle_tasks.join_next().await {
-            if let Ok(done) = done {
-                self.on_settled(done);
-            }
+        while let Some(joined) = self.settle_tasks.join_next().await {
+            self.on_settle_joined(joined);
         }
         self.session_tasks.abort_all();
         tracing::debug!(shard = %self.shard.id(), in_memory = self.messages.len(), "delivery loop stopped");
@@ -351,7 +403,7 @@ impl ShardLoop {
                 continue;
             }
             match self.shard.get_queued(seq) {
-                Ok(Some(record)) => self.admit(seq, record),
+                Ok(Some(record)) => self.offer(seq, record),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(shard = %self.shard.id(), seq, error = %e, "cannot read a released message; retrying");
@@ -362,26 +414,37 @@ impl ShardLoop {
         }
     }
 
-    /// Reads the next messages of the queue into memory while the window has room.
+    /// Reads the next messages of the queue into memory while the window has room: first the
+    /// surplus of recipients that drained, then forward from the cursor. At most
+    /// [`READ_BUDGET_PER_TURN`] records per call; `more_to_read` says when some are left.
     fn load_from_queue(&mut self) {
         self.load_released();
+        self.more_to_read = false;
+        let mut budget = READ_BUDGET_PER_TURN;
+        self.refill_surplus(&mut budget);
         loop {
             let room = self.config.window.saturating_sub(self.messages.len());
             let until = self.shard.committed_next_seq();
             if room == 0 || self.cursor >= until {
                 return;
             }
-            let chunk = match self.shard.scan_queue_range(self.cursor, until, room.min(SCAN_CHUNK)) {
+            if budget == 0 {
+                self.more_to_read = true;
+                return;
+            }
+            let limit = room.min(SCAN_CHUNK).min(budget);
+            budget -= limit;
+            let chunk = match self.shard.scan_queue_range(self.cursor, until, limit) {
                 Ok(chunk) => chunk,
                 Err(e) => {
                     tracing::error!(shard = %self.shard.id(), error = %e, "cannot read the queue; retrying");
                     return;
                 }
             };
-            let full = chunk.len() == room.min(SCAN_CHUNK);
+            let full = chunk.len() == limit;
             let last = chunk.last().map(|(seq, _)| *seq);
             for (seq, record) in chunk {
-                self.admit(seq, record);
+                self.offer(seq, record);
             }
             // Everything in [cursor, until) that was not returned is deleted (or returned):
             // continue after the last read one, or at `until` when the range is exhausted.
@@ -394,9 +457,71 @@ impl ShardLoop {
         }
     }
 
-    fn admit(&mut self, seq: u64, record: QueueRecord) {
-        let message_id = MessageId::encode(MessageKey { shard: self.shard.id(), node_id: self.shard.node_id(), seq });
+    /// Reads again, below the cursor, the messages left on disk of recipients that drained to half
+    /// their cap: only theirs, in seq order, until the cap, the window or `budget` is reached.
+    fn refill_surplus(&mut self, budget: &mut usize) {
+        while let Some((key, from)) = self.admission.next_refill() {
+            let mut next = from;
+            loop {
+                if next >= self.cursor {
+                    self.admission.refilled(&key, None);
+                    break;
+                }
+                if !self.admission.has_room(&key) {
+                    self.admission.refilled(&key, Some(next));
+                    break;
+                }
+                if self.messages.len() >= self.config.window || *budget == 0 {
+                    self.admission.refilled(&key, Some(next));
+                    self.admission.retry_refill(key);
+                    self.more_to_read |= *budget == 0;
+                    return;
+                }
+                let limit = SCAN_CHUNK.min(*budget);
+                *budget -= limit;
+                let chunk = match self.shard.scan_queue_range(next, self.cursor, limit) {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        tracing::error!(shard = %self.shard.id(), error = %e, "cannot read the queue; retrying");
+                        self.admission.refilled(&key, Some(next));
+                        self.admission.retry_refill(key);
+                        return;
+                    }
+                };
+                let exhausted = chunk.len() < limit;
+                let mut stopped = false;
+                for (seq, record) in chunk {
+                    if self.messages.contains_key(&seq) || recipient_key(&record.sender, &record.wa_id) != key {
+                        next = seq + 1;
+                        continue;
+                    }
+                    if !self.admission.has_room(&key) || self.messages.len() >= self.config.window {
+                        next = seq;
+                        stopped = true;
+                        break;
+                    }
+                    self.admit(seq, record, key.clone());
+                    next = seq + 1;
+                }
+                if exhausted && !stopped {
+                    next = self.cursor;
+                }
+            }
+        }
+    }
+
+    /// Admits a message read from the queue, or leaves it on disk when its recipient is at its
+    /// cap (`window.rs`).
+    fn offer(&mut self, seq: u64, record: QueueRecord) {
         let key = recipient_key(&record.sender, &record.wa_id);
+        if self.admission.offer(&key, seq) {
+            self.admit(seq, record, key);
+        }
+    }
+
+    fn admit(&mut self, seq: u64, record: QueueRecord, key: RecipientKey) {
+        let message_id = MessageId::encode(MessageKey { shard: self.shard.id(), node_id: self.shard.node_id(), seq });
+        self.admission.admitted(&key);
         let recipient = self.recipients.entry(key.clone()).or_default();
         recipient.waiting.push_back(seq);
         if recipient.waiting.len() == 1 {
@@ -413,6 +538,7 @@ impl ShardLoop {
                 failures: 0,
                 marketing_refusals: 0,
                 ack_timer: None,
+                unanswered: 0,
             },
         );
     }
@@ -451,16 +577,10 @@ impl ShardLoop {
                 self.ready.push_back(key.clone());
                 return;
             };
-            // TTL: an expired message fails instead of being sent.
-            let expired = self.messages.get(&seq).is_some_and(|m| self.clock.now_ms() >= m.record.expires_at_ms);
-            if expired {
+            // TTL: an expired message is not sent; it fails, or waits for an outstanding answer.
+            if self.is_expired(seq) {
                 self.recipients.get_mut(key).expect("present").waiting.pop_front();
-                self.fail(
-                    seq,
-                    ErrorCode::Expired,
-                    "Message expired",
-                    "the message's TTL passed before the server acknowledged it",
-                );
+                self.expire_or_await_answer(seq);
                 continue;
             }
             // Session: a hit encrypts now; a miss or an exhausted reservation runs in the background.
@@ -473,6 +593,9 @@ impl ShardLoop {
                 return;
             }
             let m = self.messages.get_mut(&seq).expect("waiting message is loaded");
+            if failpoint::hit(Point::ShardLoop, &m.record.wa_id) {
+                panic!("failpoint: the shard loop panicked");
+            }
             let mut session = self.sessions.get_mut(key).expect("checked above");
             let encrypted =
                 session.encrypt(m.message_id.as_str(), &m.record.sender, &m.record.wa_id, &m.record.payload);
@@ -490,6 +613,7 @@ impl ShardLoop {
                 }
             };
             m.attempts += 1;
+            m.unanswered += 1;
             m.phase = Phase::InFlight { attempt: m.attempts };
             let attempt = m.attempts;
             let envelope = Envelope {
@@ -498,6 +622,7 @@ impl ShardLoop {
                 recipient: m.record.wa_id.clone(),
                 header: Some(header.into()),
                 ciphertext,
+                attempt,
             };
             if attempt > 1 {
                 self.stats.add(&self.stats.retries, 1);
@@ -507,9 +632,14 @@ impl ShardLoop {
             r.in_flight += 1;
             self.stats.add(&self.stats.in_flight, 1);
             self.stats.add(&self.stats.envelopes_sent, 1);
-            if link.send(ClientFrame { frame: Some(client_frame::Frame::Envelope(envelope)) }).is_err() {
+            match link.try_send(ClientFrame { frame: Some(client_frame::Frame::Envelope(envelope)) }) {
+                Ok(()) => {}
                 // The link dropped under us: the Down event requeues in-flight messages.
-                return;
+                Err(SendFailure::Closed) => return,
+                Err(SendFailure::Full) => {
+                    self.reset_link("the outgoing buffer is full (the server takes no frames)");
+                    return;
+                }
             }
             let deadline = now + Duration::from_millis(self.config.ack_timeout_ms);
             let timer = self.add_timer(deadline, Timer::AckTimeout { seq, attempt });
@@ -529,7 +659,7 @@ impl ShardLoop {
         let expired: Vec<u64> = self
             .messages
             .iter()
-            .filter(|(_, m)| m.phase == Phase::Waiting && now_ms >= m.record.expires_at_ms)
+            .filter(|(_, m)| matches!(m.phase, Phase::Waiting | Phase::Expired) && now_ms >= m.record.expires_at_ms)
             .map(|(&seq, _)| seq)
             .collect();
         for seq in expired {
@@ -537,12 +667,7 @@ impl ShardLoop {
             if let Some(r) = self.recipients.get_mut(&key) {
                 r.waiting.retain(|s| *s != seq);
             }
-            self.fail(
-                seq,
-                ErrorCode::Expired,
-                "Message expired",
-                "the message's TTL passed before the server acknowledged it",
-            );
+            self.fail_expired(seq);
         }
     }
 
@@ -603,9 +728,12 @@ impl ShardLoop {
         let permits = self.setup_permits.clone();
         let reservation = self.config.session_reservation;
         let stats = self.stats.clone();
-        let key = key.clone();
-        self.session_tasks.spawn(async move {
-            let outcome = prepare_session(
+        let panics = failpoint::hit(Point::SessionTask, &recipient);
+        self.session_tasks.spawn(SessionHeld { key: key.clone(), rekey }, async move {
+            if panics {
+                panic!("failpoint: the session task panicked");
+            }
+            prepare_session(
                 &shard,
                 client,
                 &identity,
@@ -617,9 +745,21 @@ impl ShardLoop {
                 rekey,
                 reservation,
             )
-            .await;
-            SessionDone { key, rekey, outcome }
+            .await
         });
+    }
+
+    /// A session task ended: its outcome, or a temporary failure for its recipient if it panicked.
+    fn on_session_joined(&mut self, joined: Joined<SessionOutcome, SessionHeld>) {
+        let (SessionHeld { key, rekey }, outcome) = match joined {
+            Joined::Done { output, held } => (held, output),
+            Joined::Panicked { held, reason } => {
+                self.stats.add(&self.stats.task_panics, 1);
+                tracing::error!(shard = %self.shard.id(), reason, "a session task panicked; the recipient retries");
+                (held, Err(SessionFailure::Temporary(format!("the session task panicked: {reason}"))))
+            }
+        };
+        self.on_session_done(SessionDone { key, rekey, outcome });
     }
 
     fn on_session_done(&mut self, done: SessionDone) {
@@ -663,9 +803,10 @@ impl ShardLoop {
 
     fn on_link_event(&mut self, event: LinkEvent) {
         match event {
-            LinkEvent::Up(sender) => {
+            LinkEvent::Up(handle) => {
                 tracing::info!(shard = %self.shard.id(), "connected to the chat server");
-                self.link = Some(sender);
+                self.link = Some(handle);
+                self.timeouts_in_a_row = 0;
                 let keys: Vec<RecipientKey> = self.recipients.keys().cloned().collect();
                 self.ready.extend(keys);
             }
@@ -673,18 +814,8 @@ impl ShardLoop {
                 if self.link.take().is_some() {
                     tracing::warn!(shard = %self.shard.id(), reason, "lost the chat server; in-flight messages will be resent");
                 }
-                // Whatever was in flight may or may not have arrived: send it again (the server
-                // dedups by message id). Highest sequence first so each FIFO keeps its order.
-                let mut in_flight: Vec<u64> = self
-                    .messages
-                    .iter()
-                    .filter(|(_, m)| matches!(m.phase, Phase::InFlight { .. }))
-                    .map(|(&seq, _)| seq)
-                    .collect();
-                in_flight.sort_unstable_by(|a, b| b.cmp(a));
-                for seq in in_flight {
-                    self.requeue_front(seq);
-                }
+                self.requeue_all_in_flight();
+                self.stream_ended();
             }
             LinkEvent::Frame(frame) => match frame.frame {
                 Some(server_frame::Frame::Result(result)) => self.on_result(result),
@@ -693,6 +824,96 @@ impl ShardLoop {
                 None => {}
             },
         }
+    }
+
+    /// Whatever was in flight may or may not have arrived: send it again (the server dedups by
+    /// message id). Highest sequence first so each FIFO keeps its order.
+    fn requeue_all_in_flight(&mut self) {
+        let mut in_flight: Vec<u64> = self
+            .messages
+            .iter()
+            .filter(|(_, m)| matches!(m.phase, Phase::InFlight { .. }))
+            .map(|(&seq, _)| seq)
+            .collect();
+        in_flight.sort_unstable_by(|a, b| b.cmp(a));
+        for seq in in_flight {
+            self.requeue_front(seq);
+        }
+    }
+
+    /// Ends the current stream (the server stopped answering or taking frames): nothing is sent
+    /// until the link is up again; what was in flight is resent then.
+    fn reset_link(&mut self, why: &str) {
+        let Some(link) = self.link.take() else { return };
+        tracing::warn!(shard = %self.shard.id(), why, "resetting the stream to the chat server");
+        link.reset();
+        self.stats.add(&self.stats.link_resets, 1);
+        self.timeouts_in_a_row = 0;
+        self.requeue_all_in_flight();
+        self.stream_ended();
+    }
+
+    /// The current attempt of `seq` went unanswered for `ack_timeout_ms`: resend after the
+    /// recipient's backoff; too many in a row reset the stream.
+    fn on_ack_timeout(&mut self, seq: u64) {
+        self.stats.add(&self.stats.ack_timeouts, 1);
+        self.timeouts_in_a_row += 1;
+        if self.is_expired(seq) {
+            // Not sent again: wait for this attempt's answer (an ack makes it `sent`).
+            self.requeue_front(seq);
+            if let Some(r) = self.messages.get(&seq).and_then(|m| self.recipients.get_mut(&m.key)) {
+                r.waiting.retain(|s| *s != seq);
+            }
+            self.expire_or_await_answer(seq);
+        } else if let Some(m) = self.messages.get_mut(&seq) {
+            m.failures += 1;
+            let (key, failures) = (m.key.clone(), m.failures);
+            self.requeue_front(seq);
+            self.block_recipient(&key, Instant::now() + backoff(&self.config, failures));
+        }
+        if self.timeouts_in_a_row >= self.config.ack_timeouts_before_reconnect {
+            let why = format!("{} ack timeouts in a row", self.timeouts_in_a_row);
+            self.reset_link(&why);
+        }
+    }
+
+    /// The server acked `seq` (this attempt or an earlier one): it leaves the queue as `sent`.
+    fn settle_acked(&mut self, seq: u64, ack: &ferry_proto::chat::v1::Ack) {
+        let Some(m) = self.messages.get_mut(&seq) else { return };
+        let key = m.key.clone();
+        match m.phase {
+            Phase::Settling => return,
+            Phase::InFlight { .. } => {
+                let timer = m.ack_timer.take();
+                if let Some(r) = self.recipients.get_mut(&key) {
+                    r.in_flight = r.in_flight.saturating_sub(1);
+                }
+                self.stats.left_flight();
+                self.cancel_timer(timer);
+            }
+            Phase::Waiting => {
+                if let Some(r) = self.recipients.get_mut(&key) {
+                    r.waiting.retain(|s| *s != seq);
+                }
+            }
+            Phase::Expired => {
+                let timer = m.ack_timer.take();
+                self.cancel_timer(timer);
+            }
+        }
+        let Some(m) = self.messages.get_mut(&seq) else { return };
+        m.phase = Phase::Settling;
+        let at_ms = if ack.timestamp_ms > 0 { ack.timestamp_ms } else { self.clock.now_ms() };
+        self.to_settle.push(Settlement::Sent { seq, message: status_base(&m.record), at_ms });
+        if ack.duplicate {
+            self.stats.add(&self.stats.acked_as_duplicate, 1);
+        }
+        self.accept_to_ack.record(ms_to_seconds(at_ms - m.record.accepted_at_ms));
+        if let Some(r) = self.recipients.get_mut(&key) {
+            r.rate_limits.acked();
+            r.rekeys_in_a_row = 0;
+        }
+        self.ready.push_back(key);
     }
 
     fn seq_of(&self, message_id: &str) -> Option<u64> {
@@ -705,30 +926,36 @@ impl ShardLoop {
             tracing::warn!(shard = %self.shard.id(), id = result.message_id, "result for a message of another shard");
             return;
         };
+        // Any answer shows the stream is alive.
+        self.timeouts_in_a_row = 0;
         let Some(m) = self.messages.get_mut(&seq) else { return };
-        if !matches!(m.phase, Phase::InFlight { .. }) {
-            return; // a late answer to an attempt we already gave up on
+        m.unanswered = m.unanswered.saturating_sub(1);
+        // 0: a server that does not echo attempts answers the latest one.
+        let current = match m.phase {
+            Phase::InFlight { attempt } => result.attempt == 0 || result.attempt == attempt,
+            _ => false,
+        };
+        if !current {
+            // A late answer to an earlier attempt. An ack still means the server has the message:
+            // settle it rather than send it again. Anything else the current attempt answers.
+            match &result.outcome {
+                Some(envelope_result::Outcome::Ack(ack)) => self.settle_acked(seq, ack),
+                // A parked message whose last outstanding attempt was refused: nothing can make
+                // it `sent` any more.
+                _ if m.phase == Phase::Expired && m.unanswered == 0 => self.fail_expired(seq),
+                _ => {}
+            }
+            return;
+        }
+        if let Some(envelope_result::Outcome::Ack(ack)) = &result.outcome {
+            self.settle_acked(seq, ack);
+            return;
         }
         let key = m.key.clone();
         let timer = m.ack_timer.take();
         self.cancel_timer(timer);
         let Some(m) = self.messages.get_mut(&seq) else { return };
         match result.outcome {
-            Some(envelope_result::Outcome::Ack(ack)) => {
-                m.phase = Phase::Settling;
-                let at_ms = if ack.timestamp_ms > 0 { ack.timestamp_ms } else { self.clock.now_ms() };
-                let message = status_base(&m.record);
-                self.to_settle.push(Settlement::Sent { seq, message, at_ms });
-                if ack.duplicate {
-                    self.stats.add(&self.stats.acked_as_duplicate, 1);
-                }
-                let r = self.recipients.get_mut(&key).expect("in-flight message has a recipient");
-                r.in_flight -= 1;
-                self.stats.left_flight();
-                self.accept_to_ack.record(ms_to_seconds(at_ms - m.record.accepted_at_ms));
-                r.rate_limits.acked();
-                self.ready.push_back(key);
-            }
             Some(envelope_result::Outcome::Error(error)) => {
                 let kind =
                     delivery_error::Kind::try_from(error.kind).unwrap_or(delivery_error::Kind::TemporarilyUnavailable);
@@ -779,10 +1006,16 @@ impl ShardLoop {
                     delivery_error::Kind::SessionUnknown => {
                         self.stats.add(&self.stats.rekeys, 1);
                         self.sessions.remove(&key);
-                        if let Some(r) = self.recipients.get_mut(&key) {
+                        let rekeys = self.recipients.get_mut(&key).map_or(1, |r| {
                             r.rekey = true;
-                        }
+                            r.rekeys_in_a_row = r.rekeys_in_a_row.saturating_add(1);
+                            r.rekeys_in_a_row
+                        });
                         self.requeue_front(seq);
+                        // The first re-key runs at once; one that did not help backs off.
+                        if rekeys > 1 {
+                            self.block_recipient(&key, Instant::now() + backoff(&self.config, rekeys - 1));
+                        }
                     }
                     delivery_error::Kind::TemporarilyUnavailable | delivery_error::Kind::Unspecified => {
                         self.stats.add(&self.stats.temporary_failures, 1);
@@ -793,7 +1026,8 @@ impl ShardLoop {
                     }
                 }
             }
-            None => self.requeue_front(seq),
+            // An ack was settled above; no outcome at all: send it again.
+            Some(envelope_result::Outcome::Ack(_)) | None => self.requeue_front(seq),
         }
     }
 
@@ -813,10 +1047,15 @@ impl ShardLoop {
         };
         let at_ms = if receipt.timestamp_ms > 0 { receipt.timestamp_ms } else { self.clock.now_ms() };
         if key.shard != self.shard.id() {
-            // Receipts come back on the stream the envelope left on, so this is rare; the status
-            // is recorded on this shard's stream only for its own messages.
-            self.receipts_to_ack.push(receipt.receipt_id);
-            tracing::warn!(shard = %self.shard.id(), id = receipt.message_id, "receipt for another shard ignored");
+            // Receipts usually come back on the stream the envelope left on; one that did not is
+            // recorded in its message's shard.
+            if key.shard.index() >= self.all_shards.len() {
+                tracing::warn!(shard = %self.shard.id(), id = receipt.message_id, "receipt for a shard this node does not have; dropped");
+                self.receipts_to_ack.push(receipt.receipt_id);
+                return;
+            }
+            let entry = Settlement::Receipt { seq: key.seq, status, at_ms };
+            self.settle_in_other_shard(key.shard, entry, receipt.receipt_id);
             return;
         }
         self.to_settle.push(Settlement::Receipt { seq: key.seq, status, at_ms });
@@ -849,23 +1088,7 @@ impl ShardLoop {
             return;
         }
         // Another shard's user: that shard's writer records it; the ack goes out on this stream.
-        let wait = self.all_shards[owner.index()].settle_durably(vec![Settlement::Inbound(record)], None);
-        let receipt_id = m.receipt_id;
-        self.settle_tasks.spawn(async move {
-            let result = match wait {
-                Ok(wait) => wait.await,
-                Err(e) => Err(e),
-            };
-            // Not durable: leave it unacknowledged; the server pushes it again on the next stream.
-            let receipt_ids = match result {
-                Ok(()) => vec![receipt_id],
-                Err(e) => {
-                    tracing::error!(shard = %owner, error = %e, "inbound message not recorded; the chat server will push it again");
-                    Vec::new()
-                }
-            };
-            SettleDone { seqs: Vec::new(), entries: Vec::new(), receipt_ids, result: Ok(()) }
-        });
+        self.settle_in_other_shard(owner, Settlement::Inbound(record), m.receipt_id);
     }
 
     // ---- settling ----------------------------------------------------------------------------
@@ -885,6 +1108,7 @@ impl ShardLoop {
 
     /// Writes everything settled this turn as one batch, with the new low watermark.
     fn flush_settlements(&mut self) {
+        self.flush_other_shards();
         if self.to_settle.is_empty() && self.receipts_to_ack.is_empty() {
             return;
         }
@@ -895,31 +1119,62 @@ impl ShardLoop {
         // gone once this batch is durable; writes are applied in order, so earlier settle
         // batches are durable before this one.
         let leaving: HashSet<u64> = seqs.iter().copied().collect();
-        let low_watermark =
-            self.messages.keys().copied().find(|s| !leaving.contains(s)).unwrap_or(self.cursor).min(self.cursor);
+        // Nor past a message left on disk below the cursor (a capped recipient's surplus).
+        let low_watermark = self
+            .messages
+            .keys()
+            .copied()
+            .find(|s| !leaving.contains(s))
+            .unwrap_or(self.cursor)
+            .min(self.cursor)
+            .min(self.admission.floor().unwrap_or(u64::MAX));
         if entries.is_empty() {
             self.ack_receipts(receipt_ids);
             return;
         }
         let watermark = (low_watermark > self.shard.queue_low_watermark()).then_some(low_watermark);
-        match self.shard.settle_durably(entries.clone(), watermark) {
-            Ok(wait) => {
-                self.settle_tasks.spawn(async move { SettleDone { seqs, entries, receipt_ids, result: wait.await } });
+        let panics = entries.iter().any(|e| match e {
+            Settlement::Sent { message, .. } | Settlement::Failed { message, .. } => {
+                failpoint::hit(Point::SettleTask, &message.wa_id)
             }
-            Err(e) => {
-                self.settle_tasks.spawn(async move { SettleDone { seqs, entries, receipt_ids, result: Err(e) } });
+            _ => false,
+        });
+        let write = if panics { None } else { Some(self.shard.settle_durably(entries.clone(), watermark)) };
+        let held = SettleBatch { seqs, entries, receipt_ids, other_shard: None };
+        self.settle_tasks.spawn(held, async move {
+            match write {
+                None => panic!("failpoint: the settle task panicked before writing its batch"),
+                Some(Ok(wait)) => wait.await,
+                Some(Err(e)) => Err(e),
             }
+        });
+    }
+
+    /// A settle task ended: its write's result; a panic is a failed write (the batch is written
+    /// again).
+    fn on_settle_joined(&mut self, joined: Joined<Result<(), ShardError>, SettleBatch>) {
+        let (batch, result) = match joined {
+            Joined::Done { output, held } => (held, output.map_err(|e| e.to_string())),
+            Joined::Panicked { held, reason } => {
+                self.stats.add(&self.stats.task_panics, 1);
+                (held, Err(format!("the settle task panicked: {reason}")))
+            }
+        };
+        match batch.other_shard {
+            Some(owner) => self.on_other_shard_settled(owner, batch, result),
+            None => self.on_settled(batch, result),
         }
     }
 
-    fn on_settled(&mut self, done: SettleDone) {
-        match done.result {
+    fn on_settled(&mut self, done: SettleBatch, result: Result<(), String>) {
+        match result {
             Ok(()) => {
                 let mut sent = 0;
                 for seq in &done.seqs {
                     if let Some(m) = self.messages.remove(seq) {
                         sent += 1;
                         let key = m.key;
+                        self.admission.removed(&key);
                         self.forget_recipient_if_idle(&key);
                     }
                 }
@@ -930,7 +1185,7 @@ impl ShardLoop {
                 // The server has these messages: write the outcomes again (never resend). They stay
                 // `Settling` meanwhile, holding the watermark below them.
                 tracing::error!(shard = %self.shard.id(), error = %e, "recording outcomes failed; writing them again in 1 s");
-                let retry_pending = !self.deferred_settle.is_empty() || !self.deferred_receipts.is_empty();
+                let retry_pending = self.settle_retry_pending();
                 self.deferred_settle.extend(done.entries);
                 self.deferred_receipts.extend(done.receipt_ids);
                 if !retry_pending {
@@ -940,12 +1195,20 @@ impl ShardLoop {
         }
     }
 
+    /// A [`Timer::RetrySettle`] is scheduled (some deferred batch waits for it).
+    fn settle_retry_pending(&self) -> bool {
+        !self.deferred_settle.is_empty() || !self.deferred_receipts.is_empty() || self.other_shards.has_deferred()
+    }
+
     fn ack_receipts(&mut self, receipt_ids: Vec<u64>) {
         if receipt_ids.is_empty() {
             return;
         }
-        if let Some(link) = &self.link {
-            let _ = link.send(ClientFrame { frame: Some(client_frame::Frame::ReceiptAck(ReceiptAck { receipt_ids })) });
+        let Some(link) = &self.link else { return };
+        // Unsent acks are harmless: the server pushes those receipts again on the next stream.
+        let frame = ClientFrame { frame: Some(client_frame::Frame::ReceiptAck(ReceiptAck { receipt_ids })) };
+        if link.try_send(frame) == Err(SendFailure::Full) {
+            self.reset_link("the outgoing buffer is full (the server takes no frames)");
         }
     }
 
@@ -987,13 +1250,14 @@ impl ShardLoop {
                 Some(Timer::AckTimeout { seq, attempt })
                     if self.messages.get(&seq).is_some_and(|m| m.phase == Phase::InFlight { attempt }) =>
                 {
-                    self.stats.add(&self.stats.ack_timeouts, 1);
-                    self.requeue_front(seq);
+                    self.on_ack_timeout(seq);
                 }
                 Some(Timer::AckTimeout { .. }) => {}
+                Some(Timer::AwaitLateAnswer { seq }) => self.on_late_answer_silence(seq),
                 Some(Timer::RetrySettle) => {
                     self.to_settle.append(&mut self.deferred_settle);
                     self.receipts_to_ack.append(&mut self.deferred_receipts);
+                    self.retry_other_shards();
                 }
                 None => {}
             }

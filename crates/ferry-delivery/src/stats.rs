@@ -2,7 +2,7 @@
 //! time: `ferry-http`'s `ops` turns them into Prometheus series; nothing here is per-message
 //! beyond a relaxed atomic add).
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use crate::link::LinkState;
 
@@ -26,6 +26,9 @@ pub struct ShardDeliveryStats {
     pub marketing_limited: AtomicU64,
     pub temporary_failures: AtomicU64,
     pub ack_timeouts: AtomicU64,
+    /// Streams to the chat server reset by the loop (ack timeouts in a row, a full outgoing
+    /// buffer).
+    pub link_resets: AtomicU64,
     /// Encryptions with a cached session.
     pub session_hits: AtomicU64,
     /// Session cache misses (then loaded from the shard or set up).
@@ -40,9 +43,18 @@ pub struct ShardDeliveryStats {
     pub loaded: AtomicU64,
     /// Envelopes sent and not answered yet (gauge).
     pub in_flight: AtomicU64,
+    /// Recipients at their window cap with messages left on disk (gauge;
+    /// `max_window_per_recipient`).
+    pub recipients_capped: AtomicU64,
     /// Inbound user messages received on this shard's stream (recorded in the user's shard).
     pub inbound: AtomicU64,
+    /// Background tasks (session set-ups, settle writes) and shard loops that panicked.
+    pub task_panics: AtomicU64,
+    /// Times the shard's delivery loop was started again after a panic.
+    pub loop_restarts: AtomicU64,
     pub(crate) link_state: AtomicU8,
+    /// The loop panicked and is not running again yet (health shows it).
+    pub(crate) delivery_restarting: AtomicBool,
 }
 
 impl ShardDeliveryStats {
@@ -59,6 +71,12 @@ impl ShardDeliveryStats {
         LinkState::load(&self.link_state)
     }
 
+    /// True from a panic of the shard's delivery loop until it runs again (`/readyz` is 503 and
+    /// the shard's gateway `disconnected` meanwhile).
+    pub fn delivery_restarting(&self) -> bool {
+        self.delivery_restarting.load(Ordering::Relaxed)
+    }
+
     /// A plain copy of every counter.
     pub fn snapshot(&self) -> DeliverySnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -72,6 +90,7 @@ impl ShardDeliveryStats {
             marketing_limited: get(&self.marketing_limited),
             temporary_failures: get(&self.temporary_failures),
             ack_timeouts: get(&self.ack_timeouts),
+            link_resets: get(&self.link_resets),
             session_hits: get(&self.session_hits),
             session_misses: get(&self.session_misses),
             session_loads: get(&self.session_loads),
@@ -79,7 +98,10 @@ impl ShardDeliveryStats {
             rekeys: get(&self.rekeys),
             loaded: get(&self.loaded),
             in_flight: get(&self.in_flight),
+            recipients_capped: get(&self.recipients_capped),
             inbound: get(&self.inbound),
+            task_panics: get(&self.task_panics),
+            loop_restarts: get(&self.loop_restarts),
         }
     }
 }
@@ -96,6 +118,7 @@ pub struct DeliverySnapshot {
     pub marketing_limited: u64,
     pub temporary_failures: u64,
     pub ack_timeouts: u64,
+    pub link_resets: u64,
     pub session_hits: u64,
     pub session_misses: u64,
     pub session_loads: u64,
@@ -103,7 +126,10 @@ pub struct DeliverySnapshot {
     pub rekeys: u64,
     pub loaded: u64,
     pub in_flight: u64,
+    pub recipients_capped: u64,
     pub inbound: u64,
+    pub task_panics: u64,
+    pub loop_restarts: u64,
 }
 
 impl std::ops::Add for DeliverySnapshot {
@@ -119,6 +145,7 @@ impl std::ops::Add for DeliverySnapshot {
             marketing_limited: self.marketing_limited + o.marketing_limited,
             temporary_failures: self.temporary_failures + o.temporary_failures,
             ack_timeouts: self.ack_timeouts + o.ack_timeouts,
+            link_resets: self.link_resets + o.link_resets,
             session_hits: self.session_hits + o.session_hits,
             session_misses: self.session_misses + o.session_misses,
             session_loads: self.session_loads + o.session_loads,
@@ -126,7 +153,10 @@ impl std::ops::Add for DeliverySnapshot {
             rekeys: self.rekeys + o.rekeys,
             loaded: self.loaded + o.loaded,
             in_flight: self.in_flight + o.in_flight,
+            recipients_capped: self.recipients_capped + o.recipients_capped,
             inbound: self.inbound + o.inbound,
+            task_panics: self.task_panics + o.task_panics,
+            loop_restarts: self.loop_restarts + o.loop_restarts,
         }
     }
 }

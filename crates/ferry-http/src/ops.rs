@@ -7,8 +7,9 @@
 //!   reconnecting) or `disconnected` (the stream ended; waiting to retry). Always 200: the body
 //!   says what is wrong.
 //! - `GET /healthz` (liveness): 200 while the process serves HTTP.
-//! - `GET /readyz` (readiness): 200 when the node is not draining, every shard is open and at
-//!   least one shard is connected to the chat server; 503 otherwise. A node with some links down
+//! - `GET /readyz` (readiness): 200 when the node is not draining, every shard is open, no
+//!   shard's delivery loop is restarting after a panic, and at least one shard is connected to
+//!   the chat server; 503 otherwise. A node with some links down
 //!   stays ready: it still accepts durably and those shards deliver once their link is back; a
 //!   node with every link down is taken out of rotation. The JSON body says why.
 //! - `GET /metrics`: Prometheus text format, rendered by `metrics-exporter-prometheus` from the
@@ -104,6 +105,10 @@ fn describe() {
     );
     describe_gauge!("ferry_in_flight", "Envelopes sent to the chat server and not answered yet.");
     describe_gauge!("ferry_delivery_window_loaded", "Messages of the shard in the delivery loop's memory.");
+    describe_gauge!(
+        "ferry_delivery_recipients_capped",
+        "Recipients at max_window_per_recipient with more messages left on disk."
+    );
     describe_gauge!("ferry_gateway_connected", "1 while the shard's link to the chat server is up, else 0.");
     describe_counter!(
         "ferry_delivery_envelopes_sent_total",
@@ -120,6 +125,10 @@ fn describe() {
     );
     describe_counter!("ferry_delivery_rate_limited_total", "RATE_LIMITED answers from the chat server.");
     describe_counter!("ferry_delivery_ack_timeouts_total", "Envelopes unanswered within ack_timeout_ms.");
+    describe_counter!(
+        "ferry_delivery_link_resets_total",
+        "Streams to the chat server reset by the loop (ack timeouts in a row, full outgoing buffer)."
+    );
     describe_counter!("ferry_session_cache_hits_total", "Encryptions with a cached session.");
     describe_counter!(
         "ferry_session_cache_misses_total",
@@ -127,6 +136,11 @@ fn describe() {
     );
     describe_counter!("ferry_session_setups_total", "New encryption sessions (pre-key bundle fetched).");
     describe_counter!("ferry_inbound_messages_total", "Inbound user messages received on the shard's stream.");
+    describe_counter!(
+        "ferry_delivery_task_panics_total",
+        "Delivery tasks (session set-ups, settle writes, the shard loop) that panicked; each is retried."
+    );
+    describe_counter!("ferry_delivery_loop_restarts_total", "Shard delivery loops started again after a panic.");
     describe_gauge!("ferry_webhook_backlog", "Status events not yet delivered to the webhook.");
     describe_counter!(ferry_webhooks::WEBHOOK_DELIVERED_TOTAL, "Status events the webhook answered 2xx to.");
     describe_counter!(ferry_webhooks::WEBHOOK_FAILURES_TOTAL, "Webhook POSTs that failed (each is retried).");
@@ -157,7 +171,11 @@ pub fn routes() -> Router<Arc<HttpState>> {
 /// Each shard's gateway status, in shard order (all `connecting` without delivery stats).
 fn gateway_states(state: &HttpState) -> Vec<LinkState> {
     let shards = usize::from(state.coordinator.shard_count());
-    (0..shards).map(|i| state.ops.delivery.get(i).map_or(LinkState::Connecting, |s| s.link_state())).collect()
+    let state_of = |s: &Arc<ShardDeliveryStats>| {
+        // A delivery loop restarting after a panic has no link.
+        if s.delivery_restarting() { LinkState::Disconnected } else { s.link_state() }
+    };
+    (0..shards).map(|i| state.ops.delivery.get(i).map_or(LinkState::Connecting, state_of)).collect()
 }
 
 /// A JSON body (a local helper: this module does not need axum's `json` feature).
@@ -188,10 +206,16 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     let states = gateway_states(&state);
     let connected = states.iter().filter(|s| **s == LinkState::Connected).count();
     let open = state.coordinator.shards().iter().filter(|s| !s.is_closed()).count();
+    let restarting: Vec<String> = (state.ops.delivery.iter().enumerate())
+        .filter(|(_, s)| s.delivery_restarting())
+        .map(|(i, _)| format!("shard-{i:02}"))
+        .collect();
     let reason = if state.lifecycle.is_draining() {
         Some("draining: shutting down, finishing in-flight requests".to_owned())
     } else if open < states.len() {
         Some(format!("{} of {} shards are closed", states.len() - open, states.len()))
+    } else if !restarting.is_empty() {
+        Some(format!("the delivery loop of {} panicked and is restarting", restarting.join(", ")))
     } else if connected == 0 {
         Some("no shard is connected to the chat server".to_owned())
     } else {
@@ -241,6 +265,7 @@ pub fn sample(state: &HttpState) {
         let d = delivery.snapshot();
         metrics::gauge!("ferry_in_flight", "shard" => label.clone()).set(d.in_flight as f64);
         metrics::gauge!("ferry_delivery_window_loaded", "shard" => label.clone()).set(d.loaded as f64);
+        metrics::gauge!("ferry_delivery_recipients_capped", "shard" => label.clone()).set(d.recipients_capped as f64);
         let connected = delivery.link_state() == LinkState::Connected;
         metrics::gauge!("ferry_gateway_connected", "shard" => label.clone()).set(if connected { 1.0 } else { 0.0 });
         for (name, value) in [
@@ -250,10 +275,13 @@ pub fn sample(state: &HttpState) {
             ("ferry_delivery_failed_total", d.failed),
             ("ferry_delivery_rate_limited_total", d.rate_limited),
             ("ferry_delivery_ack_timeouts_total", d.ack_timeouts),
+            ("ferry_delivery_link_resets_total", d.link_resets),
             ("ferry_session_cache_hits_total", d.session_hits),
             ("ferry_session_cache_misses_total", d.session_misses),
             ("ferry_session_setups_total", d.session_setups),
             ("ferry_inbound_messages_total", d.inbound),
+            ("ferry_delivery_task_panics_total", d.task_panics),
+            ("ferry_delivery_loop_restarts_total", d.loop_restarts),
         ] {
             metrics::counter!(name, "shard" => label.clone()).absolute(value);
         }
