@@ -7,9 +7,14 @@
 //!   auth middleware in front of every route.
 //! - [`ops`]: `GET /v1/health`, `/healthz`, `/readyz`, `/metrics`.
 //!
+//! Every route is one [`Route`] of [`routes`], which builds the router: the access table
+//! (`ferry_auth::access`) is checked against that same list, so a route cannot be added without
+//! the test seeing it.
+//!
 //! Invariants: this crate never touches storage directly (it awaits the coordinator, and
 //! `ferry-auth` for users and tokens), and it answers a send only with what the coordinator
-//! returned after the durable write. No route runs without the auth middleware.
+//! returned after the durable write. No route runs without the auth middleware, and none the
+//! access table does not name runs for a caller below `admin`.
 
 pub mod messages;
 pub mod ops;
@@ -21,6 +26,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::{MethodFilter, MethodRouter};
 use ferry_coordinator::Coordinator;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -87,13 +95,40 @@ impl HttpConfig {
     }
 }
 
-/// The whole HTTP API, behind the auth middleware ([`users::required_access`] says which routes
-/// are open).
+/// One HTTP route: a method, the router's path pattern and its handler.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    handler: MethodRouter<Arc<HttpState>>,
+}
+
+impl Route {
+    /// `handler` serves `method` on `path` (the method is also what the access table is asked
+    /// about, so the two cannot differ).
+    pub fn new<H, T>(method: Method, path: &'static str, handler: H) -> Route
+    where
+        H: Handler<T, Arc<HttpState>>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a method axum can route");
+        Route { method, path, handler: axum::routing::on(filter, handler) }
+    }
+}
+
+/// Every route of the HTTP API. [`router`] is built from exactly this list.
+pub fn routes() -> Vec<Route> {
+    let mut all = messages::routes();
+    all.extend(users::routes());
+    all.extend(ops::routes());
+    all
+}
+
+/// The whole HTTP API ([`routes`]), behind the auth middleware (`ferry_auth::access` says what
+/// each route needs; anything it does not name is admin-only).
 pub fn router(state: Arc<HttpState>) -> Router {
-    Router::new()
-        .merge(messages::routes())
-        .merge(users::routes())
-        .merge(ops::routes())
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, r| router.route(r.path, r.handler))
         .layer(axum::middleware::from_fn_with_state(state.clone(), users::require_auth))
         .with_state(state)
 }
@@ -116,4 +151,70 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(tls::TlsListener::new(listener, config)?, router).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_auth::Role;
+    use ferry_auth::access::{ACCESS_TABLE, Access, Endpoint, is_named, required_access};
+
+    use super::*;
+
+    /// Deny by default, checked: every route the router serves is named by the access table (a
+    /// route added without a row would be admin-only, and this test says so).
+    #[test]
+    fn the_access_table_names_every_route() {
+        let routes = routes();
+        assert!(routes.len() >= 13, "the router has {} routes", routes.len());
+        for r in &routes {
+            assert!(
+                is_named(Endpoint::Http(r.method.as_str(), r.path)),
+                "{} {} is served but not named in ferry_auth::access::ACCESS_TABLE",
+                r.method,
+                r.path
+            );
+        }
+        // And the table names no HTTP route that is not served (a stale row).
+        for (e, _) in ACCESS_TABLE {
+            if let Endpoint::Http(method, path) = e {
+                assert!(
+                    routes.iter().any(|r| r.method.as_str() == *method && r.path == *path),
+                    "{method} {path} is in the access table but not served"
+                );
+            }
+        }
+    }
+
+    /// README's Operations table and its "Open without a token" line say what the access table
+    /// does about the ops endpoints.
+    #[test]
+    fn readme_says_which_endpoints_need_a_token() {
+        let readme = include_str!("../../../README.md");
+        let mut rows = 0;
+        for r in ops::routes() {
+            let cell = format!("| `{} {}` |", r.method, r.path);
+            let line = readme
+                .lines()
+                .find(|l| l.starts_with(&cell))
+                .unwrap_or_else(|| panic!("README's Operations table has no row {cell}"));
+            let token = line[cell.len()..].split('|').next().unwrap().trim();
+            let want = match required_access(Endpoint::Http(r.method.as_str(), r.path)) {
+                Access::Open => "none",
+                Access::Token(Role::User) => "user",
+                Access::Token(Role::Admin) => "admin",
+            };
+            assert_eq!(token, want, "README says {cell} needs token `{token}`; the access table says `{want}`");
+            rows += 1;
+        }
+        assert_eq!(rows, 4);
+        let open_line = readme
+            .lines()
+            .find(|l| l.starts_with("- Open without a token"))
+            .expect("README's Users and tokens lists what is open");
+        for r in ops::routes() {
+            let named = open_line.contains(&format!("`{}`", r.path));
+            let open = required_access(Endpoint::Http(r.method.as_str(), r.path)) == Access::Open;
+            assert_eq!(named, open, "README's open list and the access table disagree on {}", r.path);
+        }
+    }
 }

@@ -14,6 +14,10 @@
 //!   message goes out from the node's `default_sender`; a path id written as a phone number with
 //!   a leading `+` (`/v21.0/+15550100000/messages`, or `%2B...`) names the sender instead.
 //!
+//! Tenancy: a user with a `senders` list may send only as those numbers (On-Prem and a numeric
+//! Cloud `phone_number_id` send as `default_sender`, so that is checked); any other sender is 403
+//! with code 1005 (Cloud: code 10) naming the sender, and nothing is written.
+//!
 //! Both flavours take an optional `Idempotency-Key` header (at most 256 characters): a retry
 //! with the same key and the same message from the same sender answers the first id; the same
 //! key with a different message is 409 (1009 / 131009).
@@ -30,12 +34,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use ferry_coordinator::{Accepted, SendCommand};
 use ferry_model::error::{ApiError, ErrorCode};
 use ferry_model::message::parse_json;
@@ -43,7 +45,7 @@ use ferry_model::status::MessageStatus;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::HttpState;
+use crate::{HttpState, Route};
 
 /// A request body that has not fully arrived after this long is refused (408): a stalled client
 /// must not hold a handler, its memory, or the drain, forever.
@@ -61,10 +63,11 @@ fn message_status(a: &Accepted) -> &'static str {
     if a.held { MessageStatus::HeldForQualityAssessment } else { MessageStatus::Accepted }.as_str()
 }
 
-pub fn routes() -> Router<Arc<HttpState>> {
-    Router::new()
-        .route("/v1/messages", post(onprem_send))
-        .route("/{version}/{phone_number_id}/messages", post(cloud_send))
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::new(Method::POST, "/v1/messages", onprem_send),
+        Route::new(Method::POST, "/{version}/{phone_number_id}/messages", cloud_send),
+    ]
 }
 
 /// Which reference API a request came in on: fixes the answer and error shapes.
@@ -193,6 +196,10 @@ async fn prepare(
     }
     let sender = sender?;
     let (parts, body) = request.into_parts();
+    let Some(caller) = parts.extensions.get::<ferry_auth::Principal>() else {
+        return Err(ApiError::new(ErrorCode::Unauthenticated, "", "no authenticated caller").into());
+    };
+    state.auth.check_sender(caller, sender.as_deref())?;
     check_content_type(&parts.headers)?;
     let idempotency_key = idempotency_key(&parts.headers)?;
     let body = read_body(body, &parts.headers, state.max_body_bytes).await?;

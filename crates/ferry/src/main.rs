@@ -331,7 +331,14 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
 /// prints the generated one, once, on stdout (before the readiness lines).
 fn open_auth(config: &FerryConfig, coordinator: &Coordinator) -> anyhow::Result<Arc<ferry_auth::Auth>> {
     use ferry_auth::Bootstrap;
-    let (auth, bootstrap) = ferry_auth::Auth::open(&config.data_dir, &config.auth, coordinator.clock().clone())
+    // The coordinator's sender rules: users' `senders` and the senders of their sends are
+    // normalized alike, and a send without a sender is checked as the default one.
+    let rules = ferry_auth::SenderRules {
+        country_code: config.country_code.clone(),
+        default_sender: ferry_model::phone::normalize(&config.default_sender, &config.country_code)
+            .map_err(|e| anyhow::anyhow!("default_sender: {e}"))?,
+    };
+    let (auth, bootstrap) = ferry_auth::Auth::open(&config.data_dir, &config.auth, coordinator.clock().clone(), rules)
         .with_context(|| format!("cannot open users and tokens in {}", config.data_dir.join("auth").display()))?;
     match bootstrap {
         Bootstrap::Disabled => tracing::warn!(
