@@ -432,3 +432,177 @@ async fn endpoints_the_access_table_does_not_name_are_admin_only() {
     health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.expect("open");
     assert_eq!(ferry.terminate().code(), Some(0));
 }
+
+/// Raw HTTP/1.1 over one connection: writes `request`, then reads until the server closes or
+/// `within` passes. Returns what arrived and whether the server closed the connection in time.
+async fn raw_http(addr: SocketAddr, request: &[u8], within: Duration) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+/// Limits: open `WatchStatuses` streams per user, HTTP/2 streams per gRPC connection, the body
+/// limit and read timeouts of every HTTP route (headers and body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_grpc_streams_bodies_and_read_timeouts_are_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        "[http]\nmax_body_bytes = 1024\nread_timeout_secs = 1\n[grpc]\nmax_concurrent_streams = 3\n\
+         [auth]\nmax_watch_streams_per_user = 2\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let ferry = FerryProcess::spawn_with_auth(&data, 1, Some("admin-pass-1"), &["--config", config.to_str().unwrap()]);
+    let (h, g) = (ferry.http_addr, ferry.addr);
+    let admin = login(h, "admin", "admin-pass-1").await;
+    let (status, _, _) =
+        http(h, "POST", "/v1/users", bearer(&admin), Some(json!({"username":"bob","password":"bob-pass-1"}))).await;
+    assert_eq!(status, 201);
+    let bob = login(h, "bob", "bob-pass-1").await;
+    let watch = |client: &mut MessagesClient<tonic::transport::Channel>, token: &str| {
+        let mut client = client.clone();
+        let request = grpc_request(ferry_proto::v1::WatchStatusesRequest::default(), token);
+        async move { client.watch_statuses(request).await.map(|r| r.into_inner()) }
+    };
+
+    // WatchStatuses per user: two open, the third refused (RESOURCE_EXHAUSTED, 1015) until one
+    // closes; another user is not affected. Each stream on its own connection.
+    let mut connections = Vec::new();
+    for _ in 0..4 {
+        connections.push(MessagesClient::connect(format!("http://{g}")).await.unwrap());
+    }
+    let first = watch(&mut connections[0], &bob).await.expect("1st stream");
+    let second = watch(&mut connections[1], &bob).await.expect("2nd stream");
+    let refused = watch(&mut connections[2], &bob).await.expect_err("3rd stream of the same user");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(refused.metadata().get("ferry-error-code").unwrap(), "1015");
+    assert!(refused.message().contains("max_watch_streams_per_user = 2"), "{}", refused.message());
+    let admins = watch(&mut connections[3], &admin).await.expect("another user has its own count");
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let third = loop {
+        match watch(&mut connections[2], &bob).await {
+            Ok(s) => break s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                assert_eq!(e.code(), Code::ResourceExhausted);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("a closed stream frees its slot: {e:?}"),
+        }
+    };
+    drop((admins, second, third));
+
+    // HTTP/2 streams per gRPC connection (`[grpc] max_concurrent_streams = 3`): with three
+    // streams open on one connection, a fourth call on it waits until one closes.
+    let mut shared = MessagesClient::connect(format!("http://{g}")).await.unwrap();
+    let s1 = watch(&mut shared, &admin).await.unwrap();
+    let _s2 = watch(&mut shared, &admin).await.unwrap();
+    let other = MessagesClient::connect(format!("http://{g}")).await.unwrap();
+    // bob's streams above are closed; the server frees their slots once it notices.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let _s3 = loop {
+        match watch(&mut shared, &bob).await {
+            Ok(s) => break s,
+            Err(e) if e.code() == Code::ResourceExhausted && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("3rd stream on the connection: {e:?}"),
+        }
+    };
+    let get = |client: &MessagesClient<tonic::transport::Channel>| {
+        let mut client = client.clone();
+        let request = grpc_request(ferry_proto::v1::GetMessageRequest { message_id: "wamid.x".into() }, &admin);
+        async move { client.get_message(request).await }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), get(&shared)).await.is_err(),
+        "a 4th stream on a connection with 3 open waits"
+    );
+    let answered =
+        tokio::time::timeout(Duration::from_secs(5), get(&other)).await.expect("other connections are served");
+    assert_eq!(answered.unwrap_err().code(), Code::NotFound);
+    drop(s1);
+    let answered =
+        tokio::time::timeout(Duration::from_secs(5), get(&shared)).await.expect("served once a stream closed");
+    assert_eq!(answered.unwrap_err().code(), Code::NotFound);
+
+    // Body limit on every route (here user management): 413 in the On-Prem shape.
+    let big = json!({"username":"carol","password":"carol-pass-1","role":"user","pad":"x".repeat(2000)});
+    let (status, _, body) = http(h, "POST", "/v1/users", bearer(&admin), Some(big)).await;
+    assert_eq!((status, &body["errors"][0]["code"]), (413, &json!(1001)), "{body}");
+    assert!(body["errors"][0]["details"].as_str().unwrap().contains("max_body_bytes"), "{body}");
+
+    // Body read timeout on every route: a body that stops arriving is 408 after 1 s.
+    let head = format!(
+        "POST /v1/users HTTP/1.1\r\nHost: ferry\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{\"username\":"
+    );
+    let (answer, _) = raw_http(h, head.as_bytes(), Duration::from_secs(4)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("read_timeout_secs"), "{answer:?}");
+
+    // Header read timeout: a connection whose headers never end is closed.
+    let (_, closed) = raw_http(h, b"GET /healthz HTTP/1.1\r\nHost: ferry\r\n", Duration::from_secs(4)).await;
+    assert!(closed, "a connection that never finishes its headers is closed after the read timeout");
+    assert_eq!(ferry.terminate().code(), Some(0));
+}
+
+/// Logout and user management have their own lane: a flood of logins (argon2 each) does not
+/// starve them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_and_user_management_are_not_starved_by_a_login_flood() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let ferry = FerryProcess::spawn_with_auth(dir.path(), 1, Some("admin-pass-1"), &[]);
+    let h = ferry.http_addr;
+    let admin = login(h, "admin", "admin-pass-1").await;
+    let spare = login(h, "admin", "admin-pass-1").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood: Vec<_> = (0..300)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = http(h, "POST", "/v1/users/login", basic("admin", "wrong-password"), None).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let started = std::time::Instant::now();
+    let (status, _, body) = http(h, "POST", "/v1/users/logout", bearer(&spare), None).await;
+    let logout_took = started.elapsed();
+    let started = std::time::Instant::now();
+    let (created, _, created_body) =
+        http(h, "POST", "/v1/users", bearer(&admin), Some(json!({"username":"dora","password":"dora-pass-1"}))).await;
+    let create_took = started.elapsed();
+    let (got, _, _) = http(h, "GET", "/v1/users/dora", bearer(&admin), None).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in flood {
+        task.await.unwrap();
+    }
+    assert_eq!(status, 200, "logout under a login flood: {body}");
+    assert!(logout_took < Duration::from_secs(2), "logout took {logout_took:?} under a login flood");
+    assert_eq!(created, 201, "create user under a login flood: {created_body}");
+    assert!(create_took < Duration::from_secs(3), "create user took {create_took:?} under a login flood");
+    assert_eq!(got, 200);
+    assert_eq!(ferry.terminate().code(), Some(0));
+}

@@ -539,7 +539,8 @@ impl Auth {
                 ErrorCode::TooManyRequests,
                 "",
                 format!(
-                    "user `{user}` has {open} WatchStatuses streams open, the most allowed                      (auth.max_watch_streams_per_user = {}): close one, or resume from its cursor later",
+                    "user `{user}` has {open} WatchStatuses streams open, the most allowed \
+                     (auth.max_watch_streams_per_user = {}): close one, or resume from its cursor later",
                     e.max_watch_streams_per_user
                 ),
             ));

@@ -16,6 +16,7 @@
 //! returned after the durable write. No route runs without the auth middleware, and none the
 //! access table does not name runs for a caller below `admin`.
 
+pub mod limits;
 pub mod messages;
 pub mod ops;
 pub mod tls;
@@ -60,18 +61,27 @@ pub struct HttpState {
     pub auth: Arc<ferry_auth::Auth>,
     /// The effective config, secrets masked, for `GET /v1/settings` (admin only).
     pub settings: serde_json::Value,
-    /// Longest request body the messages API reads (`[http] max_body_bytes`); longer is 413.
+    /// Longest request body any route reads (`[http] max_body_bytes`); longer is 413.
     pub max_body_bytes: usize,
+    /// How long a request's headers, and then its body, may take to arrive
+    /// (`[http] read_timeout_secs`); a late body is 408, late headers close the connection.
+    pub read_timeout: std::time::Duration,
 }
 
 /// The `[http]` section of `ferry.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Longest JSON request body accepted, in bytes; longer bodies are refused with 413 in the
-    /// flavour's error shape. Default [`DEFAULT_MAX_BODY_BYTES`] (1 MiB).
+    /// Longest request body accepted on any route, in bytes; longer bodies are refused with 413
+    /// in the route's error shape. Default [`DEFAULT_MAX_BODY_BYTES`] (1 MiB).
     pub max_body_bytes: usize,
+    /// Seconds a request's headers may take to arrive (else the connection is closed), and then
+    /// its body (else 408). Default [`DEFAULT_READ_TIMEOUT_SECS`].
+    pub read_timeout_secs: u64,
 }
+
+/// Default of `[http] read_timeout_secs`.
+pub const DEFAULT_READ_TIMEOUT_SECS: u64 = 30;
 
 /// 1 MiB: far above the largest valid message (a 4096-character text, or an interactive list with
 /// ten rows, is a few KiB), small enough that a flood of big bodies cannot exhaust memory.
@@ -79,7 +89,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { max_body_bytes: DEFAULT_MAX_BODY_BYTES }
+        HttpConfig { max_body_bytes: DEFAULT_MAX_BODY_BYTES, read_timeout_secs: DEFAULT_READ_TIMEOUT_SECS }
     }
 }
 
@@ -90,6 +100,9 @@ impl HttpConfig {
                 "http.max_body_bytes = {}: expected at least 1024 bytes (a message request needs a few hundred)",
                 self.max_body_bytes
             ));
+        }
+        if !(1..=3600).contains(&self.read_timeout_secs) {
+            return Err(format!("http.read_timeout_secs = {}: expected 1 to 3600", self.read_timeout_secs));
         }
         Ok(())
     }
@@ -129,28 +142,36 @@ pub fn router(state: Arc<HttpState>) -> Router {
     routes()
         .into_iter()
         .fold(Router::new(), |router, r| router.route(r.path, r.handler))
+        // Outermost first: the token is checked before the body is read.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limits::read_body_within_limits))
         .layer(axum::middleware::from_fn_with_state(state.clone(), users::require_auth))
         .with_state(state)
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops accepting and lets
-/// in-flight requests finish.
+/// in-flight requests finish. Headers must arrive within `read_timeout` ([`limits`]).
+///
+/// Cancel-safety: not cancel-safe (see [`limits::serve_connections`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    read_timeout: std::time::Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    limits::serve_connections(listener, router, read_timeout, shutdown).await
 }
 
 /// [`serve`] over TLS (`[tls]`): the same router behind rustls.
+///
+/// Cancel-safety: not cancel-safe (see [`limits::serve_connections`]).
 pub async fn serve_tls(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     router: Router,
+    read_timeout: std::time::Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(tls::TlsListener::new(listener, config)?, router).with_graceful_shutdown(shutdown).await
+    limits::serve_connections(tls::TlsListener::new(listener, config)?, router, read_timeout, shutdown).await
 }
 
 #[cfg(test)]

@@ -43,7 +43,12 @@ fn too_large(got: String, limit: usize) -> Failure {
 
 /// Reads the whole body, refusing (413) more than `limit` bytes, before or while reading, and
 /// (408) a body that has not arrived within `timeout`.
-pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize, timeout: Duration) -> Result<Bytes, Failure> {
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, Failure> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = declared
@@ -130,7 +135,7 @@ where
                         tracing::debug!(error = %e, "http connection ended with an error");
                     }
                 }
-                _ = closing.wait_for(|c| *c) => {
+                () = async { let _ = closing.wait_for(|c| *c).await; } => {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
                 }

@@ -113,19 +113,40 @@ fn auth_error_shaped(e: &AuthError, scheme: &'static str, cloud: bool) -> Respon
     response
 }
 
-/// Auth work running at once (argon2id: ~19 MiB and tens of ms of a core per check). Login needs
-/// no token, so without a bound a flood of logins would take hundreds of blocking threads and
-/// gigabytes, and starve the send path.
-static AUTH_WORK_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
-/// How long a request waits for a slot before it is refused with 429 (1015).
+/// Which lane a piece of blocking auth work runs in. Login needs no token and runs argon2 (~19 MiB
+/// and tens of ms of a core per check), so it is bounded: without a bound a flood of logins would
+/// take hundreds of blocking threads and gigabytes, and starve the send path. Logout and user
+/// management (token-checked callers) have a lane of their own, so a login flood cannot starve
+/// them either.
+#[derive(Debug, Clone, Copy)]
+enum Lane {
+    Login,
+    Management,
+}
+
+static LOGIN_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+static MANAGEMENT_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// How long a request waits for a slot of its lane before it is refused with 429 (1015).
 const AUTH_WORK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Runs slow auth work (argon2) off the async workers, at most [`AUTH_WORK_SLOTS`] at once.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, AuthError> + Send + 'static) -> Result<T, Response> {
-    let _slot = match tokio::time::timeout(AUTH_WORK_WAIT, AUTH_WORK_SLOTS.acquire()).await {
+/// Runs blocking auth work (argon2, synced auth-store writes) off the async workers, at most two
+/// at once per [`Lane`].
+async fn blocking<T: Send + 'static>(
+    lane: Lane,
+    f: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
+) -> Result<T, Response> {
+    let (slots, what) = match lane {
+        Lane::Login => (&LOGIN_SLOTS, "logins"),
+        Lane::Management => (&MANAGEMENT_SLOTS, "logout and user-management calls"),
+    };
+    let _slot = match tokio::time::timeout(AUTH_WORK_WAIT, slots.acquire()).await {
         Ok(Ok(slot)) => slot,
         _ => {
-            let e = ApiError::new(ErrorCode::TooManyRequests, "", "too many logins at once: retry in a few seconds");
+            let e = ApiError::new(
+                ErrorCode::TooManyRequests,
+                "",
+                format!("too many {what} at once: retry in a few seconds"),
+            );
             return Err(api_error_response(&e));
         }
     };
@@ -157,7 +178,7 @@ async fn login(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Respo
     };
     let auth = state.auth.clone();
     let name = user.clone();
-    match blocking(move || auth.login(&name, &password)).await {
+    match blocking(Lane::Login, move || auth.login(&name, &password)).await {
         Ok(t) => json_response(
             StatusCode::OK,
             json!({"users": [{"token": t.token, "expires_after": format_utc(t.expires_at_ms)}]}),
@@ -173,7 +194,7 @@ async fn login(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Respo
 async fn logout(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
     let auth = state.auth.clone();
     let header = authorization(&headers).map(str::to_owned);
-    match blocking(move || auth.logout(header.as_deref())).await {
+    match blocking(Lane::Management, move || auth.logout(header.as_deref())).await {
         Ok(()) => json_response(StatusCode::OK, json!({})),
         Err(r) => r,
     }
@@ -232,7 +253,7 @@ async fn create_user(State(state): State<Arc<HttpState>>, body: Bytes) -> Respon
         Err(e) => return api_error_response(&e),
     };
     let auth = state.auth.clone();
-    match blocking(move || auth.create_user(&username, &password, role, senders.as_deref())).await {
+    match blocking(Lane::Management, move || auth.create_user(&username, &password, role, senders.as_deref())).await {
         Ok(u) => json_response(StatusCode::CREATED, json!({"users": [user_json(&u)]})),
         Err(r) => r,
     }
@@ -257,7 +278,7 @@ async fn update_user(State(state): State<Arc<HttpState>>, Path(username): Path<S
         Err(e) => return api_error_response(&e),
     };
     let auth = state.auth.clone();
-    match blocking(move || auth.set_senders(&username, senders.as_deref())).await {
+    match blocking(Lane::Management, move || auth.set_senders(&username, senders.as_deref())).await {
         Ok(u) => json_response(StatusCode::OK, json!({"users": [user_json(&u)]})),
         Err(r) => r,
     }
@@ -265,7 +286,7 @@ async fn update_user(State(state): State<Arc<HttpState>>, Path(username): Path<S
 
 async fn get_user(State(state): State<Arc<HttpState>>, Path(username): Path<String>) -> Response {
     let auth = state.auth.clone();
-    match blocking(move || auth.user(&username)).await {
+    match blocking(Lane::Management, move || auth.user(&username)).await {
         Ok(u) => json_response(StatusCode::OK, json!({"users": [user_json(&u)]})),
         Err(r) => r,
     }
@@ -274,7 +295,7 @@ async fn get_user(State(state): State<Arc<HttpState>>, Path(username): Path<Stri
 async fn delete_user(State(state): State<Arc<HttpState>>, Path(username): Path<String>) -> Response {
     let auth = state.auth.clone();
     let name = username.clone();
-    match blocking(move || auth.delete_user(&name)).await {
+    match blocking(Lane::Management, move || auth.delete_user(&name)).await {
         Ok(()) => {
             tracing::info!(%username, "user deleted; its tokens are revoked");
             json_response(StatusCode::OK, json!({"users": [{"username": username}]}))

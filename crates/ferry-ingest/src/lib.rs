@@ -25,7 +25,10 @@
 //! before the coordinator goes uncounted in `ferry_messages_rejected_total`, and no call runs
 //! without passing the access layer.
 
+pub mod config;
 pub mod watch;
+
+pub use config::GrpcConfig;
 
 use std::future::Future;
 
@@ -415,29 +418,36 @@ pub async fn serve(
     coordinator: Arc<Coordinator>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    serve_with_auth(listener, coordinator, Arc::new(Auth::disabled()), shutdown).await
+    serve_with_auth(listener, coordinator, Arc::new(Auth::disabled()), GrpcConfig::default(), shutdown).await
 }
 
-/// [`serve`] with every `ferry.v1.Messages` call checked by `auth` ([`BearerAuth`]).
+/// [`serve`] with every call checked by `auth` ([`AccessLayer`]) and the connection limits of
+/// `limits` (`[grpc]`).
+///
+/// Cancel-safety: not cancel-safe (dropping it stops the server without draining).
 pub async fn serve_with_auth(
     listener: TcpListener,
     coordinator: Arc<Coordinator>,
     auth: Arc<Auth>,
+    limits: GrpcConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     // No Nagle: an answer is one small frame, and delaying it for the client's delayed ACK costs
     // ~40 ms per call at low concurrency. (`Server::tcp_nodelay` applies only to listeners the
     // server binds itself, so it is set on the incoming stream.)
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    serve_incoming(incoming, coordinator, auth, shutdown).await
+    serve_incoming(incoming, coordinator, auth, limits, shutdown).await
 }
 
 /// [`serve_with_auth`] over connections accepted elsewhere, e.g. TLS streams whose handshake is done
 /// (`ferry_http::tls::accept`, `[tls]`). Ends when `shutdown` resolves.
+///
+/// Cancel-safety: not cancel-safe (dropping it stops the server without draining).
 pub async fn serve_accepted<IO, A>(
     accepted: tokio::sync::mpsc::Receiver<(IO, A)>,
     coordinator: Arc<Coordinator>,
     auth: Arc<Auth>,
+    limits: GrpcConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error>
 where
@@ -447,7 +457,7 @@ where
     use tokio_stream::StreamExt;
     let incoming =
         tokio_stream::wrappers::ReceiverStream::new(accepted).map(|(io, _)| Ok::<_, std::io::Error>(AcceptedConn(io)));
-    serve_incoming(incoming, coordinator, auth, shutdown).await
+    serve_incoming(incoming, coordinator, auth, limits, shutdown).await
 }
 
 /// A connection accepted elsewhere, for tonic (which wants [`Connected`] on its streams).
@@ -516,6 +526,7 @@ async fn serve_incoming<I, IO, IE>(
     incoming: I,
     coordinator: Arc<Coordinator>,
     auth: Arc<Auth>,
+    limits: GrpcConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error>
 where
@@ -539,6 +550,8 @@ where
         let _ = stop.send(true);
     };
     tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
         .layer(AccessLayer::new(auth.clone()))
         .add_service(health_service)
         .add_service(reflection)

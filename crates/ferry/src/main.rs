@@ -280,7 +280,9 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         auth: auth.clone(),
         settings: settings_json(&config),
         max_body_bytes: config.http.max_body_bytes,
+        read_timeout: std::time::Duration::from_secs(config.http.read_timeout_secs),
     });
+    let http_read_timeout = std::time::Duration::from_secs(config.http.read_timeout_secs);
     // HTTP stays up through the drain so probes see `/readyz` turn 503 (and `/metrics` keeps
     // answering); its message routes refuse new sends while draining. It stops last, before the
     // shards close.
@@ -290,16 +292,22 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     };
     let router = ferry_http::router(http_state);
     let mut http = match &tls {
-        Some(t) => tokio::spawn(ferry_http::serve_tls(http_listener, t.http.clone(), router, http_stopped)),
-        None => tokio::spawn(ferry_http::serve(http_listener, router, http_stopped)),
+        Some(t) => {
+            tokio::spawn(ferry_http::serve_tls(http_listener, t.http.clone(), router, http_read_timeout, http_stopped))
+        }
+        None => tokio::spawn(ferry_http::serve(http_listener, router, http_read_timeout, http_stopped)),
     };
     let pacing_rule = coordinator.start_pacing_rule();
     match tls {
         Some(t) => {
             let accepted = ferry_http::tls::accept(listener, t.grpc);
-            ferry_ingest::serve_accepted(accepted, coordinator.clone(), auth, stopped(stopping)).await?
+            ferry_ingest::serve_accepted(accepted, coordinator.clone(), auth, config.grpc.clone(), stopped(stopping))
+                .await?
         }
-        None => ferry_ingest::serve_with_auth(listener, coordinator.clone(), auth, stopped(stopping)).await?,
+        None => {
+            ferry_ingest::serve_with_auth(listener, coordinator.clone(), auth, config.grpc.clone(), stopped(stopping))
+                .await?
+        }
     }
     pacing_rule.abort();
     tracing::info!("stopped accepting; stopping delivery");
