@@ -62,11 +62,13 @@ async fn start_with(max_body_bytes: usize, adjust: impl FnOnce(&mut CoordinatorC
         ops: ferry_http::ops::Ops::default(),
         auth: Arc::new(ferry_auth::Auth::disabled()),
         settings: Value::Null,
+        read_timeout: std::time::Duration::from_secs(ferry_http::DEFAULT_READ_TIMEOUT_SECS),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(ferry_http::serve(listener, ferry_http::router(state), async move {
+    let read_timeout = std::time::Duration::from_secs(ferry_http::DEFAULT_READ_TIMEOUT_SECS);
+    tokio::spawn(ferry_http::serve(listener, ferry_http::router(state), read_timeout, async move {
         let _ = stopped.await;
     }));
     Server { addr, stop: Some(stop), lifecycle, _dir: dir }

@@ -14,13 +14,17 @@
 //!   message goes out from the node's `default_sender`; a path id written as a phone number with
 //!   a leading `+` (`/v21.0/+15550100000/messages`, or `%2B...`) names the sender instead.
 //!
+//! Tenancy: a user with a `senders` list may send only as those numbers (On-Prem and a numeric
+//! Cloud `phone_number_id` send as `default_sender`, so that is checked); any other sender is 403
+//! with code 1005 (Cloud: code 10) naming the sender, and nothing is written.
+//!
 //! Both flavours take an optional `Idempotency-Key` header (at most 256 characters): a retry
 //! with the same key and the same message from the same sender answers the first id; the same
 //! key with a different message is 409 (1009 / 131009).
 //!
 //! The body must be `Content-Type: application/json` (parameters such as `charset` allowed;
-//! anything else is 415) and at most `[http] max_body_bytes` long (413). Both errors are in the
-//! flavour's error shape.
+//! anything else is 415) and at most `[http] max_body_bytes` long (413, checked with the read
+//! timeout for every route by [`crate::limits`]). Both errors are in the flavour's error shape.
 //!
 //! Invariants: this module never parses or validates a message itself (`parse_json` and the
 //! coordinator do, as for gRPC): it only maps shapes; it never answers an id before the
@@ -30,12 +34,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use ferry_coordinator::{Accepted, SendCommand};
 use ferry_model::error::{ApiError, ErrorCode};
 use ferry_model::message::parse_json;
@@ -43,11 +44,7 @@ use ferry_model::status::MessageStatus;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::HttpState;
-
-/// A request body that has not fully arrived after this long is refused (408): a stalled client
-/// must not hold a handler, its memory, or the drain, forever.
-pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+use crate::{HttpState, Route};
 
 /// The request header carrying an idempotency key (optional).
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
@@ -61,10 +58,11 @@ fn message_status(a: &Accepted) -> &'static str {
     if a.held { MessageStatus::HeldForQualityAssessment } else { MessageStatus::Accepted }.as_str()
 }
 
-pub fn routes() -> Router<Arc<HttpState>> {
-    Router::new()
-        .route("/v1/messages", post(onprem_send))
-        .route("/{version}/{phone_number_id}/messages", post(cloud_send))
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::new(Method::POST, "/v1/messages", onprem_send),
+        Route::new(Method::POST, "/{version}/{phone_number_id}/messages", cloud_send),
+    ]
 }
 
 /// Which reference API a request came in on: fixes the answer and error shapes.
@@ -74,11 +72,11 @@ enum Flavour {
     Cloud,
 }
 
-/// An error answer: the table's code plus, for transport-level failures (415, 413), a status of
-/// its own.
-struct Failure {
-    error: ApiError,
-    status: Option<StatusCode>,
+/// An error answer: the table's code plus, for transport-level failures (415, 413, 408), a status
+/// of its own.
+pub(crate) struct Failure {
+    pub(crate) error: ApiError,
+    pub(crate) status: Option<StatusCode>,
 }
 
 impl From<ApiError> for Failure {
@@ -193,9 +191,13 @@ async fn prepare(
     }
     let sender = sender?;
     let (parts, body) = request.into_parts();
+    let Some(caller) = parts.extensions.get::<ferry_auth::Principal>() else {
+        return Err(ApiError::new(ErrorCode::Unauthenticated, "", "no authenticated caller").into());
+    };
+    state.auth.check_sender(caller, sender.as_deref())?;
     check_content_type(&parts.headers)?;
     let idempotency_key = idempotency_key(&parts.headers)?;
-    let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
+    let body = crate::limits::read_body(body, &parts.headers, state.max_body_bytes, state.read_timeout).await?;
 
     if flavour == Flavour::Cloud {
         // A body that is not a JSON object falls through to parse_json, which says so.
@@ -243,47 +245,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Failure> {
     }
 }
 
-/// Reads the whole body, refusing (413) more than `limit` bytes, before or while reading.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Failure> {
-    let too_large = |got: String| Failure {
-        error: ApiError::new(
-            ErrorCode::TooLong,
-            "",
-            format!("request body is {got}: expected at most {limit} bytes (`[http] max_body_bytes`)"),
-        ),
-        status: Some(StatusCode::PAYLOAD_TOO_LARGE),
-    };
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = declared
-        && n > limit as u64
-    {
-        return Err(too_large(format!("{n} bytes")));
-    }
-    let read = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await;
-    let Ok(read) = read else {
-        return Err(Failure {
-            error: ApiError::new(
-                ErrorCode::InvalidParameter,
-                "",
-                format!("the request body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs()),
-            ),
-            status: Some(StatusCode::REQUEST_TIMEOUT),
-        });
-    };
-    match read {
-        Ok(bytes) => Ok(bytes),
-        Err(e) => {
-            let is_limit = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if is_limit {
-                Err(too_large("longer than that".into()))
-            } else {
-                Err(ApiError::new(ErrorCode::InvalidParameter, "", format!("cannot read the request body: {e}")).into())
-            }
-        }
-    }
-}
-
 fn onprem_meta() -> Value {
     json!({"api_status": "stable", "version": VERSION})
 }
@@ -305,6 +266,11 @@ pub fn is_cloud_path(path: &str) -> bool {
     let mut parts = path.trim_start_matches('/').split('/');
     matches!((parts.next(), parts.next(), parts.next(), parts.next()),
         (Some(v), Some(id), Some("messages"), None) if !v.is_empty() && !id.is_empty() && v != "v1")
+}
+
+/// `f` in the Cloud error shape (`cloud`) or the On-Prem one.
+pub(crate) fn failure_response(cloud: bool, f: Failure) -> Response {
+    error_response(if cloud { Flavour::Cloud } else { Flavour::OnPrem }, f)
 }
 
 /// `e` in the Cloud error shape, with the table's HTTP status.

@@ -19,22 +19,23 @@
 //!   webhook backlog, RocksDB sizes) is sampled from the existing stats at scrape time
 //!   ([`sample`]), so the hot path pays nothing for it.
 //!
-//! Invariants (written as absences): no endpoint here needs a token (probes and scrapers carry
-//! none); no scrape writes to or waits for a shard's writer (it reads atomics and RocksDB
+//! Tokens (the access table, `ferry_auth::access`): `/healthz`, `/readyz` and `/metrics` are open
+//! (probes and scrapers carry none); `/v1/health` is an API call like the reference's and needs a
+//! token of role `user`. README's Operations table says the same (a test compares them).
+//!
+//! Invariants (written as absences): no probe or scrape endpoint needs a token; no scrape writes to or waits for a shard's writer (it reads atomics and RocksDB
 //! properties only); no histogram is exported as a summary (every one has explicit buckets).
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use ferry_delivery::{LinkState, ShardDeliveryStats};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 
-use crate::HttpState;
+use crate::{HttpState, Route};
 
 /// Buckets of `ferry_accept_latency_seconds` (a synced RocksDB write: sub-millisecond to seconds).
 pub const ACCEPT_LATENCY_BUCKETS: &[f64] =
@@ -160,12 +161,13 @@ fn describe() {
     }
 }
 
-pub fn routes() -> Router<Arc<HttpState>> {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::new(Method::GET, "/v1/health", health),
+        Route::new(Method::GET, "/healthz", healthz),
+        Route::new(Method::GET, "/readyz", readyz),
+        Route::new(Method::GET, "/metrics", metrics_text),
+    ]
 }
 
 /// Each shard's gateway status, in shard order (all `connecting` without delivery stats).

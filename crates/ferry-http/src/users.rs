@@ -4,74 +4,65 @@
 //! - `POST /v1/users/login` with HTTP Basic (`Authorization: Basic base64(user:password)`) →
 //!   `{"users":[{"token":"…","expires_after":"2026-11-29 14:00:00+00:00"}]}`.
 //! - `POST /v1/users/logout` (bearer) revokes that token only.
-//! - Admin only: `POST /v1/users` `{"username","password","role"}` (role `admin` or `user`,
-//!   default `user`), `GET /v1/users/{username}`, `DELETE /v1/users/{username}` (also revokes
-//!   the user's tokens), `GET /v1/settings` (the effective config, secrets masked).
+//! - Admin only: `POST /v1/users` `{"username","password","role","senders"}` (role `admin` or
+//!   `user`, default `user`; `senders`: business numbers the user may send as and read, absent or
+//!   `null` for unrestricted), `GET /v1/users/{username}`, `PATCH /v1/users/{username}`
+//!   `{"senders":[...]}` (or `null`: lift the restriction), `DELETE /v1/users/{username}` (also
+//!   revokes the user's tokens), `GET /v1/settings` (the effective config, secrets masked).
 //!
-//! [`require_auth`] is a middleware on the whole router; [`required_access`] is its table:
-//! `/healthz`, `/readyz` and `/metrics` are open (probes and Prometheus scrape without a token),
-//! and so is `POST /v1/users/login` (it checks the password itself); user management and settings
-//! need role `admin`; everything else (messages, `/v1/health`, logout, unknown paths) needs a
-//! valid bearer token of role `user` or `admin`.
+//! [`require_auth`] is a middleware on the whole router; its table is `ferry_auth::access`,
+//! looked up by the matched route: `/healthz`, `/readyz` and `/metrics` are open (probes and
+//! Prometheus scrape without a token), and so is `POST /v1/users/login` (it checks the password
+//! itself); messages, `/v1/health` and logout need a valid bearer token of role `user` or
+//! `admin`; user management, settings, and anything the table does not name (unknown paths and
+//! methods included) need role `admin`.
 //!
 //! Refusals use the On-Prem error shape: 401 (no, wrong, expired or revoked credentials, with
 //! `WWW-Authenticate`) or 403 (role too low), body
 //! `{"errors":[{"code":1005,"title":"…","details":"…"}]}`.
 //!
-//! Invariants (written as absences): no route outside the open list in [`required_access`] runs
-//! without a valid token; no response or log line carries a password or a token other than the
+//! Invariants (written as absences): no route the access table does not mark open runs without a
+//! valid token; no response or log line carries a password or a token other than the
 //! one a login just issued.
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use base64::Engine as _;
+use ferry_auth::access::{Access, Endpoint};
 use ferry_auth::{AuthError, Role, UserInfo};
 use ferry_model::{ApiError, ErrorCode};
 use serde_json::json;
 
-use crate::HttpState;
+use crate::{HttpState, Route};
 
-pub fn routes() -> Router<Arc<HttpState>> {
-    Router::new()
-        .route("/v1/users/login", post(login))
-        .route("/v1/users/logout", post(logout))
-        .route("/v1/users", post(create_user))
-        .route("/v1/users/{username}", get(get_user).delete(delete_user))
-        .route("/v1/settings", get(settings))
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::new(Method::POST, "/v1/users/login", login),
+        Route::new(Method::POST, "/v1/users/logout", logout),
+        Route::new(Method::POST, "/v1/users", create_user),
+        Route::new(Method::GET, "/v1/users/{username}", get_user),
+        Route::new(Method::PATCH, "/v1/users/{username}", update_user),
+        Route::new(Method::DELETE, "/v1/users/{username}", delete_user),
+        Route::new(Method::GET, "/v1/settings", settings),
+    ]
 }
 
-/// What a request needs before it reaches its handler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// No token: probes, `/metrics`, and login (which checks HTTP Basic itself).
-    Open,
-    /// A valid bearer token whose role allows this one.
-    Token(Role),
-}
-
-/// The access table of the HTTP API (see the module docs).
-pub fn required_access(method: &Method, path: &str) -> Access {
-    match path {
-        "/healthz" | "/readyz" | "/metrics" => Access::Open,
-        "/v1/users/login" if method == Method::POST => Access::Open,
-        "/v1/users/logout" if method == Method::POST => Access::Token(Role::User),
-        "/v1/users" | "/v1/settings" => Access::Token(Role::Admin),
-        p if p.starts_with("/v1/users/") || p.starts_with("/v1/settings/") => Access::Token(Role::Admin),
-        _ => Access::Token(Role::User),
-    }
+/// What a request needs: the access table's row of its matched route (method + path pattern);
+/// a request that matched no route is looked up as such, i.e. admin-only.
+pub fn required_access(request: &Request) -> Access {
+    let route = request.extensions().get::<MatchedPath>().map_or("(no route)", MatchedPath::as_str);
+    ferry_auth::access::required_access(Endpoint::Http(request.method().as_str(), route))
 }
 
 /// Middleware: refuses (401/403) a request that [`required_access`] does not let through; puts the
 /// caller's [`ferry_auth::Principal`] in the request's extensions.
 pub async fn require_auth(State(state): State<Arc<HttpState>>, mut request: Request, next: Next) -> Response {
-    if let Access::Token(role) = required_access(request.method(), request.uri().path()) {
+    if let Access::Token(role) = required_access(&request) {
         match state.auth.authorize(authorization(request.headers()), role) {
             Ok(principal) => {
                 request.extensions_mut().insert(principal);
@@ -122,19 +113,40 @@ fn auth_error_shaped(e: &AuthError, scheme: &'static str, cloud: bool) -> Respon
     response
 }
 
-/// Auth work running at once (argon2id: ~19 MiB and tens of ms of a core per check). Login needs
-/// no token, so without a bound a flood of logins would take hundreds of blocking threads and
-/// gigabytes, and starve the send path.
-static AUTH_WORK_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
-/// How long a request waits for a slot before it is refused with 429 (1015).
+/// Which lane a piece of blocking auth work runs in. Login needs no token and runs argon2 (~19 MiB
+/// and tens of ms of a core per check), so it is bounded: without a bound a flood of logins would
+/// take hundreds of blocking threads and gigabytes, and starve the send path. Logout and user
+/// management (token-checked callers) have a lane of their own, so a login flood cannot starve
+/// them either.
+#[derive(Debug, Clone, Copy)]
+enum Lane {
+    Login,
+    Management,
+}
+
+static LOGIN_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+static MANAGEMENT_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// How long a request waits for a slot of its lane before it is refused with 429 (1015).
 const AUTH_WORK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Runs slow auth work (argon2) off the async workers, at most [`AUTH_WORK_SLOTS`] at once.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, AuthError> + Send + 'static) -> Result<T, Response> {
-    let _slot = match tokio::time::timeout(AUTH_WORK_WAIT, AUTH_WORK_SLOTS.acquire()).await {
+/// Runs blocking auth work (argon2, synced auth-store writes) off the async workers, at most two
+/// at once per [`Lane`].
+async fn blocking<T: Send + 'static>(
+    lane: Lane,
+    f: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
+) -> Result<T, Response> {
+    let (slots, what) = match lane {
+        Lane::Login => (&LOGIN_SLOTS, "logins"),
+        Lane::Management => (&MANAGEMENT_SLOTS, "logout and user-management calls"),
+    };
+    let _slot = match tokio::time::timeout(AUTH_WORK_WAIT, slots.acquire()).await {
         Ok(Ok(slot)) => slot,
         _ => {
-            let e = ApiError::new(ErrorCode::TooManyRequests, "", "too many logins at once: retry in a few seconds");
+            let e = ApiError::new(
+                ErrorCode::TooManyRequests,
+                "",
+                format!("too many {what} at once: retry in a few seconds"),
+            );
             return Err(api_error_response(&e));
         }
     };
@@ -166,7 +178,7 @@ async fn login(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Respo
     };
     let auth = state.auth.clone();
     let name = user.clone();
-    match blocking(move || auth.login(&name, &password)).await {
+    match blocking(Lane::Login, move || auth.login(&name, &password)).await {
         Ok(t) => json_response(
             StatusCode::OK,
             json!({"users": [{"token": t.token, "expires_after": format_utc(t.expires_at_ms)}]}),
@@ -182,23 +194,52 @@ async fn login(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Respo
 async fn logout(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
     let auth = state.auth.clone();
     let header = authorization(&headers).map(str::to_owned);
-    match blocking(move || auth.logout(header.as_deref())).await {
+    match blocking(Lane::Management, move || auth.logout(header.as_deref())).await {
         Ok(()) => json_response(StatusCode::OK, json!({})),
         Err(r) => r,
     }
 }
 
 fn user_json(u: &UserInfo) -> serde_json::Value {
-    json!({"username": u.username, "role": u.role.as_str(), "created_at": format_utc(u.created_at_ms)})
+    let senders = u.senders.as_ref().map(|list| list.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    json!({
+        "username": u.username,
+        "role": u.role.as_str(),
+        "created_at": format_utc(u.created_at_ms),
+        "senders": senders,
+    })
+}
+
+/// The body of a user call as a JSON object, or a 400 saying what was expected.
+fn json_object(body: &[u8], expected: &str) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    match serde_json::from_slice(body) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        _ => Err(ApiError::invalid("body", format_args!("a JSON object {expected}"))),
+    }
+}
+
+/// `senders`: absent or `null` → `None` (unrestricted); an array of strings → the raw numbers
+/// (normalized and checked by `ferry-auth`); anything else is a 400 naming the field.
+fn senders_field(body: &serde_json::Map<String, serde_json::Value>) -> Result<Option<Vec<String>>, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "senders",
+            "an array of business phone numbers (strings, e.g. \"+15550100000\"), or null for unrestricted",
+        )
+    };
+    match body.get("senders") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Array(items)) => {
+            items.iter().map(|v| v.as_str().map(str::to_owned).ok_or_else(bad)).collect::<Result<_, _>>().map(Some)
+        }
+        Some(_) => Err(bad()),
+    }
 }
 
 async fn create_user(State(state): State<Arc<HttpState>>, body: Bytes) -> Response {
-    let parsed: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v @ serde_json::Value::Object(_)) => v,
-        _ => {
-            let e = ApiError::invalid("body", r#"a JSON object {"username","password","role"}"#);
-            return api_error_response(&e);
-        }
+    let parsed = match json_object(&body, r#"{"username","password","role","senders"}"#) {
+        Ok(p) => p,
+        Err(e) => return api_error_response(&e),
     };
     let field = |name: &str| parsed.get(name).and_then(|v| v.as_str()).map(str::to_owned);
     let Some(username) = field("username") else { return api_error_response(&ApiError::missing("username")) };
@@ -207,16 +248,45 @@ async fn create_user(State(state): State<Arc<HttpState>>, body: Bytes) -> Respon
         Ok(r) => r,
         Err(e) => return api_error_response(&ApiError::new(ErrorCode::InvalidParameter, "role", e)),
     };
+    let senders = match senders_field(&parsed) {
+        Ok(s) => s,
+        Err(e) => return api_error_response(&e),
+    };
     let auth = state.auth.clone();
-    match blocking(move || auth.create_user(&username, &password, role)).await {
+    match blocking(Lane::Management, move || auth.create_user(&username, &password, role, senders.as_deref())).await {
         Ok(u) => json_response(StatusCode::CREATED, json!({"users": [user_json(&u)]})),
+        Err(r) => r,
+    }
+}
+
+/// `PATCH /v1/users/{username}` `{"senders":[...]}` or `{"senders":null}`: sets or lifts the
+/// user's senders (in force for its open tokens at once). Other fields cannot be changed here.
+async fn update_user(State(state): State<Arc<HttpState>>, Path(username): Path<String>, body: Bytes) -> Response {
+    let parsed = match json_object(&body, r#"{"senders":[...]}"#) {
+        Ok(p) => p,
+        Err(e) => return api_error_response(&e),
+    };
+    if let Some(other) = parsed.keys().find(|k| k.as_str() != "senders") {
+        let e = ApiError::invalid(other.as_str(), format_args!("only `senders` can be changed, got `{other}`"));
+        return api_error_response(&e);
+    }
+    if !parsed.contains_key("senders") {
+        return api_error_response(&ApiError::missing("senders"));
+    }
+    let senders = match senders_field(&parsed) {
+        Ok(s) => s,
+        Err(e) => return api_error_response(&e),
+    };
+    let auth = state.auth.clone();
+    match blocking(Lane::Management, move || auth.set_senders(&username, senders.as_deref())).await {
+        Ok(u) => json_response(StatusCode::OK, json!({"users": [user_json(&u)]})),
         Err(r) => r,
     }
 }
 
 async fn get_user(State(state): State<Arc<HttpState>>, Path(username): Path<String>) -> Response {
     let auth = state.auth.clone();
-    match blocking(move || auth.user(&username)).await {
+    match blocking(Lane::Management, move || auth.user(&username)).await {
         Ok(u) => json_response(StatusCode::OK, json!({"users": [user_json(&u)]})),
         Err(r) => r,
     }
@@ -225,7 +295,7 @@ async fn get_user(State(state): State<Arc<HttpState>>, Path(username): Path<Stri
 async fn delete_user(State(state): State<Arc<HttpState>>, Path(username): Path<String>) -> Response {
     let auth = state.auth.clone();
     let name = username.clone();
-    match blocking(move || auth.delete_user(&name)).await {
+    match blocking(Lane::Management, move || auth.delete_user(&name)).await {
         Ok(()) => {
             tracing::info!(%username, "user deleted; its tokens are revoked");
             json_response(StatusCode::OK, json!({"users": [{"username": username}]}))
@@ -264,23 +334,6 @@ mod users_tests {
         assert_eq!(format_utc(0), "1970-01-01 00:00:00+00:00");
         assert_eq!(format_utc(1_519_918_166_000), "2018-03-01 15:29:26+00:00");
         assert_eq!(format_utc(951_782_400_000), "2000-02-29 00:00:00+00:00");
-    }
-
-    #[test]
-    fn access_table() {
-        let (get, post, delete) = (Method::GET, Method::POST, Method::DELETE);
-        for p in ["/healthz", "/readyz", "/metrics"] {
-            assert_eq!(required_access(&get, p), Access::Open, "{p}");
-        }
-        assert_eq!(required_access(&post, "/v1/users/login"), Access::Open);
-        assert_eq!(required_access(&get, "/v1/users/login"), Access::Token(Role::Admin));
-        assert_eq!(required_access(&post, "/v1/users/logout"), Access::Token(Role::User));
-        assert_eq!(required_access(&post, "/v1/users"), Access::Token(Role::Admin));
-        assert_eq!(required_access(&delete, "/v1/users/bob"), Access::Token(Role::Admin));
-        assert_eq!(required_access(&get, "/v1/settings"), Access::Token(Role::Admin));
-        assert_eq!(required_access(&post, "/v1/messages"), Access::Token(Role::User));
-        assert_eq!(required_access(&get, "/v1/health"), Access::Token(Role::User));
-        assert_eq!(required_access(&get, "/nope"), Access::Token(Role::User));
     }
 
     #[test]

@@ -6,23 +6,36 @@
 //! listener together with `grpc.health.v1.Health` and server reflection; [`serve_accepted`] runs
 //! the same services over connections accepted elsewhere (the TLS streams of `[tls]`).
 //!
-//! Auth ([`serve_with_auth`]): every `ferry.v1.Messages` call passes [`BearerAuth`], which needs
-//! metadata `authorization: Bearer TOKEN` (the tokens of `POST /v1/users/login`, see `ferry-auth`)
-//! and answers UNAUTHENTICATED without a valid one; then each RPC checks its role in
-//! [`required_role`] (PERMISSION_DENIED when too low). Health and reflection stay open, for probes.
+//! Auth ([`serve_with_auth`]): every call on the port passes [`AccessLayer`], which looks its gRPC
+//! path up in the one access table (`ferry_auth::access`: deny by default, anything not named
+//! needs role `admin`). Health and reflection are open, for probes and tools; every
+//! `ferry.v1.Messages` RPC needs metadata `authorization: Bearer TOKEN` (the tokens of
+//! `POST /v1/users/login`, see `ferry-auth`): UNAUTHENTICATED without a valid one,
+//! PERMISSION_DENIED (1005) when the role is too low. Each RPC checks its role again
+//! ([`required_role`]).
+//!
+//! Tenancy: a user with `senders` may `Send`/`SendBatch` only as those numbers (an omitted sender
+//! is the node's `default_sender`; PERMISSION_DENIED, 1005, field `sender`; in a batch, that
+//! message's result), `GetMessage` answers a message of another sender exactly like an unknown id
+//! (NOT_FOUND, 1006: it does not reveal that the message exists), and `WatchStatuses` yields only
+//! events of its senders (every status event carries its sender). Admins are unrestricted.
 //!
 //! Invariants: this crate never touches storage (it only awaits the coordinator), and it answers a
 //! send only with what the coordinator returned after the durable write. No request it refuses
-//! before the coordinator goes uncounted in `ferry_messages_rejected_total`, and no `Messages`
-//! RPC runs without passing the interceptor and its role check.
+//! before the coordinator goes uncounted in `ferry_messages_rejected_total`, and no call runs
+//! without passing the access layer.
 
+pub mod config;
 pub mod watch;
+
+pub use config::GrpcConfig;
 
 use std::future::Future;
 
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use ferry_auth::access::{Access, Endpoint};
 use ferry_auth::{Auth, Principal, Role};
 use ferry_coordinator::{Accepted, AfterHold, Coordinator, MessageView, SendCommand, telemetry};
 use ferry_model::message::OutboundMessage;
@@ -30,6 +43,7 @@ use ferry_model::{ApiError, ErrorCode, MessageStatus};
 use ferry_proto::v1::messages_server::{Messages, MessagesServer};
 use ferry_proto::v1::{self, send_result};
 use tokio::net::TcpListener;
+use tonic::codegen::http;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
@@ -77,34 +91,80 @@ pub fn status_from(e: &ApiError) -> Status {
     Status::with_details_and_metadata(code, e.to_string(), details.into(), metadata)
 }
 
-/// RPCs of `ferry.v1.Messages` that need role `admin`; every other one needs role `user`.
-pub const ADMIN_RPCS: &[&str] = &["ResolveHeld"];
-
-/// The role an RPC of `ferry.v1.Messages` (by its proto method name, e.g. `Send`) needs.
+/// The role an RPC of `ferry.v1.Messages` (by its proto method name, e.g. `Send`) needs, from the
+/// access table (open or unnamed RPCs: as the table says, i.e. `admin` when unnamed).
 pub fn required_role(rpc: &str) -> Role {
-    if ADMIN_RPCS.contains(&rpc) { Role::Admin } else { Role::User }
+    match ferry_auth::access::required_access(Endpoint::Grpc(&format!("/ferry.v1.Messages/{rpc}"))) {
+        Access::Token(role) => role,
+        Access::Open => Role::User,
+    }
 }
 
-/// The interceptor on `ferry.v1.Messages`: checks `authorization: Bearer TOKEN` and hands the
-/// caller ([`Principal`]) to the RPC in the request's extensions.
+/// The tower layer in front of every service on the gRPC port: looks the call's path up in the
+/// access table and refuses (UNAUTHENTICATED / PERMISSION_DENIED, with `ferry-error-code`) what
+/// the caller's token does not allow; otherwise hands the caller ([`Principal`]) to the RPC in the
+/// request's extensions.
 #[derive(Clone)]
-pub struct BearerAuth {
+pub struct AccessLayer {
     auth: Arc<Auth>,
 }
 
-impl BearerAuth {
+impl AccessLayer {
     pub fn new(auth: Arc<Auth>) -> Self {
-        BearerAuth { auth }
+        AccessLayer { auth }
     }
 }
 
-impl tonic::service::Interceptor for BearerAuth {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let header = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or("\u{fffd}"));
-        let principal = self.auth.authorize(header, Role::User).map_err(|e| status_from(&e.api_error()))?;
-        request.extensions_mut().insert(principal);
-        Ok(request)
+impl<S> tower::Layer<S> for AccessLayer {
+    type Service = AccessService<S>;
+
+    fn layer(&self, inner: S) -> AccessService<S> {
+        AccessService { inner, auth: self.auth.clone() }
     }
+}
+
+/// See [`AccessLayer`].
+#[derive(Clone)]
+pub struct AccessService<S> {
+    inner: S,
+    auth: Arc<Auth>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for AccessService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<S::Future, std::future::Ready<Result<Self::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        use futures_util::future::Either;
+        let needed = ferry_auth::access::required_access(Endpoint::Grpc(request.uri().path()));
+        if let Access::Token(role) = needed {
+            let header = request.headers().get("authorization").map(|v| v.to_str().unwrap_or("\u{fffd}"));
+            match self.auth.authorize(header, role) {
+                Ok(principal) => {
+                    request.extensions_mut().insert(principal);
+                }
+                Err(e) => return Either::Right(std::future::ready(Ok(status_from(&e.api_error()).into_http()))),
+            }
+        }
+        Either::Left(self.inner.call(request))
+    }
+}
+
+/// The caller the access layer put in the request.
+fn caller<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| status_from(&ApiError::new(ErrorCode::Unauthenticated, "", "no authenticated caller")))
 }
 
 /// Refuses with PERMISSION_DENIED unless the caller's role allows `rpc` ([`required_role`]).
@@ -172,14 +232,20 @@ impl Messages for MessagesService {
         request: Request<v1::WatchStatusesRequest>,
     ) -> Result<Response<Self::WatchStatusesStream>, Status> {
         check_role(&request, "WatchStatuses")?;
+        let principal = caller(&request)?;
         let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let watch = watch::Watch::new(&self.coordinator, request.into_inner()).map_err(|e| status_from(&e))?;
+        let watch = watch::Watch::new(&self.coordinator, request.into_inner(), principal.senders.as_deref())
+            .map_err(|e| status_from(&e))?;
+        // Counted until the stream's task ends (the client went away, the token was revoked, the
+        // server stops).
+        let slot = self.auth.open_watch_stream(&principal).map_err(|e| status_from(&e))?;
         let mut events = watch.start(self.stopping.clone());
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let auth = self.auth.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut recheck = tokio::time::interval(WATCH_REAUTH_EVERY);
-            recheck.tick().await; // the first tick is now: the interceptor just checked
+            recheck.tick().await; // the first tick is now: the access layer just checked
             loop {
                 tokio::select! {
                     event = events.recv() => match event {
@@ -190,11 +256,28 @@ impl Messages for MessagesService {
                         }
                         None => return,
                     },
+                    _ = tx.closed() => return, // the client went away
                     _ = recheck.tick() => {
                         let needed = required_role("WatchStatuses");
-                        if let Err(e) = auth.authorize(authorization.as_deref(), needed) {
-                            let _ = tx.send(Err(status_from(&e.api_error()))).await;
-                            return;
+                        match auth.authorize(authorization.as_deref(), needed) {
+                            Err(e) => {
+                                let _ = tx.send(Err(status_from(&e.api_error()))).await;
+                                return;
+                            }
+                            Ok(now) if now.senders != principal.senders => {
+                                let e = ApiError::new(
+                                    ErrorCode::AccessDenied,
+                                    "",
+                                    format!(
+                                        "the senders of user `{}` changed: watch again (resume from the last \
+                                         cursor) to follow the new list",
+                                        principal.username
+                                    ),
+                                );
+                                let _ = tx.send(Err(status_from(&e))).await;
+                                return;
+                            }
+                            Ok(_) => {}
                         }
                     }
                 }
@@ -205,10 +288,15 @@ impl Messages for MessagesService {
 
     async fn send(&self, request: Request<v1::SendRequest>) -> Result<Response<v1::SendResponse>, Status> {
         check_role(&request, "Send")?;
-        let command = command_from(request.into_inner()).map_err(|e| {
-            telemetry::note_rejected(&e);
-            status_from(&e)
-        })?;
+        let principal = caller(&request)?;
+        let request = request.into_inner();
+        let command =
+            self.auth.check_sender(&principal, Some(&request.sender)).and_then(|()| command_from(request)).map_err(
+                |e| {
+                    telemetry::note_rejected(&e);
+                    status_from(&e)
+                },
+            )?;
         match self.coordinator.send(command).await {
             Ok(a) => Ok(Response::new(response_from(a))),
             Err(e) => Err(status_from(&e)),
@@ -220,6 +308,7 @@ impl Messages for MessagesService {
         request: Request<v1::SendBatchRequest>,
     ) -> Result<Response<v1::SendBatchResponse>, Status> {
         check_role(&request, "SendBatch")?;
+        let principal = caller(&request)?;
         let messages = request.into_inner().messages;
         if messages.is_empty() || messages.len() > MAX_BATCH {
             let e = ApiError::invalid(
@@ -234,7 +323,7 @@ impl Messages for MessagesService {
         let mut commands = Vec::with_capacity(n);
         let mut command_index = Vec::with_capacity(n);
         for (i, m) in messages.into_iter().enumerate() {
-            match command_from(m) {
+            match self.auth.check_sender(&principal, Some(&m.sender)).and_then(|()| command_from(m)) {
                 Ok(c) => {
                     commands.push(c);
                     command_index.push(i);
@@ -288,17 +377,30 @@ impl Messages for MessagesService {
         request: Request<v1::GetMessageRequest>,
     ) -> Result<Response<v1::MessageRecord>, Status> {
         check_role(&request, "GetMessage")?;
+        let principal = caller(&request)?;
         let id = request.into_inner().message_id;
         if id.is_empty() {
             return Err(status_from(&ApiError::missing("message_id")));
         }
         // A point read may touch disk: keep it off the async workers.
         let coordinator = self.coordinator.clone();
+        let unknown = unknown_message(&id);
         let found = tokio::task::spawn_blocking(move || coordinator.get_message(&id))
             .await
             .map_err(|e| status_from(&ApiError::new(ErrorCode::Internal, "", e.to_string())))?;
-        found.map(|m| Response::new(record_from(m))).map_err(|e| status_from(&e))
+        match found {
+            // Another sender's message is answered exactly like an id that does not exist.
+            Ok(m) if !principal.may_read(&m.sender) => Err(status_from(&unknown)),
+            Ok(m) => Ok(Response::new(record_from(m))),
+            Err(e) => Err(status_from(&e)),
+        }
     }
+}
+
+/// The answer to `GetMessage` of an id that does not exist on this node (the coordinator's words):
+/// also the answer for a message the caller may not read.
+fn unknown_message(message_id: &str) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "message_id", format!("no message with id `{message_id}` on this node"))
 }
 
 fn error_result(e: &ApiError) -> v1::SendResult {
@@ -316,29 +418,36 @@ pub async fn serve(
     coordinator: Arc<Coordinator>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    serve_with_auth(listener, coordinator, Arc::new(Auth::disabled()), shutdown).await
+    serve_with_auth(listener, coordinator, Arc::new(Auth::disabled()), GrpcConfig::default(), shutdown).await
 }
 
-/// [`serve`] with every `ferry.v1.Messages` call checked by `auth` ([`BearerAuth`]).
+/// [`serve`] with every call checked by `auth` ([`AccessLayer`]) and the connection limits of
+/// `limits` (`[grpc]`).
+///
+/// Cancel-safety: not cancel-safe (dropping it stops the server without draining).
 pub async fn serve_with_auth(
     listener: TcpListener,
     coordinator: Arc<Coordinator>,
     auth: Arc<Auth>,
+    limits: GrpcConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     // No Nagle: an answer is one small frame, and delaying it for the client's delayed ACK costs
     // ~40 ms per call at low concurrency. (`Server::tcp_nodelay` applies only to listeners the
     // server binds itself, so it is set on the incoming stream.)
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    serve_incoming(incoming, coordinator, auth, shutdown).await
+    serve_incoming(incoming, coordinator, auth, limits, shutdown).await
 }
 
 /// [`serve_with_auth`] over connections accepted elsewhere, e.g. TLS streams whose handshake is done
 /// (`ferry_http::tls::accept`, `[tls]`). Ends when `shutdown` resolves.
+///
+/// Cancel-safety: not cancel-safe (dropping it stops the server without draining).
 pub async fn serve_accepted<IO, A>(
     accepted: tokio::sync::mpsc::Receiver<(IO, A)>,
     coordinator: Arc<Coordinator>,
     auth: Arc<Auth>,
+    limits: GrpcConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error>
 where
@@ -348,7 +457,7 @@ where
     use tokio_stream::StreamExt;
     let incoming =
         tokio_stream::wrappers::ReceiverStream::new(accepted).map(|(io, _)| Ok::<_, std::io::Error>(AcceptedConn(io)));
-    serve_incoming(incoming, coordinator, auth, shutdown).await
+    serve_incoming(incoming, coordinator, auth, limits, shutdown).await
 }
 
 /// A connection accepted elsewhere, for tonic (which wants [`Connected`] on its streams).
@@ -408,10 +517,16 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for AcceptedConn<IO> {
     }
 }
 
+/// The descriptor sets reflection serves (it adds its own, `grpc.reflection.v1`): what the port
+/// says it offers, and what the access-table test walks.
+pub const REFLECTED_DESCRIPTOR_SETS: &[&[u8]] =
+    &[ferry_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET];
+
 async fn serve_incoming<I, IO, IE>(
     incoming: I,
     coordinator: Arc<Coordinator>,
     auth: Arc<Auth>,
+    limits: GrpcConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error>
 where
@@ -421,9 +536,9 @@ where
 {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<MessagesServer<MessagesService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection = REFLECTED_DESCRIPTOR_SETS
+        .iter()
+        .fold(tonic_reflection::server::Builder::configure(), |b, set| b.register_encoded_file_descriptor_set(set))
         .build_v1()
         .expect("descriptor sets are valid");
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -435,12 +550,12 @@ where
         let _ = stop.send(true);
     };
     tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
+        .layer(AccessLayer::new(auth.clone()))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(MessagesServer::with_interceptor(
-            MessagesService::new(coordinator, stopping, auth.clone()),
-            BearerAuth::new(auth),
-        ))
+        .add_service(MessagesServer::new(MessagesService::new(coordinator, stopping, auth)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
@@ -449,10 +564,55 @@ where
 mod auth_tests {
     use super::*;
 
+    /// Deny by default, checked: every method of every service the port describes (reflection's
+    /// descriptor sets) is named by the access table, except the chat protocol's services, which
+    /// `ferry-proto` describes but this port does not serve (they are admin-only here, as anything
+    /// unnamed).
+    #[test]
+    fn the_access_table_names_every_grpc_method() {
+        use prost::Message as _;
+        const NOT_SERVED_HERE: &[&str] = &["ferry.chat.v1.Chat", "ferry.chat.v1.ChatAdmin"];
+        let mut sets: Vec<&[u8]> = REFLECTED_DESCRIPTOR_SETS.to_vec();
+        sets.push(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET);
+        let mut methods = Vec::new();
+        let mut services = Vec::new();
+        for set in sets {
+            let set = prost_types::FileDescriptorSet::decode(set).expect("a valid descriptor set");
+            for file in set.file {
+                for service in &file.service {
+                    let name = format!("{}.{}", file.package(), service.name());
+                    services.push(name.clone());
+                    if NOT_SERVED_HERE.contains(&name.as_str()) {
+                        continue;
+                    }
+                    for m in &service.method {
+                        let path = format!("/{name}/{}", m.name());
+                        assert!(
+                            ferry_auth::access::is_named(Endpoint::Grpc(&path)),
+                            "{path} is served but not named in ferry_auth::access::ACCESS_TABLE"
+                        );
+                        methods.push(path);
+                    }
+                }
+            }
+        }
+        for name in NOT_SERVED_HERE {
+            assert!(services.iter().any(|s| s == name), "{name} is no longer described: drop it from the list");
+        }
+        for served in ["ferry.v1.Messages", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"] {
+            assert!(services.iter().any(|s| s == served), "{served} is not described");
+        }
+        for (e, _) in ferry_auth::access::ACCESS_TABLE {
+            if let Endpoint::Grpc(path) = e {
+                assert!(methods.iter().any(|m| m == path), "{path} is in the access table but not served");
+            }
+        }
+    }
+
     #[test]
     fn a_role_too_low_is_permission_denied_and_no_caller_unauthenticated() {
-        let user = Principal { username: "bob".into(), role: Role::User };
-        let admin = Principal { username: "root".into(), role: Role::Admin };
+        let user = Principal { username: "bob".into(), role: Role::User, senders: None };
+        let admin = Principal { username: "root".into(), role: Role::Admin, senders: None };
         assert!(role_allows(Some(&user), "Send", required_role("Send")).is_ok());
         assert!(role_allows(Some(&admin), "ResolveHeld", Role::Admin).is_ok());
         let denied = role_allows(Some(&user), "ResolveHeld", Role::Admin).unwrap_err();

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use ferry_coordinator::Coordinator;
-use ferry_model::{ApiError, ErrorCode, MessageId, MessageKey, MessageStatus, ShardId};
+use ferry_model::{ApiError, ErrorCode, MessageId, MessageKey, MessageStatus, ShardId, WaId};
 use ferry_proto::v1;
 use ferry_shard::{CallbackRecord, Shard};
 use futures_util::future::select_all;
@@ -62,6 +62,9 @@ pub fn decode_cursor(cursor: &str, shard_count: usize) -> Result<Vec<u64>, ApiEr
 struct Filter {
     recipient: Option<String>,
     messages: Option<HashSet<(u16, u64)>>,
+    /// The caller's `senders` (a restricted user): only their events. Every status event carries
+    /// the sender of its message.
+    senders: Option<HashSet<String>>,
 }
 
 impl Filter {
@@ -69,6 +72,7 @@ impl Filter {
         event.kind == ferry_shard::CALLBACK_STATUS
             && self.recipient.as_ref().is_none_or(|r| *r == event.wa_id)
             && self.messages.as_ref().is_none_or(|m| m.contains(&(shard, event.seq)))
+            && self.senders.as_ref().is_none_or(|s| s.contains(&event.sender))
     }
 }
 
@@ -82,7 +86,12 @@ pub struct Watch {
 
 impl Watch {
     /// Validates `request` against the node (bad input changes nothing and names its field).
-    pub fn new(coordinator: &Coordinator, request: v1::WatchStatusesRequest) -> Result<Watch, ApiError> {
+    /// `senders`: the caller's list (a restricted user), whose events alone pass; `None`: all.
+    pub fn new(
+        coordinator: &Coordinator,
+        request: v1::WatchStatusesRequest,
+        senders: Option<&[WaId]>,
+    ) -> Result<Watch, ApiError> {
         let all = coordinator.shards();
         let mut watched: Option<HashSet<u16>> = None;
         let recipient = if request.recipient.is_empty() {
@@ -138,7 +147,9 @@ impl Watch {
             decode_cursor(&request.cursor, all.len())?
         };
         let shards = all.iter().filter(|s| watched.as_ref().is_none_or(|w| w.contains(&s.id().0))).cloned().collect();
-        Ok(Watch { shards, positions, filter: Filter { recipient, messages }, node_id: coordinator.node_id() })
+        let senders = senders.map(|list| list.iter().map(|s| s.as_str().to_owned()).collect());
+        let filter = Filter { recipient, messages, senders };
+        Ok(Watch { shards, positions, filter, node_id: coordinator.node_id() })
     }
 
     /// Starts reading. The stream ends when the client goes away, a read fails, or `stopping`

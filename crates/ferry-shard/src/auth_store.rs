@@ -6,6 +6,9 @@
 //! | `users` | user name (UTF-8) | `[1u8] ++ UserRecord` (protobuf) |
 //! | `tokens` | SHA-256 of the token (32 bytes) | `[1u8] ++ TokenRecord` (protobuf) |
 //!
+//! `UserRecord.senders` (tag 4) was added after the first release: a record written before it
+//! decodes with an empty list, which means "unrestricted", as it was then.
+//!
 //! Invariants (written as absences):
 //! - No token is stored in clear: callers hand in its SHA-256, never the token.
 //! - No password is stored in clear: callers hand in a PHC hash string (argon2).
@@ -37,6 +40,10 @@ pub struct UserRecord {
     pub role: String,
     #[prost(int64, tag = "3")]
     pub created_at_ms: i64,
+    /// The business numbers (normalized wa_ids) the user may send as and read the messages of;
+    /// empty: unrestricted (also every record written before this field existed).
+    #[prost(string, repeated, tag = "4")]
+    pub senders: Vec<String>,
 }
 
 /// An issued token (keyed by its SHA-256).
@@ -183,7 +190,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = AuthDb::open(dir.path()).unwrap();
-            let u = UserRecord { password_hash: "$argon2id$x".into(), role: "admin".into(), created_at_ms: 5 };
+            let u = UserRecord {
+                password_hash: "$argon2id$x".into(),
+                role: "admin".into(),
+                created_at_ms: 5,
+                senders: vec![],
+            };
             db.put_user("alice", &u).unwrap();
             db.put_user("bob", &UserRecord { role: "user".into(), ..u }).unwrap();
             db.put_token(&[1; 32], &token("alice", 10)).unwrap();
@@ -199,6 +211,29 @@ mod tests {
         assert_eq!(db.delete_user("bob").unwrap(), vec![[2; 32]]);
         assert!(db.user("bob").unwrap().is_none());
         assert_eq!(db.tokens().unwrap().len(), 1);
+    }
+
+    /// A user written before `senders` existed (tags 1-3 only) loads, unrestricted.
+    #[test]
+    fn a_user_record_without_senders_loads() {
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct UserRecordV0 {
+            #[prost(string, tag = "1")]
+            password_hash: String,
+            #[prost(string, tag = "2")]
+            role: String,
+            #[prost(int64, tag = "3")]
+            created_at_ms: i64,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let db = AuthDb::open(dir.path()).unwrap();
+        let old = UserRecordV0 { password_hash: "$argon2id$x".into(), role: "user".into(), created_at_ms: 7 };
+        db.db.put_cf(db.cf(CF_USERS), b"old", encode(&old)).unwrap();
+        let loaded = db.user("old").unwrap().unwrap();
+        assert_eq!((loaded.role.as_str(), loaded.created_at_ms, loaded.senders.len()), ("user", 7, 0));
+        let with = UserRecord { senders: vec!["15550100000".into()], ..loaded };
+        db.put_user("new", &with).unwrap();
+        assert_eq!(db.user("new").unwrap().unwrap().senders, vec!["15550100000".to_owned()]);
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct FerryConfig {
     pub pacing: PacingConfig,
     /// The HTTP API's limits.
     pub http: ferry_http::HttpConfig,
+    /// The gRPC port's per-connection limits.
+    pub grpc: ferry_ingest::GrpcConfig,
     /// TLS for both listeners (unset: plaintext).
     pub tls: TlsConfig,
 }
@@ -118,6 +120,7 @@ impl Default for FerryConfig {
             auth: AuthConfig::default(),
             pacing: node.pacing,
             http: ferry_http::HttpConfig::default(),
+            grpc: ferry_ingest::GrpcConfig::default(),
             tls: TlsConfig::default(),
         }
     }
@@ -304,6 +307,9 @@ impl FerryConfig {
             bail!("{e}");
         }
         if let Err(e) = self.http.validate() {
+            bail!("{e}");
+        }
+        if let Err(e) = self.grpc.validate() {
             bail!("{e}");
         }
         self.tls.load()?;

@@ -290,7 +290,9 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         auth: auth.clone(),
         settings: settings_json(&config),
         max_body_bytes: config.http.max_body_bytes,
+        read_timeout: std::time::Duration::from_secs(config.http.read_timeout_secs),
     });
+    let http_read_timeout = std::time::Duration::from_secs(config.http.read_timeout_secs);
     // HTTP stays up through the drain so probes see `/readyz` turn 503 (and `/metrics` keeps
     // answering); its message routes refuse new sends while draining. It stops last, before the
     // shards close.
@@ -300,16 +302,22 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     };
     let router = ferry_http::router(http_state);
     let mut http = match &tls {
-        Some(t) => tokio::spawn(ferry_http::serve_tls(http_listener, t.http.clone(), router, http_stopped)),
-        None => tokio::spawn(ferry_http::serve(http_listener, router, http_stopped)),
+        Some(t) => {
+            tokio::spawn(ferry_http::serve_tls(http_listener, t.http.clone(), router, http_read_timeout, http_stopped))
+        }
+        None => tokio::spawn(ferry_http::serve(http_listener, router, http_read_timeout, http_stopped)),
     };
     let pacing_rule = coordinator.start_pacing_rule();
     match tls {
         Some(t) => {
             let accepted = ferry_http::tls::accept(listener, t.grpc);
-            ferry_ingest::serve_accepted(accepted, coordinator.clone(), auth, stopped(stopping)).await?
+            ferry_ingest::serve_accepted(accepted, coordinator.clone(), auth, config.grpc.clone(), stopped(stopping))
+                .await?
         }
-        None => ferry_ingest::serve_with_auth(listener, coordinator.clone(), auth, stopped(stopping)).await?,
+        None => {
+            ferry_ingest::serve_with_auth(listener, coordinator.clone(), auth, config.grpc.clone(), stopped(stopping))
+                .await?
+        }
     }
     pacing_rule.abort();
     tracing::info!("stopped accepting; stopping delivery");
@@ -341,7 +349,14 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
 /// prints the generated one, once, on stdout (before the readiness lines).
 fn open_auth(config: &FerryConfig, coordinator: &Coordinator) -> anyhow::Result<Arc<ferry_auth::Auth>> {
     use ferry_auth::Bootstrap;
-    let (auth, bootstrap) = ferry_auth::Auth::open(&config.data_dir, &config.auth, coordinator.clock().clone())
+    // The coordinator's sender rules: users' `senders` and the senders of their sends are
+    // normalized alike, and a send without a sender is checked as the default one.
+    let rules = ferry_auth::SenderRules {
+        country_code: config.country_code.clone(),
+        default_sender: ferry_model::phone::normalize(&config.default_sender, &config.country_code)
+            .map_err(|e| anyhow::anyhow!("default_sender: {e}"))?,
+    };
+    let (auth, bootstrap) = ferry_auth::Auth::open(&config.data_dir, &config.auth, coordinator.clock().clone(), rules)
         .with_context(|| format!("cannot open users and tokens in {}", config.data_dir.join("auth").display()))?;
     match bootstrap {
         Bootstrap::Disabled => tracing::warn!(
