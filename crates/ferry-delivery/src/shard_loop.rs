@@ -59,8 +59,8 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_model::routing::shard_for_recipient;
 use ferry_model::clock::SharedClock;
+use ferry_model::routing::shard_for_recipient;
 use ferry_model::{ErrorCode, MessageId, MessageKey, MessageStatus, WaId};
 use ferry_proto::chat::v1::chat_client::ChatClient;
 use ferry_proto::chat::v1::{

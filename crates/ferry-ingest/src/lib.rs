@@ -551,6 +551,10 @@ where
     };
     tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
+        // h2's default (20) closes a connection after 20 streams reset before the server took
+        // them: a client whose calls are cut by short deadlines lost every other call on its
+        // channel with it. Bounded by the stream cap instead (still a bound on rapid resets).
+        .http2_max_pending_accept_reset_streams(Some(limits.max_concurrent_streams as usize))
         .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
         .layer(AccessLayer::new(auth.clone()))
         .add_service(health_service)
