@@ -170,6 +170,41 @@ impl Coordinator {
 }
 
 impl Core {
+    /// The record each distinct key of `prepared` answers now (pending first, then its key
+    /// shard), read on a blocking thread: the caller holds the keys' stripe locks. No keys: no
+    /// thread hop.
+    ///
+    /// Cancel safety: cancel-safe (reads only).
+    async fn lookup_keys(
+        self: Arc<Self>,
+        prepared: &[Prepared],
+        now: i64,
+    ) -> HashMap<Vec<u8>, Result<Option<IdempotencyRecord>, ApiError>> {
+        let mut wanted: Vec<(ShardId, Vec<u8>)> = prepared
+            .iter()
+            .filter_map(|p| p.idempotency.as_ref())
+            .map(|k| (k.key_shard, k.storage_key.clone()))
+            .collect();
+        if wanted.is_empty() {
+            return HashMap::new();
+        }
+        wanted.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+        wanted.dedup_by(|a, b| a.1 == b.1);
+        let read = move || {
+            wanted
+                .into_iter()
+                .map(|(shard, key)| {
+                    let record = self.keys.lookup(&self.shards[shard.index()], &key, now).map_err(shard_error);
+                    (key, record)
+                })
+                .collect::<HashMap<_, _>>()
+        };
+        match tokio::task::spawn_blocking(read).await {
+            Ok(found) => found,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
     /// Resolves keys (replay, conflict, duplicate within the call, or fresh), appends the fresh
     /// messages durably (one append per shard) and writes their key-shard records.
     ///
@@ -180,6 +215,9 @@ impl Core {
             .keys
             .lock(prepared.iter().filter_map(|p| p.idempotency.as_ref()).map(|k| k.storage_key.as_slice()))
             .await;
+
+        // Every key's current record, read off the async workers (a key-shard read can touch disk).
+        let found = self.clone().lookup_keys(&prepared, now).await;
 
         // Resolve keys: replay, conflict, duplicate within this call, or fresh.
         let mut first_with_key: HashMap<Vec<u8>, usize> = HashMap::new(); // key -> position in `prepared`
@@ -199,7 +237,8 @@ impl Core {
                 }
                 continue;
             }
-            match self.keys.lookup(&self.shards[k.key_shard.index()], &k.storage_key, now) {
+            let record = found.get(&k.storage_key).cloned().expect("lookup_keys read every key of `prepared`");
+            match record {
                 Ok(Some(record)) if record.payload_hash == k.payload_hash => {
                     let held = p.held_template.is_some() && self.is_held(&record.message_id);
                     results[p.index] = Some(Ok(Accepted {
@@ -217,7 +256,7 @@ impl Core {
                     first_with_key.insert(k.storage_key.clone(), pos);
                     fresh.push(pos);
                 }
-                Err(e) => results[p.index] = Some(Err(shard_error(e))),
+                Err(e) => results[p.index] = Some(Err(e)),
             }
         }
 

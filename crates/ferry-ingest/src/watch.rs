@@ -182,7 +182,10 @@ impl Watch {
                 if from >= until {
                     continue;
                 }
-                let events = match shard.scan_outbox(from, until, SCAN_LIMIT) {
+                // A catch-up scan reads up to SCAN_LIMIT events from disk: off the async workers.
+                let reader = shard.clone();
+                let scanned = tokio::task::spawn_blocking(move || reader.scan_outbox(from, until, SCAN_LIMIT)).await;
+                let events = match scanned.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())) {
                     Ok(events) => events,
                     Err(e) => {
                         let _ = tx
