@@ -49,8 +49,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::DeliveryConfig;
-pub use link::LinkState;
-pub use stats::{DeliverySnapshot, ShardDeliveryStats};
+pub use stats::{DeliverySnapshot, LinkState, ShardDeliveryStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {

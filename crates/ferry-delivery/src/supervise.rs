@@ -29,8 +29,9 @@ use tokio::task::{Id, JoinSet};
 use tonic::transport::Channel;
 
 use crate::DeliveryConfig;
-use crate::link::{LinkState, run_link};
+use crate::link::run_link;
 use crate::shard_loop::ShardLoop;
+use crate::stats::LinkState;
 use crate::stats::ShardDeliveryStats;
 
 /// How a supervised task ended.
