@@ -4,6 +4,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
+/// Histogram of the time from the durable accept to the upstream's acceptance (its timestamp, or
+/// the node's clock when it sent none), in seconds.
+pub const ACCEPT_TO_ACK_SECONDS: &str = "ferry_accept_to_ack_seconds";
+
 /// Connection state of a shard's link to its upstream, as health reports it (written by the
 /// link, read by health: kept here so the link depends on the counters and not the reverse).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

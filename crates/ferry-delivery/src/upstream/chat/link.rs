@@ -1,4 +1,4 @@
-//! The link of one shard to the chat server: stage "talk to the server" of delivery.
+//! The link of one shard to the chat server: the chat upstream's connection.
 //!
 //! A task per shard keeps one `ferry.chat.v1.Chat/Deliver` stream open: it sends the `Hello`
 //! (node id and shard, so receipts come back to this shard also after a reconnect), hands the
@@ -27,7 +27,7 @@ use crate::stats::{LinkState, ShardDeliveryStats};
 
 /// The sending side of one open stream.
 #[derive(Debug, Clone)]
-pub struct LinkHandle {
+pub(crate) struct LinkHandle {
     frames: mpsc::Sender<ClientFrame>,
     reset: Arc<Notify>,
 }
@@ -58,7 +58,7 @@ impl LinkHandle {
 
 /// What the link tells the shard's loop.
 #[derive(Debug)]
-pub enum LinkEvent {
+pub(crate) enum LinkEvent {
     /// A stream is open; frames sent on this handle go to the server.
     Up(LinkHandle),
     Frame(ServerFrame),
