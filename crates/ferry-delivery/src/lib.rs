@@ -3,12 +3,19 @@
 //! `ferry-ingest` → `ferry-coordinator` → `ferry-shard` (durable queue) → **`ferry-delivery`** →
 //! the chat server (`proto/ferry/chat/v1`, or `ferry chatsim`).
 //!
-//! [`DeliveryEngine::start`] runs, for every shard of the node, one delivery loop
-//! ([`shard_loop`]) and one link to the chat server ([`link`]), supervised (`supervise.rs`): a
-//! panicking loop is restarted, a panicking background task is a temporary failure of what it
-//! held. Encryption sessions come from
-//! `ferry-session` (Signal-style X3DH + symmetric ratchet; not wire-compatible with WhatsApp),
-//! cached per shard and persisted in the shard's `sessions` column family.
+//! [`DeliveryEngine::start`] runs, for every shard of the node, one delivery loop (`engine.rs`,
+//! the upstream-independent core: window, FIFO per recipient, retries, TTL, settle) over one
+//! [`upstream::Upstream`] (the seam; today the chat upstream, `upstream/chat/`: its link to the
+//! chat server and its encryption sessions), supervised (`supervise.rs`): a panicking loop is
+//! restarted, a panicking background task is a temporary failure of what it held. Encryption
+//! sessions come from `ferry-session` (Signal-style X3DH + symmetric ratchet; not
+//! wire-compatible with WhatsApp), cached per shard and persisted in the shard's `sessions`
+//! column family.
+//!
+//! One file per stage: `window.rs` (read the queue; per-recipient cap), `recipients.rs` (FIFO,
+//! readiness, dispatch), `answers.rs` (what an outcome does), `retry.rs` (backoff, 4^X streaks,
+//! sender/upstream gates), `expiry.rs` (TTL), `settle.rs` (facts → durable records),
+//! `inbound.rs` (statuses and inbound messages), `other_shards.rs`, `supervise.rs`.
 //!
 //! Invariants (written as absences):
 //! - No message leaves a shard's queue before the server acked it, or it failed for good (TTL
@@ -29,14 +36,26 @@
 //! - No spawned task ends unheard: each is joined with its id; a panic is counted, logged and
 //!   retried, and a dead shard loop is restarted (health shows it until then).
 
+mod answers;
 pub mod config;
+mod engine;
+mod expiry;
 #[doc(hidden)]
 pub mod failpoint;
-pub mod link;
-pub mod shard_loop;
+mod inbound;
+mod other_shards;
+mod recipients;
+mod retry;
+mod settle;
 pub mod stats;
 mod supervise;
+pub mod upstream;
 mod window;
+
+/// The metric names of the loop, where `ferry-http` reads them.
+pub mod shard_loop {
+    pub use crate::stats::ACCEPT_TO_ACK_SECONDS;
+}
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,12 +64,13 @@ use ferry_model::clock::SharedClock;
 use ferry_proto::chat::v1::Hello;
 use ferry_proto::chat::v1::chat_client::ChatClient;
 use ferry_shard::Shard;
+
+use crate::upstream::chat::ChatConnector;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::DeliveryConfig;
-pub use link::LinkState;
-pub use stats::{DeliverySnapshot, ShardDeliveryStats};
+pub use stats::{DeliverySnapshot, LinkState, ShardDeliveryStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -96,13 +116,19 @@ impl DeliveryEngine {
                 .max_encoding_message_size(16 * 1024 * 1024);
             let shard_stats = Arc::new(ShardDeliveryStats::default());
             let hello = Hello { client_id: format!("{:016x}", shard.node_id()), channel: u32::from(shard.id().0) };
+            let connect = ChatConnector {
+                shard: shard.clone(),
+                client,
+                hello,
+                config: config.clone(),
+                stats: shard_stats.clone(),
+            };
             let delivery = supervise::ShardDelivery {
                 shard: shard.clone(),
                 all_shards: all_shards.clone(),
                 config: config.clone(),
                 clock: clock.clone(),
-                client,
-                hello,
+                connect,
                 stats: shard_stats.clone(),
             };
             tasks.push(tokio::spawn(supervise::supervise_shard(delivery, shutdown_rx.clone())));
@@ -123,6 +149,9 @@ impl DeliveryEngine {
 
     /// Stops the loops: they stop sending, write what they settled, and return. Messages still in
     /// flight stay queued and are delivered after the next start. Returns after `grace` at most.
+    ///
+    /// Cancel-safe: the stop is signalled before the first await, so dropping the future early
+    /// only stops waiting for the loops (they still stop and write what they settled).
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.shutdown.send(true);
         let all = futures_join_all(self.tasks);
@@ -132,6 +161,7 @@ impl DeliveryEngine {
     }
 }
 
+/// Cancel-safe: dropping it only stops waiting (the tasks run on).
 async fn futures_join_all(tasks: Vec<JoinHandle<()>>) {
     for t in tasks {
         let _ = t.await;

@@ -4,7 +4,36 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
-use crate::link::LinkState;
+/// Histogram of the time from the durable accept to the upstream's acceptance (its timestamp, or
+/// the node's clock when it sent none), in seconds.
+pub const ACCEPT_TO_ACK_SECONDS: &str = "ferry_accept_to_ack_seconds";
+
+/// Connection state of a shard's link to its upstream, as health reports it (written by the
+/// link, read by health: kept here so the link depends on the counters and not the reverse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Connecting = 0,
+    Connected = 1,
+    Disconnected = 2,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Disconnected => "disconnected",
+        }
+    }
+
+    pub(crate) fn load(cell: &AtomicU8) -> LinkState {
+        match cell.load(Ordering::Relaxed) {
+            1 => LinkState::Connected,
+            2 => LinkState::Disconnected,
+            _ => LinkState::Connecting,
+        }
+    }
+}
 
 /// Counters of one shard's delivery loop. Monotonic unless noted.
 #[derive(Debug, Default)]

@@ -5,7 +5,7 @@
 //!   as [`Joined::Panicked`] with what it held, so the loop treats it as a temporary failure of
 //!   that (the recipient retries its session, the batch is written again) instead of dropping it
 //!   and leaving a recipient stuck and the low watermark pinned.
-//! - [`supervise_shard`]: runs one shard's link and delivery loop; when the loop panics it is
+//! - [`supervise_shard`]: runs one shard's upstream and delivery loop; when the loop panics it is
 //!   logged, counted (`task_panics`, `loop_restarts`), shown in health (`delivery_restarting`:
 //!   `/readyz` answers 503, `/v1/health` says `disconnected`), and both are started again after a
 //!   backoff, from the shard's low watermark like a restart: what was in flight is resent (the
@@ -21,17 +21,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ferry_model::clock::SharedClock;
-use ferry_proto::chat::v1::Hello;
-use ferry_proto::chat::v1::chat_client::ChatClient;
 use ferry_shard::Shard;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::{Id, JoinSet};
-use tonic::transport::Channel;
 
 use crate::DeliveryConfig;
-use crate::link::{LinkState, run_link};
-use crate::shard_loop::ShardLoop;
-use crate::stats::ShardDeliveryStats;
+use crate::engine::ShardLoop;
+use crate::stats::{LinkState, ShardDeliveryStats};
+use crate::upstream::Connect;
 
 /// How a supervised task ended.
 pub(crate) enum Joined<T, H> {
@@ -86,12 +83,6 @@ impl<T: Send + 'static, H> TaskSet<T, H> {
             }
         }
     }
-
-    /// Aborts every task (what they held is dropped with them).
-    pub(crate) fn abort_all(&mut self) {
-        self.set.abort_all();
-        self.held.clear();
-    }
 }
 
 fn panic_reason(error: &tokio::task::JoinError) -> String {
@@ -110,43 +101,33 @@ const RESTART_MAX: Duration = Duration::from_secs(5);
 const RESTART_RESET_AFTER: Duration = Duration::from_secs(60);
 
 /// What one shard's delivery needs; cloned into every (re)start.
-pub(crate) struct ShardDelivery {
+pub(crate) struct ShardDelivery<C> {
     pub(crate) shard: Arc<Shard>,
     pub(crate) all_shards: Arc<[Arc<Shard>]>,
     pub(crate) config: DeliveryConfig,
     pub(crate) clock: SharedClock,
-    pub(crate) client: ChatClient<Channel>,
-    pub(crate) hello: Hello,
+    /// Opens the shard's upstream for every (re)start.
+    pub(crate) connect: C,
     pub(crate) stats: Arc<ShardDeliveryStats>,
 }
 
-/// Runs one shard's link and delivery loop until `shutdown`, restarting both when the loop
+/// Runs one shard's upstream and delivery loop until `shutdown`, restarting both when the loop
 /// panics (see the module docs).
 ///
-/// Cancel-safe in the sense that matters: dropping it drops the loop's and the link's tasks'
+/// Cancel-safe in the sense that matters: dropping it drops the loop's and the upstream's tasks'
 /// handles, not the tasks; shut down through `shutdown`.
-pub(crate) async fn supervise_shard(d: ShardDelivery, shutdown: watch::Receiver<bool>) {
+pub(crate) async fn supervise_shard<C: Connect>(d: ShardDelivery<C>, shutdown: watch::Receiver<bool>) {
     let initial = Duration::from_millis(d.config.reconnect_initial_ms);
     let mut backoff = initial;
     loop {
-        let (events_tx, events_rx) = mpsc::channel(4096);
-        let link = tokio::spawn(run_link(
-            d.client.clone(),
-            d.hello.clone(),
-            events_tx,
-            d.stats.clone(),
-            Duration::from_millis(d.config.reconnect_initial_ms),
-            d.config.link_buffer(),
-            shutdown.clone(),
-        ));
+        let (upstream, link) = d.connect.connect(shutdown.clone());
         let shard_loop = ShardLoop::new(
             d.shard.clone(),
             d.all_shards.clone(),
             d.config.clone(),
             d.clock.clone(),
-            d.client.clone(),
+            upstream,
             d.stats.clone(),
-            events_rx,
             shutdown.clone(),
         );
         let started = tokio::time::Instant::now();

@@ -17,9 +17,27 @@
 //! - No low watermark passes an unread message: [`Admission::floor`] (the lowest unread seq of
 //!   any recipient) bounds it, with the loaded messages and the cursor.
 //!
-//! Pure bookkeeping: the loop does the reads (`shard_loop.rs`, `load_from_queue`).
+//! [`Admission`] is pure bookkeeping; the reads are the loop's (`load_from_queue` below): a
+//! cursor walks the queue forward from the shard's low watermark, each scan bounded by the room
+//! left in the window and by the committed `next_seq`, so the loop never rescans. Reads per turn
+//! are bounded too ([`READ_BUDGET_PER_TURN`]). Released held messages (paced templates) enter the
+//! queue under their original, usually older, seq: the shard hands the loop their seqs
+//! (`Shard::take_released`) and the loop point-reads those below its cursor (the scan reads the
+//! others), within the same window. They join the back of their recipient's FIFO.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+use ferry_model::{MessageId, MessageKey};
+use ferry_shard::QueueRecord;
+
+use crate::engine::{Loaded, Phase, RecipientKey, ShardLoop, recipient_key};
+use crate::upstream::Upstream;
+
+/// Most messages read from the queue in one scan.
+const SCAN_CHUNK: usize = 1024;
+/// Most queue records read in one turn of the loop (forward scan and refills together), so a
+/// long stretch of one capped recipient's surplus does not hold up answers and acks.
+const READ_BUDGET_PER_TURN: usize = 4 * SCAN_CHUNK;
 
 /// A recipient's key (`sender ++ 0 ++ wa_id`), as the loop keys its FIFOs.
 type Key = String;
@@ -146,6 +164,160 @@ impl Admission {
                 }
             }
         }
+    }
+}
+
+impl<U: Upstream> ShardLoop<U> {
+    /// Reads released held messages below the cursor (point reads), while the window has room.
+    fn load_released(&mut self) {
+        self.late.extend(self.shard.take_released(usize::MAX));
+        while self.messages.len() < self.config.window
+            && let Some(seq) = self.late.pop_front()
+        {
+            // At or past the cursor the scan reads it; loaded already (or settled: then it is no
+            // longer in the queue) needs nothing.
+            if seq >= self.cursor || self.messages.contains_key(&seq) {
+                continue;
+            }
+            match self.shard.get_queued(seq) {
+                Ok(Some(record)) => self.offer(seq, record),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(shard = %self.shard.id(), seq, error = %e, "cannot read a released message; retrying");
+                    self.late.push_front(seq);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads the next messages of the queue into memory while the window has room: first the
+    /// surplus of recipients that drained, then forward from the cursor. At most
+    /// [`READ_BUDGET_PER_TURN`] records per call; `more_to_read` says when some are left.
+    pub(crate) fn load_from_queue(&mut self) {
+        self.load_released();
+        self.more_to_read = false;
+        let mut budget = READ_BUDGET_PER_TURN;
+        self.refill_surplus(&mut budget);
+        loop {
+            let room = self.config.window.saturating_sub(self.messages.len());
+            let until = self.shard.committed_next_seq();
+            if room == 0 || self.cursor >= until {
+                return;
+            }
+            if budget == 0 {
+                self.more_to_read = true;
+                return;
+            }
+            let limit = room.min(SCAN_CHUNK).min(budget);
+            budget -= limit;
+            let chunk = match self.shard.scan_queue_range(self.cursor, until, limit) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    tracing::error!(shard = %self.shard.id(), error = %e, "cannot read the queue; retrying");
+                    return;
+                }
+            };
+            let full = chunk.len() == limit;
+            let last = chunk.last().map(|(seq, _)| *seq);
+            for (seq, record) in chunk {
+                self.offer(seq, record);
+            }
+            // Everything in [cursor, until) that was not returned is deleted (or returned):
+            // continue after the last read one, or at `until` when the range is exhausted.
+            if let (true, Some(last)) = (full, last) {
+                self.cursor = self.cursor.max(last + 1);
+            } else {
+                self.cursor = until;
+                return;
+            }
+        }
+    }
+
+    /// Reads again, below the cursor, the messages left on disk of recipients that drained to half
+    /// their cap: only theirs, in seq order, until the cap, the window or `budget` is reached.
+    fn refill_surplus(&mut self, budget: &mut usize) {
+        while let Some((key, from)) = self.admission.next_refill() {
+            let mut next = from;
+            loop {
+                if next >= self.cursor {
+                    self.admission.refilled(&key, None);
+                    break;
+                }
+                if !self.admission.has_room(&key) {
+                    self.admission.refilled(&key, Some(next));
+                    break;
+                }
+                if self.messages.len() >= self.config.window || *budget == 0 {
+                    self.admission.refilled(&key, Some(next));
+                    self.admission.retry_refill(key);
+                    self.more_to_read |= *budget == 0;
+                    return;
+                }
+                let limit = SCAN_CHUNK.min(*budget);
+                *budget -= limit;
+                let chunk = match self.shard.scan_queue_range(next, self.cursor, limit) {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        tracing::error!(shard = %self.shard.id(), error = %e, "cannot read the queue; retrying");
+                        self.admission.refilled(&key, Some(next));
+                        self.admission.retry_refill(key);
+                        return;
+                    }
+                };
+                let exhausted = chunk.len() < limit;
+                let mut stopped = false;
+                for (seq, record) in chunk {
+                    if self.messages.contains_key(&seq) || recipient_key(&record.sender, &record.wa_id) != key {
+                        next = seq + 1;
+                        continue;
+                    }
+                    if !self.admission.has_room(&key) || self.messages.len() >= self.config.window {
+                        next = seq;
+                        stopped = true;
+                        break;
+                    }
+                    self.admit(seq, record, key.clone());
+                    next = seq + 1;
+                }
+                if exhausted && !stopped {
+                    next = self.cursor;
+                }
+            }
+        }
+    }
+
+    /// Admits a message read from the queue, or leaves it on disk when its recipient is at its
+    /// cap (`window.rs`).
+    fn offer(&mut self, seq: u64, record: QueueRecord) {
+        let key = recipient_key(&record.sender, &record.wa_id);
+        if self.admission.offer(&key, seq) {
+            self.admit(seq, record, key);
+        }
+    }
+
+    fn admit(&mut self, seq: u64, record: QueueRecord, key: RecipientKey) {
+        let message_id = MessageId::encode(MessageKey { shard: self.shard.id(), node_id: self.shard.node_id(), seq });
+        self.admission.admitted(&key);
+        let recipient = self.recipients.entry(key.clone()).or_default();
+        recipient.waiting.push_back(seq);
+        if recipient.waiting.len() == 1 {
+            self.ready.push_back(key.clone());
+        }
+        self.messages.insert(
+            seq,
+            Loaded {
+                record,
+                message_id,
+                key,
+                phase: Phase::Waiting,
+                attempts: 0,
+                failures: 0,
+                marketing_refusals: 0,
+                ack_timer: None,
+                unanswered: 0,
+            },
+        );
     }
 }
 

@@ -1,4 +1,4 @@
-//! The link of one shard to the chat server: stage "talk to the server" of delivery.
+//! The link of one shard to the chat server: the chat upstream's connection.
 //!
 //! A task per shard keeps one `ferry.chat.v1.Chat/Deliver` stream open: it sends the `Hello`
 //! (node id and shard, so receipts come back to this shard also after a reconnect), hands the
@@ -13,7 +13,7 @@
 //! ack timeouts in a row (a server that stops answering but keeps the stream open).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ferry_proto::chat::v1::chat_client::ChatClient;
@@ -23,11 +23,11 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::stats::ShardDeliveryStats;
+use crate::stats::{LinkState, ShardDeliveryStats};
 
 /// The sending side of one open stream.
 #[derive(Debug, Clone)]
-pub struct LinkHandle {
+pub(crate) struct LinkHandle {
     frames: mpsc::Sender<ClientFrame>,
     reset: Arc<Notify>,
 }
@@ -58,39 +58,13 @@ impl LinkHandle {
 
 /// What the link tells the shard's loop.
 #[derive(Debug)]
-pub enum LinkEvent {
+pub(crate) enum LinkEvent {
     /// A stream is open; frames sent on this handle go to the server.
     Up(LinkHandle),
     Frame(ServerFrame),
     /// The stream ended; nothing sent on the last `Up` sender is known to have arrived unless
     /// it was answered.
     Down(String),
-}
-
-/// Connection state of a shard's link, as health reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkState {
-    Connecting = 0,
-    Connected = 1,
-    Disconnected = 2,
-}
-
-impl LinkState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LinkState::Connecting => "connecting",
-            LinkState::Connected => "connected",
-            LinkState::Disconnected => "disconnected",
-        }
-    }
-
-    pub(crate) fn load(cell: &AtomicU8) -> LinkState {
-        match cell.load(Ordering::Relaxed) {
-            1 => LinkState::Connected,
-            2 => LinkState::Disconnected,
-            _ => LinkState::Connecting,
-        }
-    }
 }
 
 /// Runs the link until `shutdown` turns true. Events go to `events`; `state` mirrors the link.

@@ -15,34 +15,37 @@ use ferry_model::ShardId;
 use ferry_shard::{Settlement, ShardError};
 use tokio::time::Instant;
 
-use super::{SETTLE_RETRY, SettleBatch, ShardLoop, Timer};
+use crate::engine::{ShardLoop, Timer};
 use crate::failpoint::{self, Point};
+use crate::settle::{Fact, SETTLE_RETRY, SettleBatch, unqueued_settlement};
+use crate::upstream::{EventToken, Upstream};
 
 /// Settlements of this turn, and failed ones waiting to be written again, by owner shard.
 #[derive(Default)]
-pub(super) struct OtherShards {
+pub(crate) struct OtherShards {
     pending: BTreeMap<u16, (Vec<Settlement>, Vec<u64>)>,
     deferred: BTreeMap<u16, (Vec<Settlement>, Vec<u64>)>,
 }
 
 impl OtherShards {
     /// Failed batches are waiting for the retry timer.
-    pub(super) fn has_deferred(&self) -> bool {
+    pub(crate) fn has_deferred(&self) -> bool {
         !self.deferred.is_empty()
     }
 }
 
-impl ShardLoop {
-    /// Records `entry` in shard `owner` (written this turn); `receipt_id` is acknowledged to the
-    /// server once that is durable.
-    pub(super) fn settle_in_other_shard(&mut self, owner: ShardId, entry: Settlement, receipt_id: u64) {
+impl<U: Upstream> ShardLoop<U> {
+    /// Records `fact` (a status or an inbound message) in shard `owner` (written this turn);
+    /// `receipt_id` is acknowledged to the upstream once that is durable.
+    pub(crate) fn settle_in_other_shard(&mut self, owner: ShardId, fact: Fact, receipt_id: EventToken) {
+        let Some(entry) = unqueued_settlement(fact) else { return };
         let (entries, receipts) = self.other_shards.pending.entry(owner.0).or_default();
         entries.push(entry);
         receipts.push(receipt_id);
     }
 
     /// Writes this turn's settlements for other shards: one `Settle` per owner.
-    pub(super) fn flush_other_shards(&mut self) {
+    pub(crate) fn flush_other_shards(&mut self) {
         for (owner, (entries, receipt_ids)) in std::mem::take(&mut self.other_shards.pending) {
             let shard = self.all_shards[usize::from(owner)].clone();
             let fails = entries.iter().any(|e| match e {
@@ -65,7 +68,7 @@ impl ShardLoop {
     }
 
     /// A write to another shard ended: acknowledge its receipts, or write it again later.
-    pub(super) fn on_other_shard_settled(&mut self, owner: ShardId, batch: SettleBatch, result: Result<(), String>) {
+    pub(crate) fn on_other_shard_settled(&mut self, owner: ShardId, batch: SettleBatch, result: Result<(), String>) {
         match result {
             Ok(()) => self.ack_receipts(batch.receipt_ids),
             Err(e) => {
@@ -82,7 +85,7 @@ impl ShardLoop {
     }
 
     /// The retry timer fired: the deferred batches join this turn's.
-    pub(super) fn retry_other_shards(&mut self) {
+    pub(crate) fn retry_other_shards(&mut self) {
         for (owner, (entries, receipts)) in std::mem::take(&mut self.other_shards.deferred) {
             let (pending, pending_receipts) = self.other_shards.pending.entry(owner).or_default();
             pending.extend(entries);
