@@ -1,5 +1,5 @@
 //! The `ferry` command: `serve` runs a node, `send`, `get`, `watch` and `held` talk to one over gRPC,
-//! `chatsim` runs the reference chat server, `loadgen` drives load, `config check` validates a config file,
+//! `chatsim` runs the reference chat server, `cloudsim` the reference WhatsApp Cloud API server, `loadgen` drives load, `config check` validates a config file,
 //! `login` gets a bearer token (for `--token` / `FERRY_TOKEN`).
 
 mod config;
@@ -49,6 +49,9 @@ enum Command {
     Loadgen(ferry_loadgen::LoadgenArgs),
     /// Run the reference chat server (decrypts and acks envelopes, sends receipts, fault knobs).
     Chatsim(ferry_chatsim::ChatSimArgs),
+    /// Run the reference WhatsApp Cloud API server (validates sends, enforces Meta's limits, posts
+    /// signed status webhooks, fault knobs).
+    Cloudsim(ferry_cloudsim::CloudSimArgs),
     /// Log in over HTTP (HTTP Basic) and print a bearer token for `--token` / FERRY_TOKEN.
     Login(LoginArgs),
     /// Validate a config file and print the effective config.
@@ -187,6 +190,10 @@ fn main() -> std::process::ExitCode {
             Command::Chatsim(a) => {
                 init_logging("info");
                 ferry_chatsim::run_cli(a).await
+            }
+            Command::Cloudsim(a) => {
+                init_logging("info");
+                ferry_cloudsim::run_cli(a).await
             }
             Command::Config { command: ConfigCommand::Check { file } } => config_check(file),
         }
