@@ -350,6 +350,10 @@ impl<U: Upstream> ShardLoop<U> {
                 Some(Timer::InDoubt { seq, attempt })
                     if self.messages.get(&seq).is_some_and(|m| m.phase == Phase::InDoubt { attempt }) =>
                 {
+                    // No longer waited for: sent again (a late acceptance of it still settles).
+                    if let Some(m) = self.messages.get_mut(&seq) {
+                        m.unanswered = m.unanswered.saturating_sub(1);
+                    }
                     self.requeue_front(seq);
                 }
                 Some(Timer::InDoubt { .. }) => {}
@@ -371,6 +375,7 @@ impl<U: Upstream> ShardLoop<U> {
     }
 }
 
+/// Sleeps until `at`, or forever. Cancel-safe (a sleep).
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,

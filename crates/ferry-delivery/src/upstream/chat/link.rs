@@ -68,6 +68,9 @@ pub(crate) enum LinkEvent {
 }
 
 /// Runs the link until `shutdown` turns true. Events go to `events`; `state` mirrors the link.
+///
+/// Cancel-safe in the sense that matters: dropping it (the supervisor aborts it after the loop
+/// ended) closes the stream; whatever was in flight on it is resent by the next loop.
 pub(crate) async fn run_link(
     client: ChatClient<Channel>,
     hello: Hello,
