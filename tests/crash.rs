@@ -3,7 +3,9 @@
 
 mod support;
 
-use support::{FerryProcess, SendLoad, assert_all_kept, connect, ferry_bin, text};
+use std::collections::HashSet;
+
+use support::{FerryProcess, LoadOutcome, SendLoad, assert_all_kept, connect, ferry_command, text};
 
 use tonic::Code;
 
@@ -22,13 +24,17 @@ async fn every_acknowledged_send_survives_sigkill() {
         keyed.push((m, id));
     }
 
-    // 32 concurrent senders; SIGKILL once 3,000 sends were acknowledged, while others are in flight.
+    // 32 concurrent senders with idempotency keys (with 4 shards most keys live on another shard
+    // than their message: the kill finds idempotency intents outstanding); SIGKILL once 3,000 sends
+    // were acknowledged, while others are in flight.
     const KILL_AFTER: usize = 3_000;
-    let load = SendLoad::start(&client, 32, "+1631");
+    let load = SendLoad::start_keyed(&client, 32, "+1631");
     load.wait_answered(KILL_AFTER).await;
     ferry.kill9();
-    let ids = load.finish().await;
-    assert!(ids.len() >= KILL_AFTER);
+    let LoadOutcome { ids, answers, errors } = load.finish().await;
+    assert!(!errors.is_empty(), "the kill cut no send in flight");
+    let distinct: HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "an id was answered twice");
 
     let ferry = FerryProcess::spawn(dir.path(), 4);
     let mut client = connect(ferry.addr).await;
@@ -43,6 +49,11 @@ async fn every_acknowledged_send_survives_sigkill() {
         changed.biz_opaque_callback_data = "changed".into();
         assert_eq!(client.send(changed).await.unwrap_err().code(), Code::AlreadyExists);
     }
+    // Every key answered under load (intents outstanding at the kill) replays its id.
+    for (m, id) in &answers {
+        let again = client.send(m.clone()).await.unwrap().into_inner();
+        assert_eq!((&again.message_id, again.idempotent_replay), (id, true), "key {}", m.idempotency_key);
+    }
     // Ids stay unique after the restart.
     let fresh = client.send(text("+16315550000", "after restart")).await.unwrap().into_inner().message_id;
     assert!(!ids.contains(&fresh));
@@ -54,7 +65,7 @@ fn a_data_dir_refuses_another_shard_count() {
     let dir = tempfile::tempdir().unwrap();
     let ferry = FerryProcess::spawn(dir.path(), 8);
     assert_eq!(ferry.terminate().code(), Some(0));
-    let out = std::process::Command::new(ferry_bin())
+    let out = ferry_command()
         .args(["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--shards", "4", "--data-dir"])
         .arg(dir.path())
         .output()
@@ -66,7 +77,7 @@ fn a_data_dir_refuses_another_shard_count() {
 
 #[test]
 fn bad_config_is_one_clear_line_and_nonzero_exit() {
-    let out = std::process::Command::new(ferry_bin()).args(["serve", "--shards", "33"]).output().unwrap();
+    let out = ferry_command().args(["serve", "--shards", "33"]).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("ferry: error:") && stderr.contains("expected 1 to 32"), "{stderr}");
@@ -78,7 +89,7 @@ fn config_check_prints_the_effective_config_with_secrets_masked() {
     let path = dir.path().join("ferry.toml");
     std::fs::write(&path, "shards = 4\n[webhook]\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"app-s3cret\"\n")
         .unwrap();
-    let out = std::process::Command::new(ferry_bin()).args(["config", "check"]).arg(&path).output().unwrap();
+    let out = ferry_command().args(["config", "check"]).arg(&path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(!printed.contains("app-s3cret"), "the secret leaked: {printed}");
@@ -94,7 +105,7 @@ fn a_closed_stdout_ends_a_command_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ferry.toml");
     std::fs::write(&path, "shards = 4\n").unwrap();
-    let mut child = std::process::Command::new(ferry_bin())
+    let mut child = ferry_command()
         .args(["config", "check"])
         .arg(&path)
         .stdout(std::process::Stdio::piped())

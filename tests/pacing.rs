@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use ferry_chatsim::{ChatSim, ChatSimConfig};
-use ferry_coordinator::{AfterHold, CoordinatorConfig, PacingConfig};
+use ferry_coordinator::{AfterHold, CoordinatorConfig, HeldCounts, PacingConfig};
 use ferry_delivery::DeliveryConfig;
 use ferry_model::clock::ManualClock;
 use ferry_proto::v1::{self, send_request::Content};
@@ -53,6 +53,28 @@ async fn wait_for_status(client: &Client, id: &str, status: &str) {
     .await;
 }
 
+/// A recipient on the same one of 4 shards as `to` (`+1631556NNNN`, the first not in `taken`): a
+/// message to it, sent later and read, shows that the shard's delivery loop went past `to`'s.
+fn same_shard_marker(to: &str, taken: &mut Vec<String>) -> String {
+    use ferry_model::routing::shard_for_recipient;
+    let shard = |number: &str| shard_for_recipient(&ferry_model::WaId::from_normalized(number[1..].to_owned()), 4);
+    let marker = (0..10_000)
+        .map(|n| format!("+1631556{n:04}"))
+        .find(|m| shard(m) == shard(to) && !taken.contains(m))
+        .expect("a recipient on every shard");
+    taken.push(marker.clone());
+    marker
+}
+
+/// Sends a text to a [`same_shard_marker`] of each of `to` and waits until each is read.
+async fn deliver_markers(client: &mut Client, to: &[&str], taken: &mut Vec<String>) {
+    for t in to {
+        let marker = same_shard_marker(t, taken);
+        let id = client.send(text(&marker, "marker")).await.unwrap().into_inner().message_id;
+        wait_for_status(client, &id, "read").await;
+    }
+}
+
 fn history(r: &v1::MessageRecord) -> Vec<&str> {
     r.history.iter().map(|h| h.status.as_str()).collect()
 }
@@ -89,8 +111,10 @@ async fn paced_templates_are_held_until_an_admin_call_releases_or_drops_them() {
     let held = status_of(&mut client, &promo.message_id).await;
     assert_eq!((held.status.as_str(), history(&held)), (HELD, vec!["accepted", HELD]));
     assert_eq!(held.r#type, "template");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(sim.stats().unique_messages, 2, "held messages are not delivered");
+    // Later messages on the held ones' shards were delivered; the held ones were not.
+    let mut markers = Vec::new();
+    deliver_markers(&mut client, &["+16315550001", "+16315550002"], &mut markers).await;
+    assert_eq!(sim.stats().unique_messages, 4, "held messages are not delivered");
 
     // Release: delivered under the original id, its history shows the hold.
     let released = resolve(&mut client, "promo", v1::HeldAction::Release).await;
@@ -98,7 +122,7 @@ async fn paced_templates_are_held_until_an_admin_call_releases_or_drops_them() {
     wait_for_status(&client, &promo.message_id, "read").await;
     let read = status_of(&mut client, &promo.message_id).await;
     assert_eq!(history(&read), vec!["accepted", HELD, "sent", "delivered", "read"]);
-    assert_eq!(sim.stats().unique_messages, 3);
+    assert_eq!(sim.stats().unique_messages, 5);
 
     // Drop: failed with 132015, in GetMessage and in the status stream.
     let dropped = resolve(&mut client, "flash", v1::HeldAction::Drop).await;
@@ -116,8 +140,8 @@ async fn paced_templates_are_held_until_an_admin_call_releases_or_drops_them() {
     let mut stream = client.watch_statuses(watch).await.unwrap().into_inner();
     let event = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
     assert_eq!((event.status.as_str(), event.error.map(|e| e.code)), ("failed", Some(132015)));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(sim.stats().unique_messages, 3, "a dropped message is never delivered");
+    deliver_markers(&mut client, &["+16315550002"], &mut markers).await;
+    assert_eq!(sim.stats().unique_messages, 6, "a dropped message is never delivered");
 
     // Nothing left to resolve; bad requests say what was expected.
     let again = resolve(&mut client, "promo", v1::HeldAction::Drop).await;
@@ -153,7 +177,8 @@ async fn held_messages_survive_a_restart_and_the_rule_releases_them_after_hold_s
         Delivering::start(dir, config.clone(), sim.local_addr(), DeliveryConfig::for_test(), clock.clone()).await;
     let mut client = ferry.node.client().await;
     assert_eq!(status_of(&mut client, &promo.message_id).await.status, HELD);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let applied = ferry.node.coordinator.apply_pacing_rule().await.unwrap();
+    assert_eq!(applied, HeldCounts::default(), "the rule waits hold_secs");
     assert_eq!(status_of(&mut client, &promo.message_id).await.status, HELD, "the rule waits hold_secs");
     assert_eq!(sim.stats().unique_messages, 1);
 
@@ -168,7 +193,8 @@ async fn held_messages_survive_a_restart_and_the_rule_releases_them_after_hold_s
     let late = client.send(template("+16315550014", "promo")).await.unwrap().into_inner().message_id;
     clock.advance(Duration::from_secs(301));
     wait_for_status(&client, &early, "read").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let applied = ferry.node.coordinator.apply_pacing_rule().await.unwrap();
+    assert_eq!(applied, HeldCounts::default(), "301 s old: not due yet");
     assert_eq!(status_of(&mut client, &late).await.status, HELD, "301 s old: not due yet");
     clock.advance(Duration::from_secs(300));
     wait_for_status(&client, &late, "read").await;
@@ -211,7 +237,7 @@ async fn ferry_serve_holds_across_sigkill_and_ferry_held_drop_resolves() {
     let ferry = support::FerryProcess::spawn_with(&data, 2, &args);
     let mut client = support::connect(ferry.addr).await;
     assert_eq!(status_of(&mut client, &promo.message_id).await.status, HELD, "held across SIGKILL");
-    let out = std::process::Command::new(support::ferry_bin())
+    let out = support::ferry_command()
         .args(["held", "drop", "--template", "promo", "--target", &format!("http://{}", ferry.addr)])
         .output()
         .unwrap();

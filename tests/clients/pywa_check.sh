@@ -2,8 +2,9 @@
 # pywa (a Cloud API client from PyPI) against ferry's Cloud route: see pywa_check.py.
 # Usage: tests/clients/pywa_check.sh [FERRY_BINARY]   (default: $CARGO_TARGET_DIR or target, release)
 # Makes a venv in $HOME/.cache/ferry-pywa-venv (installs python3-venv via apt when missing and run
-# as root) with pywa pinned. Without PyPI (no network) it prints "pywa check: skipped: ..." and
-# exits 0; any other failure fails.
+# as root) with pywa pinned. Only when PyPI cannot be reached (pip's index query fails too) it
+# prints "pywa check: skipped: ..." and exits 0 (scripts/test.sh counts it as skipped); any other
+# failure, an install failure with PyPI answering included, fails.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYWA_VERSION=4.5.0
@@ -22,7 +23,13 @@ fi
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 if [ "$("$venv/bin/python" -c 'import pywa; print(pywa.__version__)' 2>/dev/null)" != "$PYWA_VERSION" ]; then
   if ! "$venv/bin/pip" install -q --disable-pip-version-check "pywa==$PYWA_VERSION"; then
-    echo "pywa check: skipped: cannot install pywa==$PYWA_VERSION from PyPI (no network?)"
+    # Only a registry that cannot be reached skips; a registry that answers and an install that
+    # fails anyway (a missing version, a broken build) is a failure.
+    if "$venv/bin/pip" index versions --disable-pip-version-check pywa >/dev/null 2>&1; then
+      echo "pywa check: FAILED: PyPI answers but pywa==$PYWA_VERSION does not install" >&2
+      exit 1
+    fi
+    echo "pywa check: skipped: PyPI cannot be reached (pywa==$PYWA_VERSION not installed)"
     exit 0
   fi
 fi

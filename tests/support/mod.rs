@@ -81,7 +81,7 @@ impl InProcess {
             let _ = s.send(());
         }
         if let Some(h) = self.server.take() {
-            let _ = h.await;
+            join_server(h).await;
         }
     }
 
@@ -91,10 +91,20 @@ impl InProcess {
             let _ = s.send(());
         }
         if let Some(h) = self.server.take() {
-            let _ = h.await;
+            join_server(h).await;
         }
         let dir = tempfile::TempDir::new().unwrap();
         std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+/// Waits for the server task; a panic in it fails the test (with the server's panic).
+async fn join_server(h: tokio::task::JoinHandle<()>) {
+    match tokio::time::timeout(Duration::from_secs(60), h).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Ok(Err(e)) => panic!("the server task was cancelled: {e}"),
+        Err(_) => panic!("the server did not stop within 60 s of its stop signal"),
     }
 }
 
@@ -196,6 +206,35 @@ pub fn ferry_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
 }
 
+/// A command running the ferry binary without the caller's `FERRY_*` environment (a developer's
+/// FERRY_DATA_DIR or FERRY_UPSTREAM must not change what a test runs).
+pub fn ferry_command() -> Command {
+    let mut command = Command::new(ferry_bin());
+    clear_ferry_env(&mut command);
+    command
+}
+
+/// Removes every `FERRY_*` variable of this process from `command`'s environment.
+pub fn clear_ferry_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("FERRY_") {
+            command.env_remove(name);
+        }
+    }
+}
+
+/// Records that the calling test skipped (it returns right after, and cargo counts it as passed):
+/// prints why and, under scripts/test.sh (`FERRY_SKIP_LOG`), appends a line to the skip log, so
+/// the summary line counts it as skipped instead.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    println!("skipped: {test}: {why}");
+    if let Some(log) = std::env::var_os("FERRY_SKIP_LOG") {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open FERRY_SKIP_LOG");
+        writeln!(f, "{test}: {why}").expect("write FERRY_SKIP_LOG");
+    }
+}
+
 impl FerryProcess {
     /// Starts `ferry serve` on port 0 (with its in-process chat server) and waits for its
     /// readiness line.
@@ -217,13 +256,11 @@ impl FerryProcess {
 
     /// `auth`: None = `--auth disabled`; Some(password) = auth on, with that admin password.
     fn start(data_dir: &Path, shards: u16, extra: &[&str], auth: Option<Option<&str>>) -> FerryProcess {
-        let mut command = Command::new(ferry_bin());
+        let mut command = ferry_command();
         command
             .args(["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .args(["--shards", &shards.to_string(), "--data-dir"])
-            .arg(data_dir)
-            .env_remove("FERRY_AUTH")
-            .env_remove("FERRY_ADMIN_PASSWORD");
+            .arg(data_dir);
         match auth {
             None => command.args(["--auth", "disabled"]),
             Some(Some(password)) => command.env("FERRY_ADMIN_PASSWORD", password),
@@ -260,8 +297,13 @@ impl FerryProcess {
 
     /// SIGKILL: no shutdown code runs.
     pub fn kill9(mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("ferry had exited before the SIGKILL: {status}");
+        }
         self.child.kill().expect("SIGKILL");
-        self.child.wait().unwrap();
+        let status = self.child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "ferry ended otherwise than by the SIGKILL: {status}");
     }
 
     /// SIGTERM and wait for exit; returns the exit status.
@@ -287,7 +329,7 @@ pub struct ChatSimProcess {
 impl ChatSimProcess {
     /// Starts `ferry chatsim --listen LISTEN` and waits for its readiness line.
     pub fn spawn(listen: &str, extra: &[&str]) -> ChatSimProcess {
-        let mut child = Command::new(ferry_bin())
+        let mut child = ferry_command()
             .args(["chatsim", "--listen", listen])
             .args(extra)
             .env("RUST_LOG", "warn")
@@ -350,33 +392,81 @@ async fn http_request(addr: SocketAddr, request: String) -> (u16, String) {
 }
 
 /// Concurrent senders over gRPC, each sending texts to its own recipients (`{prefix}{task:02}{n:06}`)
-/// until stopped or refused; every answered id is kept. For crash and drain tests.
+/// until stopped or refused; every answer is kept, and the error that stopped each sender. For
+/// crash and drain tests.
 pub struct SendLoad {
-    ids: Arc<std::sync::Mutex<Vec<String>>>,
+    answers: Arc<std::sync::Mutex<Vec<(v1::SendRequest, String)>>>,
     answered: Arc<std::sync::atomic::AtomicUsize>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    errors: Arc<std::sync::Mutex<Vec<tonic::Status>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// What a [`SendLoad`] saw.
+pub struct LoadOutcome {
+    /// Every id a client got back.
+    pub ids: Vec<String>,
+    /// Every answered request with its id.
+    pub answers: Vec<(v1::SendRequest, String)>,
+    /// The error that stopped each sender that stopped on one (refused, or cut off by a kill).
+    pub errors: Vec<tonic::Status>,
+}
+
 impl SendLoad {
     pub fn start(client: &Client, senders: usize, prefix: &str) -> SendLoad {
+        SendLoad::start_with(client, senders, prefix, false)
+    }
+
+    /// [`SendLoad::start`] whose every send carries an idempotency key (its recipient).
+    pub fn start_keyed(client: &Client, senders: usize, prefix: &str) -> SendLoad {
+        SendLoad::start_with(client, senders, prefix, true)
+    }
+
+    fn start_with(client: &Client, senders: usize, prefix: &str, keyed: bool) -> SendLoad {
         use std::sync::atomic::Ordering;
-        let load = SendLoad { ids: Arc::default(), answered: Arc::default(), stop: Arc::default(), tasks: Vec::new() };
+        let load = SendLoad {
+            answers: Arc::default(),
+            answered: Arc::default(),
+            in_flight: Arc::default(),
+            errors: Arc::default(),
+            stop: Arc::default(),
+            tasks: Vec::new(),
+        };
         let tasks = (0..senders)
             .map(|t| {
-                let (mut c, ids, answered, stop) =
-                    (client.clone(), load.ids.clone(), load.answered.clone(), load.stop.clone());
+                let (mut c, answers, answered, in_flight, errors, stop) = (
+                    client.clone(),
+                    load.answers.clone(),
+                    load.answered.clone(),
+                    load.in_flight.clone(),
+                    load.errors.clone(),
+                    load.stop.clone(),
+                );
                 let prefix = prefix.to_owned();
                 tokio::spawn(async move {
                     let mut n = 0u32;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
-                        match c.send(text(&format!("{prefix}{t:02}{n:06}"), "under load")).await {
+                        let to = format!("{prefix}{t:02}{n:06}");
+                        let mut request = text(&to, "under load");
+                        if keyed {
+                            request.idempotency_key = format!("load-{to}");
+                        }
+                        in_flight.fetch_add(1, Ordering::AcqRel);
+                        let answer = c.send(request.clone()).await;
+                        in_flight.fetch_sub(1, Ordering::AcqRel);
+                        match answer {
                             Ok(r) => {
-                                ids.lock().unwrap().push(r.into_inner().message_id);
+                                answers.lock().unwrap().push((request, r.into_inner().message_id));
                                 answered.fetch_add(1, Ordering::Relaxed);
                             }
-                            Err(_) => break, // refused: the server is draining or gone
+                            Err(status) => {
+                                // Refused (draining) or cut off (killed): this sender stops and
+                                // says why (`wait_answered` fails on it; `finish` returns it).
+                                errors.lock().unwrap().push(status);
+                                break;
+                            }
                         }
                     }
                 })
@@ -385,20 +475,45 @@ impl SendLoad {
         SendLoad { tasks, ..load }
     }
 
-    /// Waits until at least `n` sends were answered with an id.
+    /// Waits until at least `n` sends were answered with an id. Panics, saying what it saw, when
+    /// every sender stopped before that (each on an error), or after 120 s.
     pub async fn wait_answered(&self, n: usize) {
-        while self.answered.load(std::sync::atomic::Ordering::Relaxed) < n {
+        use std::sync::atomic::Ordering;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let answered = self.answered.load(Ordering::Relaxed);
+            if answered >= n {
+                return;
+            }
+            let stopped = self.tasks.iter().filter(|t| t.is_finished()).count();
+            let errors = self.errors.lock().unwrap().clone();
+            assert!(stopped < self.tasks.len(), "every sender stopped after {answered} of {n} answers: {errors:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {n} answers: {answered} answered, {stopped} senders stopped: {errors:?}"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
-    /// Stops the senders and returns every id a client got back.
-    pub async fn finish(self) -> Vec<String> {
+    /// Sends started and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Stops the senders (each ends its send in flight) and returns what they saw. Panics if a
+    /// sender has not stopped 60 s later, or panicked.
+    pub async fn finish(self) -> LoadOutcome {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for t in self.tasks {
-            t.await.unwrap();
+            tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .expect("a sender did not stop within 60 s")
+                .expect("a sender panicked");
         }
-        self.ids.lock().unwrap().clone()
+        let answers = self.answers.lock().unwrap().clone();
+        let errors = self.errors.lock().unwrap().clone();
+        LoadOutcome { ids: answers.iter().map(|(_, id)| id.clone()).collect(), answers, errors }
     }
 }
 

@@ -32,6 +32,8 @@ pub mod resources;
 pub mod settle;
 pub mod shard;
 pub mod storage;
+#[doc(hidden)]
+pub mod test_support;
 pub mod writer;
 
 pub use layout::{NodeLayout, NodeMeta};

@@ -437,6 +437,19 @@ impl Shard {
         self.store.fail_status_read.store(seq.unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
+    /// Failpoint for tests: the writer's next `n` batch writes fail (nothing of them is written),
+    /// as a failed RocksDB write would.
+    #[doc(hidden)]
+    pub fn failpoint_fail_writes(&self, n: u64) {
+        self.store.fail_writes.store(n, Ordering::Relaxed);
+    }
+
+    /// Test support: WAL syncs of this shard's database since it was opened (RocksDB's count).
+    #[doc(hidden)]
+    pub fn wal_syncs_for_test(&self) -> u64 {
+        self.store.wal_syncs().expect("rocksdb.dbstats reports the WAL syncs")
+    }
+
     pub fn get_queued(&self, seq: u64) -> Result<Option<QueueRecord>, ShardError> {
         self.store.get_queued(seq)
     }

@@ -404,6 +404,15 @@ pub struct Store {
     pub(crate) fail_status_read: std::sync::atomic::AtomicU64,
     /// Failpoint for tests: this many of the next outbox scans fail.
     pub(crate) fail_outbox_scans: std::sync::atomic::AtomicU64,
+    /// Failpoint for tests: this many of the writer's next batch writes fail (nothing written).
+    pub(crate) fail_writes: std::sync::atomic::AtomicU64,
+}
+
+/// A real `rocksdb::Error` for failpoints (its constructor is private): opening a database that does
+/// not exist without `create_if_missing`.
+fn injected_rocks_error() -> Option<rocksdb::Error> {
+    let missing = std::env::temp_dir().join("ferry-failpoint-no-such-db");
+    DB::open(&Options::default(), missing).err()
 }
 
 impl Store {
@@ -473,6 +482,7 @@ impl Store {
             db,
             fail_status_read: std::sync::atomic::AtomicU64::new(u64::MAX),
             fail_outbox_scans: std::sync::atomic::AtomicU64::new(0),
+            fail_writes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -483,11 +493,35 @@ impl Store {
     /// For failpoints: a real `rocksdb::Error` (its constructor is private), from opening a
     /// database that does not exist without `create_if_missing`.
     fn injected_error(&self) -> ShardError {
-        let missing = std::env::temp_dir().join("ferry-failpoint-no-such-db");
-        match DB::open(&Options::default(), missing) {
-            Err(source) => self.rocks(source),
-            Ok(_) => ShardError::Layout("failpoint: the missing database exists".into()),
+        match injected_rocks_error() {
+            Some(source) => self.rocks(source),
+            None => ShardError::Layout("failpoint: the missing database exists".into()),
         }
+    }
+
+    /// The writer's batch write: `db.write_opt`, unless the write failpoint is on (then nothing
+    /// is written and the write fails as RocksDB's would).
+    pub(crate) fn write_batch(
+        &self,
+        batch: rocksdb::WriteBatch,
+        opts: &rocksdb::WriteOptions,
+    ) -> Result<(), rocksdb::Error> {
+        if self.fail_writes.load(Ordering::Relaxed) > 0
+            && self.fail_writes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
+            && let Some(e) = injected_rocks_error()
+        {
+            return Err(e);
+        }
+        self.db.write_opt(batch, opts)
+    }
+
+    /// WAL syncs since the database was opened, as RocksDB counts them (`rocksdb.dbstats`,
+    /// "Cumulative WAL: N writes, M syncs, …"; counts below 10,000 are printed exactly).
+    pub(crate) fn wal_syncs(&self) -> Option<u64> {
+        let stats = self.db.property_value("rocksdb.dbstats").ok()??;
+        let line = stats.lines().find_map(|l| l.trim().strip_prefix("Cumulative WAL:"))?;
+        let (_, after_writes) = line.split_once("writes,")?;
+        after_writes.trim_start().split(' ').next()?.parse().ok()
     }
 
     fn rocks(&self, source: rocksdb::Error) -> ShardError {

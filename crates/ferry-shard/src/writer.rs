@@ -535,7 +535,7 @@ impl Writer {
         if let Some(mark) = watermark {
             batch.put_cf(meta, META_QUEUE_LOW_WATERMARK, mark.to_be_bytes());
         }
-        let result = store.db.write_opt(batch, sync);
+        let result = store.write_batch(batch, sync);
         self.counters.synced_writes.fetch_add(1, Ordering::Relaxed);
         self.pending.fetch_sub(weight, Ordering::AcqRel);
         match result {

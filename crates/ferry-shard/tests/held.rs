@@ -6,34 +6,17 @@
 
 use ferry_model::{MessageStatus, ShardId};
 use ferry_shard::settle::status_base;
-use ferry_shard::{
-    FailureReason, HeldAction, NewMessage, QueueRecord, Settlement, Shard, ShardConfig, SharedResources, StorageTuning,
-};
-
-fn resources() -> SharedResources {
-    SharedResources::new(&StorageTuning { block_cache_mib: 8, write_buffer_total_mib: 16, ..StorageTuning::default() })
-        .unwrap()
-}
+use ferry_shard::test_support::{self, held_message, resources};
+use ferry_shard::{FailureReason, HeldAction, NewMessage, Settlement, Shard, ShardConfig, SharedResources};
 
 fn open(dir: &std::path::Path, resources: &SharedResources) -> Shard {
     Shard::open(dir, ShardId(0), 1, 9, resources, &ShardConfig::default()).unwrap()
 }
 
 fn message(n: u32, held: bool, expires_at_ms: i64) -> NewMessage {
-    NewMessage {
-        record: QueueRecord {
-            wa_id: format!("1631555{n:04}"),
-            sender: "15550100000".into(),
-            message_type: if held { "template" } else { "text" }.into(),
-            accepted_at_ms: 1_000,
-            expires_at_ms,
-            payload: b"{}".to_vec(),
-            held_at_ms: if held { 1_000 } else { 0 },
-            ..QueueRecord::default()
-        },
-        idempotency: None,
-        held_template: held.then(|| "promo".to_owned()),
-    }
+    let mut m = if held { held_message(n) } else { test_support::message(n) };
+    m.record.expires_at_ms = expires_at_ms;
+    m
 }
 
 fn paused() -> FailureReason {

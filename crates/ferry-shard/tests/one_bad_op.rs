@@ -4,31 +4,11 @@
 
 use ferry_model::ShardId;
 use ferry_shard::settle::status_base;
-use ferry_shard::{
-    HeldAction, NewMessage, QueueRecord, Settlement, Shard, ShardConfig, SharedResources, StorageTuning,
-};
-
-fn resources() -> SharedResources {
-    SharedResources::new(&StorageTuning { block_cache_mib: 8, write_buffer_total_mib: 16, ..StorageTuning::default() })
-        .unwrap()
-}
+use ferry_shard::test_support::{self, held_message, resources};
+use ferry_shard::{HeldAction, NewMessage, Settlement, Shard, ShardConfig};
 
 fn message(n: u32, held: bool) -> NewMessage {
-    NewMessage {
-        record: QueueRecord {
-            wa_id: format!("1631555{n:04}"),
-            sender: "15550100000".into(),
-            message_type: "text".into(),
-            accepted_at_ms: 1_000,
-            expires_at_ms: 99_000,
-            payload: b"{}".to_vec(),
-            biz_opaque_callback_data: String::new(),
-            idempotency_key: String::new(),
-            held_at_ms: if held { 1_000 } else { 0 },
-        },
-        idempotency: None,
-        held_template: held.then(|| "promo".to_owned()),
-    }
+    if held { held_message(n) } else { test_support::message(n) }
 }
 
 #[tokio::test]

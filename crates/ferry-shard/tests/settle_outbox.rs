@@ -5,12 +5,8 @@
 
 use ferry_model::{MessageStatus, ShardId};
 use ferry_shard::settle::status_base;
-use ferry_shard::{NewMessage, QueueRecord, Settlement, Shard, ShardConfig, SharedResources, StorageTuning};
-
-fn resources() -> SharedResources {
-    SharedResources::new(&StorageTuning { block_cache_mib: 8, write_buffer_total_mib: 16, ..StorageTuning::default() })
-        .unwrap()
-}
+use ferry_shard::test_support::resources;
+use ferry_shard::{NewMessage, Settlement, Shard, ShardConfig, SharedResources};
 
 fn open(dir: &std::path::Path, resources: &SharedResources, callbacks: bool) -> Shard {
     open_with(dir, resources, ShardConfig { callbacks, ..ShardConfig::default() })
@@ -20,22 +16,11 @@ fn open_with(dir: &std::path::Path, resources: &SharedResources, config: ShardCo
     Shard::open(dir, ShardId(0), 1, 9, resources, &config).unwrap()
 }
 
+/// [`ferry_shard::test_support::message`] with callback data `cb`.
 fn message(n: u32) -> NewMessage {
-    NewMessage {
-        record: QueueRecord {
-            wa_id: format!("1631555{n:04}"),
-            sender: "15550100000".into(),
-            message_type: "text".into(),
-            accepted_at_ms: 1_000,
-            expires_at_ms: 99_000,
-            payload: b"{}".to_vec(),
-            biz_opaque_callback_data: "cb".into(),
-            idempotency_key: String::new(),
-            held_at_ms: 0,
-        },
-        idempotency: None,
-        held_template: None,
-    }
+    let mut m = ferry_shard::test_support::message(n);
+    m.record.biz_opaque_callback_data = "cb".into();
+    m
 }
 
 #[tokio::test]

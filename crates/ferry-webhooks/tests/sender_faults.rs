@@ -11,27 +11,10 @@ use std::time::Duration;
 
 use ferry_model::ShardId;
 use ferry_shard::settle::status_base;
-use ferry_shard::{NewMessage, QueueRecord, Settlement, Shard, ShardConfig, SharedResources, StorageTuning};
+use ferry_shard::test_support::message;
+use ferry_shard::{Settlement, Shard, ShardConfig, SharedResources, StorageTuning};
 use ferry_webhooks::{WebhookConfig, WebhookEngine};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn message(n: u32) -> NewMessage {
-    NewMessage {
-        record: QueueRecord {
-            wa_id: format!("1631555{n:04}"),
-            sender: "15550100000".into(),
-            message_type: "text".into(),
-            accepted_at_ms: 1_000,
-            expires_at_ms: 99_000,
-            payload: b"{}".to_vec(),
-            biz_opaque_callback_data: String::new(),
-            idempotency_key: String::new(),
-            held_at_ms: 0,
-        },
-        idempotency: None,
-        held_template: None,
-    }
-}
 
 /// A shard with `n` messages settled as `sent`: `n` status events.
 async fn shard_with_events(dir: &std::path::Path, res: &SharedResources, n: u32) -> Arc<Shard> {
