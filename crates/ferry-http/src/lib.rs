@@ -76,9 +76,20 @@ pub struct HttpConfig {
     /// in the route's error shape. Default [`DEFAULT_MAX_BODY_BYTES`] (1 MiB).
     pub max_body_bytes: usize,
     /// Seconds a request's headers may take to arrive (else the connection is closed), and then
-    /// its body (else 408). Default [`DEFAULT_READ_TIMEOUT_SECS`].
+    /// its body (else 408). Default [`DEFAULT_READ_TIMEOUT_SECS`]. Also the idle timeout of a
+    /// keep-alive connection (hyper's header timer runs while it waits for the next request).
     pub read_timeout_secs: u64,
+    /// Most connections open at once on the HTTP listener; more are closed when accepted.
+    pub max_connections: usize,
+    /// Most connections open at once from one source IP address.
+    pub max_connections_per_address: usize,
 }
+
+/// Default of `[http] max_connections` (and `[grpc] max_connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default of `[http] max_connections_per_address` (and `[grpc]`'s): above what a load generator
+/// on one host opens (it keeps a few hundred).
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 2_000;
 
 /// Default of `[http] read_timeout_secs`.
 pub const DEFAULT_READ_TIMEOUT_SECS: u64 = 30;
@@ -89,7 +100,12 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { max_body_bytes: DEFAULT_MAX_BODY_BYTES, read_timeout_secs: DEFAULT_READ_TIMEOUT_SECS }
+        HttpConfig {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            read_timeout_secs: DEFAULT_READ_TIMEOUT_SECS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        }
     }
 }
 
@@ -104,8 +120,26 @@ impl HttpConfig {
         if !(1..=3600).contains(&self.read_timeout_secs) {
             return Err(format!("http.read_timeout_secs = {}: expected 1 to 3600", self.read_timeout_secs));
         }
-        Ok(())
+        check_connection_caps("http", self.max_connections, self.max_connections_per_address)
     }
+
+    /// The listener's [`limits::ConnectionCaps`].
+    pub fn connection_caps(&self) -> Arc<limits::ConnectionCaps> {
+        limits::ConnectionCaps::new(self.max_connections, self.max_connections_per_address)
+    }
+}
+
+/// Checks `max_connections` and `max_connections_per_address` of section `section`.
+pub fn check_connection_caps(section: &str, max: usize, per_address: usize) -> Result<(), String> {
+    if !(1..=1_000_000).contains(&max) {
+        return Err(format!("{section}.max_connections = {max}: expected 1 to 1000000"));
+    }
+    if !(1..=max).contains(&per_address) {
+        return Err(format!(
+            "{section}.max_connections_per_address = {per_address}: expected 1 to max_connections ({max})"
+        ));
+    }
+    Ok(())
 }
 
 /// One HTTP route: a method, the router's path pattern and its handler.
@@ -142,6 +176,9 @@ pub fn router(state: Arc<HttpState>) -> Router {
     routes()
         .into_iter()
         .fold(Router::new(), |router, r| router.route(r.path, r.handler))
+        // Unknown paths and methods answer in the route's JSON error shape, not an empty body.
+        .fallback(limits::no_such_route)
+        .method_not_allowed_fallback(limits::method_not_allowed)
         // Outermost first: the token is checked before the body is read.
         .layer(axum::middleware::from_fn_with_state(state.clone(), limits::read_body_within_limits))
         .layer(axum::middleware::from_fn_with_state(state.clone(), users::require_auth))
@@ -158,10 +195,23 @@ pub async fn serve(
     read_timeout: std::time::Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    limits::serve_connections(listener, router, read_timeout, shutdown).await
+    serve_capped(listener, router, read_timeout, HttpConfig::default().connection_caps(), shutdown).await
 }
 
-/// [`serve`] over TLS (`[tls]`): the same router behind rustls.
+/// [`serve`] with the connection caps `caps` (`[http] max_connections`, `max_connections_per_address`).
+///
+/// Cancel-safety: not cancel-safe (see [`limits::serve_connections`]).
+pub async fn serve_capped(
+    listener: TcpListener,
+    router: Router,
+    read_timeout: std::time::Duration,
+    caps: Arc<limits::ConnectionCaps>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    limits::serve_connections(listener, router, read_timeout, caps, shutdown).await
+}
+
+/// [`serve_capped`] over TLS (`[tls]`): the same router behind rustls.
 ///
 /// Cancel-safety: not cancel-safe (see [`limits::serve_connections`]).
 pub async fn serve_tls(
@@ -169,9 +219,10 @@ pub async fn serve_tls(
     config: Arc<rustls::ServerConfig>,
     router: Router,
     read_timeout: std::time::Duration,
+    caps: Arc<limits::ConnectionCaps>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    limits::serve_connections(tls::TlsListener::new(listener, config)?, router, read_timeout, shutdown).await
+    limits::serve_connections(tls::TlsListener::new(listener, config)?, router, read_timeout, caps, shutdown).await
 }
 
 #[cfg(test)]

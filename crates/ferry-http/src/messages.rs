@@ -199,6 +199,9 @@ async fn prepare(
     let idempotency_key = idempotency_key(&parts.headers)?;
     let body = crate::limits::read_body(body, &parts.headers, state.max_body_bytes, state.read_timeout).await?;
 
+    // The shape bounds (list lengths, depth, duplicate keys) before anything is built from the
+    // body, the Cloud envelope included.
+    ferry_model::message_limits::scan_json(&body)?;
     if flavour == Flavour::Cloud {
         // A body that is not a JSON object falls through to parse_json, which says so.
         if let Ok(envelope) = serde_json::from_slice::<CloudEnvelope>(&body) {

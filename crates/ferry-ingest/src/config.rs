@@ -1,5 +1,5 @@
-//! The `[grpc]` section of `ferry.toml`: per-connection limits of the gRPC port, so one client
-//! connection cannot take every worker or an unbounded number of streams.
+//! The `[grpc]` section of `ferry.toml`: limits of the gRPC port, so one client connection cannot
+//! take every worker, an unbounded number of streams, the node's memory or its sockets.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,17 +12,44 @@ pub struct GrpcConfig {
     pub max_concurrent_streams: u32,
     /// Most requests of one connection being handled at once; more wait for a free slot.
     pub max_concurrent_requests_per_connection: usize,
+    /// Most bytes of `Send`/`SendBatch` requests the node holds at once, counted as they arrive
+    /// and then as the estimated size of the decoded request ([`crate::decode`]); a request that
+    /// would pass it is refused with RESOURCE_EXHAUSTED (1016).
+    pub max_inflight_request_bytes: usize,
+    /// The same, per client connection.
+    pub max_inflight_request_bytes_per_connection: usize,
+    /// Most connections open at once on the gRPC listener; more are closed when accepted.
+    pub max_connections: usize,
+    /// Most connections open at once from one source IP address.
+    pub max_connections_per_address: usize,
+    /// Seconds between HTTP/2 PINGs the server sends on a connection; a connection that does not
+    /// answer one within `keepalive_timeout_secs` is closed (a peer that vanished without a FIN
+    /// does not hold its connection and streams forever).
+    pub keepalive_interval_secs: u64,
+    /// Seconds to wait for a PING's answer.
+    pub keepalive_timeout_secs: u64,
 }
 
-/// Default of both limits: far above what one well-behaved client needs (the load generator
-/// keeps up to a few hundred calls in flight per connection).
+/// Default of both per-connection stream limits: far above what one well-behaved client needs
+/// (the load generator keeps up to a few hundred calls in flight per connection).
 pub const DEFAULT_GRPC_CONNECTION_LIMIT: u32 = 1024;
+/// Default of `max_inflight_request_bytes`: 256 MiB.
+pub const DEFAULT_MAX_INFLIGHT_REQUEST_BYTES: usize = 256 * 1024 * 1024;
+/// Default of `max_inflight_request_bytes_per_connection`: 128 MiB, above the largest valid
+/// `SendBatch` (4 MiB on the wire, ~70 MiB estimated decoded).
+pub const DEFAULT_MAX_INFLIGHT_REQUEST_BYTES_PER_CONNECTION: usize = 128 * 1024 * 1024;
 
 impl Default for GrpcConfig {
     fn default() -> Self {
         GrpcConfig {
             max_concurrent_streams: DEFAULT_GRPC_CONNECTION_LIMIT,
             max_concurrent_requests_per_connection: DEFAULT_GRPC_CONNECTION_LIMIT as usize,
+            max_inflight_request_bytes: DEFAULT_MAX_INFLIGHT_REQUEST_BYTES,
+            max_inflight_request_bytes_per_connection: DEFAULT_MAX_INFLIGHT_REQUEST_BYTES_PER_CONNECTION,
+            max_connections: ferry_http::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: ferry_http::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            keepalive_interval_secs: 30,
+            keepalive_timeout_secs: 20,
         }
     }
 }
@@ -37,6 +64,27 @@ impl GrpcConfig {
                 "grpc.max_concurrent_requests_per_connection = {}: expected 1 to 65536",
                 self.max_concurrent_requests_per_connection
             ));
+        }
+        if self.max_inflight_request_bytes_per_connection < 1024 * 1024 {
+            return Err(format!(
+                "grpc.max_inflight_request_bytes_per_connection = {}: expected at least 1048576 (1 MiB)",
+                self.max_inflight_request_bytes_per_connection
+            ));
+        }
+        if self.max_inflight_request_bytes < self.max_inflight_request_bytes_per_connection {
+            return Err(format!(
+                "grpc.max_inflight_request_bytes = {}: expected at least max_inflight_request_bytes_per_connection ({})",
+                self.max_inflight_request_bytes, self.max_inflight_request_bytes_per_connection
+            ));
+        }
+        ferry_http::check_connection_caps("grpc", self.max_connections, self.max_connections_per_address)?;
+        for (key, v) in [
+            ("keepalive_interval_secs", self.keepalive_interval_secs),
+            ("keepalive_timeout_secs", self.keepalive_timeout_secs),
+        ] {
+            if !(1..=3600).contains(&v) {
+                return Err(format!("grpc.{key} = {v}: expected 1 to 3600"));
+            }
         }
         Ok(())
     }

@@ -20,12 +20,17 @@
 //! (NOT_FOUND, 1006: it does not reveal that the message exists), and `WatchStatuses` yields only
 //! events of its senders (every status event carries its sender). Admins are unrestricted.
 //!
+//! Bounds ([`decode`], [`GrpcConfig`]): `Send`/`SendBatch` bytes are checked (size, shape,
+//! protobuf validity) and charged to an in-flight memory budget before tonic decodes them; the
+//! port caps its connections (in all and per source address) and pings idle ones.
+//!
 //! Invariants: this crate never touches storage (it only awaits the coordinator), and it answers a
 //! send only with what the coordinator returned after the durable write. No request it refuses
 //! before the coordinator goes uncounted in `ferry_messages_rejected_total`, and no call runs
 //! without passing the access layer.
 
 pub mod config;
+pub mod decode;
 pub mod watch;
 
 pub use config::GrpcConfig;
@@ -47,8 +52,8 @@ use tonic::codegen::http;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-/// Most messages in one `SendBatch`.
-pub const MAX_BATCH: usize = 1_000;
+/// Most messages in one `SendBatch` (also checked on the wire before decoding: [`decode`]).
+pub const MAX_BATCH: usize = ferry_proto::wire::MAX_BATCH;
 
 /// Metadata key carrying the ferry error code on every error status.
 pub const ERROR_CODE_METADATA: &str = "ferry-error-code";
@@ -432,10 +437,30 @@ pub async fn serve_with_auth(
     limits: GrpcConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    // No Nagle: an answer is one small frame, and delaying it for the client's delayed ACK costs
-    // ~40 ms per call at low concurrency. (`Server::tcp_nodelay` applies only to listeners the
-    // server binds itself, so it is set on the incoming stream.)
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let caps = ferry_http::limits::ConnectionCaps::new(limits.max_connections, limits.max_connections_per_address);
+    let incoming = futures_util::stream::unfold(listener, move |listener| {
+        let caps = caps.clone();
+        async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        // Over a cap: closed at once.
+                        let Some(slot) = caps.admit(peer.ip()) else { continue };
+                        // No Nagle: an answer is one small frame, and delaying it for the client's
+                        // delayed ACK costs ~40 ms per call at low concurrency.
+                        let _ = stream.set_nodelay(true);
+                        let info = tonic::transport::server::Connected::connect_info(&stream);
+                        return Some((Ok::<_, std::io::Error>(Conn { io: stream, info, _slot: slot }), listener));
+                    }
+                    Err(e) => {
+                        // E.g. out of file descriptors: do not spin.
+                        tracing::warn!(error = %e, "grpc accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    });
     serve_incoming(incoming, coordinator, auth, limits, shutdown).await
 }
 
@@ -443,8 +468,8 @@ pub async fn serve_with_auth(
 /// (`ferry_http::tls::accept`, `[tls]`). Ends when `shutdown` resolves.
 ///
 /// Cancel-safety: not cancel-safe (dropping it stops the server without draining).
-pub async fn serve_accepted<IO, A>(
-    accepted: tokio::sync::mpsc::Receiver<(IO, A)>,
+pub async fn serve_accepted<IO>(
+    accepted: tokio::sync::mpsc::Receiver<(IO, std::net::SocketAddr)>,
     coordinator: Arc<Coordinator>,
     auth: Arc<Auth>,
     limits: GrpcConfig,
@@ -452,56 +477,67 @@ pub async fn serve_accepted<IO, A>(
 ) -> Result<(), tonic::transport::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    A: Send + 'static,
 {
     use tokio_stream::StreamExt;
-    let incoming =
-        tokio_stream::wrappers::ReceiverStream::new(accepted).map(|(io, _)| Ok::<_, std::io::Error>(AcceptedConn(io)));
+    let caps = ferry_http::limits::ConnectionCaps::new(limits.max_connections, limits.max_connections_per_address);
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(accepted).filter_map(move |(io, peer)| {
+        // Over a cap: closed at once (dropped).
+        let slot = caps.admit(peer.ip())?;
+        let info = tonic::transport::server::TcpConnectInfo { local_addr: None, remote_addr: Some(peer) };
+        Some(Ok::<_, std::io::Error>(Conn { io, info, _slot: slot }))
+    });
     serve_incoming(incoming, coordinator, auth, limits, shutdown).await
 }
 
-/// A connection accepted elsewhere, for tonic (which wants [`Connected`] on its streams).
+/// A connection of the gRPC port, for tonic (which wants [`Connected`] on its streams): it holds
+/// its place under the connection caps until it closes.
 ///
 /// [`Connected`]: tonic::transport::server::Connected
-struct AcceptedConn<IO>(IO);
-
-impl<IO> tonic::transport::server::Connected for AcceptedConn<IO> {
-    type ConnectInfo = ();
-
-    fn connect_info(&self) -> Self::ConnectInfo {}
+struct Conn<IO> {
+    io: IO,
+    info: tonic::transport::server::TcpConnectInfo,
+    _slot: ferry_http::limits::ConnectionSlot,
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for AcceptedConn<IO> {
+impl<IO> tonic::transport::server::Connected for Conn<IO> {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for AcceptedConn<IO> {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -509,11 +545,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for AcceptedConn<IO> {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.io.is_write_vectored()
     }
 }
 
@@ -549,17 +585,28 @@ where
         health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         let _ = stop.send(true);
     };
+    let budget = decode::InflightBudget::new(
+        limits.max_inflight_request_bytes,
+        limits.max_inflight_request_bytes_per_connection,
+    );
     tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(limits.keepalive_interval_secs)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(limits.keepalive_timeout_secs)))
         // h2's default (20) closes a connection after 20 streams reset before the server took
         // them: a client whose calls are cut by short deadlines lost every other call on its
         // channel with it. Bounded by the stream cap instead (still a bound on rapid resets).
         .http2_max_pending_accept_reset_streams(Some(limits.max_concurrent_streams as usize))
         .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
         .layer(AccessLayer::new(auth.clone()))
+        // Behind the access layer: only authenticated callers' bodies are read.
+        .layer(decode::DecodeLimitLayer::new(budget))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(MessagesServer::new(MessagesService::new(coordinator, stopping, auth)))
+        .add_service(
+            MessagesServer::new(MessagesService::new(coordinator, stopping, auth))
+                .max_decoding_message_size(decode::MAX_BATCH_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

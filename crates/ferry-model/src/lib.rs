@@ -5,6 +5,8 @@
 //!
 //! - [`message`]: one type per message kind in MISSION.md, shaped (with serde) like the reference's
 //!   JSON so the JSON API and storage share one encoding.
+//! - [`message_limits`]: bounds on a request's shape (list lengths, values, depth, duplicate keys),
+//!   checked on the wire bytes before the model is built.
 //! - [`validate`]: every rule of MISSION.md and reference/, producing a [`validate::ValidatedMessage`].
 //! - [`phone`]: recipient normalization to a [`ids::WaId`].
 //! - [`ids`]: `MessageId`, `WaId`, `ShardId` newtypes.
@@ -16,6 +18,7 @@ pub mod clock;
 pub mod error;
 pub mod ids;
 pub mod message;
+pub mod message_limits;
 pub mod phone;
 pub mod routing;
 pub mod status;

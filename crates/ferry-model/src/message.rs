@@ -738,7 +738,11 @@ impl<'de> Deserialize<'de> for OutboundMessage {
 /// [`ErrorCode::MissingParameter`] on the field named by `type`, anything else that does not fit
 /// the shape is [`ErrorCode::InvalidParameter`]. Semantic rules are left to
 /// [`OutboundMessage::validate`](crate::validate).
+///
+/// The body's shape is checked first ([`crate::message_limits::scan_json`]: list lengths, values,
+/// depth, duplicate keys), so nothing is built from a body outside those bounds.
 pub fn parse_json(body: &[u8]) -> Result<OutboundMessage, ApiError> {
+    crate::message_limits::scan_json(body)?;
     let err = match serde_json::from_slice::<OutboundMessage>(body) {
         Ok(m) => return Ok(m),
         Err(e) => e,

@@ -19,6 +19,7 @@ pub mod chat {
 }
 
 pub mod convert;
+pub mod wire;
 
 /// Encoded `FileDescriptorSet` of ferry's protos, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ferry_descriptor");

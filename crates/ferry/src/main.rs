@@ -308,11 +308,19 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         let _ = http_stopping.await;
     };
     let router = ferry_http::router(http_state);
+    let http_caps = config.http.connection_caps();
     let mut http = match &tls {
-        Some(t) => {
-            tokio::spawn(ferry_http::serve_tls(http_listener, t.http.clone(), router, http_read_timeout, http_stopped))
+        Some(t) => tokio::spawn(ferry_http::serve_tls(
+            http_listener,
+            t.http.clone(),
+            router,
+            http_read_timeout,
+            http_caps,
+            http_stopped,
+        )),
+        None => {
+            tokio::spawn(ferry_http::serve_capped(http_listener, router, http_read_timeout, http_caps, http_stopped))
         }
-        None => tokio::spawn(ferry_http::serve(http_listener, router, http_read_timeout, http_stopped)),
     };
     let pacing_rule = coordinator.start_pacing_rule();
     match tls {
