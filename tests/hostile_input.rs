@@ -402,3 +402,52 @@ async fn the_inflight_decode_budget_refuses_what_would_pass_it() {
     let ok = client.send_batch(batch(50)).await.expect("a batch within the budget");
     assert_eq!(ok.into_inner().results.len(), 50);
 }
+
+/// `[grpc] max_header_list_bytes`: a call with 20 KB of metadata (over ferry's 16 KiB, under the
+/// 64 KiB h2 announces) is RESOURCE_EXHAUSTED (1001) in gRPC's shape, not h2's bare 431, and the
+/// next call on the same channel is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_metadata_is_refused_in_grpc_shape_and_the_channel_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let ferry = FerryProcess::spawn_with(&dir.path().join("data"), 1, &[]);
+    let mut client = connect(ferry.addr).await;
+    let mut request = tonic::Request::new(text("15550001", "big metadata"));
+    request.metadata_mut().insert("x-pad", "p".repeat(20_000).parse().unwrap());
+    let e = client.send(request).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert_eq!(e.metadata().get("ferry-error-code").map(|v| v.to_str().unwrap()), Some("1001"), "{e:?}");
+    assert!(e.message().contains("max_header_list_bytes"), "{}", e.message());
+    let ok = client.send(text("15550001", "small metadata")).await.expect("the channel still serves");
+    assert!(!ok.into_inner().message_id.is_empty());
+}
+
+/// `[grpc] read_timeout_secs`: a connection that never sends the HTTP/2 preface is closed, and a
+/// `Send` whose body never completes is DEADLINE_EXCEEDED (1009) instead of holding its stream
+/// and its decode budget forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_connections_without_a_preface_and_unfinished_bodies_are_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[grpc]\nread_timeout_secs = 1\n");
+    let ferry = FerryProcess::spawn_with(&dir.path().join("data"), 1, &["--config", config.to_str().unwrap()]);
+
+    let mut silent = tokio::net::TcpStream::connect(ferry.addr).await.unwrap();
+    assert!(closed_by_server(&mut silent, Duration::from_secs(15)).await, "a silent gRPC connection was kept open");
+
+    // One complete SendRequest frame, then the body stays open forever.
+    let first = prost::Message::encode_to_vec(&text("15550001", "never finished"));
+    use tokio_stream::StreamExt as _;
+    let body = tokio_stream::once(first).chain(tokio_stream::pending());
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", ferry.addr)).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/ferry.v1.Messages/Send");
+    let call = grpc.client_streaming(tonic::Request::new(body), path, RawCodec);
+    let e = tokio::time::timeout(Duration::from_secs(15), call)
+        .await
+        .expect("a Send whose body never completed was never answered")
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert_eq!(e.metadata().get("ferry-error-code").map(|v| v.to_str().unwrap()), Some("1009"), "{e:?}");
+    assert!(e.message().contains("read_timeout_secs"), "{}", e.message());
+}

@@ -16,7 +16,7 @@ pub enum AuthError {
     Invalid(ApiError),
     #[error("user `{0}` does not exist")]
     NoSuchUser(String),
-    #[error("user `{0}` exists already")]
+    #[error("user `{0}` exists already (user names are unique regardless of case)")]
     UserExists(String),
     #[error("auth storage: {0}")]
     Storage(#[from] ShardError),

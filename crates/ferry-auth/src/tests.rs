@@ -31,6 +31,12 @@ fn login_roles_expiry_and_revocation() {
 
     auth.create_user("bob", "bob-password", Role::User, None).unwrap();
     assert!(matches!(auth.create_user("bob", "bob-password", Role::User, None), Err(AuthError::UserExists(_))));
+    // Unique regardless of case (#14): `Bob` beside `bob` is refused, naming the existing user.
+    match auth.create_user("Bob", "bob-password", Role::Admin, None) {
+        Err(AuthError::UserExists(existing)) => assert_eq!(existing, "bob"),
+        other => panic!("`Bob` beside `bob` was not refused: {other:?}"),
+    }
+    assert!(matches!(auth.login("Bob", "bob-password"), Err(AuthError::Unauthenticated(_))));
     let bob = auth.login("bob", "bob-password").unwrap();
     assert_eq!(auth.authorize(Some(&bearer(&bob)), Role::User).unwrap().role, Role::User);
     assert!(matches!(auth.authorize(Some(&bearer(&bob)), Role::Admin), Err(AuthError::Forbidden(_))));

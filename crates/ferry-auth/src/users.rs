@@ -46,8 +46,10 @@ impl Auth {
         let password_hash = hash_password(password)?;
         let created_at_ms = e.clock.now_ms();
         let _guard = e.mutations.lock();
-        if e.db.user(username)?.is_some() {
-            return Err(AuthError::UserExists(username.to_owned()));
+        // Names are unique ignoring ASCII case: `Admin` beside `admin` would be two accounts that
+        // read as one in every log, audit trail and support ticket. Login stays exact.
+        if let Some((existing, _)) = e.db.users()?.into_iter().find(|(name, _)| name.eq_ignore_ascii_case(username)) {
+            return Err(AuthError::UserExists(existing));
         }
         let stored = senders.iter().flatten().map(|s| s.as_str().to_owned()).collect();
         let record = UserRecord { password_hash, role: role.as_str().into(), created_at_ms, senders: stored };

@@ -28,6 +28,15 @@ pub struct GrpcConfig {
     pub keepalive_interval_secs: u64,
     /// Seconds to wait for a PING's answer.
     pub keepalive_timeout_secs: u64,
+    /// Seconds a new connection has to send its HTTP/2 preface (else it is closed: a socket that
+    /// never speaks does not hold a place under the connection caps), and a `Send`/`SendBatch`
+    /// has to deliver its whole request body once its call started (else DEADLINE_EXCEEDED,
+    /// 1009). The `[http]` port's `read_timeout_secs` does the same for HTTP/1.
+    pub read_timeout_secs: u64,
+    /// Most bytes of metadata (the HTTP/2 header list, RFC 9113 §6.5.2: name + value + 32 per
+    /// field) one call may carry; over it the call is RESOURCE_EXHAUSTED (1001) and the
+    /// connection carries on ([`crate::headers`]).
+    pub max_header_list_bytes: u32,
 }
 
 /// Default of both per-connection stream limits: far above what one well-behaved client needs
@@ -50,6 +59,8 @@ impl Default for GrpcConfig {
             max_connections_per_address: ferry_http::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             keepalive_interval_secs: 30,
             keepalive_timeout_secs: 20,
+            read_timeout_secs: ferry_http::DEFAULT_READ_TIMEOUT_SECS,
+            max_header_list_bytes: crate::headers::DEFAULT_MAX_HEADER_LIST_BYTES,
         }
     }
 }
@@ -77,10 +88,17 @@ impl GrpcConfig {
                 self.max_inflight_request_bytes, self.max_inflight_request_bytes_per_connection
             ));
         }
+        if !(1024..=1024 * 1024).contains(&self.max_header_list_bytes) {
+            return Err(format!(
+                "grpc.max_header_list_bytes = {}: expected 1024 to 1048576",
+                self.max_header_list_bytes
+            ));
+        }
         ferry_http::check_connection_caps("grpc", self.max_connections, self.max_connections_per_address)?;
         for (key, v) in [
             ("keepalive_interval_secs", self.keepalive_interval_secs),
             ("keepalive_timeout_secs", self.keepalive_timeout_secs),
+            ("read_timeout_secs", self.read_timeout_secs),
         ] {
             if !(1..=3600).contains(&v) {
                 return Err(format!("grpc.{key} = {v}: expected 1 to 3600"));

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferry_model::{ApiError, ErrorCode};
@@ -130,7 +131,7 @@ fn overloaded(details: std::fmt::Arguments<'_>) -> ApiError {
 }
 
 /// A status for `e` with gRPC code `code` (the error table's code otherwise).
-fn status_with(code: tonic::Code, e: &ApiError) -> Status {
+pub(crate) fn status_with(code: tonic::Code, e: &ApiError) -> Status {
     let s = status_from(e);
     Status::with_details_and_metadata(code, s.message().to_owned(), s.details().to_vec().into(), s.metadata().clone())
 }
@@ -139,11 +140,14 @@ fn status_with(code: tonic::Code, e: &ApiError) -> Status {
 #[derive(Clone)]
 pub struct DecodeLimitLayer {
     budget: Arc<InflightBudget>,
+    read_timeout: Duration,
 }
 
 impl DecodeLimitLayer {
-    pub fn new(budget: Arc<InflightBudget>) -> Self {
-        DecodeLimitLayer { budget }
+    /// `read_timeout`: how long a checked call may take to deliver its whole body
+    /// (`[grpc] read_timeout_secs`).
+    pub fn new(budget: Arc<InflightBudget>, read_timeout: Duration) -> Self {
+        DecodeLimitLayer { budget, read_timeout }
     }
 }
 
@@ -151,7 +155,7 @@ impl<S> tower::Layer<S> for DecodeLimitLayer {
     type Service = DecodeLimitService<S>;
 
     fn layer(&self, inner: S) -> DecodeLimitService<S> {
-        DecodeLimitService { inner, budget: self.budget.clone() }
+        DecodeLimitService { inner, budget: self.budget.clone(), read_timeout: self.read_timeout }
     }
 }
 
@@ -160,6 +164,7 @@ impl<S> tower::Layer<S> for DecodeLimitLayer {
 pub struct DecodeLimitService<S> {
     inner: S,
     budget: Arc<InflightBudget>,
+    read_timeout: Duration,
 }
 
 type Body = tonic::body::Body;
@@ -186,9 +191,24 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let connection = request.extensions().get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr);
         let mut charge = Charge { budget: self.budget.clone(), connection, bytes: 0 };
+        let read_timeout = self.read_timeout;
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            match read_and_scan(body, type_name, max_bytes, &mut charge).await {
+            let read = tokio::time::timeout(read_timeout, read_and_scan(body, type_name, max_bytes, &mut charge));
+            let read = read.await.unwrap_or_else(|_| {
+                let e = ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    "",
+                    format!(
+                        "the request body was not complete within {} s ([grpc] read_timeout_secs): expected the whole \
+                         request at once",
+                        read_timeout.as_secs()
+                    ),
+                );
+                ferry_coordinator::telemetry::note_rejected(&e);
+                Err(status_with(tonic::Code::DeadlineExceeded, &e))
+            });
+            match read {
                 Ok(bytes) => {
                     let request = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
                     let response = inner.call(request).await;

@@ -31,6 +31,7 @@
 
 pub mod config;
 pub mod decode;
+pub mod headers;
 pub mod watch;
 
 pub use config::GrpcConfig;
@@ -438,6 +439,7 @@ pub async fn serve_with_auth(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let caps = ferry_http::limits::ConnectionCaps::new(limits.max_connections, limits.max_connections_per_address);
+    let preface_timeout = std::time::Duration::from_secs(limits.read_timeout_secs);
     let incoming = futures_util::stream::unfold(listener, move |listener| {
         let caps = caps.clone();
         async move {
@@ -450,7 +452,8 @@ pub async fn serve_with_auth(
                         // delayed ACK costs ~40 ms per call at low concurrency.
                         let _ = stream.set_nodelay(true);
                         let info = tonic::transport::server::Connected::connect_info(&stream);
-                        return Some((Ok::<_, std::io::Error>(Conn { io: stream, info, _slot: slot }), listener));
+                        let conn = Conn::new(stream, info, slot, preface_timeout);
+                        return Some((Ok::<_, std::io::Error>(conn), listener));
                     }
                     Err(e) => {
                         // E.g. out of file descriptors: do not spin.
@@ -480,23 +483,43 @@ where
 {
     use tokio_stream::StreamExt;
     let caps = ferry_http::limits::ConnectionCaps::new(limits.max_connections, limits.max_connections_per_address);
+    let preface_timeout = std::time::Duration::from_secs(limits.read_timeout_secs);
     let incoming = tokio_stream::wrappers::ReceiverStream::new(accepted).filter_map(move |(io, peer)| {
         // Over a cap: closed at once (dropped).
         let slot = caps.admit(peer.ip())?;
         let info = tonic::transport::server::TcpConnectInfo { local_addr: None, remote_addr: Some(peer) };
-        Some(Ok::<_, std::io::Error>(Conn { io, info, _slot: slot }))
+        Some(Ok::<_, std::io::Error>(Conn::new(io, info, slot, preface_timeout)))
     });
     serve_incoming(incoming, coordinator, auth, limits, shutdown).await
 }
 
 /// A connection of the gRPC port, for tonic (which wants [`Connected`] on its streams): it holds
-/// its place under the connection caps until it closes.
+/// its place under the connection caps until it closes, and fails its reads (so hyper closes it)
+/// if the client's HTTP/2 preface has not arrived within `[grpc] read_timeout_secs` of the
+/// accept: h2 waits for the preface forever, and HTTP/2 keep-alive PINGs start only after it.
 ///
 /// [`Connected`]: tonic::transport::server::Connected
 struct Conn<IO> {
     io: IO,
     info: tonic::transport::server::TcpConnectInfo,
     _slot: ferry_http::limits::ConnectionSlot,
+    /// Until the preface is in: its deadline and the bytes read so far.
+    preface: Option<(std::pin::Pin<Box<tokio::time::Sleep>>, usize)>,
+}
+
+/// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`: what a client sends first (RFC 9113 §3.4).
+const HTTP2_PREFACE_LEN: usize = 24;
+
+impl<IO> Conn<IO> {
+    fn new(
+        io: IO,
+        info: tonic::transport::server::TcpConnectInfo,
+        slot: ferry_http::limits::ConnectionSlot,
+        preface_timeout: std::time::Duration,
+    ) -> Self {
+        let deadline = Box::pin(tokio::time::sleep(preface_timeout));
+        Conn { io, info, _slot: slot, preface: Some((deadline, 0)) }
+    }
 }
 
 impl<IO> tonic::transport::server::Connected for Conn<IO> {
@@ -513,7 +536,25 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+        use std::task::Poll;
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
+        let Some((deadline, read)) = this.preface.as_mut() else { return polled };
+        match polled {
+            Poll::Ready(Ok(())) => {
+                *read += buf.filled().len() - before;
+                if *read >= HTTP2_PREFACE_LEN {
+                    this.preface = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no HTTP/2 preface within [grpc] read_timeout_secs",
+            ))),
+            other => other,
+        }
     }
 }
 
@@ -591,6 +632,9 @@ where
     );
     tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
+        // h2 answers a header block over this with a bare 431; ferry's own, lower limit answers
+        // in gRPC's shape first (`headers.rs`).
+        .http2_max_header_list_size(headers::h2_header_list_limit(limits.max_header_list_bytes))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(limits.keepalive_interval_secs)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(limits.keepalive_timeout_secs)))
         // h2's default (20) closes a connection after 20 streams reset before the server took
@@ -598,9 +642,11 @@ where
         // channel with it. Bounded by the stream cap instead (still a bound on rapid resets).
         .http2_max_pending_accept_reset_streams(Some(limits.max_concurrent_streams as usize))
         .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
+        // Outermost: oversized metadata is refused before anything reads it.
+        .layer(headers::HeaderLimitLayer::new(limits.max_header_list_bytes))
         .layer(AccessLayer::new(auth.clone()))
         // Behind the access layer: only authenticated callers' bodies are read.
-        .layer(decode::DecodeLimitLayer::new(budget))
+        .layer(decode::DecodeLimitLayer::new(budget, std::time::Duration::from_secs(limits.read_timeout_secs)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
