@@ -451,3 +451,117 @@ async fn grpc_connections_without_a_preface_and_unfinished_bodies_are_cut() {
     assert_eq!(e.metadata().get("ferry-error-code").map(|v| v.to_str().unwrap()), Some("1009"), "{e:?}");
     assert!(e.message().contains("read_timeout_secs"), "{}", e.message());
 }
+
+/// Peak resident memory of the process so far (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("a VmHWM line");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmHWM in kB")
+}
+
+/// Unary sends from 64 tasks for `secs`: messages answered per second.
+async fn send_rate(addr: SocketAddr, secs: u64) -> f64 {
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..64u64 {
+        tasks.spawn(async move {
+            let mut client = connect(addr).await;
+            let mut n = 0u64;
+            while tokio::time::Instant::now() < end {
+                client.send(text(&format!("1555{:07}", t * 100_000 + n), "rate")).await.expect("a valid send");
+                n += 1;
+            }
+            n
+        });
+    }
+    let mut total = 0;
+    while let Some(n) = tasks.join_next().await {
+        total += n.unwrap();
+    }
+    total as f64 / secs as f64
+}
+
+/// The figures of `benches/README.md` ("Hostile input"), not a test: the send rate with and
+/// without 1,500 silent connections held open on the gRPC port, then peak RSS (VmHWM) under a
+/// flood of the most amplifying invalid requests of the corpus, then under one of the largest
+/// valid batches. Delivery is pointed at an address nobody listens on, so what the figures show is
+/// ingest and storage only (the embedded chat server would keep every delivered message in this
+/// process). Run with
+/// `cargo test --release --workspace --locked --test hostile_input -- --ignored --nocapture hostile_figures`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: prints figures"]
+async fn hostile_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let ferry = FerryProcess::spawn_with(
+        &dir.path().join("data"),
+        8,
+        &["--upstream", "127.0.0.1:9", "--customer-service-window", "off"],
+    );
+    let pid = ferry.child.id();
+    let mut client = connect(ferry.addr).await;
+    client.send(text("15550009999", "warm up")).await.expect("a valid send");
+
+    let quiet = send_rate(ferry.addr, 5).await;
+    let mut silent = Vec::new();
+    for _ in 0..1500 {
+        silent.push(tokio::net::TcpStream::connect(ferry.addr).await.unwrap());
+    }
+    let crowded = send_rate(ferry.addr, 5).await;
+    drop(silent);
+    println!("unary Send, 64 callers, 5 s: {quiet:.0} msg/s; with 1,500 silent connections open: {crowded:.0} msg/s");
+
+    // The most amplifying invalid requests of the corpus, 8 callers, 5 rounds each.
+    let base = rss_kib(pid);
+    let base_peak = peak_rss_kib(pid);
+    let corpus = corpus();
+    let batch = grpc_bytes(&corpus["grpc"][0]);
+    let contacts = grpc_bytes(&corpus["grpc"][2]);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (b, c, addr) = (batch.clone(), contacts.clone(), ferry.addr);
+        calls.spawn(async move {
+            for _ in 0..5 {
+                assert!(raw_call(addr, "SendBatch", b.clone()).await.is_err());
+                assert!(raw_call(addr, "Send", c.clone()).await.is_err());
+            }
+        });
+    }
+    while let Some(r) = calls.join_next().await {
+        r.unwrap();
+    }
+    let invalid_peak = peak_rss_kib(pid);
+    println!(
+        "RSS {} MiB (peak so far {} MiB); 8 callers x 5 x (4 MiB SendBatch of 838,000 tiny messages + 2M-contacts \
+         Send), all refused: peak {} MiB",
+        base / 1024,
+        base_peak / 1024,
+        invalid_peak / 1024
+    );
+
+    // The largest valid SendBatch: 1,000 texts of 3,900 characters (~3.9 MB, under the 4 MiB
+    // limit), 8 callers, 5 rounds each.
+    let before = rss_kib(pid);
+    let body = "x".repeat(3_900);
+    let mut calls = tokio::task::JoinSet::new();
+    for c in 0..8u64 {
+        let (addr, body) = (ferry.addr, body.clone());
+        calls.spawn(async move {
+            let mut client = connect(addr).await;
+            for round in 0..5u64 {
+                let messages =
+                    (0..1000u64).map(|i| text(&format!("1556{:07}", (c * 5 + round) * 1000 + i), &body)).collect();
+                let r = client.send_batch(ferry_proto::v1::SendBatchRequest { messages }).await;
+                assert_eq!(r.expect("a valid batch").into_inner().results.len(), 1000);
+            }
+        });
+    }
+    while let Some(r) = calls.join_next().await {
+        r.unwrap();
+    }
+    println!(
+        "RSS {} MiB; 8 callers x 5 valid SendBatch of 1,000 x 3,900-char texts (156 MB accepted): peak {} MiB, after {} MiB",
+        before / 1024,
+        peak_rss_kib(pid) / 1024,
+        rss_kib(pid) / 1024
+    );
+}
