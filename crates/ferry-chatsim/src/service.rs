@@ -96,10 +96,12 @@ fn error_result(to: Answering, kind: delivery_error::Kind, retry_after_ms: u64, 
     }
 }
 
-fn ack_result(to: Answering, duplicate: bool) -> EnvelopeResult {
+/// `timestamp_ms`: when the server took the message; its receipts are stamped from the same
+/// instant, so a `delivered` is never older than the ack it follows.
+fn ack_result(to: Answering, duplicate: bool, timestamp_ms: i64) -> EnvelopeResult {
     EnvelopeResult {
         message_id: to.message_id,
-        outcome: Some(envelope_result::Outcome::Ack(Ack { duplicate, timestamp_ms: now_unix_ms() })),
+        outcome: Some(envelope_result::Outcome::Ack(Ack { duplicate, timestamp_ms })),
         attempt: to.attempt,
     }
 }
@@ -171,16 +173,17 @@ impl Shared {
             Reception::Delivered { session_established } => {
                 bump(&counters.sessions_established, u64::from(session_established));
                 bump(&counters.unique_messages, 1);
+                let taken_ms = now_unix_ms();
                 match self.config.misroute_receipts.then(|| self.channels.latest()).flatten() {
-                    Some(latest) => self.schedule_receipts(&latest, &envelope),
-                    None => self.schedule_receipts(channel, &envelope),
+                    Some(latest) => self.schedule_receipts(&latest, &envelope, taken_ms),
+                    None => self.schedule_receipts(channel, &envelope, taken_ms),
                 }
-                EnvelopeOutcome::Answer(ack_result(answering(), false))
+                EnvelopeOutcome::Answer(ack_result(answering(), false, taken_ms))
             }
             Reception::Duplicate { session_established } => {
                 bump(&counters.sessions_established, u64::from(session_established));
                 bump(&counters.duplicate_messages, 1);
-                EnvelopeOutcome::Answer(ack_result(answering(), true))
+                EnvelopeOutcome::Answer(ack_result(answering(), true, now_unix_ms()))
             }
             Reception::RateLimited { retry_after_ms } => {
                 bump(&counters.rate_limited, 1);
@@ -202,10 +205,9 @@ impl Shared {
         EnvelopeOutcome::Answer(error_result(to, delivery_error::Kind::SessionUnknown, 0, detail))
     }
 
-    fn schedule_receipts(&self, channel: &Channel, envelope: &Envelope) {
+    fn schedule_receipts(&self, channel: &Channel, envelope: &Envelope, now_ms: i64) {
         let config = &self.config;
         let now = Instant::now();
-        let now_ms = now_unix_ms();
         let offline = config.offline_prefix.as_deref().is_some_and(|prefix| envelope.recipient.starts_with(prefix));
         let online_at = if offline { self.started + Duration::from_millis(config.offline_for_ms) } else { now };
         let delivered_due = (now + Duration::from_millis(config.delivered_after_ms)).max(online_at);

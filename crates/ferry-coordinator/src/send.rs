@@ -190,6 +190,7 @@ impl Core {
         }
         wanted.sort_unstable_by(|a, b| a.1.cmp(&b.1));
         wanted.dedup_by(|a, b| a.1 == b.1);
+        let keys: Vec<Vec<u8>> = wanted.iter().map(|(_, key)| key.clone()).collect();
         let read = move || {
             wanted
                 .into_iter()
@@ -201,7 +202,13 @@ impl Core {
         };
         match tokio::task::spawn_blocking(read).await {
             Ok(found) => found,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down and never ran the read: no key is known, each send
+            // fails retryably (nothing was written).
+            Err(_) => {
+                let e = ApiError::new(ErrorCode::ServiceNotReady, "", "shutting down: idempotency keys not read");
+                keys.into_iter().map(|key| (key, Err(e.clone()))).collect()
+            }
         }
     }
 

@@ -185,7 +185,13 @@ impl Watch {
                 // A catch-up scan reads up to SCAN_LIMIT events from disk: off the async workers.
                 let reader = shard.clone();
                 let scanned = tokio::task::spawn_blocking(move || reader.scan_outbox(from, until, SCAN_LIMIT)).await;
-                let events = match scanned.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())) {
+                let scanned = match scanned {
+                    Ok(scanned) => scanned,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    // The runtime is shutting down: the stream ends with it.
+                    Err(_) => return,
+                };
+                let events = match scanned {
                     Ok(events) => events,
                     Err(e) => {
                         let _ = tx
