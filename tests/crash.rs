@@ -3,11 +3,60 @@
 
 mod support;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
+use ferry_model::ShardId;
+use ferry_shard::{NodeLayout, Shard, ShardConfig, SharedResources};
 use support::{FerryProcess, LoadOutcome, SendLoad, assert_all_kept, connect, ferry_command, text};
 
 use tonic::Code;
+
+/// The shards of a node whose process is gone, opened in this process (to look at what it left).
+fn open_shards(data: &Path, shards: u16) -> (SharedResources, Vec<Shard>) {
+    let layout = NodeLayout::open_or_create(data, shards).unwrap();
+    let resources = ferry_shard::test_support::resources();
+    let opened = (0..shards)
+        .map(|i| {
+            let dir = layout.shard_dir(i);
+            Shard::open(&dir, ShardId(i), shards, layout.meta.node_id, &resources, &ShardConfig::default()).unwrap()
+        })
+        .collect();
+    (resources, opened)
+}
+
+/// Idempotency intents on disk whose record is not in its key shard: keys whose message was
+/// written and whose record was not when the process died.
+fn intents_without_record(shards: &[Shard]) -> usize {
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let mut n = 0;
+    for shard in shards {
+        for (_, intent) in shard.idempotency_intents().unwrap() {
+            if shards[intent.key_shard as usize].get_idempotency(&intent.key, now_ms).unwrap().is_none() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// How many messages each recipient (wa_id) has, queued or settled, over every shard.
+fn messages_per_recipient(shards: &[Shard]) -> HashMap<String, usize> {
+    let mut per = HashMap::new();
+    for shard in shards {
+        for seq in 1..shard.committed_next_seq() {
+            let wa_id = match shard.get_queued(seq).unwrap() {
+                Some(record) => record.wa_id,
+                None => match shard.get_status(seq).unwrap() {
+                    Some(status) => status.wa_id,
+                    None => continue, // a seq of a failed batch: never answered, never written
+                },
+            };
+            *per.entry(wa_id).or_insert(0) += 1;
+        }
+    }
+    per
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_send_survives_sigkill() {
@@ -31,10 +80,17 @@ async fn every_acknowledged_send_survives_sigkill() {
     let load = SendLoad::start_keyed(&client, 32, "+1631");
     load.wait_answered(KILL_AFTER).await;
     ferry.kill9();
-    let LoadOutcome { ids, answers, errors } = load.finish().await;
+    let LoadOutcome { ids, answers, errors, cut_off } = load.finish().await;
     assert!(!errors.is_empty(), "the kill cut no send in flight");
     let distinct: HashSet<&String> = ids.iter().collect();
     assert_eq!(distinct.len(), ids.len(), "an id was answered twice");
+    // What the kill left: intents of keys whose record had not reached its key shard (only the
+    // replay at start-up can answer a retry of those with their message's id).
+    let unrecorded = {
+        let (_resources, shards) = open_shards(dir.path(), 4);
+        intents_without_record(&shards)
+    };
+    println!("at the SIGKILL: {} sends cut off, {unrecorded} intents without their record", cut_off.len());
 
     let ferry = FerryProcess::spawn(dir.path(), 4);
     let mut client = connect(ferry.addr).await;
@@ -54,10 +110,22 @@ async fn every_acknowledged_send_survives_sigkill() {
         let again = client.send(m.clone()).await.unwrap().into_inner();
         assert_eq!((&again.message_id, again.idempotent_replay), (id, true), "key {}", m.idempotency_key);
     }
+    // Every send the kill cut off, retried with its key, makes no second message: one message
+    // per key (each send of the load has a recipient of its own), whether or not the first try
+    // was written, and whether or not its record had reached the key shard.
+    for m in &cut_off {
+        client.send(m.clone()).await.unwrap_or_else(|s| panic!("retry of key {}: {s}", m.idempotency_key));
+    }
     // Ids stay unique after the restart.
     let fresh = client.send(text("+16315550000", "after restart")).await.unwrap().into_inner().message_id;
     assert!(!ids.contains(&fresh));
     assert_eq!(ferry.terminate().code(), Some(0), "SIGTERM drains and exits 0");
+    let (_resources, shards) = open_shards(dir.path(), 4);
+    let per = messages_per_recipient(&shards);
+    for m in answers.iter().map(|(m, _)| m).chain(&cut_off) {
+        let wa_id = m.to.trim_start_matches('+');
+        assert_eq!(per.get(wa_id), Some(&1), "messages for key {} (sends to {wa_id} only)", m.idempotency_key);
+    }
 }
 
 #[test]

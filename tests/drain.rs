@@ -117,7 +117,7 @@ async fn a_second_signal_exits_at_once() {
     // The drain waits for the hanging POST: still running, and no longer ready, while live.
     let start = Instant::now();
     while http_get(ferry.http_addr, "/readyz").await.0 != 503 {
-        assert!(start.elapsed() < Duration::from_secs(5), "/readyz never turned 503 during the drain");
+        assert!(start.elapsed() < Duration::from_secs(20), "/readyz never turned 503 during the drain");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(http_get(ferry.http_addr, "/healthz").await.0, 200, "live while draining");
@@ -128,7 +128,7 @@ async fn a_second_signal_exits_at_once() {
     // gRPC stops accepting (its in-flight calls finish first).
     let start = Instant::now();
     while tokio::net::TcpStream::connect(ferry.addr).await.is_ok() {
-        assert!(start.elapsed() < Duration::from_secs(5), "gRPC still accepts connections during the drain");
+        assert!(start.elapsed() < Duration::from_secs(20), "gRPC still accepts connections during the drain");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(ferry.child.try_wait().unwrap().is_none(), "the drain should still be waiting on the webhook");

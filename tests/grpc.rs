@@ -288,3 +288,32 @@ async fn full_shard_mailbox_fails_fast_with_1015() {
     assert!(accepted.expect("accepted after the writer resumed").message_id.starts_with("wamid."));
     ferry.stop().await;
 }
+
+/// Message ids of two data dirs never collide: two nodes with the same config and shard count,
+/// the same sends to the same recipients, and no id in common (an id carries its node's id, drawn
+/// at random when the data dir is created, beside the shard and the shard's sequence number).
+#[tokio::test]
+async fn two_data_dirs_never_issue_the_same_id() {
+    use std::collections::HashSet;
+    let nodes = [InProcess::start(4).await, InProcess::start(4).await];
+    let mut ids: [Vec<String>; 2] = Default::default();
+    for (node, ids) in nodes.iter().zip(&mut ids) {
+        let mut client = node.client().await;
+        for i in 0..100 {
+            let id = client.send(text(&format!("+4479114{i:05}"), "the same on both")).await.unwrap();
+            ids.push(id.into_inner().message_id);
+        }
+    }
+    let first: HashSet<&String> = ids[0].iter().collect();
+    let shared: Vec<&String> = ids[1].iter().filter(|id| first.contains(id)).collect();
+    assert!(shared.is_empty(), "{} ids issued by both data dirs, e.g. {:?}", shared.len(), shared.first());
+    let node_ids: Vec<HashSet<u64>> = ids
+        .iter()
+        .map(|ids| ids.iter().map(|id| ferry_model::MessageId::decode(id).expect("a ferry id").node_id).collect())
+        .collect();
+    assert_eq!(node_ids[0].len(), 1);
+    assert!(node_ids[0].is_disjoint(&node_ids[1]), "both data dirs have node id {:?}", node_ids[0]);
+    for node in nodes {
+        node.stop().await;
+    }
+}

@@ -33,11 +33,17 @@ struct Server {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     lifecycle: Arc<ferry_http::Lifecycle>,
+    /// The server task: it must still run when the test is done with it (one that ended early,
+    /// e.g. on a panic, fails the test instead of going unnoticed).
+    task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if self.task.is_finished() && !std::thread::panicking() {
+            panic!("the HTTP server task ended before the test stopped it (a panic, or serve returned)");
+        }
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -68,10 +74,13 @@ async fn start_with(max_body_bytes: usize, adjust: impl FnOnce(&mut CoordinatorC
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let read_timeout = std::time::Duration::from_secs(ferry_http::DEFAULT_READ_TIMEOUT_SECS);
-    tokio::spawn(ferry_http::serve(listener, ferry_http::router(state), read_timeout, async move {
+    let serve = ferry_http::serve(listener, ferry_http::router(state), read_timeout, async move {
         let _ = stopped.await;
-    }));
-    Server { addr, stop: Some(stop), lifecycle, _dir: dir }
+    });
+    let task = tokio::spawn(async move {
+        serve.await.expect("the HTTP server runs");
+    });
+    Server { addr, stop: Some(stop), lifecycle, task, _dir: dir }
 }
 
 /// POSTs `body`; answers the status and the JSON body.

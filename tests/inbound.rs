@@ -241,3 +241,59 @@ async fn an_inbound_message_whose_write_fails_is_retried_until_recorded() {
     ferry.stop().await;
     sim.shutdown().await;
 }
+
+/// Receipts and inbound messages are acknowledged to the chat server only once their record is
+/// durable. While the shard's writes of them fail, the server sees no ack for any of them (the
+/// loop writes them again, and the server keeps them); once the writes go through, every one is
+/// recorded, then acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_and_inbound_messages_are_acked_only_once_durable() {
+    const USER: &str = "447911300002";
+    const ARMED: u64 = 1_000_000;
+    let sim = ChatSim::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), ChatSimConfig::for_test())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // One shard: the receipts and the inbound message are written by the stream's own shard.
+    let config = CoordinatorConfig::for_test(dir.path(), 1);
+    let ferry =
+        Delivering::start(dir, config, sim.local_addr(), DeliveryConfig::for_test(), ferry_model::clock::system())
+            .await;
+    let shard = ferry.node.coordinator.shards()[0].clone();
+    // Every write of a receipt or an inbound message fails from now on (the message's own writes
+    // go through: it is sent and acked).
+    shard.failpoint_fail_event_settles(ARMED);
+    let failed = || ARMED - shard.failpoint_event_settles_left();
+    let mut client = ferry.node.client().await;
+    let id = client.send(template("+447911300001")).await.unwrap().into_inner().message_id;
+    simulate_inbound(&sim, USER, "hello").await;
+    eventually(Duration::from_secs(30), "the server pushed both receipts and the inbound message", || async {
+        let s = sim.stats();
+        s.unique_messages == 1 && s.receipts_sent >= 2 && s.inbound_sent >= 1
+    })
+    .await;
+    // Two more failed writes after that: the receipts and the inbound message reached the loop
+    // and it tried to write them (again) since.
+    let before = failed();
+    eventually(Duration::from_secs(30), "two more failed writes of receipts or inbound messages", || async {
+        failed() >= before + 2
+    })
+    .await;
+    let s = sim.stats();
+    assert_eq!((s.receipts_acked, s.inbound_acked), (0, 0), "acknowledged before durable: {s:?}");
+    let status = support::status_of(&mut client, &id).await.status;
+    assert!(matches!(status.as_str(), "accepted" | "sent"), "no receipt was recorded, yet the status is {status}");
+    assert!(shard.get_contact(BUSINESS, USER).unwrap().is_none(), "the inbound message was not recorded");
+
+    shard.failpoint_fail_event_settles(0);
+    support::wait_until_read(&client, std::slice::from_ref(&id), Duration::from_secs(30)).await;
+    eventually(Duration::from_secs(30), "both receipts and the inbound message acknowledged", || async {
+        let s = sim.stats();
+        s.receipts_acked >= 2 && s.inbound_acked == 1
+    })
+    .await;
+    assert!(shard.get_contact(BUSINESS, USER).unwrap().is_some(), "the inbound message is recorded");
+    drop(shard);
+    ferry.stop().await;
+    sim.shutdown().await;
+}

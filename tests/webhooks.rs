@@ -178,6 +178,12 @@ async fn no_callback_is_lost_across_sigkill() {
     ferry.kill9();
     let at_kill = arrived(&state);
     assert!(at_kill < 450, "the kill came before every callback was sent ({at_kill})");
+    // Refusals on both sides of the kill: the first 3 POSTs before it, the first 3 after it.
+    {
+        let mut s = state.lock().unwrap();
+        assert_eq!((s.0, s.1.refused), (0, 3), "the receiver refused its first 3 POSTs before the kill");
+        s.0 = 3;
+    }
 
     let ferry = FerryProcess::spawn_with(&data, 2, &flags);
     let mut client = connect(ferry.addr).await;
@@ -203,6 +209,7 @@ async fn no_callback_is_lost_across_sigkill() {
     .await;
     let received = std::mem::take(&mut state.lock().unwrap().1);
     assert_eq!(received.bad_signatures, 0);
+    assert_eq!(received.refused, 6, "3 POSTs refused before the kill and 3 after it");
     let mut first_arrivals: HashMap<String, Vec<String>> = HashMap::new();
     for (id, status) in statuses(Shape::Onprem, &received.bodies) {
         let list = first_arrivals.entry(id).or_default();
@@ -217,7 +224,7 @@ async fn no_callback_is_lost_across_sigkill() {
             "{id}"
         );
     }
-    drop(ferry);
+    assert_eq!(ferry.terminate().code(), Some(0), "SIGTERM drains and exits 0");
     drop(chat);
 }
 

@@ -399,6 +399,7 @@ pub struct SendLoad {
     answered: Arc<std::sync::atomic::AtomicUsize>,
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
     errors: Arc<std::sync::Mutex<Vec<tonic::Status>>>,
+    cut_off: Arc<std::sync::Mutex<Vec<v1::SendRequest>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -411,6 +412,8 @@ pub struct LoadOutcome {
     pub answers: Vec<(v1::SendRequest, String)>,
     /// The error that stopped each sender that stopped on one (refused, or cut off by a kill).
     pub errors: Vec<tonic::Status>,
+    /// The request each of those senders had in flight (it may or may not have been written).
+    pub cut_off: Vec<v1::SendRequest>,
 }
 
 impl SendLoad {
@@ -430,17 +433,19 @@ impl SendLoad {
             answered: Arc::default(),
             in_flight: Arc::default(),
             errors: Arc::default(),
+            cut_off: Arc::default(),
             stop: Arc::default(),
             tasks: Vec::new(),
         };
         let tasks = (0..senders)
             .map(|t| {
-                let (mut c, answers, answered, in_flight, errors, stop) = (
+                let (mut c, answers, answered, in_flight, errors, cut_off, stop) = (
                     client.clone(),
                     load.answers.clone(),
                     load.answered.clone(),
                     load.in_flight.clone(),
                     load.errors.clone(),
+                    load.cut_off.clone(),
                     load.stop.clone(),
                 );
                 let prefix = prefix.to_owned();
@@ -465,6 +470,7 @@ impl SendLoad {
                                 // Refused (draining) or cut off (killed): this sender stops and
                                 // says why (`wait_answered` fails on it; `finish` returns it).
                                 errors.lock().unwrap().push(status);
+                                cut_off.lock().unwrap().push(request);
                                 break;
                             }
                         }
@@ -513,7 +519,8 @@ impl SendLoad {
         }
         let answers = self.answers.lock().unwrap().clone();
         let errors = self.errors.lock().unwrap().clone();
-        LoadOutcome { ids: answers.iter().map(|(_, id)| id.clone()).collect(), answers, errors }
+        let cut_off = self.cut_off.lock().unwrap().clone();
+        LoadOutcome { ids: answers.iter().map(|(_, id)| id.clone()).collect(), answers, errors, cut_off }
     }
 }
 

@@ -70,6 +70,10 @@ pub struct ShardDeliveryStats {
     pub rekeys: AtomicU64,
     /// Messages in memory now (gauge).
     pub loaded: AtomicU64,
+    /// Test support: the most messages in memory at once since the loop started (kept at every
+    /// admission; tests check it never passes `delivery.window`). Not in the snapshot.
+    #[doc(hidden)]
+    pub loaded_max: AtomicU64,
     /// Envelopes sent and not answered yet (gauge).
     pub in_flight: AtomicU64,
     /// Recipients at their window cap with messages left on disk (gauge;

@@ -333,6 +333,7 @@ impl<U: Upstream> ShardLoop<U> {
                 unanswered: 0,
             },
         );
+        self.stats.loaded_max.fetch_max(self.messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

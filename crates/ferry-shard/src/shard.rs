@@ -99,6 +99,8 @@ pub struct Shard {
     /// The webhook cursor (`u64::MAX` without a webhook); also the outbox compaction filter's floor.
     webhook_cursor: Arc<AtomicU64>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Test support: set by [`Shard::crash_for_test`].
+    crashed: Arc<AtomicBool>,
 }
 
 impl Shard {
@@ -135,6 +137,7 @@ impl Shard {
             released: std::sync::Mutex::new(Vec::new()),
         });
         let queue_low_watermark = Arc::new(AtomicU64::new(queue_low_watermark));
+        let crashed = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             store: store.clone(),
             shard: id,
@@ -148,6 +151,7 @@ impl Shard {
             persisted_low_watermark: queue_low_watermark.load(Ordering::Acquire),
             queue_low_watermark: queue_low_watermark.clone(),
             released_unsettled: Default::default(),
+            crashed: crashed.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("shard-{:02}-writer", id.0))
@@ -168,6 +172,7 @@ impl Shard {
             queue_low_watermark,
             webhook_cursor: webhook_floor,
             writer: Mutex::new(Some(handle)),
+            crashed,
         })
     }
 
@@ -442,6 +447,32 @@ impl Shard {
     #[doc(hidden)]
     pub fn failpoint_fail_writes(&self, n: u64) {
         self.store.fail_writes.store(n, Ordering::Relaxed);
+    }
+
+    /// Failpoint for tests: the next `n` settle ops that record a receipt or an inbound message
+    /// fail alone (nothing of them is written; the other ops of their batch are), as a failed write
+    /// would. Other writes (appends, sessions, acks without receipts) go through.
+    #[doc(hidden)]
+    pub fn failpoint_fail_event_settles(&self, n: u64) {
+        self.store.fail_event_settles.store(n, Ordering::Relaxed);
+    }
+
+    /// Test support: how many of the failures armed by [`Shard::failpoint_fail_event_settles`]
+    /// are still to come.
+    #[doc(hidden)]
+    pub fn failpoint_event_settles_left(&self) -> u64 {
+        self.store.fail_event_settles.load(Ordering::Relaxed)
+    }
+
+    /// Test support: a crash, as near as one can be had in-process. The writer stops at once:
+    /// every op it has not committed yet is abandoned (nothing of it is written; its caller gets
+    /// [`ShardError::Stopped`]), and what lives only in memory (the released messages not yet
+    /// settled, the in-memory cursors) is lost with the handle. Unlike [`Shard::close`], which
+    /// commits everything submitted before it. Drop the shard afterwards, then open it again.
+    #[doc(hidden)]
+    pub fn crash_for_test(&self) {
+        self.crashed.store(true, Ordering::Release);
+        self.close();
     }
 
     /// Test support: WAL syncs of this shard's database since it was opened (RocksDB's count).

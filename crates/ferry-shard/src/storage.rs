@@ -406,6 +406,9 @@ pub struct Store {
     pub(crate) fail_outbox_scans: std::sync::atomic::AtomicU64,
     /// Failpoint for tests: this many of the writer's next batch writes fail (nothing written).
     pub(crate) fail_writes: std::sync::atomic::AtomicU64,
+    /// Failpoint for tests: this many of the next settle ops that record a receipt or an inbound
+    /// message fail alone (nothing of them written; the rest of their batch is).
+    pub(crate) fail_event_settles: std::sync::atomic::AtomicU64,
 }
 
 /// A real `rocksdb::Error` for failpoints (its constructor is private): opening a database that does
@@ -483,6 +486,7 @@ impl Store {
             fail_status_read: std::sync::atomic::AtomicU64::new(u64::MAX),
             fail_outbox_scans: std::sync::atomic::AtomicU64::new(0),
             fail_writes: std::sync::atomic::AtomicU64::new(0),
+            fail_event_settles: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -492,7 +496,7 @@ impl Store {
 
     /// For failpoints: a real `rocksdb::Error` (its constructor is private), from opening a
     /// database that does not exist without `create_if_missing`.
-    fn injected_error(&self) -> ShardError {
+    pub(crate) fn injected_error(&self) -> ShardError {
         match injected_rocks_error() {
             Some(source) => self.rocks(source),
             None => ShardError::Layout("failpoint: the missing database exists".into()),
@@ -513,6 +517,12 @@ impl Store {
             return Err(e);
         }
         self.db.write_opt(batch, opts)
+    }
+
+    /// Whether the event-settle failpoint trips now (counts the hit).
+    pub(crate) fn take_event_settle_failure(&self) -> bool {
+        self.fail_event_settles.load(Ordering::Relaxed) > 0
+            && self.fail_event_settles.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
     }
 
     /// WAL syncs since the database was opened, as RocksDB counts them (`rocksdb.dbstats`,

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_channel::Receiver;
 use ferry_model::{MessageId, MessageKey, ShardId};
@@ -193,6 +193,8 @@ pub(crate) struct Writer {
     /// one is queued may pass it (the delivery loop may not have read it yet). In memory only: a
     /// restart's scan starts at the persisted watermark, which is at or below every one of them.
     pub(crate) released_unsettled: BTreeSet<u64>,
+    /// Test support (`Shard::crash_for_test`): set, the writer commits nothing more and stops.
+    pub(crate) crashed: Arc<AtomicBool>,
 }
 
 enum Pending {
@@ -304,12 +306,19 @@ impl Writer {
                 }
             }
             self.commit(ops, weight, &sync);
+            if self.crashed.load(Ordering::Acquire) {
+                break;
+            }
         }
         tracing::debug!(shard = %self.shard, "writer stopped");
     }
 
     fn commit(&mut self, ops: Vec<WriteOp>, weight: usize, sync: &WriteOptions) {
         if ops.is_empty() {
+            return;
+        }
+        if self.crashed.load(Ordering::Acquire) {
+            // A crash: what was not committed is lost (its callers see `Stopped`).
             return;
         }
         let store = &self.store;
@@ -408,6 +417,12 @@ impl Writer {
                     pending.push(Pending::Done(reply));
                 }
                 WriteOp::Settle { entries, low_watermark, reply } => {
+                    if entries.iter().any(|c| matches!(c, Settlement::Receipt { .. } | Settlement::Inbound(_)))
+                        && store.take_event_settle_failure()
+                    {
+                        drop(reply.send(Err(store.injected_error())));
+                        continue;
+                    }
                     // Every read first: a failed one fails this op only.
                     let reads = status
                         .prefetch(
