@@ -271,6 +271,9 @@ async fn the_webhook_answers_the_handshake_and_refuses_bad_signatures() {
     let dir = tempfile::tempdir().unwrap();
     let rig = start_rig(dir.path(), &[], &[]).await;
     let http = rig.ferry.http_addr;
+    // Ready: the Cloud upstream has no connection to wait for.
+    eventually(Duration::from_secs(10), "/readyz answers 200", || async { http_get(http, "/readyz").await.0 == 200 })
+        .await;
     let handshake = |token: &str, mode: &str| {
         format!("/webhooks/cloud?hub.mode={mode}&hub.verify_token={token}&hub.challenge=1158201444")
     };
@@ -303,5 +306,88 @@ async fn the_webhook_answers_the_handshake_and_refuses_bad_signatures() {
     .await;
     let ids = inbound_ids(&rig.received.lock().unwrap());
     assert!(!ids.contains(&"wamid.unsigned".to_owned()), "a refused webhook was recorded: {ids:?}");
+    rig.ferry.terminate();
+}
+
+/// `name{labels} value` of the node's `/metrics`, summed over label sets that contain `labels`.
+async fn metric(ferry: &FerryProcess, name: &str, labels: &str) -> f64 {
+    let (status, text) = http_get(ferry.http_addr, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = key.split_once('{').unwrap_or((key, ""));
+            (metric == name && rest.contains(labels)).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// cloudsim takes every send at once but answers only after 3 s, past ferry's 500 ms request
+/// timeout: each attempt is in doubt. Its `sent` webhook (1.5 s after taking) names the marker
+/// within `reconcile_secs`, so ferry adopts the wamid and never sends it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_doubt_send_is_settled_by_its_webhook_and_not_sent_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, "[cloud]\nrequest_timeout_ms = 500\nreconcile_secs = 30\n").unwrap();
+    let data = dir.path().join("data");
+    let cloudsim = [
+        "--slow-rate",
+        "1",
+        "--slow-ms",
+        "3000",
+        "--sent-after-ms",
+        "1500",
+        "--delivered-after-ms",
+        "1600",
+        "--read-after-ms",
+        "1700",
+    ];
+    let rig = start_rig(&data, &cloudsim, &["--config", config.to_str().unwrap()]).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let m = json!({"to": format!("+4479120{i:05}"), "type": "text", "text": {"body": "in doubt"}});
+        ids.push(send_json(rig.ferry.http_addr, "/v1/messages", &m).await);
+    }
+    for id in &ids {
+        eventually(WAIT, &format!("{id} read"), || async { get_message(&rig.ferry, id).await.status == "read" }).await;
+        let record = get_message(&rig.ferry, id).await;
+        assert!(record.upstream_message_id.starts_with("wamid."), "the wamid adopted from the webhook: {record:?}");
+    }
+    let stats = rig.cloudsim.stats().await;
+    assert_eq!(stats["slow_answers"], 5, "every send was answered late: {stats}");
+    assert_eq!(stats["messages_taken"], 5, "none sent twice: {stats}");
+    assert_eq!(stats["duplicate_messages"], 0, "{stats}");
+    assert_eq!(metric(&rig.ferry, "ferry_cloud_in_doubt_total", "").await, 5.0);
+    assert_eq!(metric(&rig.ferry, "ferry_cloud_in_doubt_resolved_total", "").await, 5.0);
+    assert_eq!(metric(&rig.ferry, "ferry_cloud_in_doubt_resent_total", "").await, 0.0);
+    rig.ferry.terminate();
+}
+
+/// A number whose token expired (190) is blocked: its messages stay queued (not failed), the
+/// metric shows it, and it is not retried in a storm (one refusal per message in flight, then
+/// the probe interval).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_level_refusal_blocks_the_number_and_keeps_its_messages_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = start_rig(dir.path(), &["--expired-number", PHONE_NUMBER_ID], &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let m = json!({"to": format!("+4479130{i:05}"), "type": "text", "text": {"body": "blocked"}});
+        ids.push(send_json(rig.ferry.http_addr, "/v1/messages", &m).await);
+    }
+    let blocked = format!("phone_number_id=\"{PHONE_NUMBER_ID}\"");
+    eventually(WAIT, "the number shown blocked", || async {
+        metric(&rig.ferry, "ferry_cloud_number_blocked", &blocked).await == 1.0
+    })
+    .await;
+    let stats = rig.cloudsim.stats().await;
+    let refusals = stats["refusals"]["190"].as_u64().unwrap_or(0);
+    assert!((1..=3).contains(&refusals), "one 190 per message in flight at most: {stats}");
+    assert_eq!(stats["messages_taken"], 0, "{stats}");
+    for id in &ids {
+        assert_eq!(get_message(&rig.ferry, id).await.status, "accepted", "kept queued, not failed");
+    }
     rig.ferry.terminate();
 }

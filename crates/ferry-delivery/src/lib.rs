@@ -128,9 +128,10 @@ impl DeliveryEngine {
         clock: SharedClock,
     ) -> Result<DeliveryEngine, DeliveryError> {
         config.validate().map_err(DeliveryError::Config)?;
-        Ok(DeliveryEngine::spawn(shards, config, clock, |shard, _stats| CloudConnector {
+        Ok(DeliveryEngine::spawn(shards, config, clock, |shard, stats| CloudConnector {
             shard: shard.clone(),
             shared: cloud.clone(),
+            stats,
         }))
     }
 

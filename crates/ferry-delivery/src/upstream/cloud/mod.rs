@@ -51,6 +51,7 @@ use super::{
     Attempt, BackOffReason, Connect, EventToken, Outcome, RecipientRef, Scope, Stalled, Submitted, Upstream,
     UpstreamEvent,
 };
+use crate::stats::{LinkState, ShardDeliveryStats};
 
 /// Gauge: 1 while a business number is blocked by a number-level refusal (label
 /// `phone_number_id`), else 0.
@@ -176,6 +177,7 @@ impl CloudShared {
 pub(crate) struct CloudConnector {
     pub(crate) shard: Arc<Shard>,
     pub(crate) shared: Arc<CloudShared>,
+    pub(crate) stats: Arc<ShardDeliveryStats>,
 }
 
 impl Connect for CloudConnector {
@@ -183,6 +185,9 @@ impl Connect for CloudConnector {
 
     fn connect(&self, mut shutdown: watch::Receiver<bool>) -> (CloudUpstream, JoinHandle<()>) {
         let index = self.shard.id().index();
+        // No connection to wait for (each request has its own): health shows the shard connected
+        // (`/readyz`, `/v1/health`); a blocked number shows in `ferry_cloud_number_blocked`.
+        self.stats.link_state.store(LinkState::Connected as u8, Ordering::Relaxed);
         let (answers_tx, answers) = mpsc::channel(8192);
         let upstream = CloudUpstream {
             shard_label: self.shard.id().to_string(),
