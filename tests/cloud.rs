@@ -391,3 +391,35 @@ async fn a_number_level_refusal_blocks_the_number_and_keeps_its_messages_queued(
     }
     rig.ferry.terminate();
 }
+
+/// The number's pacer: with `throughput_per_sec = 20` (from the config file; the flags give its
+/// id and token) 100 sends leave at 20 a second, so cloudsim (which would take 1,000 a second)
+/// never sees more than 20 (+1 at a second's boundary) from it and refuses none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_number_is_paced_at_its_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    let file = format!(
+        "[[cloud.numbers]]\nphone_number = \"+{SENDER}\"\nphone_number_id = \"{PHONE_NUMBER_ID}\"\ntoken = \"replaced-by-the-flag\"\nthroughput_per_sec = 20\n"
+    );
+    std::fs::write(&config, file).unwrap();
+    let rig = start_rig(&dir.path().join("data"), &[], &["--config", config.to_str().unwrap()]).await;
+    for i in 0..100 {
+        let m = json!({"to": format!("+4479140{i:05}"), "type": "text", "text": {"body": "paced"}});
+        send_json(rig.ferry.http_addr, "/v1/messages", &m).await;
+    }
+    let mut last = Value::Null;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        last = rig.cloudsim.stats().await;
+        if last["messages_taken"] == 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["messages_taken"], 100, "every message taken: {last}");
+    let max = last["numbers"][PHONE_NUMBER_ID]["max_per_second"].as_u64().unwrap();
+    assert!((15..=21).contains(&max), "paced at 20/s: the busiest second had {max}: {last}");
+    assert_eq!(last["refusals"]["130429"].as_u64().unwrap_or(0), 0, "{last}");
+    rig.ferry.terminate();
+}
