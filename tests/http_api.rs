@@ -69,6 +69,7 @@ async fn start_with(max_body_bytes: usize, adjust: impl FnOnce(&mut CoordinatorC
         auth: Arc::new(ferry_auth::Auth::disabled()),
         settings: Value::Null,
         read_timeout: std::time::Duration::from_secs(ferry_http::DEFAULT_READ_TIMEOUT_SECS),
+        cloud: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

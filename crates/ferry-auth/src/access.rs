@@ -53,6 +53,10 @@ pub const ACCESS_TABLE: &[(Endpoint<'static>, Access)] = &[
     (Endpoint::Http("PATCH", "/v1/users/{username}"), ADMIN),
     (Endpoint::Http("DELETE", "/v1/users/{username}"), ADMIN),
     (Endpoint::Http("GET", "/v1/settings"), ADMIN),
+    // Meta's webhooks: no bearer token; the handler checks X-Hub-Signature-256 (401 otherwise)
+    // and the handshake's verify token (403 otherwise).
+    (Endpoint::Http("GET", "/webhooks/cloud"), Access::Open),
+    (Endpoint::Http("POST", "/webhooks/cloud"), Access::Open),
     // gRPC: ferry.v1.Messages.
     (Endpoint::Grpc("/ferry.v1.Messages/Send"), USER),
     (Endpoint::Grpc("/ferry.v1.Messages/SendBatch"), USER),

@@ -1,7 +1,7 @@
 //! Graph / Cloud API error codes that ferry and `ferry cloudsim` name, with Meta's titles and the
-//! HTTP status Meta answers them with (from Meta's "WhatsApp error codes" page). This is a naming
-//! table only: which codes are retried, failed or block a number is decided by ferry's Cloud
-//! upstream.
+//! HTTP status Meta answers them with (from Meta's "WhatsApp error codes" page), and [`classify`]:
+//! the one table of what ferry does with each (retry, slow down, fail, stop the number), used by
+//! ferry's Cloud upstream for synchronous errors and for `failed` status webhooks alike.
 
 /// One known code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,9 +261,91 @@ pub fn known(code: u32) -> Option<&'static KnownCode> {
     KNOWN.iter().find(|k| k.code == code)
 }
 
+/// What a Graph error means for the message and its business number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Temporary: send again after a backoff, until the message's TTL.
+    Transient,
+    /// 130429: the business number sends too fast: slow that number down.
+    Throughput,
+    /// 131056: too many messages to this recipient from this number: back off that pair only.
+    PairLimit,
+    /// 131049: the per-user marketing limit (ferry's marketing-limit rule decides).
+    MarketingLimit,
+    /// The message will never be delivered: `failed` with Meta's code and title.
+    Permanent,
+    /// The business number cannot send at all (token, permissions, account, payment,
+    /// registration): stop sending from it, keep its messages queued, probe it later.
+    NumberLevel,
+}
+
+/// The classification table. Meta's code decides; `is_transient` (when Meta sends it) decides a
+/// code this table does not know; the HTTP status is the last resort (5xx and 429 transient or
+/// throughput, anything else permanent).
+pub fn classify(code: u32, is_transient: Option<bool>, http_status: u16) -> Class {
+    match code {
+        API_UNKNOWN
+        | API_SERVICE
+        | SOMETHING_WENT_WRONG
+        | SERVICE_UNAVAILABLE
+        | SERVER_TEMPORARILY_UNAVAILABLE
+        | MAINTENANCE_MODE => Class::Transient,
+        THROUGHPUT_LIMIT => Class::Throughput,
+        PAIR_RATE_LIMIT => Class::PairLimit,
+        MARKETING_LIMIT => Class::MarketingLimit,
+        ACCESS_TOKEN_EXPIRED | PERMISSION_DENIED | API_PERMISSION | SPAM_RATE_LIMIT | ACCOUNT_LOCKED
+        | POLICY_BLOCKED | PAYMENT_ISSUE | NOT_REGISTERED => Class::NumberLevel,
+        UNDELIVERABLE
+        | REENGAGEMENT
+        | UNSUPPORTED_MESSAGE_TYPE
+        | RECIPIENT_IS_SENDER
+        | INVALID_PARAMETER
+        | MISSING_PARAMETER
+        | INVALID_PARAMETER_VALUE
+        | ACCESS_DENIED
+        | TEMPLATE_PARAMETER_COUNT
+        | TEMPLATE_DOES_NOT_EXIST
+        | TEMPLATE_PARAMETER_FORMAT
+        | TEMPLATE_PAUSED => Class::Permanent,
+        _ => match is_transient {
+            Some(true) => Class::Transient,
+            Some(false) => Class::Permanent,
+            None if http_status == 429 => Class::Throughput,
+            None if http_status >= 500 => Class::Transient,
+            None => Class::Permanent,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The issue's rows, one by one.
+    #[test]
+    fn classification_rows() {
+        for code in [1, 2, 131000, 131016, 133004, 131057] {
+            assert_eq!(classify(code, None, 400), Class::Transient, "{code}");
+        }
+        assert_eq!(classify(130429, None, 400), Class::Throughput);
+        assert_eq!(classify(131056, None, 400), Class::PairLimit);
+        assert_eq!(classify(131049, None, 400), Class::MarketingLimit);
+        for code in [131026, 131047, 131051, 131021, 131030, 100, 131008, 131009, 132000, 132001, 132012, 132015] {
+            // 131030 (recipient not in the allowed list) is not in the code table: a 400 is permanent.
+            assert_eq!(classify(code, None, 400), Class::Permanent, "{code}");
+        }
+        for code in [190, 10, 200, 131048, 131031, 368, 131042, 131045] {
+            assert_eq!(classify(code, None, 400), Class::NumberLevel, "{code}");
+        }
+        // Unknown codes: is_transient first, then the HTTP status.
+        assert_eq!(classify(4242, Some(true), 400), Class::Transient);
+        assert_eq!(classify(4242, Some(false), 503), Class::Permanent);
+        assert_eq!(classify(4242, None, 503), Class::Transient);
+        assert_eq!(classify(4242, None, 429), Class::Throughput);
+        assert_eq!(classify(4242, None, 400), Class::Permanent);
+        // A known code is not overridden by is_transient.
+        assert_eq!(classify(131026, Some(true), 400), Class::Permanent);
+    }
 
     #[test]
     fn codes_are_unique_and_found() {

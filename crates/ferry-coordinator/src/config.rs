@@ -100,6 +100,11 @@ pub struct CoordinatorConfig {
     pub shard: ShardConfig,
     pub storage: StorageTuning,
     pub pacing: PacingConfig,
+    /// The only business numbers a send may come from (the Cloud upstream: its configured
+    /// `[[cloud.numbers]]`); a send from any other is refused at accept time (1009, field
+    /// `sender`) and writes nothing. `None`: any sender. Not a config key of its own.
+    #[serde(skip)]
+    pub allowed_senders: Option<Vec<String>>,
 }
 
 impl Default for CoordinatorConfig {
@@ -113,6 +118,7 @@ impl Default for CoordinatorConfig {
             shard: ShardConfig::default(),
             storage: StorageTuning::default(),
             pacing: PacingConfig::default(),
+            allowed_senders: None,
         }
     }
 }

@@ -95,6 +95,8 @@ pub struct Coordinator {
     country_code: String,
     window: WindowPolicy,
     default_sender: WaId,
+    /// `CoordinatorConfig::allowed_senders`, normalized.
+    allowed_senders: Option<HashSet<WaId>>,
     pacing: PacingConfig,
     paced: HashSet<String>,
     /// Set by [`Coordinator::close`]: the pacing rule stops.
@@ -121,6 +123,15 @@ impl Coordinator {
         config.validate().map_err(OpenError::Config)?;
         let default_sender = phone::normalize(&config.default_sender, &config.country_code)
             .map_err(|e| OpenError::Config(format!("default_sender: {e}")))?;
+        let allowed_senders = match &config.allowed_senders {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .map(|s| phone::normalize(s, &config.country_code))
+                    .collect::<Result<HashSet<_>, _>>()
+                    .map_err(|e| OpenError::Config(format!("allowed sender: {e}")))?,
+            ),
+        };
         let layout = NodeLayout::open_or_create(&config.data_dir, config.shards)?;
         let resources = SharedResources::new(&config.storage)?;
         let mut shards = Vec::with_capacity(config.shards as usize);
@@ -150,6 +161,7 @@ impl Coordinator {
             country_code: config.country_code.clone(),
             window: config.customer_service_window,
             default_sender,
+            allowed_senders,
             paced: config.pacing.templates.iter().cloned().collect(),
             pacing: config.pacing.clone(),
             closed: AtomicBool::new(false),

@@ -17,6 +17,8 @@ pub struct MessageView {
     pub expires_at_ms: i64,
     pub updated_at_ms: i64,
     pub biz_opaque_callback_data: String,
+    /// The upstream's id of the message (the Cloud API's wamid) once it is `sent`; empty otherwise.
+    pub upstream_message_id: String,
     /// `(status, timestamp_ms)`, oldest first.
     pub history: Vec<(MessageStatus, i64)>,
     /// Why the message failed (status `failed` only).
@@ -65,6 +67,7 @@ impl Coordinator {
                 expires_at_ms: record.expires_at_ms,
                 updated_at_ms: record.held_at_ms.max(record.accepted_at_ms),
                 biz_opaque_callback_data: record.biz_opaque_callback_data,
+                upstream_message_id: String::new(),
                 history,
                 error: None,
             });
@@ -91,6 +94,7 @@ impl Coordinator {
             expires_at_ms: record.expires_at_ms,
             updated_at_ms: record.updated_at_ms,
             biz_opaque_callback_data: record.biz_opaque_callback_data,
+            upstream_message_id: record.upstream_message_id,
             history: record
                 .history
                 .iter()

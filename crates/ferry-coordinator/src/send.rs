@@ -131,6 +131,20 @@ impl Coordinator {
                 ..e
             })?,
         };
+        if let Some(allowed) = &self.allowed_senders
+            && !allowed.contains(&sender)
+        {
+            let mut known: Vec<&str> = allowed.iter().map(WaId::as_str).collect();
+            known.sort_unstable();
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
+                "sender",
+                format!(
+                    "sender {sender} has no configured business number upstream (cloud.numbers): expected one of {}",
+                    known.join(", ")
+                ),
+            ));
+        }
         let ctx = ValidationContext { default_country_code: self.country_code.clone(), sender: Some(sender.clone()) };
         let validated = command.message.validate(&ctx)?;
         let shard = routing::shard_for_recipient(&validated.wa_id, self.shard_count());

@@ -222,7 +222,7 @@ impl<U: Upstream> ShardLoop<U> {
         if let Some(id) = &upstream_id {
             tracing::debug!(shard = %self.shard.id(), message = m.message_id.as_str(), upstream_id = id, "accepted upstream");
         }
-        self.record(Fact::Sent { seq, at_ms });
+        self.record(Fact::Sent { seq, at_ms, upstream_id });
         if dup {
             self.stats.add(&self.stats.acked_as_duplicate, 1);
         }

@@ -5,8 +5,9 @@
 //!
 //! [`DeliveryEngine::start`] runs, for every shard of the node, one delivery loop (`engine.rs`,
 //! the upstream-independent core: window, FIFO per recipient, retries, TTL, settle) over one
-//! [`upstream::Upstream`] (the seam; today the chat upstream, `upstream/chat/`: its link to the
-//! chat server and its encryption sessions), supervised (`supervise.rs`): a panicking loop is
+//! [`upstream::Upstream`] (the seam: the chat upstream, `upstream/chat/`, its link to the
+//! chat server and its encryption sessions; or the WhatsApp Cloud API upstream,
+//! `upstream/cloud/`, [`DeliveryEngine::start_cloud`]), supervised (`supervise.rs`): a panicking loop is
 //! restarted, a panicking background task is a temporary failure of what it held. Encryption
 //! sessions come from `ferry-session` (Signal-style X3DH + symmetric ratchet; not
 //! wire-compatible with WhatsApp), cached per shard and persisted in the shard's `sessions`
@@ -65,7 +66,9 @@ use ferry_proto::chat::v1::Hello;
 use ferry_proto::chat::v1::chat_client::ChatClient;
 use ferry_shard::Shard;
 
+use crate::upstream::Connect;
 use crate::upstream::chat::ChatConnector;
+use crate::upstream::cloud::{CloudConnector, CloudShared};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -105,36 +108,57 @@ impl DeliveryEngine {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10));
+        let chat_config = config.clone();
+        Ok(DeliveryEngine::spawn(shards, config, clock, |shard, stats| {
+            // One HTTP/2 connection per shard, like the reference's one gateway link per shard.
+            let client = ChatClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(16 * 1024 * 1024)
+                .max_encoding_message_size(16 * 1024 * 1024);
+            let hello = Hello { client_id: format!("{:016x}", shard.node_id()), channel: u32::from(shard.id().0) };
+            ChatConnector { shard: shard.clone(), client, hello, config: chat_config.clone(), stats }
+        }))
+    }
+
+    /// Starts a delivery loop for every shard over the WhatsApp Cloud API upstream
+    /// (`upstream/cloud/`), sharing `cloud` (client, numbers and their pacers, the webhook hub).
+    pub fn start_cloud(
+        shards: &[Arc<Shard>],
+        cloud: Arc<CloudShared>,
+        config: DeliveryConfig,
+        clock: SharedClock,
+    ) -> Result<DeliveryEngine, DeliveryError> {
+        config.validate().map_err(DeliveryError::Config)?;
+        Ok(DeliveryEngine::spawn(shards, config, clock, |shard, stats| CloudConnector {
+            shard: shard.clone(),
+            shared: cloud.clone(),
+            stats,
+        }))
+    }
+
+    fn spawn<C: Connect>(
+        shards: &[Arc<Shard>],
+        config: DeliveryConfig,
+        clock: SharedClock,
+        mut connector: impl FnMut(&Arc<Shard>, Arc<ShardDeliveryStats>) -> C,
+    ) -> DeliveryEngine {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut stats = Vec::with_capacity(shards.len());
         let mut tasks = Vec::with_capacity(shards.len());
         let all_shards: Arc<[Arc<Shard>]> = shards.iter().cloned().collect();
         for shard in shards {
-            // One HTTP/2 connection per shard, like the reference's one gateway link per shard.
-            let client = ChatClient::new(endpoint.connect_lazy())
-                .max_decoding_message_size(16 * 1024 * 1024)
-                .max_encoding_message_size(16 * 1024 * 1024);
             let shard_stats = Arc::new(ShardDeliveryStats::default());
-            let hello = Hello { client_id: format!("{:016x}", shard.node_id()), channel: u32::from(shard.id().0) };
-            let connect = ChatConnector {
-                shard: shard.clone(),
-                client,
-                hello,
-                config: config.clone(),
-                stats: shard_stats.clone(),
-            };
             let delivery = supervise::ShardDelivery {
                 shard: shard.clone(),
                 all_shards: all_shards.clone(),
                 config: config.clone(),
                 clock: clock.clone(),
-                connect,
+                connect: connector(shard, shard_stats.clone()),
                 stats: shard_stats.clone(),
             };
             tasks.push(tokio::spawn(supervise::supervise_shard(delivery, shutdown_rx.clone())));
             stats.push(shard_stats);
         }
-        Ok(DeliveryEngine { stats, shutdown, tasks })
+        DeliveryEngine { stats, shutdown, tasks }
     }
 
     /// Per-shard counters, in shard order.

@@ -27,8 +27,9 @@ pub(crate) const SETTLE_RETRY: Duration = Duration::from_secs(1);
 /// What the loop learned, in plain terms (no storage records).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Fact {
-    /// The upstream accepted the queued message `seq` at `at_ms`: it leaves the queue as `sent`.
-    Sent { seq: u64, at_ms: i64 },
+    /// The upstream accepted the queued message `seq` at `at_ms` (its own id of it:
+    /// `upstream_id`, stored with the status): it leaves the queue as `sent`.
+    Sent { seq: u64, at_ms: i64, upstream_id: Option<String> },
     /// The queued message `seq` will never be delivered: it leaves the queue as `failed`.
     Failed { seq: u64, code: u32, title: String, details: String },
     /// A status of message `seq` (of the shard the fact is written to).
@@ -69,9 +70,11 @@ impl<U: Upstream> ShardLoop<U> {
     /// Records a fact of this shard, written with this turn's batch.
     pub(crate) fn record(&mut self, fact: Fact) {
         let entry = match fact {
-            Fact::Sent { seq, at_ms } => {
+            Fact::Sent { seq, at_ms, upstream_id } => {
                 let Some(m) = self.messages.get(&seq) else { return };
-                Settlement::Sent { seq, message: status_base(&m.record), at_ms }
+                let mut message = status_base(&m.record);
+                message.upstream_message_id = upstream_id.unwrap_or_default();
+                Settlement::Sent { seq, message, at_ms }
             }
             Fact::Failed { seq, code, title, details } => {
                 let Some(m) = self.messages.get(&seq) else { return };

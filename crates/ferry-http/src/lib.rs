@@ -6,6 +6,8 @@
 //! - [`users`]: `POST /v1/users/login`, `/v1/users/logout`, user management, settings; the
 //!   auth middleware in front of every route.
 //! - [`ops`]: `GET /v1/health`, `/healthz`, `/readyz`, `/metrics`.
+//! - [`cloud_webhook`]: `GET|POST /webhooks/cloud`, Meta's webhooks for the Cloud upstream
+//!   (signed, not bearer-authenticated).
 //!
 //! Every route is one [`Route`] of [`routes`], which builds the router: the access table
 //! (`ferry_auth::access`) is checked against that same list, so a route cannot be added without
@@ -16,6 +18,7 @@
 //! returned after the durable write. No route runs without the auth middleware, and none the
 //! access table does not name runs for a caller below `admin`.
 
+pub mod cloud_webhook;
 pub mod limits;
 pub mod messages;
 pub mod ops;
@@ -66,6 +69,8 @@ pub struct HttpState {
     /// How long a request's headers, and then its body, may take to arrive
     /// (`[http] read_timeout_secs`); a late body is 408, late headers close the connection.
     pub read_timeout: std::time::Duration,
+    /// Meta's webhooks (`/webhooks/cloud`), with the Cloud upstream only.
+    pub cloud: Option<cloud_webhook::CloudWebhook>,
 }
 
 /// The `[http]` section of `ferry.toml`.
@@ -167,6 +172,7 @@ pub fn routes() -> Vec<Route> {
     let mut all = messages::routes();
     all.extend(users::routes());
     all.extend(ops::routes());
+    all.extend(cloud_webhook::routes());
     all
 }
 

@@ -221,6 +221,7 @@ fn record_from(m: MessageView) -> v1::MessageRecord {
         r#type: m.message_type,
         sender: m.sender,
         biz_opaque_callback_data: m.biz_opaque_callback_data,
+        upstream_message_id: m.upstream_message_id,
         history: m
             .history
             .into_iter()

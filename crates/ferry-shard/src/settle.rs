@@ -85,6 +85,7 @@ pub fn status_base(record: &QueueRecord) -> StatusRecord {
         error_title: String::new(),
         error_details: String::new(),
         biz_opaque_callback_data: record.biz_opaque_callback_data.clone(),
+        upstream_message_id: String::new(),
     }
 }
 
@@ -188,6 +189,9 @@ pub fn merge(current: Option<&StatusRecord>, change: &Settlement) -> Option<Stat
                 return None;
             }
             fill_from(&mut r, message);
+            if r.upstream_message_id.is_empty() {
+                r.upstream_message_id = message.upstream_message_id.clone();
+            }
             add_event(&mut r, MessageStatus::Sent, *at_ms);
             if was.advances(MessageStatus::Sent) {
                 r.status = MessageStatus::Sent.code();
@@ -287,6 +291,22 @@ mod tests {
         assert_eq!(after_ack.status, MessageStatus::Delivered.code());
         assert_eq!(after_ack.wa_id, "16315551234");
         assert_eq!(statuses(&after_ack), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn sent_stores_the_upstream_id_in_the_same_record() {
+        let message = StatusRecord { upstream_message_id: "wamid.meta1".into(), ..base() };
+        let sent = merge(None, &Settlement::Sent { seq: 1, message, at_ms: 2_000 }).unwrap();
+        assert_eq!(sent.upstream_message_id, "wamid.meta1");
+        // A receipt that came first: the ack still brings the upstream id.
+        let early =
+            merge(None, &Settlement::Receipt { seq: 1, status: MessageStatus::Delivered, at_ms: 3_000 }).unwrap();
+        let message = StatusRecord { upstream_message_id: "wamid.meta2".into(), ..base() };
+        let after = merge(Some(&early), &Settlement::Sent { seq: 1, message, at_ms: 2_500 }).unwrap();
+        assert_eq!(
+            (after.upstream_message_id.as_str(), after.status),
+            ("wamid.meta2", MessageStatus::Delivered.code())
+        );
     }
 
     #[test]

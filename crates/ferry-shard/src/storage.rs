@@ -264,6 +264,10 @@ pub struct StatusRecord {
     pub error_details: String,
     #[prost(string, tag = "12")]
     pub biz_opaque_callback_data: String,
+    /// The upstream's own id of the message (the Cloud API's wamid), stored with `sent` in the
+    /// same write; empty for the chat upstream or before it is known.
+    #[prost(string, tag = "13")]
+    pub upstream_message_id: String,
 }
 
 /// One status change to report to the webhook (an `outbox` entry).

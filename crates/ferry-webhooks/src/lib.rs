@@ -9,7 +9,8 @@
 //! Failures are retried forever with linear backoff (3 s steps, capped at 15 minutes, as the
 //! reference does).
 //!
-//! Transport: one hyper client (HTTP/1.1) for both schemes. `https://` URLs go over TLS
+//! Transport: one hyper client ([`https_client`], shared with the Cloud upstream) for both schemes
+//! (HTTP/2 when a TLS server offers it, else HTTP/1.1). `https://` URLs go over TLS
 //! (rustls, ring) and the server's certificate must chain to a trust root: the Mozilla roots
 //! compiled in (`webpki-roots`, not the system store) plus the PEM certificates of
 //! `webhook.ca_file` when set (a private CA). `http://` is accepted for loopback and development; a
@@ -28,7 +29,7 @@
 //! - No client certificate is sent (no mutual TLS), and the system's certificate store is not
 //!   read.
 //!
-//! Limits of this version: one request in flight per shard; HTTP/1.1 only.
+//! Limits of this version: one request in flight per shard.
 
 pub mod payload;
 
@@ -56,8 +57,9 @@ pub use payload::Shape;
 
 /// Longest time between two writes of a shard's webhook cursor while callbacks flow.
 const CURSOR_PERSIST_EVERY: Duration = Duration::from_millis(100);
-/// The client every sender of an engine shares: `http://` and `https://` over one pool.
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// The client every sender of an engine shares: `http://` and `https://` over one pool. The same
+/// construction ([`https_client`]) serves the Cloud API upstream (`ferry-delivery`).
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Webhook settings (config section `[webhook]`; flags `--webhook-url`, `--webhook-secret`,
 /// `--webhook-shape`; `ca_file` only in the config file).
@@ -186,19 +188,39 @@ fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// The client for `config`: http and https, trusting the built-in roots plus `ca_file`.
 fn client(config: &WebhookConfig) -> Result<HttpClient, String> {
+    let extra = match &config.ca_file {
+        Some(path) => load_ca_file(path)?,
+        None => Vec::new(),
+    };
+    https_client(extra)
+}
+
+/// ferry's one outgoing HTTP client construction (status callbacks and the Cloud API upstream):
+/// `http://` and `https://` over one connection pool (connections are reused), TLS by rustls
+/// (ring) trusting the compiled-in Mozilla roots plus `extra_roots`, HTTP/2 when the server
+/// offers it by ALPN, else HTTP/1.1 (plain `http://` is HTTP/1.1). Cheap to clone: clones share
+/// the pool.
+pub fn https_client(extra_roots: Vec<CertificateDer<'static>>) -> Result<HttpClient, String> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = &config.ca_file {
-        for cert in load_ca_file(path)? {
-            roots.add(cert).map_err(|e| format!("webhook.ca_file `{}`: {e}", path.display()))?;
-        }
+    for cert in extra_roots {
+        roots.add(cert).map_err(|e| format!("a configured CA certificate is not usable as a trust root: {e}"))?;
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS set-up for the webhook: {e}"))?
+        .map_err(|e| format!("TLS set-up of the HTTP client: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 

@@ -10,6 +10,7 @@ use ferry_auth::{AuthConfig, AuthMode};
 use ferry_chatsim::ChatSimConfig;
 use ferry_coordinator::{CoordinatorConfig, PacingConfig, WindowPolicy};
 use ferry_delivery::DeliveryConfig;
+use ferry_delivery::upstream::cloud::config::{CloudConfig, CloudNumber, DEFAULT_THROUGHPUT_PER_SEC, ResolvedNumber};
 use ferry_shard::{ShardConfig, StorageTuning};
 use ferry_webhooks::WebhookConfig;
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,11 @@ pub struct FerryConfig {
     /// chat server (`ferry chatsim`) in-process on a free loopback port and delivers to it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// What ferry delivers to: `chat` (the chat server of `upstream`, or the in-process
+    /// `ferry chatsim`) or `cloud` (the WhatsApp Cloud API, `[cloud]`).
+    pub upstream_kind: UpstreamKind,
+    /// The WhatsApp Cloud API upstream (used when `upstream_kind = "cloud"`).
+    pub cloud: CloudConfig,
     pub shard: ShardConfig,
     pub storage: StorageTuning,
     pub delivery: DeliveryConfig,
@@ -61,6 +67,28 @@ pub struct FerryConfig {
     pub grpc: ferry_ingest::GrpcConfig,
     /// TLS for both listeners (unset: plaintext).
     pub tls: TlsConfig,
+}
+
+/// `upstream_kind`: which upstream the delivery loops send to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    /// ferry's chat protocol (`ferry.chat.v1`): `upstream`, or the in-process chatsim.
+    #[default]
+    Chat,
+    /// The WhatsApp Cloud API (`[cloud]`).
+    Cloud,
+}
+
+impl std::str::FromStr for UpstreamKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "chat" => Ok(UpstreamKind::Chat),
+            "cloud" => Ok(UpstreamKind::Cloud),
+            other => Err(format!("upstream kind `{other}`: expected `chat` or `cloud`")),
+        }
+    }
 }
 
 /// `[tls]`: a PEM certificate chain and private key; both set or neither. When set, the HTTP and
@@ -112,6 +140,8 @@ impl Default for FerryConfig {
             customer_service_window: None,
             log: "info".into(),
             upstream: None,
+            upstream_kind: UpstreamKind::Chat,
+            cloud: CloudConfig::default(),
             shard: node.shard,
             storage: node.storage,
             delivery: DeliveryConfig::default(),
@@ -158,6 +188,25 @@ pub struct Overrides {
     /// Chat server to deliver to, HOST:PORT [default: none: an in-process `ferry chatsim`].
     #[arg(long, env = "FERRY_UPSTREAM")]
     pub upstream: Option<String>,
+    /// What to deliver to: chat (a chat server / the in-process chatsim) or cloud (the WhatsApp
+    /// Cloud API, `[cloud]`) [default: chat].
+    #[arg(long, env = "FERRY_UPSTREAM_KIND")]
+    pub upstream_kind: Option<UpstreamKind>,
+    /// Cloud API base URL [default: https://graph.facebook.com].
+    #[arg(long, env = "FERRY_CLOUD_BASE_URL")]
+    pub cloud_base_url: Option<String>,
+    /// Meta app secret: verifies X-Hub-Signature-256 of Meta's webhooks. Prefer the env var.
+    #[arg(long, env = "FERRY_CLOUD_APP_SECRET", hide_env_values = true)]
+    pub cloud_app_secret: Option<String>,
+    /// Verify token of the webhook subscription handshake. Prefer the env var.
+    #[arg(long, env = "FERRY_CLOUD_VERIFY_TOKEN", hide_env_values = true)]
+    pub cloud_verify_token: Option<String>,
+    /// Meta phone number id of `default_sender` (a single-number setup without [[cloud.numbers]]).
+    #[arg(long, env = "FERRY_CLOUD_PHONE_NUMBER_ID")]
+    pub cloud_phone_number_id: Option<String>,
+    /// Access token of `--cloud-phone-number-id`. Prefer the env var.
+    #[arg(long, env = "FERRY_CLOUD_TOKEN", hide_env_values = true)]
+    pub cloud_token: Option<String>,
     /// Webhook for status callbacks, https://HOST[:PORT]/PATH (http:// for loopback/dev)
     /// [default: none].
     #[arg(long, env = "FERRY_WEBHOOK_URL")]
@@ -208,6 +257,47 @@ impl FerryConfig {
         if let Some(v) = &o.upstream {
             c.upstream = Some(v.clone()).filter(|u| !u.is_empty());
         }
+        if let Some(v) = o.upstream_kind {
+            c.upstream_kind = v;
+        }
+        if let Some(v) = &o.cloud_base_url {
+            c.cloud.base_url = v.clone();
+        }
+        if let Some(v) = &o.cloud_app_secret {
+            c.cloud.app_secret = Some(v.clone()).filter(|s| !s.is_empty());
+        }
+        if let Some(v) = &o.cloud_verify_token {
+            c.cloud.verify_token = Some(v.clone()).filter(|s| !s.is_empty());
+        }
+        match (&o.cloud_phone_number_id, &o.cloud_token) {
+            (Some(id), token) => {
+                // The default sender's number: replaces a configured entry of the same phone
+                // number, else is added.
+                let entry = CloudNumber {
+                    phone_number: c.default_sender.clone(),
+                    phone_number_id: id.clone(),
+                    token: token.clone(),
+                    token_env: None,
+                    throughput_per_sec: DEFAULT_THROUGHPUT_PER_SEC,
+                };
+                let same = |n: &CloudNumber| {
+                    let norm = |p: &str| ferry_model::phone::normalize(p, &c.country_code).ok();
+                    norm(&n.phone_number).is_some() && norm(&n.phone_number) == norm(&c.default_sender)
+                };
+                match c.cloud.numbers.iter().position(same) {
+                    Some(i) => {
+                        let throughput = c.cloud.numbers[i].throughput_per_sec;
+                        c.cloud.numbers[i] = CloudNumber { throughput_per_sec: throughput, ..entry };
+                    }
+                    None => c.cloud.numbers.push(entry),
+                }
+            }
+            (None, Some(_)) => bail!(
+                "--cloud-token (FERRY_CLOUD_TOKEN) without --cloud-phone-number-id: expected both for the \
+                 default sender's number, or [[cloud.numbers]] in the config file"
+            ),
+            (None, None) => {}
+        }
         if let Some(v) = &o.webhook_url {
             c.webhook.url = Some(v.clone()).filter(|u| !u.is_empty());
         }
@@ -254,6 +344,8 @@ impl FerryConfig {
             shard: ShardConfig { callbacks: self.webhook.url.is_some(), ..self.shard.clone() },
             storage: self.storage.clone(),
             pacing: self.pacing.clone(),
+            allowed_senders: (self.upstream_kind == UpstreamKind::Cloud)
+                .then(|| self.cloud.numbers.iter().map(|n| n.phone_number.clone()).collect()),
         }
     }
 
@@ -268,12 +360,35 @@ impl FerryConfig {
             }
         }
         c.webhook.url = c.webhook.url.as_deref().map(mask_url);
+        for secret in [&mut c.cloud.app_secret, &mut c.cloud.verify_token] {
+            if secret.is_some() {
+                *secret = Some(MASK.into());
+            }
+        }
+        for n in &mut c.cloud.numbers {
+            if n.token.is_some() {
+                n.token = Some(MASK.into());
+            }
+        }
         c
+    }
+
+    /// Whether ferry delivers to the Cloud API (`upstream_kind = "cloud"`).
+    pub fn cloud_numbers_configured(&self) -> bool {
+        self.upstream_kind == UpstreamKind::Cloud
+    }
+
+    /// The Cloud upstream's numbers, checked and resolved (tokens read): `None` in chat mode.
+    pub fn cloud_numbers(&self) -> anyhow::Result<Option<Vec<ResolvedNumber>>> {
+        match self.upstream_kind {
+            UpstreamKind::Chat => Ok(None),
+            UpstreamKind::Cloud => self.cloud.resolve(&self.country_code).map(Some).map_err(anyhow::Error::msg),
+        }
     }
 
     /// The effective customer-service window policy (see the field's doc).
     pub fn window_policy(&self) -> WindowPolicy {
-        self.customer_service_window.unwrap_or(if self.upstream.is_some() {
+        self.customer_service_window.unwrap_or(if self.upstream.is_some() && self.upstream_kind == UpstreamKind::Chat {
             WindowPolicy::Enforce
         } else {
             WindowPolicy::Off
@@ -296,6 +411,15 @@ impl FerryConfig {
             && (u.trim().is_empty() || !u.contains(':'))
         {
             bail!("upstream `{u}`: expected HOST:PORT of a chat server, e.g. 127.0.0.1:50061");
+        }
+        if self.upstream_kind == UpstreamKind::Cloud {
+            if let Some(u) = &self.upstream {
+                bail!(
+                    "upstream `{u}` is a chat server's address, but upstream_kind = cloud: remove it (the Cloud API is \
+                     cloud.base_url)"
+                );
+            }
+            self.cloud_numbers()?;
         }
         if let Err(e) = self.chatsim.validate() {
             bail!("chatsim: {e}");

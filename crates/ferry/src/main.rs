@@ -233,8 +233,11 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot open data dir {}", config.data_dir.display()))?,
     );
-    // The chat server: the configured upstream, or the reference one in this process.
+    // The upstream: the Cloud API, the configured chat server, or the reference one in this
+    // process.
+    let cloud_numbers = config.cloud_numbers()?;
     let (chatsim, upstream) = match &config.upstream {
+        _ if cloud_numbers.is_some() => (None, config.cloud.base_url.clone()),
         Some(upstream) => (None, upstream.clone()),
         None => {
             let listener =
@@ -245,8 +248,36 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
             (Some(sim), addr)
         }
     };
-    let delivery =
-        DeliveryEngine::start(coordinator.shards(), &upstream, config.delivery.clone(), coordinator.clock().clone())?;
+    let (delivery, cloud_webhook) = match cloud_numbers {
+        Some(numbers) => {
+            let count = numbers.len();
+            let shared =
+                ferry_delivery::upstream::cloud::CloudShared::new(&config.cloud, numbers, coordinator.shards().len())
+                    .map_err(anyhow::Error::msg)?;
+            tracing::info!(base_url = %config.cloud.base_url, numbers = count, "delivering to the WhatsApp Cloud API");
+            let webhook = ferry_http::cloud_webhook::CloudWebhook {
+                hub: shared.hub(),
+                app_secret: config.cloud.app_secret.clone().unwrap_or_default(),
+                verify_token: config.cloud.verify_token.clone().unwrap_or_default(),
+            };
+            let engine = DeliveryEngine::start_cloud(
+                coordinator.shards(),
+                shared,
+                config.delivery.clone(),
+                coordinator.clock().clone(),
+            )?;
+            (engine, Some(webhook))
+        }
+        None => {
+            let engine = DeliveryEngine::start(
+                coordinator.shards(),
+                &upstream,
+                config.delivery.clone(),
+                coordinator.clock().clone(),
+            )?;
+            (engine, None)
+        }
+    };
     let webhooks = match &config.webhook.url {
         Some(url) => {
             let url = config::mask_url(url);
@@ -266,6 +297,12 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         WindowPolicy::Enforce => tracing::info!(
             "customer-service window enforced: non-template messages need the user to have written within 24 h"
         ),
+        WindowPolicy::Off if config.customer_service_window.is_none() && config.cloud_numbers_configured() => {
+            tracing::info!(
+                "customer-service window left to the Cloud API (it refuses with 131047); \
+                 --customer-service-window enforce checks it in ferry too"
+            )
+        }
         WindowPolicy::Off if config.customer_service_window.is_none() => tracing::warn!(
             "customer-service window not enforced (embedded demo: its simulated users never write first); \
              --customer-service-window enforce turns it on"
@@ -298,6 +335,7 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         settings: settings_json(&config),
         max_body_bytes: config.http.max_body_bytes,
         read_timeout: std::time::Duration::from_secs(config.http.read_timeout_secs),
+        cloud: cloud_webhook,
     });
     let http_read_timeout = std::time::Duration::from_secs(config.http.read_timeout_secs);
     // HTTP stays up through the drain so probes see `/readyz` turn 503 (and `/metrics` keeps
@@ -552,6 +590,7 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
         "message_id": r.message_id, "to": r.to, "shard": r.shard, "status": r.status, "type": r.r#type,
         "sender": r.sender, "accepted_at_ms": r.accepted_at_ms, "expires_at_ms": r.expires_at_ms,
         "updated_at_ms": r.updated_at_ms, "biz_opaque_callback_data": r.biz_opaque_callback_data,
+        "upstream_message_id": r.upstream_message_id,
         "history": history,
         "error": r.error.map(|e| serde_json::json!({"code": e.code, "title": e.title, "details": e.details})),
     });

@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub(crate) mod chat;
+pub mod cloud;
 
 /// An upstream's opaque handle of an event it wants acknowledged once the core recorded it
 /// durably (the chat upstream: a receipt id).
@@ -106,7 +107,8 @@ pub enum BackOffReason {
 pub enum Outcome {
     /// The upstream has the message: it leaves the queue as `sent`.
     Accepted {
-        /// The upstream's own id of the message, when it has one (logged; not stored yet).
+        /// The upstream's own id of the message, when it has one (stored with `sent`:
+        /// `upstream_message_id` of GetMessage).
         upstream_id: Option<String>,
         /// When the upstream took it (else the node's clock).
         at_ms: Option<i64>,

@@ -1,0 +1,611 @@
+//! The WhatsApp Cloud API upstream behind the seam (`upstream_kind = "cloud"`).
+//!
+//! - **Submit**: the accepted message (JSON of `OutboundMessage`) becomes the Cloud send body
+//!   (`messaging_product: "whatsapp"`, `recipient_type: "individual"`, `to` as `+<wa_id>`, the
+//!   type and its object; `biz_opaque_callback_data` is ferry's message id, the *marker*; the
+//!   caller's own value stays in ferry and is echoed in the callbacks it relays) and is POSTed to
+//!   `{base_url}/{api_version}/{phone_number_id}/messages` with the sender's bearer token, in a
+//!   tokio task: first the number's pacer (`throughput_per_sec`, shared by every shard), then the
+//!   request with `request_timeout_ms`. One client for the node (`ferry_webhooks::https_client`:
+//!   pooled, rustls, HTTP/2 by ALPN). The answer comes back through [`Upstream::next_events`],
+//!   always as attempt 0 ("the latest"): a submit of a message whose request is still running
+//!   (the core's ack timeout) sends nothing new.
+//! - **Answers** (`ferry_cloud::codes::classify`, the one table): 200 → accepted with the wamid;
+//!   transient → retry; 130429 → the sender backs off; 131056 → the recipient backs off; 131049
+//!   → the marketing-limit rule; permanent → failed with Meta's code and title; number-level
+//!   (190, 10, 200, 131048, 131031, 368, 131042, 131045) → the sender backs off at least
+//!   `blocked_probe_secs` and the number shows as blocked (`ferry_cloud_number_blocked`) until a
+//!   send from it is accepted again. A connection that could not be made → retry (nothing was
+//!   sent); a timeout or a connection lost once the request went out → **in doubt** for
+//!   `reconcile_secs`: a webhook status naming its marker settles it (it adopts the wamid); a
+//!   resubmit after the wait is resent (`on_unresolved = resend`, counted) or failed (`fail`).
+//! - **Webhooks** (`hub.rs`): statuses with a marker come to the marker's shard; `sent`,
+//!   `delivered`, `read` settle an in-flight or in-doubt message as accepted (a status that
+//!   overtakes the 200 of its own POST) and are recorded as statuses; `failed` goes through the
+//!   same table. Inbound messages go to the shard that owns the user. Each is acknowledged to
+//!   the HTTP handler only once the core made it durable.
+
+pub mod config;
+pub mod hub;
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_cloud::StatusKind;
+use ferry_cloud::codes::{self, Class};
+use ferry_model::{ErrorCode, MessageStatus};
+use ferry_shard::Shard;
+use ferry_webhooks::HttpClient;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use self::config::{CloudConfig, OnUnresolved, ResolvedNumber};
+use self::hub::{CloudHub, StatusReport, WebhookEvent, WebhookItem};
+use super::{
+    Attempt, BackOffReason, Connect, EventToken, Outcome, RecipientRef, Scope, Stalled, Submitted, Upstream,
+    UpstreamEvent,
+};
+use crate::stats::{LinkState, ShardDeliveryStats};
+
+/// Gauge: 1 while a business number is blocked by a number-level refusal (label
+/// `phone_number_id`), else 0.
+pub const NUMBER_BLOCKED: &str = "ferry_cloud_number_blocked";
+/// Counter: send attempts that ended in doubt (timeout or connection lost after the request went
+/// out).
+pub const IN_DOUBT_TOTAL: &str = "ferry_cloud_in_doubt_total";
+/// Counter: in-doubt messages settled by a webhook status within `reconcile_secs`.
+pub const IN_DOUBT_RESOLVED_TOTAL: &str = "ferry_cloud_in_doubt_resolved_total";
+/// Counter: in-doubt messages sent again after `reconcile_secs` without a status
+/// (`on_unresolved = resend`): each may reach the user twice.
+pub const IN_DOUBT_RESENT_TOTAL: &str = "ferry_cloud_in_doubt_resent_total";
+/// Counter: in-doubt messages failed after `reconcile_secs` (`on_unresolved = fail`).
+pub const IN_DOUBT_FAILED_TOTAL: &str = "ferry_cloud_in_doubt_failed_total";
+/// Counter: send requests by outcome (`accepted`, `retry`, `throughput`, `pair`, `marketing`,
+/// `failed`, `blocked`, `in_doubt`).
+pub const REQUESTS_TOTAL: &str = "ferry_cloud_requests_total";
+
+/// One business number as every shard sees it.
+pub struct NumberState {
+    pub phone_number: String,
+    pub phone_number_id: String,
+    url: hyper::Uri,
+    authorization: hyper::header::HeaderValue,
+    pacer: DefaultDirectRateLimiter,
+    /// The code of the number-level refusal that blocks it, 0 when it is not blocked.
+    blocked: AtomicU32,
+    gauge: metrics::Gauge,
+}
+
+impl NumberState {
+    /// The code blocking this number, if any.
+    pub fn blocked_code(&self) -> Option<u32> {
+        Some(self.blocked.load(Ordering::Relaxed)).filter(|c| *c != 0)
+    }
+
+    fn set_blocked(&self, code: u32) {
+        if self.blocked.swap(code, Ordering::Relaxed) != code {
+            self.gauge.set(if code == 0 { 0.0 } else { 1.0 });
+            if code == 0 {
+                tracing::info!(phone_number_id = %self.phone_number_id, "business number accepted a send again: unblocked");
+            } else {
+                tracing::error!(phone_number_id = %self.phone_number_id, code, "business number blocked by Meta; its messages stay queued, probed again later");
+            }
+        }
+    }
+}
+
+/// What every shard's Cloud upstream shares: the client, the settings, the numbers.
+pub struct CloudShared {
+    client: HttpClient,
+    request_timeout: Duration,
+    reconcile: Duration,
+    on_unresolved: OnUnresolved,
+    blocked_probe: Duration,
+    /// By business number (normalized: a message's `sender`).
+    numbers: HashMap<String, Arc<NumberState>>,
+    hub: Arc<CloudHub>,
+}
+
+impl CloudShared {
+    /// Builds the node's Cloud upstream state from a checked `[cloud]` (see
+    /// [`CloudConfig::resolve`]) and its resolved numbers.
+    pub fn new(config: &CloudConfig, numbers: Vec<ResolvedNumber>, shards: usize) -> Result<Arc<CloudShared>, String> {
+        let client = ferry_webhooks::https_client(Vec::new())?;
+        let base = config.base_url.trim_end_matches('/');
+        let mut by_sender = HashMap::new();
+        let mut ids = HashMap::new();
+        for n in numbers {
+            let url: hyper::Uri = format!("{base}/{}/{}/messages", config.api_version, n.phone_number_id)
+                .parse()
+                .map_err(|e| format!("cloud.base_url `{base}`: {e}"))?;
+            let authorization = format!("Bearer {}", n.token)
+                .parse()
+                .map_err(|_| format!("the token of {} is not a valid header value", n.phone_number_id))?;
+            let rate = NonZeroU32::new(n.throughput_per_sec).ok_or("throughput_per_sec = 0")?;
+            let gauge = metrics::gauge!(NUMBER_BLOCKED, "phone_number_id" => n.phone_number_id.clone());
+            gauge.set(0.0);
+            ids.insert(n.phone_number_id.clone(), n.phone_number.clone());
+            by_sender.insert(
+                n.phone_number.clone(),
+                Arc::new(NumberState {
+                    phone_number: n.phone_number,
+                    phone_number_id: n.phone_number_id,
+                    url,
+                    authorization,
+                    // A burst of one: requests leave evenly spaced (Meta counts per second).
+                    pacer: RateLimiter::direct(Quota::per_second(rate).allow_burst(NonZeroU32::MIN)),
+                    blocked: AtomicU32::new(0),
+                    gauge,
+                }),
+            );
+        }
+        Ok(Arc::new(CloudShared {
+            client,
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            reconcile: Duration::from_secs(config.reconcile_secs),
+            on_unresolved: config.on_unresolved,
+            blocked_probe: Duration::from_secs(config.blocked_probe_secs),
+            numbers: by_sender,
+            hub: Arc::new(CloudHub::new(shards, ids)),
+        }))
+    }
+
+    /// The hub `POST /webhooks/cloud` hands webhook events to.
+    pub fn hub(&self) -> Arc<CloudHub> {
+        self.hub.clone()
+    }
+
+    /// Every number with the code blocking it (None: sending).
+    pub fn numbers(&self) -> Vec<(String, String, Option<u32>)> {
+        let mut v: Vec<_> = self
+            .numbers
+            .values()
+            .map(|n| (n.phone_number.clone(), n.phone_number_id.clone(), n.blocked_code()))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Opens a shard's Cloud upstream for every loop start.
+pub(crate) struct CloudConnector {
+    pub(crate) shard: Arc<Shard>,
+    pub(crate) shared: Arc<CloudShared>,
+    pub(crate) stats: Arc<ShardDeliveryStats>,
+}
+
+impl Connect for CloudConnector {
+    type Upstream = CloudUpstream;
+
+    fn connect(&self, mut shutdown: watch::Receiver<bool>) -> (CloudUpstream, JoinHandle<()>) {
+        let index = self.shard.id().index();
+        // No connection to wait for (each request has its own): health shows the shard connected
+        // (`/readyz`, `/v1/health`); a blocked number shows in `ferry_cloud_number_blocked`.
+        self.stats.link_state.store(LinkState::Connected as u8, Ordering::Relaxed);
+        let (answers_tx, answers) = mpsc::channel(8192);
+        let upstream = CloudUpstream {
+            shard_label: self.shard.id().to_string(),
+            index,
+            shared: self.shared.clone(),
+            webhooks: self.shared.hub.take(index),
+            answers_tx,
+            answers,
+            requests: JoinSet::new(),
+            running: HashSet::new(),
+            in_doubt: HashSet::new(),
+            pending: HashMap::new(),
+            next_token: 1,
+            local: Vec::new(),
+            raw: Vec::with_capacity(256),
+        };
+        // Nothing runs in the background but the requests (owned by the upstream).
+        let idle = tokio::spawn(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        });
+        (upstream, idle)
+    }
+}
+
+/// The answer of one request, from its task.
+struct RequestDone {
+    message_id: String,
+    sender: String,
+    outcome: Outcome,
+}
+
+/// One shard's Cloud upstream (see the module docs).
+pub(crate) struct CloudUpstream {
+    shard_label: String,
+    index: usize,
+    shared: Arc<CloudShared>,
+    /// The shard's webhook events (`None` if another instance holds it: none arrive then).
+    webhooks: Option<mpsc::Receiver<WebhookItem>>,
+    answers_tx: mpsc::Sender<RequestDone>,
+    answers: mpsc::Receiver<RequestDone>,
+    /// The running requests (aborted when the upstream is dropped).
+    requests: JoinSet<()>,
+    /// Messages with a request running.
+    running: HashSet<String>,
+    /// Messages whose last request ended in doubt and no status has named since.
+    in_doubt: HashSet<String>,
+    /// Webhook events recorded by the core once their token is acknowledged.
+    pending: HashMap<EventToken, oneshot::Sender<()>>,
+    next_token: EventToken,
+    /// Events to report at the next `next_events` without waiting.
+    local: Vec<UpstreamEvent>,
+    raw: Vec<WebhookItem>,
+}
+
+impl Drop for CloudUpstream {
+    fn drop(&mut self) {
+        if let Some(rx) = self.webhooks.take() {
+            self.shared.hub.put_back(self.index, rx);
+        }
+    }
+}
+
+impl Upstream for CloudUpstream {
+    fn is_up(&self) -> bool {
+        true
+    }
+
+    fn needs_prepare(&mut self, _key: &str) -> bool {
+        false
+    }
+
+    fn prepare(&mut self, r: RecipientRef<'_>) {
+        // Nothing to prepare; the core asks only when `needs_prepare` says so.
+        self.local.push(UpstreamEvent::Prepared { key: r.key.to_owned(), result: Ok(()) });
+    }
+
+    fn invalidate(&mut self, _key: &str) {}
+
+    fn forget(&mut self, _key: &str) {}
+
+    fn submit(&mut self, a: Attempt<'_>) -> Submitted {
+        if self.running.contains(a.message_id) {
+            // Its request still runs (waiting for the pacer or the answer): that answer will do.
+            return Submitted::Sent;
+        }
+        if self.in_doubt.remove(a.message_id) {
+            match self.shared.on_unresolved {
+                OnUnresolved::Fail => {
+                    metrics::counter!(IN_DOUBT_FAILED_TOTAL).increment(1);
+                    let title = "In doubt: not resent".to_owned();
+                    let details = format!(
+                        "the send request's answer was lost and no status named the message within cloud.reconcile_secs ({} s); cloud.on_unresolved = fail",
+                        self.shared.reconcile.as_secs()
+                    );
+                    self.answer_now(
+                        a.message_id,
+                        Outcome::Failed { code: codes::SOMETHING_WENT_WRONG, title, details },
+                    );
+                    return Submitted::Sent;
+                }
+                OnUnresolved::Resend => {
+                    metrics::counter!(IN_DOUBT_RESENT_TOTAL).increment(1);
+                    tracing::warn!(shard = %self.shard_label, id = a.message_id, "in doubt past cloud.reconcile_secs: sending it again (it may arrive twice)");
+                }
+            }
+        }
+        let Some(number) = self.shared.numbers.get(a.recipient.sender).cloned() else {
+            let details = format!("no [[cloud.numbers]] entry for sender {}", a.recipient.sender);
+            let code = ErrorCode::InvalidParameter;
+            self.answer_now(a.message_id, Outcome::Failed { code: code.code(), title: code.title().into(), details });
+            return Submitted::Sent;
+        };
+        let body = match cloud_body(a.payload, a.message_id) {
+            Ok(b) => b,
+            Err(details) => {
+                let code = ErrorCode::Internal;
+                self.answer_now(
+                    a.message_id,
+                    Outcome::Failed { code: code.code(), title: code.title().into(), details },
+                );
+                return Submitted::Sent;
+            }
+        };
+        self.running.insert(a.message_id.to_owned());
+        let shared = self.shared.clone();
+        let tx = self.answers_tx.clone();
+        let (message_id, sender) = (a.message_id.to_owned(), a.recipient.sender.to_owned());
+        self.requests.spawn(async move {
+            let outcome = post(&shared, &number, body).await;
+            let _ = tx.send(RequestDone { message_id, sender, outcome }).await;
+        });
+        Submitted::Sent
+    }
+
+    fn acknowledge(&mut self, tokens: Vec<EventToken>) -> Result<(), Stalled> {
+        for t in tokens {
+            if let Some(done) = self.pending.remove(&t) {
+                let _ = done.send(());
+            }
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self, _why: &str) -> bool {
+        // No connection to reset: each request has its own timeout.
+        false
+    }
+
+    /// Cancel-safe: `recv_many` is, and events are translated only once it returned.
+    async fn next_events(&mut self, out: &mut Vec<UpstreamEvent>) -> bool {
+        while self.requests.try_join_next().is_some() {}
+        if !self.local.is_empty() {
+            out.append(&mut self.local);
+            return true;
+        }
+        let mut done = Vec::new();
+        let raw = &mut self.raw;
+        let answers = &mut self.answers;
+        let mut webhooks_closed = false;
+        match self.webhooks.as_mut() {
+            Some(webhooks) => tokio::select! {
+                n = answers.recv_many(&mut done, 256) => {
+                    if n == 0 {
+                        return false;
+                    }
+                }
+                n = webhooks.recv_many(raw, 256) => webhooks_closed = n == 0,
+            },
+            None => {
+                if answers.recv_many(&mut done, 256).await == 0 {
+                    return false;
+                }
+            }
+        }
+        if webhooks_closed {
+            self.webhooks = None;
+        }
+        for d in done {
+            self.on_request_done(d, out);
+        }
+        let raw = std::mem::take(&mut self.raw);
+        for item in raw {
+            self.on_webhook(item, out);
+        }
+        true
+    }
+}
+
+impl CloudUpstream {
+    fn answer_now(&mut self, message_id: &str, outcome: Outcome) {
+        self.local.push(UpstreamEvent::Answer { message_id: message_id.to_owned(), attempt: 0, outcome });
+    }
+
+    fn on_request_done(&mut self, d: RequestDone, out: &mut Vec<UpstreamEvent>) {
+        self.running.remove(&d.message_id);
+        match &d.outcome {
+            Outcome::InDoubt { .. } => {
+                self.in_doubt.insert(d.message_id.clone());
+            }
+            Outcome::Accepted { .. } => {
+                self.in_doubt.remove(&d.message_id);
+                if let Some(n) = self.shared.numbers.get(&d.sender) {
+                    n.set_blocked(0);
+                }
+            }
+            _ => {}
+        }
+        out.push(UpstreamEvent::Answer { message_id: d.message_id, attempt: 0, outcome: d.outcome });
+    }
+
+    fn token(&mut self, done: oneshot::Sender<()>) -> EventToken {
+        let t = self.next_token;
+        self.next_token += 1;
+        self.pending.insert(t, done);
+        t
+    }
+
+    fn on_webhook(&mut self, item: WebhookItem, out: &mut Vec<UpstreamEvent>) {
+        let token = self.token(item.done);
+        match item.event {
+            WebhookEvent::Inbound(message) => out.push(UpstreamEvent::Inbound { message, token }),
+            WebhookEvent::Status(s) => self.on_status(s, token, out),
+        }
+    }
+
+    fn on_status(&mut self, s: StatusReport, token: EventToken, out: &mut Vec<UpstreamEvent>) {
+        let status = match s.status {
+            StatusKind::Sent => Some(MessageStatus::Sent),
+            StatusKind::Delivered => Some(MessageStatus::Delivered),
+            StatusKind::Read | StatusKind::Played => Some(MessageStatus::Read),
+            StatusKind::Failed | StatusKind::Other => None,
+        };
+        if let Some(status) = status {
+            // Meta has the message: settle it if the core still holds it (in flight, in doubt,
+            // or waiting to be resent), then record the status; one batch, acked after it.
+            if self.in_doubt.remove(&s.message_id) {
+                metrics::counter!(IN_DOUBT_RESOLVED_TOTAL).increment(1);
+            }
+            let upstream_id = Some(s.wamid.clone()).filter(|w| !w.is_empty());
+            let accepted = Outcome::Accepted { upstream_id, at_ms: s.at_ms, duplicate: false };
+            out.push(UpstreamEvent::Answer { message_id: s.message_id.clone(), attempt: 0, outcome: accepted });
+            out.push(UpstreamEvent::Status { message_id: s.message_id, status, at_ms: s.at_ms, token });
+            return;
+        }
+        if s.status == StatusKind::Failed {
+            let (code, title, details) = s.error.unwrap_or((codes::SOMETHING_WENT_WRONG, String::new(), String::new()));
+            self.in_doubt.remove(&s.message_id);
+            let outcome = outcome_for(&self.shared, code, title, details, None, 400);
+            out.push(UpstreamEvent::Answer { message_id: s.message_id, attempt: 0, outcome });
+        }
+        out.push(UpstreamEvent::Unrecognized { token });
+    }
+}
+
+/// The Cloud send body of an accepted message (see the module docs).
+pub(crate) fn cloud_body(payload: &[u8], message_id: &str) -> Result<Bytes, String> {
+    use serde_json::Value;
+    let mut v: serde_json::Map<String, Value> =
+        serde_json::from_slice(payload).map_err(|e| format!("the stored message is not valid json: {e}"))?;
+    v.remove("ttl_seconds");
+    let to = match v.get("to").and_then(Value::as_str) {
+        Some(to) if to.starts_with('+') => to.to_owned(),
+        Some(to) => format!("+{to}"),
+        None => return Err("the stored message has no `to`".into()),
+    };
+    v.insert("to".into(), Value::String(to));
+    v.insert("messaging_product".into(), Value::String(ferry_cloud::MESSAGING_PRODUCT.into()));
+    v.insert("recipient_type".into(), Value::String("individual".into()));
+    v.insert("biz_opaque_callback_data".into(), Value::String(message_id.to_owned()));
+    serde_json::to_vec(&v).map(Bytes::from).map_err(|e| e.to_string())
+}
+
+/// One request: the number's pacer, then the POST within `request_timeout`.
+///
+/// Cancel-safe in the sense that matters: dropping it mid-request leaves the message in the
+/// core's hands (it resends after its timeout).
+async fn post(shared: &CloudShared, number: &NumberState, body: Bytes) -> Outcome {
+    number.pacer.until_ready().await;
+    let request = hyper::Request::post(number.url.clone())
+        .header(hyper::header::AUTHORIZATION, number.authorization.clone())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body));
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => return Outcome::Retry { detail: format!("building the request: {e}") },
+    };
+    let exchange = async {
+        let response = shared.client.request(request).await.map_err(|e| (e.is_connect(), e.to_string()))?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.map_err(|e| (false, e.to_string()))?.to_bytes();
+        Ok::<_, (bool, String)>((status, body))
+    };
+    let outcome = match tokio::time::timeout(shared.request_timeout, exchange).await {
+        Err(_) => {
+            metrics::counter!(IN_DOUBT_TOTAL).increment(1);
+            Outcome::InDoubt { wait: shared.reconcile }
+        }
+        // Not connected: nothing was sent.
+        Ok(Err((true, detail))) => Outcome::Retry { detail: format!("cannot connect to the Cloud API: {detail}") },
+        Ok(Err((false, detail))) => {
+            metrics::counter!(IN_DOUBT_TOTAL).increment(1);
+            tracing::warn!(error = %detail, "the Cloud API connection was lost after the request went out: in doubt");
+            Outcome::InDoubt { wait: shared.reconcile }
+        }
+        Ok(Ok((status, body))) => answer_of(shared, number, status, &body),
+    };
+    metrics::counter!(REQUESTS_TOTAL, "outcome" => outcome_label(&outcome)).increment(1);
+    outcome
+}
+
+fn outcome_label(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Accepted { .. } => "accepted",
+        Outcome::Failed { .. } => "failed",
+        Outcome::BackOff { scope: Scope::Recipient, reason: BackOffReason::MarketingLimited, .. } => "marketing",
+        Outcome::BackOff { scope: Scope::Recipient, .. } => "pair",
+        Outcome::BackOff { scope: Scope::Sender, retry_after, .. } if !retry_after.is_zero() => "blocked",
+        Outcome::BackOff { .. } => "throughput",
+        Outcome::InDoubt { .. } => "in_doubt",
+        Outcome::Retry { .. } | Outcome::Reprepare | Outcome::Resend => "retry",
+    }
+}
+
+/// The outcome of an answered request.
+fn answer_of(shared: &CloudShared, number: &NumberState, status: u16, body: &[u8]) -> Outcome {
+    if (200..300).contains(&status) {
+        return match serde_json::from_slice::<ferry_cloud::SendResponse>(body) {
+            Ok(r) => Outcome::Accepted { upstream_id: r.wamid().map(str::to_owned), at_ms: None, duplicate: false },
+            // Taken (2xx) but unreadable: Meta has it; its webhooks will carry the marker.
+            Err(_) => Outcome::Accepted { upstream_id: None, at_ms: None, duplicate: false },
+        };
+    }
+    match serde_json::from_slice::<ferry_cloud::GraphErrorBody>(body) {
+        Ok(e) => {
+            let title = match codes::known(e.error.code) {
+                Some(k) => k.title.to_owned(),
+                None => e.error.message.clone(),
+            };
+            let details = e.details().to_owned();
+            let outcome = outcome_for(shared, e.error.code, title, details, e.error.is_transient, status);
+            if let Outcome::BackOff { scope: Scope::Sender, retry_after, .. } = &outcome
+                && !retry_after.is_zero()
+            {
+                number.set_blocked(e.error.code);
+            }
+            outcome
+        }
+        Err(_) if status >= 500 || status == 408 => {
+            Outcome::Retry { detail: format!("the Cloud API answered HTTP {status} without a Graph error") }
+        }
+        Err(_) if status == 429 => Outcome::BackOff {
+            scope: Scope::Sender,
+            retry_after: Duration::ZERO,
+            reason: BackOffReason::RateLimited,
+            detail: "HTTP 429 without a Graph error".into(),
+        },
+        Err(_) => Outcome::Retry {
+            detail: format!("the Cloud API answered HTTP {status} without a Graph error (check cloud.base_url)"),
+        },
+    }
+}
+
+/// The outcome of Meta's error `code` (synchronous, or of a `failed` status): the table.
+fn outcome_for(
+    shared: &CloudShared,
+    code: u32,
+    title: String,
+    details: String,
+    is_transient: Option<bool>,
+    status: u16,
+) -> Outcome {
+    let detail = format!("({code}) {title}: {details}");
+    match codes::classify(code, is_transient, status) {
+        Class::Transient => Outcome::Retry { detail },
+        Class::Throughput => Outcome::BackOff {
+            scope: Scope::Sender,
+            retry_after: Duration::ZERO,
+            reason: BackOffReason::RateLimited,
+            detail,
+        },
+        Class::PairLimit => Outcome::BackOff {
+            scope: Scope::Recipient,
+            retry_after: Duration::ZERO,
+            reason: BackOffReason::RateLimited,
+            detail,
+        },
+        Class::MarketingLimit => Outcome::BackOff {
+            scope: Scope::Recipient,
+            retry_after: Duration::ZERO,
+            reason: BackOffReason::MarketingLimited,
+            detail,
+        },
+        Class::Permanent => Outcome::Failed { code, title, details },
+        Class::NumberLevel => Outcome::BackOff {
+            scope: Scope::Sender,
+            retry_after: shared.blocked_probe,
+            reason: BackOffReason::RateLimited,
+            detail,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cloud_body_carries_the_marker_and_a_plus_number() {
+        let payload = br#"{"recipient_type":"individual","to":"16315551234","type":"text","text":{"body":"hi"},
+            "biz_opaque_callback_data":"callers-own","ttl_seconds":60}"#;
+        let body = cloud_body(payload, "wamid.ferry1").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["messaging_product"], "whatsapp");
+        assert_eq!(v["recipient_type"], "individual");
+        assert_eq!(v["to"], "+16315551234");
+        assert_eq!(v["type"], "text");
+        assert_eq!(v["text"]["body"], "hi");
+        assert_eq!(v["biz_opaque_callback_data"], "wamid.ferry1", "the marker replaces the caller's value");
+        assert!(v.get("ttl_seconds").is_none());
+    }
+}

@@ -1,0 +1,425 @@
+//! ferry in front of the WhatsApp Cloud API, end to end with real processes: `ferry cloudsim`
+//! (the reference Cloud API), `ferry serve --upstream-kind cloud`, and in this process a webhook
+//! forwarder (cloudsim → ferry's `/webhooks/cloud`; ferry's HTTP port is known only once it
+//! runs) and the user's webhook receiver. Everything on 127.0.0.1 port 0.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+use support::{FerryProcess, eventually, ferry_command, http_get, http_post_json};
+
+const SECRET: &str = "cloud-app-secret";
+const VERIFY: &str = "verify-me";
+const PHONE_NUMBER_ID: &str = "106540352242922";
+const TOKEN: &str = "number-token-1";
+/// ferry's default sender, the configured number.
+const SENDER: &str = "15550100000";
+const WAIT: Duration = Duration::from_secs(90);
+
+/// `ferry cloudsim` as a process.
+struct CloudSimProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl CloudSimProcess {
+    fn spawn(webhook_url: &str, extra: &[&str]) -> CloudSimProcess {
+        let mut child = ferry_command()
+            .args(["cloudsim", "--listen", "127.0.0.1:0", "--webhook-url", webhook_url, "--app-secret", SECRET])
+            .args(["--number", &format!("{PHONE_NUMBER_ID}={TOKEN}:1000:{SENDER}")])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ferry cloudsim");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("cloudsim exited before listening").unwrap();
+            if let Some(a) = line.strip_prefix("cloudsim: listening on ") {
+                break a.parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        CloudSimProcess { child, addr }
+    }
+
+    async fn stats(&self) -> Value {
+        let (status, body) = http_get(self.addr, "/cloudsim/stats").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+impl Drop for CloudSimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Forwards cloudsim's webhooks to ferry's `/webhooks/cloud` (503 until ferry runs), keeping the
+/// signature and the raw body.
+#[derive(Clone, Default)]
+struct Forwarder {
+    ferry_http: Arc<OnceLock<SocketAddr>>,
+}
+
+async fn forward(State(f): State<Forwarder>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let Some(addr) = f.ferry_http.get().copied() else { return StatusCode::SERVICE_UNAVAILABLE };
+    let signature = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let status = post_raw(addr, "/webhooks/cloud", signature.as_deref(), &body).await.0;
+    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY)
+}
+
+/// A POST of `body` as it is, with an optional `X-Hub-Signature-256`.
+async fn post_raw(addr: SocketAddr, path: &str, signature: Option<&str>, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if let Some(s) = signature {
+        head.push_str(&format!("X-Hub-Signature-256: {s}\r\n"));
+    }
+    head.push_str("\r\n");
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { return (502, String::new()) };
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = String::new();
+    let _ = stream.read_to_string(&mut raw).await;
+    let Some((head, body)) = raw.split_once("\r\n\r\n") else { return (502, raw) };
+    (head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(502), body.to_owned())
+}
+
+/// The user's webhook receiver: every callback body ferry posted.
+type Received = Arc<Mutex<Vec<Value>>>;
+
+async fn user_hook(State(r): State<Received>, body: Bytes) -> StatusCode {
+    r.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+    StatusCode::OK
+}
+
+async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// `(id, status, biz_opaque_callback_data)` of every status callback (On-Prem shape).
+fn statuses(bodies: &[Value]) -> Vec<(String, String, String)> {
+    bodies
+        .iter()
+        .flat_map(|b| b["statuses"].as_array().cloned().unwrap_or_default())
+        .map(|s| {
+            let field = |k: &str| s[k].as_str().unwrap_or_default().to_owned();
+            (field("id"), field("status"), field("biz_opaque_callback_data"))
+        })
+        .collect()
+}
+
+/// Ids of every inbound-message callback.
+fn inbound_ids(bodies: &[Value]) -> Vec<String> {
+    bodies
+        .iter()
+        .flat_map(|b| b["messages"].as_array().cloned().unwrap_or_default())
+        .map(|m| m["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The whole rig: cloudsim, forwarder, user receiver, ferry.
+struct Rig {
+    cloudsim: CloudSimProcess,
+    ferry: FerryProcess,
+    received: Received,
+}
+
+async fn start_rig(dir: &Path, cloudsim_extra: &[&str], ferry_extra: &[&str]) -> Rig {
+    let forwarder = Forwarder::default();
+    let fwd_addr =
+        serve(axum::Router::new().route("/webhooks/cloud", axum::routing::post(forward)).with_state(forwarder.clone()))
+            .await;
+    let received: Received = Arc::default();
+    let hook_addr =
+        serve(axum::Router::new().route("/hook", axum::routing::post(user_hook)).with_state(received.clone())).await;
+    let cloudsim = CloudSimProcess::spawn(&format!("http://{fwd_addr}/webhooks/cloud"), cloudsim_extra);
+    let base_url = format!("http://{}", cloudsim.addr);
+    let hook_url = format!("http://{hook_addr}/hook");
+    let mut args = vec![
+        "--upstream-kind",
+        "cloud",
+        "--cloud-base-url",
+        &base_url,
+        "--cloud-app-secret",
+        SECRET,
+        "--cloud-verify-token",
+        VERIFY,
+        "--cloud-phone-number-id",
+        PHONE_NUMBER_ID,
+        "--cloud-token",
+        TOKEN,
+        "--webhook-url",
+        &hook_url,
+    ];
+    args.extend_from_slice(ferry_extra);
+    let ferry = FerryProcess::spawn_with(dir, 2, &args);
+    forwarder.ferry_http.set(ferry.http_addr).unwrap();
+    Rig { cloudsim, ferry, received }
+}
+
+async fn send_json(addr: SocketAddr, path: &str, body: &Value) -> String {
+    let (status, answer) = http_post_json(addr, path, body).await;
+    assert!(status == 201 || status == 200, "send {body} answered {status}: {answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    answer["messages"][0]["id"].as_str().unwrap_or_else(|| panic!("no id in {answer}")).to_owned()
+}
+
+async fn get_message(ferry: &FerryProcess, id: &str) -> ferry_proto::v1::MessageRecord {
+    let mut client = support::connect(ferry.addr).await;
+    support::status_of(&mut client, id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_is_delivered_once_through_the_cloud_api_and_its_statuses_are_relayed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sends to 1555013… are refused 131026 by cloudsim.
+    let rig = start_rig(dir.path(), &["--refuse", "1555013=131026"], &[]).await;
+    let http = rig.ferry.http_addr;
+    let to = |i: u32| format!("+4479110{i:05}");
+    let messages = vec![
+        json!({"to": to(1), "type": "text", "text": {"body": "hello"}, "biz_opaque_callback_data": "callers-own"}),
+        json!({"to": to(2), "type": "image", "image": {"link": "https://example.com/a.jpg", "caption": "a"}}),
+        json!({"to": to(3), "type": "document", "document": {"link": "https://example.com/a.pdf", "filename": "a.pdf"}}),
+        json!({"to": to(4), "type": "location", "location": {"latitude": 51.5, "longitude": -0.12, "name": "here", "address": "1 Main St"}}),
+        json!({"to": to(5), "type": "template",
+               "template": {"name": "hello_world", "language": {"policy": "deterministic", "code": "en_US"}}}),
+        json!({"to": to(6), "type": "interactive", "interactive": {"type": "button", "body": {"text": "pick one"},
+               "action": {"buttons": [{"type": "reply", "reply": {"id": "b1", "title": "One"}}]}}}),
+        json!({"to": to(7), "type": "contacts", "contacts": [{"name": {"formatted_name": "Kerry Fisher", "first_name": "Kerry"},
+               "phones": [{"phone": "+16315551234", "type": "CELL"}]}]}),
+        json!({"to": to(8), "type": "text", "text": {"body": "second text"}}),
+    ];
+    let mut ids = Vec::new();
+    for m in &messages {
+        ids.push(send_json(http, "/v1/messages", m).await);
+    }
+    let refused =
+        send_json(http, "/v1/messages", &json!({"to": "+15550130001", "type": "text", "text": {"body": "x"}})).await;
+
+    // A sender with no configured number is refused at accept time, naming the sender.
+    let (status, answer) = http_post_json(
+        http,
+        "/v23.0/+15550109999/messages",
+        &json!({"messaging_product": "whatsapp", "to": to(9), "type": "text", "text": {"body": "x"}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("15550109999") && answer.contains("cloud.numbers"), "{answer}");
+
+    // Every message reaches `read`, with Meta's wamid stored.
+    for id in &ids {
+        eventually(WAIT, &format!("{id} read"), || async { get_message(&rig.ferry, id).await.status == "read" }).await;
+        let record = get_message(&rig.ferry, id).await;
+        assert!(record.upstream_message_id.starts_with("wamid."), "{record:?}");
+        assert_ne!(&record.upstream_message_id, id, "Meta's id, not ferry's");
+    }
+    eventually(WAIT, "the refused message failed", || async {
+        get_message(&rig.ferry, &refused).await.status == "failed"
+    })
+    .await;
+    let failed = get_message(&rig.ferry, &refused).await;
+    let error = failed.error.expect("a failed message has its error");
+    assert_eq!((error.code, error.title.as_str()), (131026, "Message undeliverable"), "{error:?}");
+
+    // Each taken exactly once, marked with ferry's id; the refused one and the foreign sender
+    // never taken.
+    let stats = rig.cloudsim.stats().await;
+    assert_eq!(stats["messages_taken"], ids.len() as u64, "{stats}");
+    assert_eq!(stats["unique_messages"], ids.len() as u64, "{stats}");
+    assert_eq!(stats["duplicate_messages"], 0, "{stats}");
+    assert_eq!(stats["unmarked_messages"], 0, "{stats}");
+    assert_eq!(stats["refusals"]["131026"], 1, "{stats}");
+
+    // The user's webhook got sent, delivered and read of each, under ferry's ids, with the
+    // caller's own callback data (not ferry's marker).
+    eventually(WAIT, "sent, delivered and read relayed for every message", || async {
+        let got = statuses(&rig.received.lock().unwrap());
+        ids.iter()
+            .all(|id| ["sent", "delivered", "read"].iter().all(|s| got.iter().any(|(i, st, _)| i == id && st == s)))
+    })
+    .await;
+    let got = statuses(&rig.received.lock().unwrap());
+    let first: Vec<_> = got.iter().filter(|(i, _, _)| i == &ids[0]).collect();
+    assert!(first.iter().all(|(_, _, cb)| cb == "callers-own"), "{first:?}");
+    assert!(got.iter().any(|(i, s, _)| i == &refused && s == "failed"), "{got:?}");
+    rig.ferry.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_answers_the_handshake_and_refuses_bad_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = start_rig(dir.path(), &[], &[]).await;
+    let http = rig.ferry.http_addr;
+    // Ready: the Cloud upstream has no connection to wait for.
+    eventually(Duration::from_secs(10), "/readyz answers 200", || async { http_get(http, "/readyz").await.0 == 200 })
+        .await;
+    let handshake = |token: &str, mode: &str| {
+        format!("/webhooks/cloud?hub.mode={mode}&hub.verify_token={token}&hub.challenge=1158201444")
+    };
+    assert_eq!(http_get(http, &handshake(VERIFY, "subscribe")).await, (200, "1158201444".to_owned()));
+    assert_eq!(http_get(http, &handshake("wrong", "subscribe")).await.0, 403);
+    assert_eq!(http_get(http, &handshake(VERIFY, "unsubscribe")).await.0, 403);
+
+    let inbound = |id: &str| {
+        json!({"object": "whatsapp_business_account", "entry": [{"id": "waba", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": SENDER, "phone_number_id": PHONE_NUMBER_ID},
+            "contacts": [{"profile": {"name": "Kerry"}, "wa_id": "16315551234"}],
+            "messages": [{"from": "16315551234", "id": id, "timestamp": "1700000000", "type": "text", "text": {"body": "hi"}}]
+        }}]}]})
+        .to_string()
+    };
+    let bad = inbound("wamid.unsigned");
+    assert_eq!(post_raw(http, "/webhooks/cloud", None, bad.as_bytes()).await.0, 401, "no signature");
+    let wrong = ferry_cloud::sign(b"another-secret", bad.as_bytes());
+    assert_eq!(post_raw(http, "/webhooks/cloud", Some(&wrong), bad.as_bytes()).await.0, 401, "wrong secret");
+    assert_eq!(post_raw(http, "/webhooks/cloud", Some("sha256=zz"), bad.as_bytes()).await.0, 401, "malformed");
+    // A correctly signed one is recorded (200 once durable) and relayed; the refused one never is.
+    let good = inbound("wamid.signed");
+    let signature = ferry_cloud::sign(SECRET.as_bytes(), good.as_bytes());
+    let (status, answer) = post_raw(http, "/webhooks/cloud", Some(&signature), good.as_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    eventually(WAIT, "the signed inbound message relayed", || async {
+        inbound_ids(&rig.received.lock().unwrap()).contains(&"wamid.signed".to_owned())
+    })
+    .await;
+    let ids = inbound_ids(&rig.received.lock().unwrap());
+    assert!(!ids.contains(&"wamid.unsigned".to_owned()), "a refused webhook was recorded: {ids:?}");
+    rig.ferry.terminate();
+}
+
+/// `name{labels} value` of the node's `/metrics`, summed over label sets that contain `labels`.
+async fn metric(ferry: &FerryProcess, name: &str, labels: &str) -> f64 {
+    let (status, text) = http_get(ferry.http_addr, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = key.split_once('{').unwrap_or((key, ""));
+            (metric == name && rest.contains(labels)).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// cloudsim takes every send at once but answers only after 3 s, past ferry's 500 ms request
+/// timeout: each attempt is in doubt. Its `sent` webhook (1.5 s after taking) names the marker
+/// within `reconcile_secs`, so ferry adopts the wamid and never sends it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_doubt_send_is_settled_by_its_webhook_and_not_sent_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, "[cloud]\nrequest_timeout_ms = 500\nreconcile_secs = 30\n").unwrap();
+    let data = dir.path().join("data");
+    let cloudsim = [
+        "--slow-rate",
+        "1",
+        "--slow-ms",
+        "3000",
+        "--sent-after-ms",
+        "1500",
+        "--delivered-after-ms",
+        "1600",
+        "--read-after-ms",
+        "1700",
+    ];
+    let rig = start_rig(&data, &cloudsim, &["--config", config.to_str().unwrap()]).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let m = json!({"to": format!("+4479120{i:05}"), "type": "text", "text": {"body": "in doubt"}});
+        ids.push(send_json(rig.ferry.http_addr, "/v1/messages", &m).await);
+    }
+    for id in &ids {
+        eventually(WAIT, &format!("{id} read"), || async { get_message(&rig.ferry, id).await.status == "read" }).await;
+        let record = get_message(&rig.ferry, id).await;
+        assert!(record.upstream_message_id.starts_with("wamid."), "the wamid adopted from the webhook: {record:?}");
+    }
+    let stats = rig.cloudsim.stats().await;
+    assert_eq!(stats["slow_answers"], 5, "every send was answered late: {stats}");
+    assert_eq!(stats["messages_taken"], 5, "none sent twice: {stats}");
+    assert_eq!(stats["duplicate_messages"], 0, "{stats}");
+    assert_eq!(metric(&rig.ferry, "ferry_cloud_in_doubt_total", "").await, 5.0);
+    assert_eq!(metric(&rig.ferry, "ferry_cloud_in_doubt_resolved_total", "").await, 5.0);
+    assert_eq!(metric(&rig.ferry, "ferry_cloud_in_doubt_resent_total", "").await, 0.0);
+    rig.ferry.terminate();
+}
+
+/// A number whose token expired (190) is blocked: its messages stay queued (not failed), the
+/// metric shows it, and it is not retried in a storm (one refusal per message in flight, then
+/// the probe interval).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_level_refusal_blocks_the_number_and_keeps_its_messages_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = start_rig(dir.path(), &["--expired-number", PHONE_NUMBER_ID], &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let m = json!({"to": format!("+4479130{i:05}"), "type": "text", "text": {"body": "blocked"}});
+        ids.push(send_json(rig.ferry.http_addr, "/v1/messages", &m).await);
+    }
+    let blocked = format!("phone_number_id=\"{PHONE_NUMBER_ID}\"");
+    eventually(WAIT, "the number shown blocked", || async {
+        metric(&rig.ferry, "ferry_cloud_number_blocked", &blocked).await == 1.0
+    })
+    .await;
+    let stats = rig.cloudsim.stats().await;
+    let refusals = stats["refusals"]["190"].as_u64().unwrap_or(0);
+    assert!((1..=3).contains(&refusals), "one 190 per message in flight at most: {stats}");
+    assert_eq!(stats["messages_taken"], 0, "{stats}");
+    for id in &ids {
+        assert_eq!(get_message(&rig.ferry, id).await.status, "accepted", "kept queued, not failed");
+    }
+    rig.ferry.terminate();
+}
+
+/// The number's pacer: with `throughput_per_sec = 20` (from the config file; the flags give its
+/// id and token) 100 sends leave at 20 a second, so cloudsim (which would take 1,000 a second)
+/// never sees more than 20 (+1 at a second's boundary) from it and refuses none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_number_is_paced_at_its_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    let file = format!(
+        "[[cloud.numbers]]\nphone_number = \"+{SENDER}\"\nphone_number_id = \"{PHONE_NUMBER_ID}\"\ntoken = \"replaced-by-the-flag\"\nthroughput_per_sec = 20\n"
+    );
+    std::fs::write(&config, file).unwrap();
+    let rig = start_rig(&dir.path().join("data"), &[], &["--config", config.to_str().unwrap()]).await;
+    for i in 0..100 {
+        let m = json!({"to": format!("+4479140{i:05}"), "type": "text", "text": {"body": "paced"}});
+        send_json(rig.ferry.http_addr, "/v1/messages", &m).await;
+    }
+    let mut last = Value::Null;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        last = rig.cloudsim.stats().await;
+        if last["messages_taken"] == 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["messages_taken"], 100, "every message taken: {last}");
+    let max = last["numbers"][PHONE_NUMBER_ID]["max_per_second"].as_u64().unwrap();
+    assert!((15..=21).contains(&max), "paced at 20/s: the busiest second had {max}: {last}");
+    assert_eq!(last["refusals"]["130429"].as_u64().unwrap_or(0), 0, "{last}");
+    rig.ferry.terminate();
+}
