@@ -481,6 +481,35 @@ mod tests {
     }
 
     #[test]
+    fn cloud_mode_is_checked_at_load_and_its_secrets_are_masked() {
+        let cloud = |extra: Overrides| Overrides {
+            upstream_kind: Some(UpstreamKind::Cloud),
+            cloud_app_secret: Some("s3cret-app".into()),
+            cloud_verify_token: Some("s3cret-verify".into()),
+            ..extra
+        };
+        let e = FerryConfig::load(&cloud(Overrides::default())).unwrap_err().to_string();
+        assert!(e.contains("[[cloud.numbers]]"), "{e}");
+        let e = FerryConfig::load(&Overrides { cloud_token: Some("t".into()), ..Overrides::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--cloud-phone-number-id"), "{e}");
+        let one = Overrides {
+            cloud_phone_number_id: Some("106540352242922".into()),
+            cloud_token: Some("s3cret-token".into()),
+            ..Overrides::default()
+        };
+        let c = FerryConfig::load(&cloud(one)).unwrap();
+        assert_eq!(c.cloud.numbers[0].phone_number, c.default_sender);
+        assert_eq!(c.coordinator().allowed_senders, Some(vec![c.default_sender.clone()]));
+        assert_eq!(c.window_policy(), WindowPolicy::Off, "the Cloud API enforces the window itself");
+        let printed = toml::to_string_pretty(&c.masked()).unwrap();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        let chat = FerryConfig { upstream: Some("127.0.0.1:1".into()), ..c.clone() };
+        assert!(chat.validate().unwrap_err().to_string().contains("upstream_kind = cloud"));
+    }
+
+    #[test]
     fn webhook_url_credentials_are_masked() {
         assert_eq!(mask_url("https://hooks.example.com/wa"), "https://hooks.example.com/wa");
         assert_eq!(
