@@ -151,10 +151,9 @@ fn seconds_to_ms(s: &str) -> Option<i64> {
 /// The handshake's query (`application/x-www-form-urlencoded`).
 fn parse_query(query: &str) -> VerificationQuery {
     let mut q = VerificationQuery::default();
-    for pair in query.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = Some(percent_decode(v));
-        match percent_decode(k).as_str() {
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let v = Some(v.into_owned());
+        match k.as_ref() {
             "hub.mode" => q.mode = v,
             "hub.verify_token" => q.verify_token = v,
             "hub.challenge" => q.challenge = v,
@@ -162,29 +161,6 @@ fn parse_query(query: &str) -> VerificationQuery {
         }
     }
     q
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -197,8 +173,7 @@ mod tests {
         assert_eq!(q.mode.as_deref(), Some("subscribe"));
         assert_eq!(q.verify_token.as_deref(), Some("a b+c"));
         assert_eq!(q.challenge_if_valid("a b+c"), Some("1158201444"));
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(parse_query("hub.verify_token=100%").verify_token.as_deref(), Some("100%"));
         assert_eq!(seconds_to_ms("1700000000"), Some(1_700_000_000_000));
     }
 }
