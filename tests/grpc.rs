@@ -309,7 +309,7 @@ async fn two_data_dirs_never_issue_the_same_id() {
     assert!(shared.is_empty(), "{} ids issued by both data dirs, e.g. {:?}", shared.len(), shared.first());
     let node_ids: Vec<HashSet<u64>> = ids
         .iter()
-        .map(|ids| ids.iter().map(|id| ferry_model::MessageId::decode(id).expect("a ferry id").node_id).collect())
+        .map(|ids| ids.iter().map(|id| ferry_model::MessageId::decode(id).expect("a ferry id").space).collect())
         .collect();
     assert_eq!(node_ids[0].len(), 1);
     assert!(node_ids[0].is_disjoint(&node_ids[1]), "both data dirs have node id {:?}", node_ids[0]);

@@ -146,13 +146,7 @@ impl Coordinator {
                 &config.shard,
             )?));
         }
-        let core = Arc::new(Core {
-            shards,
-            node_id: layout.meta.node_id,
-            keys: Keys::new(),
-            closed: AtomicBool::new(false),
-            _resources: resources,
-        });
+        let core = Arc::new(Core { shards, keys: Keys::new(), closed: AtomicBool::new(false), _resources: resources });
         Keys::replay_intents(&core.shards).await?;
         let coordinator = Coordinator {
             layout,
@@ -176,6 +170,12 @@ impl Coordinator {
 
     pub fn node_id(&self) -> u64 {
         self.layout.meta.node_id
+    }
+
+    /// Whether a decoded message id was issued by one of this node's shards: its shard exists
+    /// and its id space is that shard's ([`Shard::id_space`]).
+    pub fn issued_here(&self, key: &ferry_model::MessageKey) -> bool {
+        self.core.issued_here(key)
     }
 
     pub fn shard_stats(&self) -> Vec<ShardStats> {

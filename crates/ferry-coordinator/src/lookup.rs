@@ -40,7 +40,7 @@ impl Coordinator {
             ApiError::new(ErrorCode::NotFound, "message_id", format!("no message with id `{message_id}` on this node"))
         };
         let key = MessageId::decode(message_id).ok_or_else(not_found)?;
-        if key.node_id != self.layout.meta.node_id || key.shard.index() >= self.core.shards.len() {
+        if !self.issued_here(&key) {
             return Err(not_found());
         }
         let shard = &self.core.shards[key.shard.index()];

@@ -25,7 +25,6 @@ use crate::{
 /// What a send needs after validation, shared by the coordinator and the tasks that finish sends.
 pub(crate) struct Core {
     pub(crate) shards: Vec<Arc<Shard>>,
-    pub(crate) node_id: u64,
     pub(crate) keys: Keys,
     /// Set by `Coordinator::close`: background retries stop (their intents stay for replay).
     pub(crate) closed: AtomicBool,
@@ -359,10 +358,15 @@ impl Core {
         results
     }
 
+    /// Whether `key` names a shard of this node and carries that shard's id space.
+    pub(crate) fn issued_here(&self, key: &ferry_model::MessageKey) -> bool {
+        self.shards.get(key.shard.index()).is_some_and(|s| s.id_space() == key.space)
+    }
+
     /// Whether the message with this (stored, valid) id is still held.
     fn is_held(&self, message_id: &str) -> bool {
         MessageId::decode(message_id)
-            .filter(|key| key.node_id == self.node_id)
+            .filter(|key| self.issued_here(key))
             .and_then(|key| self.shards.get(key.shard.index()).map(|s| (s, key.seq)))
             .is_some_and(|(shard, seq)| matches!(shard.get_held(seq), Ok(Some(_))))
     }

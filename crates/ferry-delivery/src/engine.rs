@@ -298,7 +298,7 @@ impl<U: Upstream> ShardLoop<U> {
 
     pub(crate) fn seq_of(&self, message_id: &str) -> Option<u64> {
         let key = MessageId::decode(message_id)?;
-        (key.shard == self.shard.id() && key.node_id == self.shard.node_id()).then_some(key.seq)
+        (key.shard == self.shard.id() && key.space == self.shard.id_space()).then_some(key.seq)
     }
 
     // ---- timers ------------------------------------------------------------------------------

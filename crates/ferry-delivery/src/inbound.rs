@@ -17,7 +17,11 @@ use crate::upstream::{EventToken, Inbound, Upstream};
 
 impl<U: Upstream> ShardLoop<U> {
     pub(crate) fn on_status(&mut self, message_id: &str, status: MessageStatus, at_ms: Option<i64>, token: EventToken) {
-        let Some(key) = MessageId::decode(message_id).filter(|k| k.node_id == self.shard.node_id()) else {
+        let Some(key) = MessageId::decode(message_id).filter(|k| {
+            // The id space of the message's shard (this node's id space for a shard it lacks).
+            let space = self.all_shards.get(k.shard.index()).map_or(self.shard.id_space(), |s| s.id_space());
+            k.space == space
+        }) else {
             // Not ours (another node's id): acknowledge so the upstream stops pushing it.
             self.receipts_to_ack.push(token);
             return;

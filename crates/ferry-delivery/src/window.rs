@@ -312,7 +312,7 @@ impl<U: Upstream> ShardLoop<U> {
     }
 
     fn admit(&mut self, seq: u64, record: QueueRecord, key: RecipientKey) {
-        let message_id = MessageId::encode(MessageKey { shard: self.shard.id(), node_id: self.shard.node_id(), seq });
+        let message_id = MessageId::encode(MessageKey { shard: self.shard.id(), space: self.shard.id_space(), seq });
         self.admission.admitted(&key);
         let recipient = self.recipients.entry(key.clone()).or_default();
         recipient.waiting.push_back(seq);

@@ -84,12 +84,13 @@ async fn receive(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: 
             return error(StatusCode::BAD_REQUEST, &message);
         }
     };
-    let node_id = state.coordinator.node_id();
     let shards = cloud.hub.shard_count();
     let mut events = Vec::new();
     for (_, s) in payload.statuses() {
         let marker = s.biz_opaque_callback_data.as_deref().unwrap_or("");
-        let Some(key) = MessageId::decode(marker).filter(|k| k.node_id == node_id && k.shard.index() < shards) else {
+        let Some(key) =
+            MessageId::decode(marker).filter(|k| state.coordinator.issued_here(k) && k.shard.index() < shards)
+        else {
             tracing::warn!(wamid = %s.id, marker, "cloud status without a marker of this node: ignored");
             continue;
         };

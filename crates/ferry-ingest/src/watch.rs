@@ -81,7 +81,6 @@ pub struct Watch {
     shards: Vec<Arc<Shard>>,
     positions: Vec<u64>,
     filter: Filter,
-    node_id: u64,
 }
 
 impl Watch {
@@ -115,14 +114,12 @@ impl Watch {
             }
             let mut keys = HashSet::with_capacity(request.message_ids.len());
             for (i, id) in request.message_ids.iter().enumerate() {
-                let key = MessageId::decode(id)
-                    .filter(|k| k.node_id == coordinator.node_id() && usize::from(k.shard.0) < all.len())
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            format!("message_ids[{i}]"),
-                            format_args!("a message id of this node, got `{id}`"),
-                        )
-                    })?;
+                let key = MessageId::decode(id).filter(|k| coordinator.issued_here(k)).ok_or_else(|| {
+                    ApiError::invalid(
+                        format!("message_ids[{i}]"),
+                        format_args!("a message id of this node, got `{id}`"),
+                    )
+                })?;
                 keys.insert((key.shard.0, key.seq));
             }
             let shards: HashSet<u16> = keys.iter().map(|(s, _)| *s).collect();
@@ -149,7 +146,7 @@ impl Watch {
         let shards = all.iter().filter(|s| watched.as_ref().is_none_or(|w| w.contains(&s.id().0))).cloned().collect();
         let senders = senders.map(|list| list.iter().map(|s| s.as_str().to_owned()).collect());
         let filter = Filter { recipient, messages, senders };
-        Ok(Watch { shards, positions, filter, node_id: coordinator.node_id() })
+        Ok(Watch { shards, positions, filter })
     }
 
     /// Starts reading. The stream ends when the client goes away, a read fails, or `stopping`
@@ -207,7 +204,8 @@ impl Watch {
                 for (seq, event) in events {
                     self.positions[index] = seq + 1;
                     if self.filter.matches(shard.id().0, &event) {
-                        let message = status_event(shard.id(), self.node_id, &event, encode_cursor(&self.positions));
+                        let message =
+                            status_event(shard.id(), shard.id_space(), &event, encode_cursor(&self.positions));
                         if tx.send(Ok(message)).await.is_err() {
                             return;
                         }
@@ -232,10 +230,10 @@ impl Watch {
     }
 }
 
-fn status_event(shard: ShardId, node_id: u64, e: &CallbackRecord, cursor: String) -> v1::StatusEvent {
+fn status_event(shard: ShardId, space: u64, e: &CallbackRecord, cursor: String) -> v1::StatusEvent {
     let status = MessageStatus::from_code(e.status);
     v1::StatusEvent {
-        message_id: MessageId::encode(MessageKey { shard, node_id, seq: e.seq }).into_string(),
+        message_id: MessageId::encode(MessageKey { shard, space, seq: e.seq }).into_string(),
         recipient: e.wa_id.clone(),
         status: status.map_or("unknown", MessageStatus::as_str).to_owned(),
         timestamp_ms: e.at_ms,

@@ -5,12 +5,16 @@
 //! ```text
 //! byte 0      id format version (1)
 //! byte 1      shard index (0..=31)
-//! bytes 2..10 node id: random u64 drawn when the data dir was created (big-endian)
+//! bytes 2..10 id space: the shard's `meta/id_space` (big-endian u64)
 //! bytes 10..18 the shard's queue sequence number (big-endian u64)
 //! ```
 //!
+//! The id space of a single-node shard is its node id (a random u64 drawn when the data dir was
+//! created): ids issued before the field was named so decode and resolve unchanged. It belongs to
+//! the shard, not to whichever node writes it, so a replicated shard's ids survive its leader moving.
+//!
 //! So an id is unique across restarts (the sequence only grows and is persisted with every write),
-//! across data dirs (node id), and a lookup goes straight to its shard and queue key. 30 characters.
+//! across data dirs (id space), and a lookup goes straight to its shard and queue key. 30 characters.
 
 use std::fmt;
 
@@ -65,7 +69,8 @@ impl fmt::Display for WaId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MessageKey {
     pub shard: ShardId,
-    pub node_id: u64,
+    /// The issuing shard's id space (see the module docs).
+    pub space: u64,
     pub seq: u64,
 }
 
@@ -83,7 +88,7 @@ impl MessageId {
         let mut raw = [0u8; ID_BYTES];
         raw[0] = ID_VERSION;
         raw[1] = key.shard.0 as u8;
-        raw[2..10].copy_from_slice(&key.node_id.to_be_bytes());
+        raw[2..10].copy_from_slice(&key.space.to_be_bytes());
         raw[10..18].copy_from_slice(&key.seq.to_be_bytes());
         MessageId(format!("{ID_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw)))
     }
@@ -98,7 +103,7 @@ impl MessageId {
         }
         Some(MessageKey {
             shard: ShardId(raw[1] as u16),
-            node_id: u64::from_be_bytes(raw[2..10].try_into().ok()?),
+            space: u64::from_be_bytes(raw[2..10].try_into().ok()?),
             seq: u64::from_be_bytes(raw[10..18].try_into().ok()?),
         })
     }
@@ -130,7 +135,7 @@ mod tests {
 
     #[test]
     fn id_has_fixed_layout() {
-        let id = MessageId::encode(MessageKey { shard: ShardId(7), node_id: 0x0102030405060708, seq: 42 });
+        let id = MessageId::encode(MessageKey { shard: ShardId(7), space: 0x0102030405060708, seq: 42 });
         assert_eq!(id.as_str(), "wamid.AQcBAgMEBQYHCAAAAAAAAAAq");
         assert!(id.as_str().len() <= 128);
     }
@@ -144,8 +149,8 @@ mod tests {
 
     proptest! {
         #[test]
-        fn id_round_trips(shard in 0u16..MAX_SHARDS, node_id: u64, seq: u64) {
-            let key = MessageKey { shard: ShardId(shard), node_id, seq };
+        fn id_round_trips(shard in 0u16..MAX_SHARDS, space: u64, seq: u64) {
+            let key = MessageKey { shard: ShardId(shard), space, seq };
             prop_assert_eq!(MessageId::decode(MessageId::encode(key).as_str()), Some(key));
         }
     }

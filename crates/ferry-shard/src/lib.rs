@@ -17,15 +17,20 @@
 //!   leaves the queue in the same synced batch that writes its status ([`settle`]).
 //! - A held (paced template) message is never in the queue, and leaves `held` only in the synced
 //!   batch that puts it in the queue under the same seq, or writes its `failed` status and event.
-//! - No persisted queue low watermark passes a released held message that is still queued.
+//! - No persisted queue low watermark passes a released held message that is still queued (the
+//!   `released` column family, so also not after a restart).
+//! - Applying a group commit ([`apply`]) reads nothing but the entry and the shard's database:
+//!   no wall clock, no randomness, no writer memory.
 //!
-//! Modules: [`auth_store`] (the node's users and hashed tokens, in `<data_dir>/auth/`, a RocksDB
+//! Modules: [`apply`] (a group commit's entry applied to the state machine, deterministically),
+//! [`auth_store`] (the node's users and hashed tokens, in `<data_dir>/auth/`, a RocksDB
 //! apart from the shards), [`storage`] (on-disk format: column families, key and value encoding),
 //! [`settle`] (recording acks, failures and receipts; statuses never go backwards),
 //! [`resources`] (block cache, write-buffer manager and thread pools shared by all shards of a
 //! node), [`writer`] (the group-commit thread), [`layout`] (the data dir: node file, shard dirs),
 //! and [`shard`] (the handle the coordinator uses).
 
+pub mod apply;
 pub mod auth_store;
 pub mod layout;
 pub mod resources;
@@ -36,6 +41,7 @@ pub mod storage;
 pub mod test_support;
 pub mod writer;
 
+pub use apply::{EntryOp, OpOutcome, ShardApplied, ShardEntry, ShardState};
 pub use layout::{NodeLayout, NodeMeta};
 pub use resources::{SharedResources, StorageTuning};
 pub use settle::{FailureReason, InboundRecord, Settlement};

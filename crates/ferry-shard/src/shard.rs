@@ -11,14 +11,17 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::ShardError;
+use crate::apply::ShardState;
 use crate::resources::SharedResources;
 use crate::settle::Settlement;
 use crate::storage::{
     CallbackRecord, ContactRecord, EventRetention, FORMAT_VERSION, HeldRecord, IdempotencyIntent, IdempotencyRecord,
-    META_FORMAT_VERSION, META_IDENTITY_KEY, META_NEXT_OUTBOX_SEQ, META_NEXT_SEQ, META_NODE_ID,
-    META_QUEUE_LOW_WATERMARK, META_SHARD, META_WEBHOOK_CURSOR, QueueRecord, StatusRecord, Store, session_key,
+    META_FORMAT_VERSION, META_ID_SPACE, META_IDENTITY_KEY, META_NEXT_SEQ, META_NODE_ID, META_SHARD,
+    META_WEBHOOK_CURSOR, QueueRecord, StatusRecord, Store, session_key,
 };
-use crate::writer::{AppendOutcome, Committed, HeldAction, NewMessage, ResolvedHeld, WriteOp, Writer, WriterCounters};
+use crate::writer::{
+    AppendOutcome, Committed, HeldAction, NewMessage, Planner, ResolvedHeld, WriteOp, Writer, WriterCounters,
+};
 
 /// Per-shard knobs (config keys under `[shard]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +90,8 @@ pub struct WriterHold {
 pub struct Shard {
     id: ShardId,
     node_id: u64,
+    /// `meta/id_space`: bytes 2..10 of this shard's message ids.
+    id_space: u64,
     store: Arc<Store>,
     tx: Sender<WriteOp>,
     closed: AtomicBool,
@@ -120,13 +125,13 @@ impl Shard {
             webhook_floor: webhook_floor.clone(),
         };
         let store = Arc::new(Store::open(dir, id.0, resources, ms(config.status_retention_secs), events)?);
-        let next_seq = init_meta(&store, id, shard_count, node_id)?;
+        init_meta(&store, id, shard_count, node_id)?;
         let identity_key = init_identity_key(&store, id)?;
-        let queue_low_watermark = store.get_meta_u64(META_QUEUE_LOW_WATERMARK)?.unwrap_or(1);
+        let state = ShardState::load(&store, id)?;
+        let (next_seq, next_outbox_seq, id_space) = (state.next_seq, state.next_outbox_seq, state.id_space);
         let (tx, rx) = crossbeam_channel::unbounded();
         let pending = Arc::new(AtomicUsize::new(0));
         let counters = Arc::new(WriterCounters::default());
-        let next_outbox_seq = store.get_meta_u64(META_NEXT_OUTBOX_SEQ)?.unwrap_or(1);
         if config.callbacks {
             webhook_floor.store(init_webhook_cursor(&store, id, next_outbox_seq)?, Ordering::Release);
         }
@@ -136,21 +141,17 @@ impl Shard {
             next_outbox_seq: tokio::sync::watch::Sender::new(next_outbox_seq),
             released: std::sync::Mutex::new(Vec::new()),
         });
-        let queue_low_watermark = Arc::new(AtomicU64::new(queue_low_watermark));
+        let queue_low_watermark = Arc::new(AtomicU64::new(state.low_watermark));
         let crashed = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             store: store.clone(),
-            shard: id,
-            node_id,
-            next_seq,
             max_batch_messages: config.max_batch_messages,
             pending: pending.clone(),
             counters: counters.clone(),
             committed: committed.clone(),
-            next_outbox_seq,
-            persisted_low_watermark: queue_low_watermark.load(Ordering::Acquire),
             queue_low_watermark: queue_low_watermark.clone(),
-            released_unsettled: Default::default(),
+            planner: Planner { next_seq, last_at_ms: state.at_ms },
+            state,
             crashed: crashed.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -161,6 +162,7 @@ impl Shard {
         Ok(Shard {
             id,
             node_id,
+            id_space,
             store,
             tx,
             closed: AtomicBool::new(false),
@@ -180,8 +182,16 @@ impl Shard {
         self.id
     }
 
+    /// The node id this shard's database was created with (checked at open).
     pub fn node_id(&self) -> u64 {
         self.node_id
+    }
+
+    /// Bytes 2..10 of every message id this shard issues (`meta/id_space`): decoded ids are this
+    /// shard's only if their `space` is this. Equal to the node id for every single-node database;
+    /// kept apart so that a replicated shard's ids do not depend on which node leads it.
+    pub fn id_space(&self) -> u64 {
+        self.id_space
     }
 
     /// The shard's long-term identity secret (32 bytes) for encryption sessions.
@@ -466,8 +476,8 @@ impl Shard {
 
     /// Test support: a crash, as near as one can be had in-process. The writer stops at once:
     /// every op it has not committed yet is abandoned (nothing of it is written; its caller gets
-    /// [`ShardError::Stopped`]), and what lives only in memory (the released messages not yet
-    /// settled, the in-memory cursors) is lost with the handle. Unlike [`Shard::close`], which
+    /// [`ShardError::Stopped`]), and what lives only in memory (the in-memory cursors, the
+    /// released seqs not yet taken by the delivery loop) is lost with the handle. Unlike [`Shard::close`], which
     /// commits everything submitted before it. Drop the shard afterwards, then open it again.
     #[doc(hidden)]
     pub fn crash_for_test(&self) {
@@ -549,9 +559,9 @@ impl Drop for Shard {
     }
 }
 
-/// Checks (or, for a new database, writes) the shard's identity and returns its next sequence
-/// number.
-fn init_meta(store: &Store, id: ShardId, shard_count: u16, node_id: u64) -> Result<u64, ShardError> {
+/// Checks (or, for a new database, writes) the shard's identity. A database from before
+/// `meta/id_space` gets it (= its node id, what its ids already carry).
+fn init_meta(store: &Store, id: ShardId, shard_count: u16, node_id: u64) -> Result<(), ShardError> {
     let corrupt = |what: String| ShardError::Corrupt { shard: id.0, what };
     let mut shard_value = id.0.to_be_bytes().to_vec();
     shard_value.extend_from_slice(&shard_count.to_be_bytes());
@@ -562,11 +572,12 @@ fn init_meta(store: &Store, id: ShardId, shard_count: u16, node_id: u64) -> Resu
             batch.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
             batch.put_cf(meta, META_SHARD, &shard_value);
             batch.put_cf(meta, META_NODE_ID, node_id.to_be_bytes());
+            batch.put_cf(meta, META_ID_SPACE, node_id.to_be_bytes());
             batch.put_cf(meta, META_NEXT_SEQ, 1u64.to_be_bytes());
             let mut sync = rocksdb::WriteOptions::default();
             sync.set_sync(true);
             store.db.write_opt(batch, &sync).map_err(|source| ShardError::Rocks { shard: id.0, source })?;
-            Ok(1)
+            Ok(())
         }
         Some(v) => {
             if v.as_slice() != FORMAT_VERSION.to_be_bytes() {
@@ -578,7 +589,15 @@ fn init_meta(store: &Store, id: ShardId, shard_count: u16, node_id: u64) -> Resu
             if store.get_meta_u64(META_NODE_ID)? != Some(node_id) {
                 return Err(corrupt("database belongs to another node (node_id differs)".into()));
             }
-            store.get_meta_u64(META_NEXT_SEQ)?.ok_or_else(|| corrupt("missing next_seq".into()))
+            store.get_meta_u64(META_NEXT_SEQ)?.ok_or_else(|| corrupt("missing next_seq".into()))?;
+            if store.get_meta_u64(META_ID_SPACE)?.is_none() {
+                let mut batch = rocksdb::WriteBatch::default();
+                batch.put_cf(store.cf(crate::storage::CF_META), META_ID_SPACE, node_id.to_be_bytes());
+                let mut sync = rocksdb::WriteOptions::default();
+                sync.set_sync(true);
+                store.db.write_opt(batch, &sync).map_err(|source| ShardError::Rocks { shard: id.0, source })?;
+            }
+            Ok(())
         }
     }
 }

@@ -16,9 +16,13 @@
 //! | `outbox` | event seq as u64 big-endian | `[1u8] ++ CallbackRecord` (protobuf) | writer (settle) |
 //! | `contacts` | `business ++ 0x00 ++ user` (UTF-8 wa_ids) | `[1u8] ++ ContactRecord` (protobuf) | writer (inbound) |
 //! | `held` | `seq` as u64 big-endian | `[1u8] ++ HeldRecord` (protobuf) | writer (append, resolve held) |
+//! | `released` | `seq` as u64 big-endian | empty | writer (resolve held: put; settle/remove: delete) |
 //!
 //! `meta` keys: `format_version` (u32 BE), `shard` (u16 BE index ++ u16 BE shard count),
-//! `node_id` (u64 BE), `next_seq` (u64 BE: the next sequence number to assign; rewritten in every
+//! `node_id` (u64 BE), `id_space` (u64 BE: bytes 2..10 of every message id this shard issues;
+//! written when the shard is created, equal to `node_id`; a database from before it had none and
+//! gets `node_id` at its next open, so its ids stay valid), `applied_at_ms` (i64 BE: the clock of
+//! the last group commit, never going backwards; see `crate::apply`), `next_seq` (u64 BE: the next sequence number to assign; rewritten in every
 //! batch that appends, in the same synced write, so a sequence number is never reused after a
 //! crash), `queue_low_watermark` (u64 BE: every queue key below it is deleted; a hint that lets the
 //! delivery loop start its scan past the deleted head), `identity_key` (32 random bytes: the
@@ -91,6 +95,13 @@
 //!   the TTL passed while held) + its status event, exactly as a delivery failure is settled.
 //!
 //! `held` keys are written once and removed with `SingleDelete`, like `queue` keys.
+//!
+//! `released` holds the seq of every released message still in the queue (key only), written in
+//! the release's batch and deleted in the batch where the message leaves the queue. Its first key
+//! is the floor no persisted low watermark passes. It is on disk (not writer memory) so that the
+//! floor survives a restart, and a replica that applies the same entries computes the same
+//! watermarks. A database from before it existed gets the column family, empty, at open (its
+//! watermark was already at or below every released message).
 
 //! ## Queue hygiene (tombstones at the head of an LSM FIFO)
 //!
@@ -145,7 +156,9 @@ pub const CF_SESSIONS: &str = "sessions";
 pub const CF_OUTBOX: &str = "outbox";
 pub const CF_CONTACTS: &str = "contacts";
 pub const CF_HELD: &str = "held";
-const ALL_CFS: [&str; 9] = [
+pub const CF_RELEASED: &str = "released";
+/// Every column family of a shard database.
+pub const ALL_CFS: [&str; 10] = [
     CF_META,
     CF_QUEUE,
     CF_IDEMPOTENCY,
@@ -155,11 +168,14 @@ const ALL_CFS: [&str; 9] = [
     CF_OUTBOX,
     CF_CONTACTS,
     CF_HELD,
+    CF_RELEASED,
 ];
 
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
 pub const META_SHARD: &[u8] = b"shard";
 pub const META_NODE_ID: &[u8] = b"node_id";
+pub const META_ID_SPACE: &[u8] = b"id_space";
+pub const META_APPLIED_AT_MS: &[u8] = b"applied_at_ms";
 pub const META_NEXT_SEQ: &[u8] = b"next_seq";
 pub const META_QUEUE_LOW_WATERMARK: &[u8] = b"queue_low_watermark";
 pub const META_IDENTITY_KEY: &[u8] = b"identity_key";
@@ -619,6 +635,30 @@ impl Store {
                 Ok((now_ms - r.created_at_ms <= IDEMPOTENCY_WINDOW_MS).then_some(r))
             }
         }
+    }
+
+    /// The keys of `released`: released held messages still in the queue.
+    pub fn released_seqs(&self) -> Result<std::collections::BTreeSet<u64>, ShardError> {
+        let mut out = std::collections::BTreeSet::new();
+        for item in self.db.iterator_cf(self.cf(CF_RELEASED), rocksdb::IteratorMode::Start) {
+            let (k, _) = item.map_err(|e| self.rocks(e))?;
+            out.insert(
+                decode_seq(&k).ok_or_else(|| ShardError::Corrupt {
+                    shard: self.shard,
+                    what: "released key is not a u64".into(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Test support: every key and value of a column family, in key order.
+    #[doc(hidden)]
+    pub fn dump_cf_for_test(&self, cf: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.db
+            .iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start)
+            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).expect("a readable column family"))
+            .collect()
     }
 
     /// Every pending idempotency intent, oldest first.

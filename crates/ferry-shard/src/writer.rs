@@ -8,26 +8,27 @@
 //! disk. If the write fails, every op of the batch gets the error and nothing of it is reported
 //! durable.
 //!
+//! A group commit is planned here and applied by [`crate::apply`]: [`Planner`] moves the ops out
+//! of their requests into a [`ShardEntry`] and decides what only the writer may (the first
+//! sequence number, hence every appended message's id, and the entry's clock); `apply` adds the
+//! entry's writes to the batch from the entry and the shard's on-disk state alone, and returns
+//! one outcome per op, from which the replies are sent once the batch is durable.
+//!
 //! The writer is a thread rather than a tokio task because RocksDB's synced write blocks; the
 //! async side only awaits a oneshot reply.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_channel::Receiver;
-use ferry_model::{MessageId, MessageKey, ShardId};
+use ferry_model::{MessageId, ShardId};
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::oneshot;
 
 use crate::ShardError;
+use crate::apply::{EntryOp, OpOutcome, ShardEntry, ShardState, apply};
 use crate::settle::{FailureReason, Settlement};
-use crate::storage::{
-    CF_CONTACTS, CF_HELD, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_META, CF_OUTBOX, CF_QUEUE, CF_SESSIONS, CF_STATUS,
-    ContactRecord, HeldRecord, IdempotencyIntent, IdempotencyRecord, META_NEXT_OUTBOX_SEQ, META_NEXT_SEQ,
-    META_QUEUE_LOW_WATERMARK, META_WEBHOOK_CURSOR, QueueRecord, StatusRecord, Store, encode_value, queue_key,
-    session_key,
-};
+use crate::storage::{IdempotencyRecord, QueueRecord, Store};
 
 /// Where the idempotency record of a new message goes (see `storage` module docs).
 #[derive(Debug, Clone)]
@@ -176,106 +177,99 @@ pub struct Committed {
     pub released: std::sync::Mutex<Vec<u64>>,
 }
 
+/// The writer's half of a group commit (plan): the next sequence number to hand out and the
+/// clock of the last entry. Nothing else of the writer's memory goes into an entry.
+#[derive(Debug)]
+pub(crate) struct Planner {
+    /// Sequence numbers are handed out here and never again, even when the batch holding them
+    /// fails (a later success persists a higher `next_seq`).
+    pub(crate) next_seq: u64,
+    pub(crate) last_at_ms: i64,
+}
+
+/// Whom to answer for one op of an entry.
+enum Waiter {
+    None,
+    Append(Reply<Vec<AppendOutcome>>),
+    Done(Reply<()>),
+    Resolved(Reply<ResolvedHeld>),
+}
+
+impl Waiter {
+    fn fail(self, err: ShardError) {
+        // A dropped receiver means the caller went away.
+        match self {
+            Waiter::None => {}
+            Waiter::Append(reply) => drop(reply.send(Err(err))),
+            Waiter::Done(reply) => drop(reply.send(Err(err))),
+            Waiter::Resolved(reply) => drop(reply.send(Err(err))),
+        }
+    }
+
+    fn answer(self, shard: ShardId, outcome: OpOutcome) {
+        match (self, outcome) {
+            (Waiter::None, _) => {}
+            (Waiter::Append(reply), OpOutcome::Appended(outcomes)) => drop(reply.send(Ok(outcomes))),
+            (Waiter::Done(reply), OpOutcome::Done) => drop(reply.send(Ok(()))),
+            (Waiter::Resolved(reply), OpOutcome::Resolved(outcome)) => drop(reply.send(Ok(outcome))),
+            (waiter, OpOutcome::Failed(err)) => waiter.fail(err),
+            (waiter, _) => {
+                waiter.fail(ShardError::Corrupt { shard: shard.0, what: "op outcome of another kind".into() })
+            }
+        }
+    }
+}
+
+impl Planner {
+    /// Turns the ops of one group commit into an entry (the decisions only the writer makes) and
+    /// the replies to send once it is applied and durable, one per op.
+    fn plan(&mut self, ops: Vec<WriteOp>) -> (ShardEntry, Vec<Waiter>) {
+        let at_ms = crate::storage::now_ms().max(self.last_at_ms);
+        self.last_at_ms = at_ms;
+        let first_seq = self.next_seq;
+        let mut entry_ops = Vec::with_capacity(ops.len());
+        let mut waiters = Vec::with_capacity(ops.len());
+        for op in ops {
+            let (op, waiter) = match op {
+                WriteOp::Append { messages, reply } => {
+                    self.next_seq += messages.len() as u64;
+                    (EntryOp::Append { messages }, Waiter::Append(reply))
+                }
+                WriteOp::PutIdempotency { entries, reply } => {
+                    (EntryOp::PutIdempotency { entries }, Waiter::Done(reply))
+                }
+                WriteOp::ClearIntents { seqs } => (EntryOp::ClearIntents { seqs }, Waiter::None),
+                WriteOp::Remove { seqs, reply } => (EntryOp::Remove { seqs }, Waiter::Done(reply)),
+                WriteOp::Settle { entries, low_watermark, reply } => {
+                    (EntryOp::Settle { entries, low_watermark }, Waiter::Done(reply))
+                }
+                WriteOp::ResolveHeld { seqs, action, at_ms, reply } => {
+                    (EntryOp::ResolveHeld { seqs, action, at_ms }, Waiter::Resolved(reply))
+                }
+                WriteOp::SetWebhookCursor { next, reply } => (EntryOp::SetWebhookCursor { next }, Waiter::Done(reply)),
+                WriteOp::PutSessions { entries, reply } => (EntryOp::PutSessions { entries }, Waiter::Done(reply)),
+                WriteOp::Hold { .. } | WriteOp::Stop => unreachable!("holds and stops are handled by run"),
+            };
+            entry_ops.push(op);
+            waiters.push(waiter);
+        }
+        (ShardEntry { at_ms, first_seq, ops: entry_ops }, waiters)
+    }
+}
+
 pub(crate) struct Writer {
     pub(crate) store: Arc<Store>,
-    pub(crate) shard: ShardId,
-    pub(crate) node_id: u64,
-    pub(crate) next_seq: u64,
     pub(crate) max_batch_messages: usize,
     pub(crate) pending: Arc<AtomicUsize>,
     pub(crate) counters: Arc<WriterCounters>,
     pub(crate) committed: Arc<Committed>,
-    pub(crate) next_outbox_seq: u64,
     /// `meta/queue_low_watermark` as persisted, published to readers after each commit.
     pub(crate) queue_low_watermark: Arc<AtomicU64>,
-    pub(crate) persisted_low_watermark: u64,
-    /// Released held messages that have not left the queue yet: no low watermark written while
-    /// one is queued may pass it (the delivery loop may not have read it yet). In memory only: a
-    /// restart's scan starts at the persisted watermark, which is at or below every one of them.
-    pub(crate) released_unsettled: BTreeSet<u64>,
+    pub(crate) planner: Planner,
+    /// The state machine's in-memory part as of the last durable batch (see [`crate::apply`]).
+    pub(crate) state: ShardState,
     /// Test support (`Shard::crash_for_test`): set, the writer commits nothing more and stops.
     pub(crate) crashed: Arc<AtomicBool>,
-}
-
-enum Pending {
-    Append { reply: Reply<Vec<AppendOutcome>>, outcomes: Vec<AppendOutcome> },
-    Done(Reply<()>),
-    Resolved { reply: Reply<ResolvedHeld>, outcome: ResolvedHeld },
-}
-
-/// The status-change state of one batch, shared by settlements and dropped held messages.
-///
-/// An op first reads every record it needs ([`StatusBatch::prefetch`]); only if all reads succeed
-/// does it add anything to the batch. So a read error fails that op alone, and the batch (with
-/// every other op's appends) is still written.
-struct StatusBatch<'a> {
-    store: &'a Store,
-    /// Status records as of this batch, so several changes to one message in a batch compose.
-    statuses: HashMap<u64, StatusRecord>,
-    /// Status records as read from the store by `prefetch` (`None`: absent or unreadable).
-    loaded: HashMap<u64, Option<StatusRecord>>,
-    next_outbox_seq: &'a mut u64,
-}
-
-/// A record that does not decode is logged and treated as absent (the op overwrites it, as a
-/// record that cannot be merged is better replaced than left to block its message); any other read
-/// error fails the op.
-fn readable<T>(shard: ShardId, what: &str, read: Result<Option<T>, ShardError>) -> Result<Option<T>, ShardError> {
-    match read {
-        Err(ShardError::Corrupt { what: detail, .. }) => {
-            tracing::error!(%shard, record = what, error = %detail, "unreadable record; overwriting it");
-            Ok(None)
-        }
-        other => other,
-    }
-}
-
-impl StatusBatch<'_> {
-    /// Reads the status records of `seqs` not read yet in this batch.
-    fn prefetch(&mut self, shard: ShardId, seqs: impl Iterator<Item = u64>) -> Result<(), ShardError> {
-        for seq in seqs {
-            if self.statuses.contains_key(&seq) || self.loaded.contains_key(&seq) {
-                continue;
-            }
-            let record = readable(shard, "status", self.store.get_status(seq))?;
-            self.loaded.insert(seq, record);
-        }
-        Ok(())
-    }
-
-    /// Merges `change` into the message's status record and adds its status event(s). The
-    /// record must have been prefetched.
-    fn record(&mut self, batch: &mut WriteBatch, seq: u64, change: &Settlement) {
-        let (status_cf, outbox_cf) = (self.store.cf(CF_STATUS), self.store.cf(CF_OUTBOX));
-        let current = match self.statuses.get(&seq) {
-            Some(r) => Some(r.clone()),
-            None => {
-                debug_assert!(self.loaded.contains_key(&seq), "status {seq} recorded without a prefetch");
-                self.loaded.get(&seq).cloned().flatten()
-            }
-        };
-        if let Some(next) = crate::settle::merge(current.as_ref(), change) {
-            batch.put_cf(status_cf, queue_key(seq), encode_value(&next));
-            let advanced = current.as_ref().is_none_or(|c| c.status != next.status);
-            // A receipt that overtook its ack creates a record without the
-            // message's fields; its callback waits until the ack fills them.
-            let filled = current.as_ref().is_some_and(|c| c.wa_id.is_empty()) && !next.wa_id.is_empty();
-            if filled {
-                // The ack filled in a record receipts created (they overtook it,
-                // e.g. after a restart): report every status it went through, in
-                // order, so no receiver misses `sent` or `delivered`.
-                for callback in crate::settle::callbacks_through(seq, &next) {
-                    batch.put_cf(outbox_cf, queue_key(*self.next_outbox_seq), encode_value(&callback));
-                    *self.next_outbox_seq += 1;
-                }
-            } else if advanced && !next.wa_id.is_empty() {
-                let callback = crate::settle::callback_for(seq, &next);
-                batch.put_cf(outbox_cf, queue_key(*self.next_outbox_seq), encode_value(&callback));
-                *self.next_outbox_seq += 1;
-            }
-            self.statuses.insert(seq, next);
-        }
-    }
 }
 
 impl Writer {
@@ -310,9 +304,10 @@ impl Writer {
                 break;
             }
         }
-        tracing::debug!(shard = %self.shard, "writer stopped");
+        tracing::debug!(shard = %self.state.shard, "writer stopped");
     }
 
+    /// One group commit: plan, apply, one synced write, then the replies.
     fn commit(&mut self, ops: Vec<WriteOp>, weight: usize, sync: &WriteOptions) {
         if ops.is_empty() {
             return;
@@ -321,310 +316,51 @@ impl Writer {
             // A crash: what was not committed is lost (its callers see `Stopped`).
             return;
         }
-        let store = &self.store;
-        let (queue, idem, intents, meta) =
-            (store.cf(CF_QUEUE), store.cf(CF_IDEMPOTENCY), store.cf(CF_IDEMPOTENCY_INTENTS), store.cf(CF_META));
-        let (sessions_cf, outbox_cf, held_cf) = (store.cf(CF_SESSIONS), store.cf(CF_OUTBOX), store.cf(CF_HELD));
-        let outbox_before = self.next_outbox_seq;
-        let mut next_outbox_seq = self.next_outbox_seq;
-        let mut status = StatusBatch {
-            store: &self.store,
-            statuses: HashMap::new(),
-            loaded: HashMap::new(),
-            next_outbox_seq: &mut next_outbox_seq,
-        };
-        // Contact records as of this batch (several inbound messages of one user compose); `None`:
-        // read, and absent.
-        let mut contacts: HashMap<Vec<u8>, Option<ContactRecord>> = HashMap::new();
-        let contacts_cf = store.cf(CF_CONTACTS);
-        let mut settled = 0u64;
-        // The highest low watermark a settle op asked for; held messages released and queue keys
-        // removed in this batch (see `released_unsettled`); held seqs resolved in this batch.
-        let mut requested_watermark: Option<u64> = None;
-        let mut released_now: Vec<u64> = Vec::new();
-        let mut left_queue: Vec<u64> = Vec::new();
-        let mut resolved_here: HashSet<u64> = HashSet::new();
+        let shard = self.state.shard;
+        let (entry, waiters) = self.planner.plan(ops);
         let mut batch = WriteBatch::default();
-        let mut pending = Vec::with_capacity(ops.len());
-        let seq_before = self.next_seq;
-        let mut appended = 0u64;
-        for op in ops {
-            match op {
-                WriteOp::Append { messages, reply } => {
-                    let mut outcomes = Vec::with_capacity(messages.len());
-                    for m in messages {
-                        let seq = self.next_seq;
-                        self.next_seq += 1;
-                        let message_id =
-                            MessageId::encode(MessageKey { shard: self.shard, node_id: self.node_id, seq });
-                        let held = m.held_template.is_some();
-                        match m.held_template {
-                            None => batch.put_cf(queue, queue_key(seq), encode_value(&m.record)),
-                            Some(template_name) => {
-                                let record = HeldRecord { record: Some(m.record.clone()), template_name };
-                                batch.put_cf(held_cf, queue_key(seq), encode_value(&record));
-                            }
-                        }
-                        match m.idempotency {
-                            None => {}
-                            Some(IdempotencyPlacement::Here { key, payload_hash }) => {
-                                let r = IdempotencyRecord {
-                                    message_id: message_id.as_str().to_owned(),
-                                    wa_id: m.record.wa_id.clone(),
-                                    payload_hash,
-                                    created_at_ms: m.record.accepted_at_ms,
-                                };
-                                batch.put_cf(idem, key, encode_value(&r));
-                            }
-                            Some(IdempotencyPlacement::Elsewhere { key_shard, key, payload_hash }) => {
-                                let intent = IdempotencyIntent {
-                                    key_shard: key_shard as u32,
-                                    key,
-                                    record: Some(IdempotencyRecord {
-                                        message_id: message_id.as_str().to_owned(),
-                                        wa_id: m.record.wa_id.clone(),
-                                        payload_hash,
-                                        created_at_ms: m.record.accepted_at_ms,
-                                    }),
-                                };
-                                batch.put_cf(intents, queue_key(seq), encode_value(&intent));
-                            }
-                        }
-                        outcomes.push(AppendOutcome { seq, message_id, held });
-                        appended += 1;
-                    }
-                    pending.push(Pending::Append { reply, outcomes });
-                }
-                WriteOp::PutIdempotency { entries, reply } => {
-                    for (key, record) in entries {
-                        batch.put_cf(idem, key, encode_value(&record));
-                    }
-                    pending.push(Pending::Done(reply));
-                }
-                WriteOp::ClearIntents { seqs } => {
-                    for seq in seqs {
-                        batch.delete_cf(intents, queue_key(seq));
-                    }
-                }
-                WriteOp::Remove { seqs, reply } => {
-                    // Queue keys are written exactly once (sequence numbers are never reused), so
-                    // SingleDelete is valid: its tombstone vanishes with the put at compaction
-                    // instead of lingering to the bottom level.
-                    for seq in seqs {
-                        batch.single_delete_cf(queue, queue_key(seq));
-                        left_queue.push(seq);
-                    }
-                    pending.push(Pending::Done(reply));
-                }
-                WriteOp::Settle { entries, low_watermark, reply } => {
-                    if entries.iter().any(|c| matches!(c, Settlement::Receipt { .. } | Settlement::Inbound(_)))
-                        && store.take_event_settle_failure()
-                    {
-                        drop(reply.send(Err(store.injected_error())));
-                        continue;
-                    }
-                    // Every read first: a failed one fails this op only.
-                    let reads = status
-                        .prefetch(
-                            self.shard,
-                            entries.iter().filter(|c| !matches!(c, Settlement::Inbound(_))).map(Settlement::seq),
-                        )
-                        .and_then(|()| {
-                            for change in &entries {
-                                if let Settlement::Inbound(m) = change {
-                                    let key = session_key(&m.to, &m.from);
-                                    if let std::collections::hash_map::Entry::Vacant(slot) = contacts.entry(key) {
-                                        let read = store.get_contact_by_key(slot.key());
-                                        slot.insert(readable(self.shard, "contact", read)?);
-                                    }
-                                }
-                            }
-                            Ok(())
-                        });
-                    if let Err(e) = reads {
-                        tracing::error!(shard = %self.shard, error = %e, "settle op not applied: a read failed");
-                        drop(reply.send(Err(e)));
-                        continue;
-                    }
-                    for change in entries {
-                        if let Settlement::Inbound(m) = &change {
-                            let key = session_key(&m.to, &m.from);
-                            let current = contacts.get(&key).cloned().flatten();
-                            if current.as_ref().is_none_or(|c| c.last_inbound_ms < m.at_ms) {
-                                let record =
-                                    ContactRecord { last_inbound_ms: m.at_ms, profile_name: m.profile_name.clone() };
-                                batch.put_cf(contacts_cf, &key, encode_value(&record));
-                                contacts.insert(key, Some(record));
-                            }
-                            let event = crate::settle::inbound_callback(m);
-                            batch.put_cf(outbox_cf, queue_key(*status.next_outbox_seq), encode_value(&event));
-                            *status.next_outbox_seq += 1;
-                            continue;
-                        }
-                        let seq = change.seq();
-                        if change.leaves_queue() {
-                            batch.single_delete_cf(queue, queue_key(seq));
-                            left_queue.push(seq);
-                            settled += 1;
-                        }
-                        status.record(&mut batch, seq, &change);
-                    }
-                    if let Some(mark) = low_watermark {
-                        requested_watermark = Some(requested_watermark.map_or(mark, |m| m.max(mark)));
-                    }
-                    pending.push(Pending::Done(reply));
-                }
-                WriteOp::ResolveHeld { seqs, action, at_ms, reply } => {
-                    // Every read first: a failed one fails this op only.
-                    let mut records = Vec::with_capacity(seqs.len());
-                    let reads = seqs.iter().filter(|seq| !resolved_here.contains(seq)).try_for_each(|&seq| {
-                        match readable(self.shard, "held", store.get_held(seq))? {
-                            Some(HeldRecord { record: Some(record), .. }) => records.push((seq, record)),
-                            Some(HeldRecord { record: None, .. }) => {
-                                tracing::error!(shard = %self.shard, seq, "held record without its message; left as is")
-                            }
-                            None => {} // already resolved
-                        }
-                        Ok(())
-                    });
-                    let reads = reads.and_then(|()| status.prefetch(self.shard, records.iter().map(|(seq, _)| *seq)));
-                    if let Err(e) = reads {
-                        tracing::error!(shard = %self.shard, error = %e, "resolve op not applied: a read failed");
-                        drop(reply.send(Err(e)));
-                        continue;
-                    }
-                    let mut outcome = ResolvedHeld::default();
-                    for (seq, record) in records {
-                        if !resolved_here.insert(seq) {
-                            continue;
-                        }
-                        batch.single_delete_cf(held_cf, queue_key(seq));
-                        let reason = if record.expires_at_ms <= at_ms {
-                            outcome.expired.push(seq);
-                            let code = ferry_model::ErrorCode::Expired;
-                            FailureReason {
-                                code: code.code(),
-                                title: code.title().to_owned(),
-                                details: "the message's TTL passed while it was held for quality assessment".into(),
-                            }
-                        } else if let HeldAction::Drop(reason) = &action {
-                            outcome.dropped.push(seq);
-                            reason.clone()
-                        } else {
-                            batch.put_cf(queue, queue_key(seq), encode_value(&record));
-                            released_now.push(seq);
-                            outcome.released.push(seq);
-                            continue;
-                        };
-                        let message = crate::settle::status_base(&record);
-                        status.record(&mut batch, seq, &Settlement::Failed { seq, message, at_ms, reason });
-                    }
-                    pending.push(Pending::Resolved { reply, outcome });
-                }
-                WriteOp::SetWebhookCursor { next, reply } => {
-                    batch.put_cf(meta, META_WEBHOOK_CURSOR, next.to_be_bytes());
-                    pending.push(Pending::Done(reply));
-                }
-                WriteOp::PutSessions { entries, reply } => {
-                    for (key, snapshot) in entries {
-                        let mut value = Vec::with_capacity(1 + snapshot.len());
-                        value.push(crate::storage::VALUE_VERSION);
-                        value.extend_from_slice(&snapshot);
-                        batch.put_cf(sessions_cf, key, value);
-                    }
-                    pending.push(Pending::Done(reply));
-                }
-                WriteOp::Hold { .. } | WriteOp::Stop => unreachable!("holds and stops are handled by run"),
-            }
-        }
-        drop(status);
-        // Outbox numbers of a failed batch are not reused either (like sequence numbers).
-        self.next_outbox_seq = next_outbox_seq;
-        if self.next_seq != seq_before {
-            batch.put_cf(meta, META_NEXT_SEQ, self.next_seq.to_be_bytes());
-        }
-        if self.next_outbox_seq != outbox_before {
-            batch.put_cf(meta, META_NEXT_OUTBOX_SEQ, self.next_outbox_seq.to_be_bytes());
-        }
-        let watermark = self.next_low_watermark(requested_watermark, &released_now, &left_queue);
-        if let Some(mark) = watermark {
-            batch.put_cf(meta, META_QUEUE_LOW_WATERMARK, mark.to_be_bytes());
-        }
-        let result = store.write_batch(batch, sync);
+        let applied = apply(&entry, &mut batch, &self.store, &self.state);
+        let result = self.store.write_batch(batch, sync);
         self.counters.synced_writes.fetch_add(1, Ordering::Relaxed);
         self.pending.fetch_sub(weight, Ordering::AcqRel);
+        let outbox_before = self.state.next_outbox_seq;
         match result {
             Ok(()) => {
-                self.counters.appended.fetch_add(appended, Ordering::Relaxed);
+                self.state.commit(&entry, &applied);
+                self.counters.appended.fetch_add(applied.appended, Ordering::Relaxed);
                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
-                self.counters.settled.fetch_add(settled, Ordering::Relaxed);
-                if appended > 0 {
-                    self.committed.next_seq.store(self.next_seq, Ordering::Release);
+                self.counters.settled.fetch_add(applied.settled, Ordering::Relaxed);
+                if applied.appended > 0 {
+                    self.committed.next_seq.store(self.state.next_seq, Ordering::Release);
                     self.committed.appended.notify_one();
                 }
-                if self.next_outbox_seq != outbox_before {
-                    self.committed.next_outbox_seq.send_replace(self.next_outbox_seq);
+                if self.state.next_outbox_seq != outbox_before {
+                    self.committed.next_outbox_seq.send_replace(self.state.next_outbox_seq);
                 }
-                if let Some(mark) = watermark {
-                    self.persisted_low_watermark = mark;
+                if let Some(mark) = applied.low_watermark {
                     self.queue_low_watermark.store(mark, Ordering::Release);
                 }
-                if !self.released_unsettled.is_empty() {
-                    for seq in &left_queue {
-                        self.released_unsettled.remove(seq);
-                    }
-                }
-                if !released_now.is_empty() {
-                    self.released_unsettled.extend(released_now.iter().copied());
-                    self.committed.released.lock().unwrap_or_else(|e| e.into_inner()).extend(released_now);
+                if !applied.released.is_empty() {
+                    self.committed.released.lock().unwrap_or_else(|e| e.into_inner()).extend(&applied.released);
                     self.committed.appended.notify_one();
                 }
-                for p in pending {
-                    // A dropped receiver means the caller went away; the data is durable anyway.
-                    match p {
-                        Pending::Append { reply, outcomes } => drop(reply.send(Ok(outcomes))),
-                        Pending::Done(reply) => drop(reply.send(Ok(()))),
-                        Pending::Resolved { reply, outcome } => drop(reply.send(Ok(outcome))),
-                    }
+                for (waiter, outcome) in waiters.into_iter().zip(applied.ops) {
+                    waiter.answer(shard, outcome);
                 }
             }
             Err(e) => {
-                tracing::error!(shard = %self.shard, error = %e, "synced write failed; failing its batch");
-                // Sequence numbers of a failed batch are not reused: a later success persists a
-                // higher next_seq, and ids stay unique whether or not the failed write reached disk.
-                for p in pending {
-                    let err = ShardError::Rocks { shard: self.shard.0, source: e.clone() };
-                    match p {
-                        Pending::Append { reply, .. } => drop(reply.send(Err(err))),
-                        Pending::Done(reply) => drop(reply.send(Err(err))),
-                        Pending::Resolved { reply, .. } => drop(reply.send(Err(err))),
+                tracing::error!(%shard, error = %e, "synced write failed; failing its batch");
+                // Sequence numbers of a failed batch are not reused (the planner handed them out),
+                // nor are its status-event numbers: a later success persists higher ones, so ids
+                // and event seqs stay unique whether or not the failed write reached disk.
+                self.state.next_outbox_seq = applied.next_outbox_seq;
+                for (waiter, outcome) in waiters.into_iter().zip(applied.ops) {
+                    match outcome {
+                        OpOutcome::Failed(err) => waiter.fail(err),
+                        _ => waiter.fail(ShardError::Rocks { shard: shard.0, source: e.clone() }),
                     }
                 }
             }
         }
-    }
-
-    /// The low watermark to persist with this batch, if it changes: what the settle ops asked for,
-    /// but never above a released held message still in the queue (the delivery loop may not have
-    /// read it: it sits below the loop's cursor). A release alone lowers the persisted watermark to
-    /// the released seq, so a restart's scan reads it.
-    fn next_low_watermark(&self, requested: Option<u64>, released_now: &[u64], left_queue: &[u64]) -> Option<u64> {
-        let floor = if self.released_unsettled.is_empty() && released_now.is_empty() {
-            None
-        } else {
-            // `released_unsettled` is sorted: its first seq not leaving now is its minimum, found in
-            // at most `left_queue.len() + 1` steps (not a walk of every released message).
-            let left: HashSet<u64> = left_queue.iter().copied().collect();
-            let unsettled = self.released_unsettled.iter().copied().find(|s| !left.contains(s));
-            let now = released_now.iter().copied().filter(|s| !left.contains(s)).min();
-            unsettled.into_iter().chain(now).min()
-        };
-        let target = match (requested, floor) {
-            (Some(r), Some(f)) => r.min(f),
-            (Some(r), None) => r,
-            (None, Some(f)) if f < self.persisted_low_watermark => f,
-            (None, _) => return None,
-        };
-        (target != self.persisted_low_watermark).then_some(target)
     }
 }

@@ -443,7 +443,7 @@ impl Sender {
         } else {
             let callbacks: Vec<payload::StatusCallback<'_>> = batch
                 .iter()
-                .map(|(_, r)| payload::StatusCallback::new(self.shard.id(), self.shard.node_id(), r))
+                .map(|(_, r)| payload::StatusCallback::new(self.shard.id(), self.shard.id_space(), r))
                 .collect();
             payload::body(shape, account, &callbacks).to_string()
         };

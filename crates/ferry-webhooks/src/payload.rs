@@ -33,8 +33,8 @@ pub struct StatusCallback<'a> {
 }
 
 impl<'a> StatusCallback<'a> {
-    pub fn new(shard: ShardId, node_id: u64, record: &'a CallbackRecord) -> Self {
-        StatusCallback { message_id: MessageId::encode(MessageKey { shard, node_id, seq: record.seq }), record }
+    pub fn new(shard: ShardId, space: u64, record: &'a CallbackRecord) -> Self {
+        StatusCallback { message_id: MessageId::encode(MessageKey { shard, space, seq: record.seq }), record }
     }
 
     fn status(&self) -> &'static str {
