@@ -23,10 +23,10 @@ use tokio::sync::oneshot;
 use crate::ShardError;
 use crate::settle::{FailureReason, Settlement};
 use crate::storage::{
-    CF_CONTACTS, CF_HELD, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_META, CF_OUTBOX, CF_QUEUE, CF_SESSIONS, CF_STATUS,
-    ContactRecord, HeldRecord, IdempotencyIntent, IdempotencyRecord, META_NEXT_OUTBOX_SEQ, META_NEXT_SEQ,
-    META_QUEUE_LOW_WATERMARK, META_WEBHOOK_CURSOR, QueueRecord, StatusRecord, Store, encode_value, queue_key,
-    session_key,
+    CF_CONTACTS, CF_DISPATCHED, CF_HELD, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_META, CF_OUTBOX, CF_QUEUE,
+    CF_SESSIONS, CF_STATUS, ContactRecord, DispatchRecord, HeldRecord, IdempotencyIntent, IdempotencyRecord,
+    META_NEXT_OUTBOX_SEQ, META_NEXT_SEQ, META_QUEUE_LOW_WATERMARK, META_WEBHOOK_CURSOR, QueueRecord, StatusRecord,
+    Store, encode_value, queue_key, session_key,
 };
 
 /// Where the idempotency record of a new message goes (see `storage` module docs).
@@ -117,6 +117,13 @@ pub(crate) enum WriteOp {
         next: u64,
         reply: Reply<()>,
     },
+    /// Marks queued messages as possibly handed to an upstream that cannot deduplicate
+    /// (`dispatched`, see the storage docs); the marks leave with the queue keys.
+    MarkDispatched {
+        seqs: Vec<u64>,
+        at_ms: i64,
+        reply: Reply<()>,
+    },
     /// Stores encryption-session snapshots (`sender ++ 0 ++ recipient` → snapshot).
     PutSessions {
         entries: Vec<(Vec<u8>, Vec<u8>)>,
@@ -145,6 +152,7 @@ impl WriteOp {
             WriteOp::PutIdempotency { .. }
             | WriteOp::Settle { .. }
             | WriteOp::PutSessions { .. }
+            | WriteOp::MarkDispatched { .. }
             | WriteOp::SetWebhookCursor { .. }
             | WriteOp::ResolveHeld { .. }
             | WriteOp::Stop => 0,
@@ -193,6 +201,9 @@ pub(crate) struct Writer {
     /// one is queued may pass it (the delivery loop may not have read it yet). In memory only: a
     /// restart's scan starts at the persisted watermark, which is at or below every one of them.
     pub(crate) released_unsettled: BTreeSet<u64>,
+    /// The seqs with a `dispatched` mark (loaded at open): a queue removal deletes the mark in
+    /// its batch. Empty unless the upstream writes marks, so the chat path pays nothing.
+    pub(crate) dispatched: HashSet<u64>,
     /// Test support (`Shard::crash_for_test`): set, the writer commits nothing more and stops.
     pub(crate) crashed: Arc<AtomicBool>,
 }
@@ -325,6 +336,9 @@ impl Writer {
         let (queue, idem, intents, meta) =
             (store.cf(CF_QUEUE), store.cf(CF_IDEMPOTENCY), store.cf(CF_IDEMPOTENCY_INTENTS), store.cf(CF_META));
         let (sessions_cf, outbox_cf, held_cf) = (store.cf(CF_SESSIONS), store.cf(CF_OUTBOX), store.cf(CF_HELD));
+        let dispatched_cf = store.cf(CF_DISPATCHED);
+        // Seqs marked in this batch (added to `self.dispatched` once it is durable).
+        let mut marked_now: Vec<u64> = Vec::new();
         let outbox_before = self.next_outbox_seq;
         let mut next_outbox_seq = self.next_outbox_seq;
         let mut status = StatusBatch {
@@ -525,6 +539,14 @@ impl Writer {
                     batch.put_cf(meta, META_WEBHOOK_CURSOR, next.to_be_bytes());
                     pending.push(Pending::Done(reply));
                 }
+                WriteOp::MarkDispatched { seqs, at_ms, reply } => {
+                    let value = encode_value(&DispatchRecord { at_ms });
+                    for seq in seqs {
+                        batch.put_cf(dispatched_cf, queue_key(seq), &value);
+                        marked_now.push(seq);
+                    }
+                    pending.push(Pending::Done(reply));
+                }
                 WriteOp::PutSessions { entries, reply } => {
                     for (key, snapshot) in entries {
                         let mut value = Vec::with_capacity(1 + snapshot.len());
@@ -545,6 +567,16 @@ impl Writer {
         }
         if self.next_outbox_seq != outbox_before {
             batch.put_cf(meta, META_NEXT_OUTBOX_SEQ, self.next_outbox_seq.to_be_bytes());
+        }
+        // A message leaving the queue takes its dispatch mark with it (marked earlier, or in this
+        // very batch: ops apply in order, so a mark after the removal in one batch is dropped too).
+        if !self.dispatched.is_empty() || !marked_now.is_empty() {
+            let marked_here: HashSet<u64> = marked_now.iter().copied().collect();
+            for seq in &left_queue {
+                if self.dispatched.contains(seq) || marked_here.contains(seq) {
+                    batch.delete_cf(dispatched_cf, queue_key(*seq));
+                }
+            }
         }
         let watermark = self.next_low_watermark(requested_watermark, &released_now, &left_queue);
         if let Some(mark) = watermark {
@@ -572,6 +604,12 @@ impl Writer {
                 if !self.released_unsettled.is_empty() {
                     for seq in &left_queue {
                         self.released_unsettled.remove(seq);
+                    }
+                }
+                if !marked_now.is_empty() || !self.dispatched.is_empty() {
+                    self.dispatched.extend(marked_now);
+                    for seq in &left_queue {
+                        self.dispatched.remove(seq);
                     }
                 }
                 if !released_now.is_empty() {
