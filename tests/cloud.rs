@@ -384,7 +384,12 @@ async fn an_in_doubt_send_is_settled_by_its_webhook_and_not_sent_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_number_level_refusal_blocks_the_number_and_keeps_its_messages_queued() {
     let dir = tempfile::tempdir().unwrap();
-    let rig = start_rig(dir.path(), &["--expired-number", PHONE_NUMBER_ID], &[]).await;
+    // A probe interval far beyond the test: only the operator's unblock call can make ferry try
+    // the number again.
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, "[cloud]\nblocked_probe_secs = 3600\n").unwrap();
+    let data = dir.path().join("data");
+    let rig = start_rig(&data, &["--expired-number", PHONE_NUMBER_ID], &["--config", config.to_str().unwrap()]).await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let m = json!({"to": format!("+4479130{i:05}"), "type": "text", "text": {"body": "blocked"}});
@@ -402,6 +407,37 @@ async fn a_number_level_refusal_blocks_the_number_and_keeps_its_messages_queued(
     for id in &ids {
         assert_eq!(get_message(&rig.ferry, id).await.status, "accepted", "kept queued, not failed");
     }
+    // `/v1/health` shows the number blocked, with Meta's code.
+    let (status, body) = http_get(rig.ferry.http_addr, "/v1/health").await;
+    assert_eq!(status, 200, "{body}");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    let number = &health["cloud"]["numbers"][0];
+    assert_eq!(number["phone_number_id"], PHONE_NUMBER_ID, "{health}");
+    assert_eq!((&number["status"], &number["blocked_code"]), (&json!("blocked"), &json!(190)), "{health}");
+    // An unknown number is a clear 404 naming the configured ones.
+    let (status, body) = http_post_json(rig.ferry.http_addr, "/v1/cloud/numbers/999/unblock", &json!({})).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains(PHONE_NUMBER_ID) && body.contains("999"), "{body}");
+    // The operator's unblock: the number sends again at once (and, still expired, is refused
+    // and blocked again) instead of waiting for the hour-long probe. First every refusal so far
+    // must have come back to ferry (none in flight), so a later one is the unblock's.
+    let cloudsim = &rig.cloudsim;
+    let refused = || async { cloudsim.stats().await["refusals"]["190"].as_u64().unwrap_or(0) };
+    eventually(WAIT, "every refusal answered", || async {
+        metric(&rig.ferry, "ferry_cloud_requests_total", "outcome=\"blocked\"").await == refused().await as f64
+    })
+    .await;
+    let refusals = refused().await;
+    let path = format!("/v1/cloud/numbers/{PHONE_NUMBER_ID}/unblock");
+    let (status, body) = http_post_json(rig.ferry.http_addr, &path, &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((&answer["was_blocked"], &answer["blocked_code"]), (&json!(true), &json!(190)), "{answer}");
+    eventually(WAIT, "a send after the unblock", || async { refused().await > refusals }).await;
+    eventually(WAIT, "blocked again by the next refusal", || async {
+        metric(&rig.ferry, "ferry_cloud_number_blocked", &blocked).await == 1.0
+    })
+    .await;
     rig.ferry.terminate();
 }
 

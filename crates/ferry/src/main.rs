@@ -257,6 +257,7 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
             tracing::info!(base_url = %config.cloud.base_url, numbers = count, "delivering to the WhatsApp Cloud API");
             let webhook = ferry_http::cloud_webhook::CloudWebhook {
                 hub: shared.hub(),
+                numbers: shared.clone(),
                 app_secret: config.cloud.app_secret.clone().unwrap_or_default(),
                 verify_token: config.cloud.verify_token.clone().unwrap_or_default(),
             };

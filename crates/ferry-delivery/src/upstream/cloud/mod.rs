@@ -119,6 +119,8 @@ pub struct CloudShared {
     /// By business number (normalized: a message's `sender`).
     numbers: HashMap<String, Arc<NumberState>>,
     hub: Arc<CloudHub>,
+    /// Senders an operator unblocked ([`CloudShared::unblock`]); every shard's upstream listens.
+    reopened: tokio::sync::broadcast::Sender<String>,
 }
 
 impl CloudShared {
@@ -162,12 +164,34 @@ impl CloudShared {
             blocked_probe: Duration::from_secs(config.blocked_probe_secs),
             numbers: by_sender,
             hub: Arc::new(CloudHub::new(shards, ids)),
+            reopened: tokio::sync::broadcast::channel(64).0,
         }))
     }
 
     /// The hub `POST /webhooks/cloud` hands webhook events to.
     pub fn hub(&self) -> Arc<CloudHub> {
         self.hub.clone()
+    }
+
+    /// An operator's call: the number `phone_number_id` may send again now (every shard stops
+    /// backing off its messages and sends the next at once; if Meta still refuses, it is blocked
+    /// again). Returns the code that blocked it (None: it was not blocked), or an error naming the
+    /// configured numbers when no number has that id.
+    pub fn unblock(&self, phone_number_id: &str) -> Result<Option<u32>, String> {
+        let Some(n) = self.numbers.values().find(|n| n.phone_number_id == phone_number_id) else {
+            let mut ids: Vec<&str> = self.numbers.values().map(|n| n.phone_number_id.as_str()).collect();
+            ids.sort();
+            return Err(format!(
+                "no [[cloud.numbers]] entry has phone_number_id {phone_number_id}; configured: {}",
+                ids.join(", ")
+            ));
+        };
+        let was = n.blocked_code();
+        n.set_blocked(0);
+        tracing::info!(phone_number_id, was_blocked_by = ?was, "business number unblocked by an operator");
+        // No receiver: no shard loop runs (nothing to wake).
+        let _ = self.reopened.send(n.phone_number.clone());
+        Ok(was)
     }
 
     /// Every number with the code blocking it (None: sending).
@@ -204,6 +228,7 @@ impl Connect for CloudConnector {
             shared: self.shared.clone(),
             webhooks: self.shared.hub.take(index),
             shard: self.shard.clone(),
+            reopened: self.shared.reopened.subscribe(),
             recovered: None,
             recovered_until: tokio::time::Instant::now() + self.shared.reconcile,
             answers_tx,
@@ -250,6 +275,8 @@ pub(crate) struct CloudUpstream {
     webhooks: Option<mpsc::Receiver<WebhookItem>>,
     /// The shard: dispatch marks are written to it before each request.
     shard: Arc<Shard>,
+    /// Senders an operator unblocked (reported as [`UpstreamEvent::SenderReopened`]).
+    reopened: tokio::sync::broadcast::Receiver<String>,
     /// The messages marked dispatched when this upstream started, by seq (`None` until the marks
     /// could be read: the upstream is not up before).
     recovered: Option<HashMap<u64, Recovered>>,
@@ -414,20 +441,30 @@ impl Upstream for CloudUpstream {
         let raw = &mut self.raw;
         let answers = &mut self.answers;
         let mut webhooks_closed = false;
-        match self.webhooks.as_mut() {
-            Some(webhooks) => tokio::select! {
-                n = answers.recv_many(&mut done, 256) => {
-                    if n == 0 {
-                        return false;
-                    }
-                }
-                n = webhooks.recv_many(raw, 256) => webhooks_closed = n == 0,
-            },
-            None => {
-                if answers.recv_many(&mut done, 256).await == 0 {
+        // A webhook receiver that is gone (another instance holds it) never yields.
+        let webhooks = async {
+            match self.webhooks.as_mut() {
+                Some(w) => w.recv_many(raw, 256).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            n = answers.recv_many(&mut done, 256) => {
+                if n == 0 {
                     return false;
                 }
             }
+            n = webhooks => webhooks_closed = n == 0,
+            reopened = self.reopened.recv() => match reopened {
+                Ok(sender) => out.push(UpstreamEvent::SenderReopened { sender }),
+                // Missed some: reopen every number that is not blocked (harmless for the others).
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    for n in self.shared.numbers.values().filter(|n| n.blocked_code().is_none()) {
+                        out.push(UpstreamEvent::SenderReopened { sender: n.phone_number.clone() });
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+            },
         }
         if webhooks_closed {
             self.webhooks = None;
