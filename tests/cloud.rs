@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -33,10 +33,13 @@ struct CloudSimProcess {
 }
 
 impl CloudSimProcess {
+    /// The number takes 1,000 sends a second unless `extra` gives it (`--number`).
     fn spawn(webhook_url: &str, extra: &[&str]) -> CloudSimProcess {
+        let default_number = format!("{PHONE_NUMBER_ID}={TOKEN}:1000:{SENDER}");
+        let number: &[&str] = if extra.contains(&"--number") { &[] } else { &["--number", &default_number] };
         let mut child = ferry_command()
             .args(["cloudsim", "--listen", "127.0.0.1:0", "--webhook-url", webhook_url, "--app-secret", SECRET])
-            .args(["--number", &format!("{PHONE_NUMBER_ID}={TOKEN}:1000:{SENDER}")])
+            .args(number)
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -68,15 +71,21 @@ impl Drop for CloudSimProcess {
     }
 }
 
-/// Forwards cloudsim's webhooks to ferry's `/webhooks/cloud` (503 until ferry runs), keeping the
-/// signature and the raw body.
+/// Forwards cloudsim's webhooks to ferry's `/webhooks/cloud` (503 while no ferry runs), keeping
+/// the signature and the raw body.
 #[derive(Clone, Default)]
 struct Forwarder {
-    ferry_http: Arc<OnceLock<SocketAddr>>,
+    ferry_http: Arc<Mutex<Option<SocketAddr>>>,
+}
+
+impl Forwarder {
+    fn point_at(&self, addr: Option<SocketAddr>) {
+        *self.ferry_http.lock().unwrap() = addr;
+    }
 }
 
 async fn forward(State(f): State<Forwarder>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let Some(addr) = f.ferry_http.get().copied() else { return StatusCode::SERVICE_UNAVAILABLE };
+    let Some(addr) = *f.ferry_http.lock().unwrap() else { return StatusCode::SERVICE_UNAVAILABLE };
     let signature = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let status = post_raw(addr, "/webhooks/cloud", signature.as_deref(), &body).await.0;
     StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY)
@@ -143,6 +152,9 @@ struct Rig {
     cloudsim: CloudSimProcess,
     ferry: FerryProcess,
     received: Received,
+    forwarder: Forwarder,
+    /// ferry's arguments, for a restart.
+    args: Vec<String>,
 }
 
 async fn start_rig(dir: &Path, cloudsim_extra: &[&str], ferry_extra: &[&str]) -> Rig {
@@ -174,8 +186,9 @@ async fn start_rig(dir: &Path, cloudsim_extra: &[&str], ferry_extra: &[&str]) ->
     ];
     args.extend_from_slice(ferry_extra);
     let ferry = FerryProcess::spawn_with(dir, 2, &args);
-    forwarder.ferry_http.set(ferry.http_addr).unwrap();
-    Rig { cloudsim, ferry, received }
+    forwarder.point_at(Some(ferry.http_addr));
+    let args = args.iter().map(|a| a.to_string()).collect();
+    Rig { cloudsim, ferry, received, forwarder, args }
 }
 
 async fn send_json(addr: SocketAddr, path: &str, body: &Value) -> String {
@@ -371,7 +384,12 @@ async fn an_in_doubt_send_is_settled_by_its_webhook_and_not_sent_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_number_level_refusal_blocks_the_number_and_keeps_its_messages_queued() {
     let dir = tempfile::tempdir().unwrap();
-    let rig = start_rig(dir.path(), &["--expired-number", PHONE_NUMBER_ID], &[]).await;
+    // A probe interval far beyond the test: only the operator's unblock call can make ferry try
+    // the number again.
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, "[cloud]\nblocked_probe_secs = 3600\n").unwrap();
+    let data = dir.path().join("data");
+    let rig = start_rig(&data, &["--expired-number", PHONE_NUMBER_ID], &["--config", config.to_str().unwrap()]).await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let m = json!({"to": format!("+4479130{i:05}"), "type": "text", "text": {"body": "blocked"}});
@@ -389,6 +407,37 @@ async fn a_number_level_refusal_blocks_the_number_and_keeps_its_messages_queued(
     for id in &ids {
         assert_eq!(get_message(&rig.ferry, id).await.status, "accepted", "kept queued, not failed");
     }
+    // `/v1/health` shows the number blocked, with Meta's code.
+    let (status, body) = http_get(rig.ferry.http_addr, "/v1/health").await;
+    assert_eq!(status, 200, "{body}");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    let number = &health["cloud"]["numbers"][0];
+    assert_eq!(number["phone_number_id"], PHONE_NUMBER_ID, "{health}");
+    assert_eq!((&number["status"], &number["blocked_code"]), (&json!("blocked"), &json!(190)), "{health}");
+    // An unknown number is a clear 404 naming the configured ones.
+    let (status, body) = http_post_json(rig.ferry.http_addr, "/v1/cloud/numbers/999/unblock", &json!({})).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains(PHONE_NUMBER_ID) && body.contains("999"), "{body}");
+    // The operator's unblock: the number sends again at once (and, still expired, is refused
+    // and blocked again) instead of waiting for the hour-long probe. First every refusal so far
+    // must have come back to ferry (none in flight), so a later one is the unblock's.
+    let cloudsim = &rig.cloudsim;
+    let refused = || async { cloudsim.stats().await["refusals"]["190"].as_u64().unwrap_or(0) };
+    eventually(WAIT, "every refusal answered", || async {
+        metric(&rig.ferry, "ferry_cloud_requests_total", "outcome=\"blocked\"").await == refused().await as f64
+    })
+    .await;
+    let refusals = refused().await;
+    let path = format!("/v1/cloud/numbers/{PHONE_NUMBER_ID}/unblock");
+    let (status, body) = http_post_json(rig.ferry.http_addr, &path, &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((&answer["was_blocked"], &answer["blocked_code"]), (&json!(true), &json!(190)), "{answer}");
+    eventually(WAIT, "a send after the unblock", || async { refused().await > refusals }).await;
+    eventually(WAIT, "blocked again by the next refusal", || async {
+        metric(&rig.ferry, "ferry_cloud_number_blocked", &blocked).await == 1.0
+    })
+    .await;
     rig.ferry.terminate();
 }
 
@@ -422,4 +471,115 @@ async fn each_number_is_paced_at_its_throughput() {
     assert!((15..=21).contains(&max), "paced at 20/s: the busiest second had {max}: {last}");
     assert_eq!(last["refusals"]["130429"].as_u64().unwrap_or(0), 0, "{last}");
     rig.ferry.terminate();
+}
+
+/// The crash run: 20,000 messages to a Cloud API that takes some sends but answers them
+/// past ferry's request timeout or drops the connection after taking them (the in-doubt cases),
+/// and ferry SIGKILLed three times while it delivers. Whatever a killed process had posted carries
+/// a dispatch mark, so the next one waits for its webhook instead of posting it again: every
+/// message is taken by cloudsim exactly once, and every status reaches the user's webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkills_while_delivering_to_the_cloud_api_lose_nothing_and_send_nothing_twice() {
+    const N: usize = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    let file = format!(
+        "[cloud]\nrequest_timeout_ms = 300\nreconcile_secs = 30\n\n[[cloud.numbers]]\nphone_number = \"+{SENDER}\"\nphone_number_id = \"{PHONE_NUMBER_ID}\"\ntoken = \"replaced-by-the-flag\"\nthroughput_per_sec = 5000\n"
+    );
+    std::fs::write(&config, file).unwrap();
+    let data = dir.path().join("data");
+    let cloudsim = [
+        "--number",
+        &format!("{PHONE_NUMBER_ID}={TOKEN}:5000:{SENDER}"),
+        "--slow-rate",
+        "0.02",
+        "--slow-ms",
+        "1000",
+        "--drop-after-rate",
+        "0.01",
+        "--read-receipts",
+        "false",
+        "--webhook-batch",
+        "20",
+        "--webhook-retry-ms",
+        "50",
+    ];
+    let mut rig = start_rig(&data, &cloudsim, &["--config", config.to_str().unwrap()]).await;
+    let mut client = support::connect(rig.ferry.addr).await;
+    let all: Vec<_> =
+        (0..N).map(|i| support::text(&format!("+4479150{:05}", i % 2_000), &format!("crash {i}"))).collect();
+    let mut ids = Vec::with_capacity(N);
+    for chunk in all.chunks(500) {
+        let batch = ferry_proto::v1::SendBatchRequest { messages: chunk.to_vec() };
+        for r in client.send_batch(batch).await.expect("batch answered").into_inner().results {
+            match r.outcome {
+                Some(ferry_proto::v1::send_result::Outcome::Accepted(a)) => ids.push(a.message_id),
+                other => panic!("refused: {other:?}"),
+            }
+        }
+    }
+    // Three kills while cloudsim is taking messages (each once it took another 3,000), a restart
+    // on the same data dir after each.
+    let mut recovered = 0.0;
+    for kill in 1..=3u64 {
+        let target = kill * 3_000;
+        let mut taken = 0;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while taken < target {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cloudsim took only {taken} of {target} before kill {kill}"
+            );
+            taken = rig.cloudsim.stats().await["messages_taken"].as_u64().unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stats = rig.cloudsim.stats().await;
+        assert!(stats["messages_taken"].as_u64().unwrap() < N as u64, "delivery still running at kill {kill}: {stats}");
+        rig.forwarder.point_at(None);
+        rig.ferry.kill9();
+        let args: Vec<&str> = rig.args.iter().map(String::as_str).collect();
+        rig.ferry = FerryProcess::spawn_with(&data, 2, &args);
+        rig.forwarder.point_at(Some(rig.ferry.http_addr));
+        let ferry = &rig.ferry;
+        eventually(WAIT, "the restarted upstream read its marks", || async {
+            metric(ferry, "ferry_cloud_requests_total", "").await > 0.0
+                || metric(ferry, "ferry_cloud_in_doubt_recovered_total", "").await > 0.0
+        })
+        .await;
+        recovered += metric(&rig.ferry, "ferry_cloud_in_doubt_recovered_total", "").await;
+    }
+    let mut last = Value::Null;
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    while tokio::time::Instant::now() < deadline {
+        last = rig.cloudsim.stats().await;
+        if last["unique_messages"].as_u64() >= Some(N as u64) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["unique_messages"], N as u64, "every accepted message taken: {last}");
+    assert!(last["slow_answers"].as_u64().unwrap() > 0, "in-doubt faults happened: {last}");
+    assert!(recovered > 0.0, "a kill left messages that may have been posted (dispatch marks)");
+    // Every status of every message reaches the user's webhook (at least once).
+    let want: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let received = rig.received.clone();
+    eventually(WAIT * 2, "sent and delivered relayed for every message", || async {
+        let bodies = received.lock().unwrap().clone();
+        let mut sent = std::collections::HashSet::new();
+        let mut delivered = std::collections::HashSet::new();
+        for (id, status, _) in statuses(&bodies) {
+            match status.as_str() {
+                "sent" => sent.insert(id),
+                "delivered" => delivered.insert(id),
+                _ => false,
+            };
+        }
+        want.iter().all(|id| sent.contains(*id) && delivered.contains(*id))
+    })
+    .await;
+    let stats = rig.cloudsim.stats().await;
+    assert_eq!(stats["duplicate_messages"], 0, "no message posted twice across {recovered} recovered marks: {stats}");
+    assert_eq!(stats["messages_taken"], N as u64, "{stats}");
+    let status = rig.ferry.terminate();
+    assert!(status.success(), "ferry exited with {status}");
 }

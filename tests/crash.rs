@@ -5,10 +5,17 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::time::Duration;
 
-use ferry_model::ShardId;
+use ferry_model::routing::{shard_for_idempotency_key, shard_for_recipient};
+use ferry_model::{ShardId, phone};
+use ferry_proto::v1;
+use ferry_shard::storage::idempotency_key;
 use ferry_shard::{NodeLayout, Shard, ShardConfig, SharedResources};
-use support::{FerryProcess, LoadOutcome, SendLoad, assert_all_kept, connect, ferry_command, text};
+use support::{
+    ChatSimProcess, FerryProcess, LoadOutcome, SendLoad, assert_all_kept, chat_stats, connect, ferry_command, http_get,
+    text, wait_for,
+};
 
 use tonic::Code;
 
@@ -125,6 +132,126 @@ async fn every_acknowledged_send_survives_sigkill() {
     for m in answers.iter().map(|(m, _)| m).chain(&cut_off) {
         let wa_id = m.to.trim_start_matches('+');
         assert_eq!(per.get(wa_id), Some(&1), "messages for key {} (sends to {wa_id} only)", m.idempotency_key);
+    }
+}
+
+/// Sum of `ferry_shard_appended_total` over every shard in a `/metrics` scrape: messages durably
+/// appended since the process started.
+async fn appended_total(http: std::net::SocketAddr) -> u64 {
+    let (status, body) = http_get(http, "/metrics").await;
+    assert_eq!(status, 200, "/metrics: {body}");
+    body.lines()
+        .filter(|l| l.starts_with("ferry_shard_appended_total{"))
+        .map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or_else(|| panic!("{l}")) as u64)
+        .sum()
+}
+
+/// A SIGKILL with idempotency intents outstanding, every time: the first process runs with the
+/// test hook `FERRY_TEST_HOLD_KEY_SHARD_WRITES` (a send whose key lives on another shard than its
+/// message writes the message and its intent, then holds the key-shard record write back forever,
+/// unanswered), so the kill always lands between the two writes. After the restart each key
+/// resolves to exactly one message: its retry answers the message already written (only the
+/// intent replay at start-up can, for the keys on another shard), and the chat server receives
+/// each message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_between_the_message_and_its_key_shard_record_leaves_one_message_per_key() {
+    const SHARDS: u16 = 4;
+    const N: usize = 48;
+    const SENDER: &str = "+15550100000";
+    let sim = ChatSimProcess::spawn("127.0.0.1:0", &[]);
+    let upstream = sim.addr.to_string();
+    let flags = ["--upstream", upstream.as_str(), "--default-sender", SENDER, "--customer-service-window", "off"];
+    let dir = tempfile::tempdir().unwrap();
+    let ferry = FerryProcess::spawn_with_env(dir.path(), SHARDS, &flags, &[("FERRY_TEST_HOLD_KEY_SHARD_WRITES", "1")]);
+    let mut client = connect(ferry.addr).await;
+
+    // One batch of keyed sends, each to a recipient of its own; a key lives on another shard than
+    // its message for most of them (those get an intent, and their record is held back).
+    let sender = phone::normalize(SENDER, "1").unwrap();
+    let messages: Vec<v1::SendRequest> = (0..N)
+        .map(|i| {
+            let mut m = text(&format!("+1631555{i:04}"), &format!("held {i}"));
+            m.idempotency_key = format!("held-key-{i}");
+            m
+        })
+        .collect();
+    let elsewhere = messages
+        .iter()
+        .filter(|m| {
+            let wa = phone::normalize(&m.to, "1").unwrap();
+            let key = idempotency_key(sender.as_str(), &m.idempotency_key);
+            shard_for_idempotency_key(&key, SHARDS) != shard_for_recipient(&wa, SHARDS)
+        })
+        .count();
+    assert!(elsewhere > 0, "no key on another shard than its message: the test would prove nothing");
+    let batch = {
+        let mut c = client.clone();
+        let messages = messages.clone();
+        tokio::spawn(async move { c.send_batch(v1::SendBatchRequest { messages }).await })
+    };
+    // Every message is durable (its shard's writer counted it), and the batch waits for the
+    // records held back: the kill lands between the two writes.
+    wait_for(Duration::from_secs(60), &format!("{N} messages appended"), || async {
+        match appended_total(ferry.http_addr).await {
+            n if n == N as u64 => Ok(()),
+            n => Err(format!("{n} appended")),
+        }
+    })
+    .await;
+    assert!(!batch.is_finished(), "the batch was answered although its records were held back");
+    ferry.kill9();
+    let cut = tokio::time::timeout(Duration::from_secs(30), batch).await.expect("the kill ends the batch").unwrap();
+    assert!(cut.is_err(), "the batch was answered: {cut:?}");
+
+    // What the kill left: every message once, and an intent without its record for each key on
+    // another shard.
+    {
+        let (_resources, shards) = open_shards(dir.path(), SHARDS);
+        assert_eq!(intents_without_record(&shards), elsewhere, "intents left without their record by the kill");
+        let per = messages_per_recipient(&shards);
+        for m in &messages {
+            assert_eq!(per.get(m.to.trim_start_matches('+')), Some(&1), "messages for {} before the restart", m.to);
+        }
+    }
+
+    // Restarted without the hook: a retry of every key answers its first message.
+    let ferry = FerryProcess::spawn_with(dir.path(), SHARDS, &flags);
+    client = connect(ferry.addr).await;
+    let mut ids = Vec::with_capacity(N);
+    for m in &messages {
+        let again = client.send(m.clone()).await.unwrap_or_else(|s| panic!("retry of {}: {s}", m.idempotency_key));
+        let again = again.into_inner();
+        assert!(again.idempotent_replay, "key {} made a second message {}", m.idempotency_key, again.message_id);
+        ids.push(again.message_id);
+    }
+    let distinct: HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), N, "two keys answered one message");
+    // The chat server receives each message once (resends of a message it has are not new).
+    wait_until_at_least_sent(&client, &ids, Duration::from_secs(60)).await;
+    let stats = chat_stats(sim.addr).await;
+    assert_eq!(stats.unique_messages, N as u64, "messages the chat server received: {stats:?}");
+    assert_eq!(ferry.terminate().code(), Some(0), "SIGTERM drains and exits 0");
+    let (_resources, shards) = open_shards(dir.path(), SHARDS);
+    assert_eq!(intents_without_record(&shards), 0);
+    let per = messages_per_recipient(&shards);
+    for m in &messages {
+        assert_eq!(per.get(m.to.trim_start_matches('+')), Some(&1), "messages for key {}", m.idempotency_key);
+    }
+}
+
+/// Waits until every id's status is `sent` or later (the chat server acked it).
+async fn wait_until_at_least_sent(client: &support::Client, ids: &[String], timeout: Duration) {
+    for id in ids {
+        wait_for(timeout, &format!("{id} at least sent"), || {
+            let (mut c, id) = (client.clone(), id.clone());
+            async move {
+                match support::status_of(&mut c, &id).await.status.as_str() {
+                    "sent" | "delivered" | "read" => Ok(()),
+                    other => Err(other.to_owned()),
+                }
+            }
+        })
+        .await;
     }
 }
 

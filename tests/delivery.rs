@@ -17,27 +17,71 @@ use ferry_coordinator::CoordinatorConfig;
 use ferry_delivery::DeliveryConfig;
 use ferry_model::clock::{ManualClock, SharedClock};
 use ferry_proto::v1;
-use support::{Delivering, chat_stats, eventually, status_of, text};
+use support::{Delivering, chat_stats, eventually, status_of, text, wait_for};
 
 async fn chatsim(config: ChatSimConfig) -> ChatSim {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     ChatSim::start(listener, config).await.expect("start chatsim")
 }
 
-async fn chatsim_on(addr: SocketAddr, config: ChatSimConfig) -> ChatSim {
-    // The port was just released by a stopped chatsim (the node keeps this address, so the same
-    // port is needed); binding again may need a moment (tokio sets SO_REUSEADDR, so a closed
-    // connection's TIME_WAIT does not block it). Retried for up to 20 s, saying why it failed.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => return ChatSim::start(listener, config).await.expect("start chatsim"),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(%addr, error = %e, "port not free yet");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+/// A TCP proxy in front of the chat server, owned by the test: the node is pointed at its
+/// listener, bound once on port 0 and never released, so an outage needs no port given up and
+/// bound again. It forwards every connection to the current backend; routed to `None` (an outage)
+/// it cuts the connections it forwards and closes every new one at once, counting each.
+struct Proxy {
+    addr: SocketAddr,
+    backend: tokio::sync::watch::Sender<Option<SocketAddr>>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(backend: SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(Some(backend));
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = refused.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (mut client, _) = listener.accept().await.expect("the proxy accepts");
+                let mut route = rx.clone();
+                let backend = *route.borrow_and_update();
+                let refused = counter.clone();
+                tokio::spawn(async move {
+                    let server = match backend {
+                        Some(backend) => tokio::net::TcpStream::connect(backend).await.ok(),
+                        None => None,
+                    };
+                    let Some(mut server) = server else {
+                        refused.fetch_add(1, Ordering::AcqRel);
+                        return; // `client` dropped: closed at once
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = route.changed() => {} // rerouted (an outage): cut
+                    }
+                });
             }
-            Err(e) => panic!("cannot bind {addr} again within 20 s: {e}"),
-        }
+        });
+        Proxy { addr, backend: tx, refused, task }
+    }
+
+    /// Forwards new connections to `backend` from now on (`None`: closes them); cuts the ones open.
+    fn route(&self, backend: Option<SocketAddr>) {
+        self.backend.send_replace(backend);
+    }
+
+    /// Connections closed at once so far (accepted during an outage, or the backend refused them).
+    fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -248,8 +292,9 @@ async fn sessions_survive_a_restart_and_an_eviction_reloads_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_outage_loses_nothing_and_the_backlog_drains() {
     let sim = chatsim(ChatSimConfig::default()).await;
-    let addr = sim.local_addr();
-    let ferry = node(4, addr, DeliveryConfig::for_test(), ferry_model::clock::system()).await;
+    // The node reaches the chat server through the test's proxy: the outage is made there.
+    let proxy = Proxy::start(sim.local_addr()).await;
+    let ferry = node(4, proxy.addr, DeliveryConfig::for_test(), ferry_model::clock::system()).await;
     let mut client = ferry.node.client().await;
 
     let mut ids = send_texts(&mut client, 1_000, 200, "before").await;
@@ -259,15 +304,35 @@ async fn an_upstream_outage_loses_nothing_and_the_backlog_drains() {
     wait_all_at_least_sent(&c, &ids, Duration::from_secs(30)).await;
     let before = sim.stats();
     assert_eq!(before.unique_messages, 1_000);
+    // The outage: every link is cut, every new connection closed at once, and the server goes.
+    proxy.route(None);
     sim.shutdown().await;
 
-    // Accepted while the chat server is down: durable, waiting.
-    ids.extend(send_texts(&mut client, 1_000, 200, "during").await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let queued = status_of(&mut client, ids.last().unwrap()).await;
-    assert_eq!(queued.status, "accepted");
+    // Accepted while the chat server is down: durable, waiting. Once every one of them is in a
+    // delivery loop's memory and the loops have tried the server again since (refused), none of
+    // them may have been sent or failed.
+    let during = send_texts(&mut client, 1_000, 200, "during").await;
+    wait_for(Duration::from_secs(30), "the 1,000 messages sent during the outage in memory", || async {
+        match ferry.totals().loaded {
+            1_000 => Ok(()),
+            n => Err(format!("{n} in memory")),
+        }
+    })
+    .await;
+    let refused = proxy.refused();
+    wait_for(Duration::from_secs(60), "8 more connections refused (2 per shard)", || async {
+        let n = proxy.refused() - refused;
+        if n >= 8 { Ok(()) } else { Err(format!("{n} refused")) }
+    })
+    .await;
+    for id in &during {
+        assert_eq!(status_of(&mut c, id).await.status, "accepted", "{id}, sent during the outage");
+    }
+    ids.extend(during);
 
-    let sim = chatsim_on(addr, ChatSimConfig::default()).await;
+    // A new server (it knows no session), behind the same proxy address.
+    let sim = chatsim(ChatSimConfig::default()).await;
+    proxy.route(Some(sim.local_addr()));
     wait_all_at_least_sent(&c, &ids, Duration::from_secs(60)).await;
     let after = sim.stats();
     assert_eq!(before.unique_messages + after.unique_messages, 2_000, "every message reached a server once");
@@ -381,8 +446,17 @@ async fn a_marketing_limited_message_fails_with_131049_after_growing_waits_while
     assert_eq!(error.title, "This message was not delivered to maintain healthy ecosystem engagement");
     assert!(error.details.contains("refused 4 times"), "{error:?}");
     wait_all_at_least_sent(&client, &others, Duration::from_secs(20)).await;
-    // Every other recipient was delivered, and the failed message is not sent again.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every other recipient was delivered, and the failed message is not sent again: the loop
+    // holds no message any more (none in memory, none in flight), so it has nothing to resend.
+    wait_for(Duration::from_secs(20), "the delivery loop holds no message", || async {
+        let t = ferry.totals();
+        if (t.loaded, t.in_flight) == (0, 0) {
+            Ok(())
+        } else {
+            Err(format!("{} in memory, {} in flight", t.loaded, t.in_flight))
+        }
+    })
+    .await;
     let stats = chat_stats(sim.local_addr()).await;
     assert_eq!(stats.marketing_limited, 4, "marketing_limit_retries + 1 attempts");
     assert_eq!(stats.unique_messages, 20);

@@ -180,6 +180,26 @@ where
     }
 }
 
+/// Polls `check` every 50 ms until it returns `Ok`, or panics after `timeout` with `what` and what
+/// the last check saw (its `Err`).
+pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let seen = match check().await {
+            Ok(()) => return,
+            Err(seen) => seen,
+        };
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}; last seen: {seen}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until every message in `ids` has status `read` (each within `timeout`).
 pub async fn wait_until_read(client: &Client, ids: &[String], timeout: Duration) {
     for id in ids {
@@ -245,18 +265,31 @@ impl FerryProcess {
     /// [`FerryProcess::spawn`] with extra flags, e.g. `["--upstream", addr]`. Auth is off
     /// (`--auth disabled`): see [`FerryProcess::spawn_with_auth`].
     pub fn spawn_with(data_dir: &Path, shards: u16, extra: &[&str]) -> FerryProcess {
-        FerryProcess::start(data_dir, shards, extra, None)
+        FerryProcess::start(data_dir, shards, extra, None, &[])
+    }
+
+    /// [`FerryProcess::spawn_with`] with extra environment variables (test hooks such as
+    /// `FERRY_TEST_HOLD_KEY_SHARD_WRITES`).
+    pub fn spawn_with_env(data_dir: &Path, shards: u16, extra: &[&str], env: &[(&str, &str)]) -> FerryProcess {
+        FerryProcess::start(data_dir, shards, extra, None, env)
     }
 
     /// [`FerryProcess::spawn_with`] with auth on; `admin_password` goes to FERRY_ADMIN_PASSWORD
     /// (None: ferry generates one at first start, see `generated_admin_password`).
     pub fn spawn_with_auth(data_dir: &Path, shards: u16, admin_password: Option<&str>, extra: &[&str]) -> FerryProcess {
-        FerryProcess::start(data_dir, shards, extra, Some(admin_password))
+        FerryProcess::start(data_dir, shards, extra, Some(admin_password), &[])
     }
 
     /// `auth`: None = `--auth disabled`; Some(password) = auth on, with that admin password.
-    fn start(data_dir: &Path, shards: u16, extra: &[&str], auth: Option<Option<&str>>) -> FerryProcess {
+    fn start(
+        data_dir: &Path,
+        shards: u16,
+        extra: &[&str],
+        auth: Option<Option<&str>>,
+        env: &[(&str, &str)],
+    ) -> FerryProcess {
         let mut command = ferry_command();
+        command.envs(env.iter().copied());
         command
             .args(["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .args(["--shards", &shards.to_string(), "--data-dir"])

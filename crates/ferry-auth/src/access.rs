@@ -53,6 +53,7 @@ pub const ACCESS_TABLE: &[(Endpoint<'static>, Access)] = &[
     (Endpoint::Http("PATCH", "/v1/users/{username}"), ADMIN),
     (Endpoint::Http("DELETE", "/v1/users/{username}"), ADMIN),
     (Endpoint::Http("GET", "/v1/settings"), ADMIN),
+    (Endpoint::Http("POST", "/v1/cloud/numbers/{phone_number_id}/unblock"), ADMIN),
     // Meta's webhooks: no bearer token; the handler checks X-Hub-Signature-256 (401 otherwise)
     // and the handshake's verify token (403 otherwise).
     (Endpoint::Http("GET", "/webhooks/cloud"), Access::Open),

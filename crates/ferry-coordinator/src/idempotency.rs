@@ -68,6 +68,8 @@ pub(crate) struct Keys {
     pending: parking_lot::Mutex<AHashMap<Vec<u8>, IdempotencyRecord>>,
     /// Failpoint for tests: skip the key-shard write (and `pending`), as a crash there would.
     skip_key_shard_write: AtomicBool,
+    /// Test hook: see [`crate::Coordinator::failpoint_hold_key_shard_writes`].
+    hold_key_shard_write: AtomicBool,
 }
 
 impl Keys {
@@ -76,6 +78,7 @@ impl Keys {
             locks: (0..KEY_LOCK_STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
             pending: parking_lot::Mutex::new(AHashMap::new()),
             skip_key_shard_write: AtomicBool::new(false),
+            hold_key_shard_write: AtomicBool::new(false),
         }
     }
 
@@ -110,6 +113,10 @@ impl Keys {
         self.skip_key_shard_write.store(skip, Ordering::Relaxed);
     }
 
+    pub(crate) fn set_hold_key_shard_write(&self, hold: bool) {
+        self.hold_key_shard_write.store(hold, Ordering::Relaxed);
+    }
+
     /// Writes the records of `writes` to their key shards; call with their stripes locked and the
     /// messages durable. Returns once each record is findable: durable on its key shard, or (if
     /// that write failed) in `pending`, with a task retrying the write.
@@ -119,6 +126,10 @@ impl Keys {
         let keys = &core.keys;
         if writes.is_empty() || keys.skip_key_shard_write.load(Ordering::Relaxed) {
             return;
+        }
+        if keys.hold_key_shard_write.load(Ordering::Relaxed) {
+            // Test hook: the messages and intents are durable, the records nowhere; never answer.
+            return std::future::pending().await;
         }
         {
             let mut pending = keys.pending.lock();

@@ -209,6 +209,15 @@ impl Coordinator {
         self.core.keys.set_skip_key_shard_write(skip);
     }
 
+    /// Test hook: when set, a send with an idempotency record for another key shard stops after
+    /// its durable append (messages and intents written) and waits forever, holding the record
+    /// write back and the send unanswered: a SIGKILL then always lands between the two writes.
+    /// `ferry serve` sets it when `FERRY_TEST_HOLD_KEY_SHARD_WRITES` is in its environment.
+    #[doc(hidden)]
+    pub fn failpoint_hold_key_shard_writes(&self, hold: bool) {
+        self.core.keys.set_hold_key_shard_write(hold);
+    }
+
     /// Test support: see [`Shard::pause_writer_for_test`].
     #[doc(hidden)]
     pub fn pause_shard_writer_for_test(&self, shard: ShardId) -> ferry_shard::shard::WriterHold {

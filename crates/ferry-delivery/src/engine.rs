@@ -275,6 +275,10 @@ impl<U: Upstream> ShardLoop<U> {
             }
             UpstreamEvent::Inbound { message, token } => self.on_inbound(message, token),
             UpstreamEvent::Unrecognized { token } => self.receipts_to_ack.push(token),
+            UpstreamEvent::SenderReopened { sender } => {
+                self.gates.reopen_sender(&sender);
+                self.ready_all(|k| k.split('\0').next() == Some(sender.as_str()));
+            }
         }
     }
 

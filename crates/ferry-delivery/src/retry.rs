@@ -126,6 +126,11 @@ impl Gates {
         true
     }
 
+    /// An operator lifted `sender`'s block: its gate opens now, its streak is forgotten.
+    pub(crate) fn reopen_sender(&mut self, sender: &str) {
+        self.senders.remove(sender);
+    }
+
     /// The upstream's timer fired: true when its gate is open now.
     pub(crate) fn unblock_upstream(&mut self, now: Instant) -> bool {
         if self.upstream.is_closed(now) {
@@ -217,6 +222,9 @@ mod tests {
         assert!(gates.unblock_sender("biz1", at(600)));
         assert_eq!(gates.refuse_sender(&c, "biz1", NO_HINT, at(700)), at(800), "an acceptance resets X");
         // The upstream gate blocks every sender, for at least its hint.
+        gates.reopen_sender("biz1");
+        assert!(!gates.blocked("biz1", at(700)), "reopened by an operator");
+        assert_eq!(gates.refuse_sender(&c, "biz1", NO_HINT, at(700)), at(800), "and its streak starts again");
         assert_eq!(gates.refuse_upstream(&c, Duration::from_millis(250), at(700)), at(950));
         assert!(gates.blocked("biz2", at(900)) && gates.blocked("biz3", at(900)));
         assert!(!gates.unblock_upstream(at(900)) && gates.unblock_upstream(at(950)));

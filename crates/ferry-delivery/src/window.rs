@@ -173,7 +173,7 @@ impl Admission {
 /// worker's other tasks (accepts among them) to another thread for the scan's duration. Point reads
 /// (`get_queued`, p99 39 µs) stay inline: the hand-off would cost about as much. On a
 /// current-thread runtime (unit tests) the scan just runs.
-fn off_worker<T>(scan: impl FnOnce() -> T) -> T {
+pub(crate) fn off_worker<T>(scan: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(scan),
         _ => scan(),

@@ -31,6 +31,8 @@ use crate::{HttpState, Route};
 /// What the webhook routes need (set only with the Cloud upstream).
 pub struct CloudWebhook {
     pub hub: Arc<CloudHub>,
+    /// The numbers (for `/v1/health` and the unblock call, `cloud_numbers.rs`).
+    pub numbers: Arc<ferry_delivery::upstream::cloud::CloudShared>,
     pub app_secret: String,
     pub verify_token: String,
 }

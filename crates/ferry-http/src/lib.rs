@@ -6,6 +6,7 @@
 //! - [`users`]: `POST /v1/users/login`, `/v1/users/logout`, user management, settings; the
 //!   auth middleware in front of every route.
 //! - [`ops`]: `GET /v1/health`, `/healthz`, `/readyz`, `/metrics`.
+//! - [`cloud_numbers`]: `POST /v1/cloud/numbers/{phone_number_id}/unblock` (admin)
 //! - [`cloud_webhook`]: `GET|POST /webhooks/cloud`, Meta's webhooks for the Cloud upstream
 //!   (signed, not bearer-authenticated).
 //!
@@ -18,6 +19,7 @@
 //! returned after the durable write. No route runs without the auth middleware, and none the
 //! access table does not name runs for a caller below `admin`.
 
+pub mod cloud_numbers;
 pub mod cloud_webhook;
 pub mod limits;
 pub mod messages;
@@ -173,6 +175,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(users::routes());
     all.extend(ops::routes());
     all.extend(cloud_webhook::routes());
+    all.extend(cloud_numbers::routes());
     all
 }
 

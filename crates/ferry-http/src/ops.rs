@@ -4,8 +4,9 @@
 //!   `shard-NN` (`{"health":{"shard-00":{"gateway_status":"connected","role":"shard"},...},
 //!   "meta":{"api_status":"stable","version":"X.Y.Z"}}`). `gateway_status` is the state of
 //!   that shard's link to the chat server: `connected`, `connecting` (first attempt or
-//!   reconnecting) or `disconnected` (the stream ended; waiting to retry). Always 200: the body
-//!   says what is wrong.
+//!   reconnecting) or `disconnected` (the stream ended; waiting to retry). With the Cloud
+//!   upstream, `cloud.numbers` lists each business number: `status` `sending`, or `blocked` with
+//!   Meta's `blocked_code`. Always 200: the body says what is wrong.
 //! - `GET /healthz` (liveness): 200 while the process serves HTTP.
 //! - `GET /readyz` (readiness): 200 when the node is not draining, every shard is open, no
 //!   shard's delivery loop is restarting after a panic, and at least one shard is connected to
@@ -196,7 +197,10 @@ async fn health(State(state): State<Arc<HttpState>>) -> Response {
         .enumerate()
         .map(|(i, s)| (format!("shard-{i:02}"), json!({"gateway_status": s.as_str(), "role": "shard"})))
         .collect();
-    let body = json!({"health": health, "meta": {"api_status": "stable", "version": version()}});
+    let mut body = json!({"health": health, "meta": {"api_status": "stable", "version": version()}});
+    if let Some(cloud) = &state.cloud {
+        body["cloud"] = json!({"numbers": crate::cloud_numbers::numbers_json(&cloud.numbers)});
+    }
     (StatusCode::OK, json_body(body)).into_response()
 }
 

@@ -26,8 +26,8 @@ use rocksdb::WriteBatch;
 use crate::ShardError;
 use crate::settle::{FailureReason, Settlement};
 use crate::storage::{
-    CF_CONTACTS, CF_HELD, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_META, CF_OUTBOX, CF_QUEUE, CF_RELEASED,
-    CF_SESSIONS, CF_STATUS, ContactRecord, HeldRecord, IdempotencyIntent, IdempotencyRecord, META_APPLIED_AT_MS,
+    CF_CONTACTS, CF_DISPATCHED, CF_HELD, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_META, CF_OUTBOX, CF_QUEUE, CF_RELEASED,
+    CF_SESSIONS, CF_STATUS, ContactRecord, DispatchRecord, HeldRecord, IdempotencyIntent, IdempotencyRecord, META_APPLIED_AT_MS,
     META_ID_SPACE, META_NEXT_OUTBOX_SEQ, META_NEXT_SEQ, META_QUEUE_LOW_WATERMARK, META_WEBHOOK_CURSOR, StatusRecord,
     Store, encode_value, queue_key, session_key,
 };
@@ -62,6 +62,8 @@ pub enum EntryOp {
     ResolveHeld { seqs: Vec<u64>, action: HeldAction, at_ms: i64 },
     SetWebhookCursor { next: u64 },
     PutSessions { entries: Vec<(Vec<u8>, Vec<u8>)> },
+    /// Dispatch marks (`dispatched`, see the storage docs), stamped `at_ms` by the caller.
+    MarkDispatched { seqs: Vec<u64>, at_ms: i64 },
 }
 
 /// What one op of an entry did.
@@ -94,6 +96,10 @@ pub struct ShardApplied {
     pub released_put: Vec<u64>,
     /// `released` keys this entry deletes: released messages that left the queue in it.
     pub released_deleted: Vec<u64>,
+    /// `dispatched` keys this entry puts (and does not delete again).
+    pub dispatched_put: Vec<u64>,
+    /// `dispatched` keys this entry deletes: marked messages that left the queue in it.
+    pub dispatched_deleted: Vec<u64>,
 }
 
 /// The part of the state machine apply keeps in memory: each field mirrors a `meta` key or a
@@ -113,6 +119,9 @@ pub struct ShardState {
     pub at_ms: i64,
     /// The keys of the `released` column family: released held messages still in the queue.
     pub released: BTreeSet<u64>,
+    /// The keys of the `dispatched` column family (a queue removal deletes the mark in its batch).
+    /// Empty unless the upstream writes marks, so the chat path pays nothing.
+    pub dispatched: BTreeSet<u64>,
 }
 
 impl ShardState {
@@ -133,6 +142,7 @@ impl ShardState {
             low_watermark: store.get_meta_u64(META_QUEUE_LOW_WATERMARK)?.unwrap_or(1),
             at_ms,
             released: store.released_seqs()?,
+            dispatched: store.dispatch_marks()?.into_iter().map(|(seq, _)| seq).collect(),
         })
     }
 
@@ -151,6 +161,10 @@ impl ShardState {
             self.released.remove(seq);
         }
         self.released.extend(applied.released_put.iter().copied());
+        for seq in &applied.dispatched_deleted {
+            self.dispatched.remove(seq);
+        }
+        self.dispatched.extend(applied.dispatched_put.iter().copied());
     }
 }
 
@@ -272,6 +286,8 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
             released: Vec::new(),
             released_put: Vec::new(),
             released_deleted: Vec::new(),
+            dispatched_put: Vec::new(),
+            dispatched_deleted: Vec::new(),
         };
     }
     let (queue, idem, intents, meta) =
@@ -289,6 +305,8 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
     let mut released_now: Vec<u64> = Vec::new();
     let mut left_queue: Vec<u64> = Vec::new();
     let mut resolved_here: HashSet<u64> = HashSet::new();
+    // Seqs marked dispatched in this entry.
+    let mut marked_now: Vec<u64> = Vec::new();
     let mut outcomes = Vec::with_capacity(entry.ops.len());
     let mut next_seq = entry.first_seq;
     for op in &entry.ops {
@@ -468,6 +486,14 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
                 }
                 OpOutcome::Done
             }
+            EntryOp::MarkDispatched { seqs, at_ms } => {
+                let value = encode_value(&DispatchRecord { at_ms: *at_ms });
+                for seq in seqs {
+                    batch.put_cf(store.cf(CF_DISPATCHED), queue_key(*seq), &value);
+                    marked_now.push(*seq);
+                }
+                OpOutcome::Done
+            }
         };
         outcomes.push(outcome);
     }
@@ -502,6 +528,22 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
         let kept = state.released.iter().copied().find(|s| !left.contains(s));
         floor = kept.into_iter().chain(released_put.iter().copied()).min();
     }
+    // A message leaving the queue takes its dispatch mark with it (marked earlier, or in this
+    // very entry: the delete comes after the put in the batch).
+    let (mut dispatched_put, mut dispatched_deleted) = (Vec::new(), Vec::new());
+    if !state.dispatched.is_empty() || !marked_now.is_empty() {
+        let left: HashSet<u64> = left_queue.iter().copied().collect();
+        let marked_here: HashSet<u64> = marked_now.iter().copied().collect();
+        dispatched_deleted = left_queue
+            .iter()
+            .copied()
+            .filter(|s| state.dispatched.contains(s) || marked_here.contains(s))
+            .collect();
+        for seq in &dispatched_deleted {
+            batch.delete_cf(store.cf(CF_DISPATCHED), queue_key(*seq));
+        }
+        dispatched_put = marked_now.into_iter().filter(|s| !left.contains(s)).collect();
+    }
     let low_watermark = next_low_watermark(state, requested_watermark, floor);
     if let Some(mark) = low_watermark {
         batch.put_cf(meta, META_QUEUE_LOW_WATERMARK, mark.to_be_bytes());
@@ -517,6 +559,8 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
         released: released_now,
         released_put,
         released_deleted,
+        dispatched_put,
+        dispatched_deleted,
     }
 }
 

@@ -127,6 +127,8 @@ impl Shard {
         let store = Arc::new(Store::open(dir, id.0, resources, ms(config.status_retention_secs), events)?);
         init_meta(&store, id, shard_count, node_id)?;
         let identity_key = init_identity_key(&store, id)?;
+        // Before the state is read: marks whose message is no longer queued are dropped.
+        init_dispatch_marks(&store, id)?;
         let state = ShardState::load(&store, id)?;
         let (next_seq, next_outbox_seq, id_space) = (state.next_seq, state.next_outbox_seq, state.id_space);
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -347,6 +349,28 @@ impl Shard {
         self.submit(WriteOp::PutSessions { entries, reply })?;
         let shard = self.id.0;
         Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
+    }
+
+    /// Marks queued messages durably (synced) as possibly handed to an upstream that cannot
+    /// deduplicate, before the request goes out (see the storage docs, "Dispatch marks"). The
+    /// mark leaves with the message's queue key.
+    ///
+    /// Never refused for capacity (like settlements): it holds no queue space.
+    pub fn mark_dispatched_durably(
+        &self,
+        seqs: Vec<u64>,
+        at_ms: i64,
+    ) -> Result<impl Future<Output = Result<(), ShardError>> + use<>, ShardError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(WriteOp::MarkDispatched { seqs, at_ms, reply })?;
+        let shard = self.id.0;
+        Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
+    }
+
+    /// The queued messages with a dispatch mark: after a crash, those that may have been posted
+    /// to the upstream. Reads the (small) `dispatched` column family.
+    pub fn dispatch_marks(&self) -> Result<Vec<(u64, crate::storage::DispatchRecord)>, ShardError> {
+        self.store.dispatch_marks()
     }
 
     /// The status-event sequence number below which every event is durable.
@@ -614,6 +638,45 @@ fn init_webhook_cursor(store: &Store, id: ShardId, next_outbox_seq: u64) -> Resu
     sync.set_sync(true);
     store.db.write_opt(batch, &sync).map_err(|source| ShardError::Rocks { shard: id.0, source })?;
     Ok(next_outbox_seq)
+}
+
+/// Loads the dispatch marks for the writer, deleting (synced) any whose message is no longer
+/// queued: a mark written just after its message was settled (the request's mark raced the
+/// settle) is of no use and would otherwise stay forever.
+fn init_dispatch_marks(store: &Store, id: ShardId) -> Result<std::collections::HashSet<u64>, ShardError> {
+    let mut live = std::collections::HashSet::new();
+    let mut batch = rocksdb::WriteBatch::default();
+    for (seq, _) in store.dispatch_marks()? {
+        if store.get_queued(seq)?.is_some() {
+            live.insert(seq);
+        } else {
+            batch.delete_cf(store.cf(crate::storage::CF_DISPATCHED), crate::storage::queue_key(seq));
+        }
+    }
+    if !batch.is_empty() {
+        let mut sync = rocksdb::WriteOptions::default();
+        sync.set_sync(true);
+        store.db.write_opt(batch, &sync).map_err(|source| ShardError::Rocks { shard: id.0, source })?;
+    }
+    Ok(live)
+}
+
+/// Deletes (synced) every dispatch mark whose message is no longer queued: a mark written just
+/// after its message was settled (the request's mark raced the settle) is of no use and would
+/// otherwise stay forever.
+fn init_dispatch_marks(store: &Store, id: ShardId) -> Result<(), ShardError> {
+    let mut batch = rocksdb::WriteBatch::default();
+    for (seq, _) in store.dispatch_marks()? {
+        if store.get_queued(seq)?.is_none() {
+            batch.delete_cf(store.cf(crate::storage::CF_DISPATCHED), crate::storage::queue_key(seq));
+        }
+    }
+    if !batch.is_empty() {
+        let mut sync = rocksdb::WriteOptions::default();
+        sync.set_sync(true);
+        store.db.write_opt(batch, &sync).map_err(|source| ShardError::Rocks { shard: id.0, source })?;
+    }
+    Ok(())
 }
 
 /// Reads the shard's identity secret, drawing and storing (synced) one if the shard has none yet.

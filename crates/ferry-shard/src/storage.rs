@@ -17,6 +17,7 @@
 //! | `contacts` | `business ++ 0x00 ++ user` (UTF-8 wa_ids) | `[1u8] ++ ContactRecord` (protobuf) | writer (inbound) |
 //! | `held` | `seq` as u64 big-endian | `[1u8] ++ HeldRecord` (protobuf) | writer (append, resolve held) |
 //! | `released` | `seq` as u64 big-endian | empty | writer (resolve held: put; settle/remove: delete) |
+//! | `dispatched` | `seq` as u64 big-endian | `[1u8] ++ DispatchRecord` (protobuf) | writer (before an upstream request that cannot be deduplicated; deleted with the queue key) |
 //!
 //! `meta` keys: `format_version` (u32 BE), `shard` (u16 BE index ++ u16 BE shard count),
 //! `node_id` (u64 BE), `id_space` (u64 BE: bytes 2..10 of every message id this shard issues;
@@ -130,6 +131,18 @@
 //! to the key shard and clears the intent. At start-up every remaining intent is replayed before
 //! the node serves, so a crash between the two writes cannot let a retry create a second message.
 //! Records older than 24 h are ignored on lookup and dropped by a compaction filter.
+//!
+//! ## Dispatch marks (`dispatched`)
+//!
+//! An upstream that cannot deduplicate (the Cloud API has no idempotency key) must know after a
+//! crash which queued messages it may already have posted. Before such a request goes out, the
+//! delivery loop writes a `dispatched` mark for the message (`Shard::mark_dispatched_durably`,
+//! synced like every batch); the mark is deleted in the same batch that removes the message from
+//! the queue (settled `sent` or `failed`, or removed after its TTL). So after a crash the marks
+//! are exactly the queued messages that may have been posted: the upstream treats those as in
+//! doubt instead of posting them again at once. The chat upstream deduplicates by id and writes
+//! no marks. Marks are written and deleted (`Delete`; a mark may be written again by a resend),
+//! never read on the hot path: the writer keeps the set of marked seqs in memory, loaded at open.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -157,8 +170,9 @@ pub const CF_OUTBOX: &str = "outbox";
 pub const CF_CONTACTS: &str = "contacts";
 pub const CF_HELD: &str = "held";
 pub const CF_RELEASED: &str = "released";
+pub const CF_DISPATCHED: &str = "dispatched";
 /// Every column family of a shard database.
-pub const ALL_CFS: [&str; 10] = [
+pub const ALL_CFS: [&str; 11] = [
     CF_META,
     CF_QUEUE,
     CF_IDEMPOTENCY,
@@ -169,6 +183,7 @@ pub const ALL_CFS: [&str; 10] = [
     CF_CONTACTS,
     CF_HELD,
     CF_RELEASED,
+    CF_DISPATCHED,
 ];
 
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
@@ -224,6 +239,15 @@ pub struct HeldRecord {
     /// The template's name (what `ResolveHeld` selects by).
     #[prost(string, tag = "2")]
     pub template_name: String,
+}
+
+/// A queued message that may have been handed to an upstream that cannot deduplicate (see
+/// "Dispatch marks" above).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DispatchRecord {
+    /// When the latest request for it was about to go out.
+    #[prost(int64, tag = "1")]
+    pub at_ms: i64,
 }
 
 /// What an idempotency key answered the first time.
@@ -669,6 +693,11 @@ impl Store {
     /// Up to `limit` queued messages with sequence in `[from, until)`, in queue order. Both bounds
     /// are given to RocksDB (`iterate_lower_bound`/`iterate_upper_bound`), so the iterator never
     /// looks at tombstones outside the range.
+    /// Every dispatch mark (see "Dispatch marks"), in seq order.
+    pub fn dispatch_marks(&self) -> Result<Vec<(u64, DispatchRecord)>, ShardError> {
+        self.scan_bounded(CF_DISPATCHED, 0, u64::MAX, usize::MAX)
+    }
+
     pub fn scan_queue_range(&self, from: u64, until: u64, limit: usize) -> Result<Vec<(u64, QueueRecord)>, ShardError> {
         self.scan_bounded(CF_QUEUE, from, until, limit)
     }

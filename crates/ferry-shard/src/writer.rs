@@ -118,6 +118,13 @@ pub(crate) enum WriteOp {
         next: u64,
         reply: Reply<()>,
     },
+    /// Marks queued messages as possibly handed to an upstream that cannot deduplicate
+    /// (`dispatched`, see the storage docs); the marks leave with the queue keys.
+    MarkDispatched {
+        seqs: Vec<u64>,
+        at_ms: i64,
+        reply: Reply<()>,
+    },
     /// Stores encryption-session snapshots (`sender ++ 0 ++ recipient` → snapshot).
     PutSessions {
         entries: Vec<(Vec<u8>, Vec<u8>)>,
@@ -146,6 +153,7 @@ impl WriteOp {
             WriteOp::PutIdempotency { .. }
             | WriteOp::Settle { .. }
             | WriteOp::PutSessions { .. }
+            | WriteOp::MarkDispatched { .. }
             | WriteOp::SetWebhookCursor { .. }
             | WriteOp::ResolveHeld { .. }
             | WriteOp::Stop => 0,
@@ -248,6 +256,9 @@ impl Planner {
                 }
                 WriteOp::SetWebhookCursor { next, reply } => (EntryOp::SetWebhookCursor { next }, Waiter::Done(reply)),
                 WriteOp::PutSessions { entries, reply } => (EntryOp::PutSessions { entries }, Waiter::Done(reply)),
+                WriteOp::MarkDispatched { seqs, at_ms, reply } => {
+                    (EntryOp::MarkDispatched { seqs, at_ms }, Waiter::Done(reply))
+                }
                 WriteOp::Hold { .. } | WriteOp::Stop => unreachable!("holds and stops are handled by run"),
             };
             entry_ops.push(op);

@@ -233,6 +233,11 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot open data dir {}", config.data_dir.display()))?,
     );
+    // Test hook (tests/crash.rs): every key-shard idempotency record write is held back forever.
+    if std::env::var_os("FERRY_TEST_HOLD_KEY_SHARD_WRITES").is_some() {
+        tracing::warn!("FERRY_TEST_HOLD_KEY_SHARD_WRITES is set: sends with a key on another shard never answer");
+        coordinator.failpoint_hold_key_shard_writes(true);
+    }
     // The upstream: the Cloud API, the configured chat server, or the reference one in this
     // process.
     let cloud_numbers = config.cloud_numbers()?;
@@ -257,6 +262,7 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
             tracing::info!(base_url = %config.cloud.base_url, numbers = count, "delivering to the WhatsApp Cloud API");
             let webhook = ferry_http::cloud_webhook::CloudWebhook {
                 hub: shared.hub(),
+                numbers: shared.clone(),
                 app_secret: config.cloud.app_secret.clone().unwrap_or_default(),
                 verify_token: config.cloud.verify_token.clone().unwrap_or_default(),
             };

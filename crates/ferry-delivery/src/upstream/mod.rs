@@ -189,6 +189,9 @@ pub enum UpstreamEvent {
     Inbound { message: Inbound, token: EventToken },
     /// Nothing to record: acknowledge `token` with this turn's events.
     Unrecognized { token: EventToken },
+    /// The sender may be sent to again now (an operator lifted its block): its back-off ends and
+    /// its streak starts again at X = 0.
+    SenderReopened { sender: String },
 }
 
 /// The upstream of one shard loop. See the module docs.

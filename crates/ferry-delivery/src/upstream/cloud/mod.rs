@@ -19,6 +19,12 @@
 //!   sent); a timeout or a connection lost once the request went out → **in doubt** for
 //!   `reconcile_secs`: a webhook status naming its marker settles it (it adopts the wamid); a
 //!   resubmit after the wait is resent (`on_unresolved = resend`, counted) or failed (`fail`).
+//! - **In doubt across a crash**: once the pacer lets a request go, and before it is written, the
+//!   message gets a durable *dispatch mark* in its shard (`Shard::mark_dispatched_durably`; it
+//!   leaves with the queue key). Every (re)start of the upstream reads the marks: those messages
+//!   may have been posted by the previous process (or loop), so each is in doubt for
+//!   `reconcile_secs` from the start — a webhook status naming it settles it, silence resends or
+//!   fails it as above. A message without a mark was never posted and goes out at once.
 //! - **Webhooks** (`hub.rs`): statuses with a marker come to the marker's shard; `sent`,
 //!   `delivered`, `read` settle an in-flight or in-doubt message as accepted (a status that
 //!   overtakes the 200 of its own POST) and are recorded as statuses; `failed` goes through the
@@ -37,7 +43,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_cloud::StatusKind;
 use ferry_cloud::codes::{self, Class};
-use ferry_model::{ErrorCode, MessageStatus};
+use ferry_model::{ErrorCode, MessageId, MessageStatus};
 use ferry_shard::Shard;
 use ferry_webhooks::HttpClient;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -66,6 +72,9 @@ pub const IN_DOUBT_RESOLVED_TOTAL: &str = "ferry_cloud_in_doubt_resolved_total";
 pub const IN_DOUBT_RESENT_TOTAL: &str = "ferry_cloud_in_doubt_resent_total";
 /// Counter: in-doubt messages failed after `reconcile_secs` (`on_unresolved = fail`).
 pub const IN_DOUBT_FAILED_TOTAL: &str = "ferry_cloud_in_doubt_failed_total";
+/// Counter: queued messages found with a dispatch mark when a shard's upstream (re)started
+/// (after a crash or a loop restart): each is in doubt for `reconcile_secs`.
+pub const IN_DOUBT_RECOVERED_TOTAL: &str = "ferry_cloud_in_doubt_recovered_total";
 /// Counter: send requests by outcome (`accepted`, `retry`, `throughput`, `pair`, `marketing`,
 /// `failed`, `blocked`, `in_doubt`).
 pub const REQUESTS_TOTAL: &str = "ferry_cloud_requests_total";
@@ -110,6 +119,8 @@ pub struct CloudShared {
     /// By business number (normalized: a message's `sender`).
     numbers: HashMap<String, Arc<NumberState>>,
     hub: Arc<CloudHub>,
+    /// Senders an operator unblocked ([`CloudShared::unblock`]); every shard's upstream listens.
+    reopened: tokio::sync::broadcast::Sender<String>,
 }
 
 impl CloudShared {
@@ -153,12 +164,34 @@ impl CloudShared {
             blocked_probe: Duration::from_secs(config.blocked_probe_secs),
             numbers: by_sender,
             hub: Arc::new(CloudHub::new(shards, ids)),
+            reopened: tokio::sync::broadcast::channel(64).0,
         }))
     }
 
     /// The hub `POST /webhooks/cloud` hands webhook events to.
     pub fn hub(&self) -> Arc<CloudHub> {
         self.hub.clone()
+    }
+
+    /// An operator's call: the number `phone_number_id` may send again now (every shard stops
+    /// backing off its messages and sends the next at once; if Meta still refuses, it is blocked
+    /// again). Returns the code that blocked it (None: it was not blocked), or an error naming the
+    /// configured numbers when no number has that id.
+    pub fn unblock(&self, phone_number_id: &str) -> Result<Option<u32>, String> {
+        let Some(n) = self.numbers.values().find(|n| n.phone_number_id == phone_number_id) else {
+            let mut ids: Vec<&str> = self.numbers.values().map(|n| n.phone_number_id.as_str()).collect();
+            ids.sort();
+            return Err(format!(
+                "no [[cloud.numbers]] entry has phone_number_id {phone_number_id}; configured: {}",
+                ids.join(", ")
+            ));
+        };
+        let was = n.blocked_code();
+        n.set_blocked(0);
+        tracing::info!(phone_number_id, was_blocked_by = ?was, "business number unblocked by an operator");
+        // No receiver: no shard loop runs (nothing to wake).
+        let _ = self.reopened.send(n.phone_number.clone());
+        Ok(was)
     }
 
     /// Every number with the code blocking it (None: sending).
@@ -189,11 +222,15 @@ impl Connect for CloudConnector {
         // (`/readyz`, `/v1/health`); a blocked number shows in `ferry_cloud_number_blocked`.
         self.stats.link_state.store(LinkState::Connected as u8, Ordering::Relaxed);
         let (answers_tx, answers) = mpsc::channel(8192);
-        let upstream = CloudUpstream {
+        let mut upstream = CloudUpstream {
             shard_label: self.shard.id().to_string(),
             index,
             shared: self.shared.clone(),
             webhooks: self.shared.hub.take(index),
+            shard: self.shard.clone(),
+            reopened: self.shared.reopened.subscribe(),
+            recovered: None,
+            recovered_until: tokio::time::Instant::now() + self.shared.reconcile,
             answers_tx,
             answers,
             requests: JoinSet::new(),
@@ -204,12 +241,22 @@ impl Connect for CloudConnector {
             local: Vec::new(),
             raw: Vec::with_capacity(256),
         };
+        upstream.load_marks();
         // Nothing runs in the background but the requests (owned by the upstream).
         let idle = tokio::spawn(async move {
             let _ = shutdown.wait_for(|s| *s).await;
         });
         (upstream, idle)
     }
+}
+
+/// A queued message found with a dispatch mark at the upstream's start.
+#[derive(Debug)]
+enum Recovered {
+    /// No status named it yet: in doubt until `recovered_until`.
+    Waiting,
+    /// A webhook status settled it before the core submitted it again: the answer to give.
+    Settled(Outcome),
 }
 
 /// The answer of one request, from its task.
@@ -226,6 +273,16 @@ pub(crate) struct CloudUpstream {
     shared: Arc<CloudShared>,
     /// The shard's webhook events (`None` if another instance holds it: none arrive then).
     webhooks: Option<mpsc::Receiver<WebhookItem>>,
+    /// The shard: dispatch marks are written to it before each request.
+    shard: Arc<Shard>,
+    /// Senders an operator unblocked (reported as [`UpstreamEvent::SenderReopened`]).
+    reopened: tokio::sync::broadcast::Receiver<String>,
+    /// The messages marked dispatched when this upstream started, by seq (`None` until the marks
+    /// could be read: the upstream is not up before).
+    recovered: Option<HashMap<u64, Recovered>>,
+    /// When the recovered messages stop waiting for a status (start + `reconcile_secs`); while
+    /// `recovered` is `None`, when the marks are read again.
+    recovered_until: tokio::time::Instant,
     answers_tx: mpsc::Sender<RequestDone>,
     answers: mpsc::Receiver<RequestDone>,
     /// The running requests (aborted when the upstream is dropped).
@@ -252,7 +309,9 @@ impl Drop for CloudUpstream {
 
 impl Upstream for CloudUpstream {
     fn is_up(&self) -> bool {
-        true
+        // Until the marks are read, nothing may be posted: a marked message must not go out
+        // before it is known to be in doubt.
+        self.recovered.is_some()
     }
 
     fn needs_prepare(&mut self, _key: &str) -> bool {
@@ -272,6 +331,25 @@ impl Upstream for CloudUpstream {
         if self.running.contains(a.message_id) {
             // Its request still runs (waiting for the pacer or the answer): that answer will do.
             return Submitted::Sent;
+        }
+        let seq = MessageId::decode(a.message_id).map(|k| k.seq);
+        if let Some(recovered) = seq.and_then(|seq| self.recovered.as_mut()?.remove(&seq)) {
+            match recovered {
+                Recovered::Settled(outcome) => {
+                    self.answer_now(a.message_id, outcome);
+                    return Submitted::Sent;
+                }
+                Recovered::Waiting => {
+                    // Posted (perhaps) by the previous process: in doubt like a timed-out
+                    // request, for what is left of the wait since the start.
+                    self.in_doubt.insert(a.message_id.to_owned());
+                    let wait = self.recovered_until.saturating_duration_since(tokio::time::Instant::now());
+                    if !wait.is_zero() {
+                        self.answer_now(a.message_id, Outcome::InDoubt { wait });
+                        return Submitted::Sent;
+                    }
+                }
+            }
         }
         if self.in_doubt.remove(a.message_id) {
             match self.shared.on_unresolved {
@@ -294,6 +372,12 @@ impl Upstream for CloudUpstream {
                 }
             }
         }
+        let Some(seq) = seq else {
+            let code = ErrorCode::Internal;
+            let details = format!("`{}` is not a ferry message id", a.message_id);
+            self.answer_now(a.message_id, Outcome::Failed { code: code.code(), title: code.title().into(), details });
+            return Submitted::Sent;
+        };
         let Some(number) = self.shared.numbers.get(a.recipient.sender).cloned() else {
             let details = format!("no [[cloud.numbers]] entry for sender {}", a.recipient.sender);
             let code = ErrorCode::InvalidParameter;
@@ -312,11 +396,11 @@ impl Upstream for CloudUpstream {
             }
         };
         self.running.insert(a.message_id.to_owned());
-        let shared = self.shared.clone();
+        let (shared, shard) = (self.shared.clone(), self.shard.clone());
         let tx = self.answers_tx.clone();
         let (message_id, sender) = (a.message_id.to_owned(), a.recipient.sender.to_owned());
         self.requests.spawn(async move {
-            let outcome = post(&shared, &number, body).await;
+            let outcome = post(&shared, &shard, seq, &number, body).await;
             let _ = tx.send(RequestDone { message_id, sender, outcome }).await;
         });
         Submitted::Sent
@@ -339,6 +423,16 @@ impl Upstream for CloudUpstream {
     /// Cancel-safe: `recv_many` is, and events are translated only once it returned.
     async fn next_events(&mut self, out: &mut Vec<UpstreamEvent>) -> bool {
         while self.requests.try_join_next().is_some() {}
+        if self.recovered.is_none() {
+            // The marks could not be read at the start: try again, and come up once they are
+            // (a deadline, not a sleep: the loop may drop this future and call again).
+            tokio::time::sleep_until(self.recovered_until).await;
+            self.load_marks();
+            if self.recovered.is_some() {
+                out.push(UpstreamEvent::Up);
+            }
+            return true;
+        }
         if !self.local.is_empty() {
             out.append(&mut self.local);
             return true;
@@ -347,20 +441,30 @@ impl Upstream for CloudUpstream {
         let raw = &mut self.raw;
         let answers = &mut self.answers;
         let mut webhooks_closed = false;
-        match self.webhooks.as_mut() {
-            Some(webhooks) => tokio::select! {
-                n = answers.recv_many(&mut done, 256) => {
-                    if n == 0 {
-                        return false;
-                    }
-                }
-                n = webhooks.recv_many(raw, 256) => webhooks_closed = n == 0,
-            },
-            None => {
-                if answers.recv_many(&mut done, 256).await == 0 {
+        // A webhook receiver that is gone (another instance holds it) never yields.
+        let webhooks = async {
+            match self.webhooks.as_mut() {
+                Some(w) => w.recv_many(raw, 256).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            n = answers.recv_many(&mut done, 256) => {
+                if n == 0 {
                     return false;
                 }
             }
+            n = webhooks => webhooks_closed = n == 0,
+            reopened = self.reopened.recv() => match reopened {
+                Ok(sender) => out.push(UpstreamEvent::SenderReopened { sender }),
+                // Missed some: reopen every number that is not blocked (harmless for the others).
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    for n in self.shared.numbers.values().filter(|n| n.blocked_code().is_none()) {
+                        out.push(UpstreamEvent::SenderReopened { sender: n.phone_number.clone() });
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+            },
         }
         if webhooks_closed {
             self.webhooks = None;
@@ -376,7 +480,42 @@ impl Upstream for CloudUpstream {
     }
 }
 
+/// How soon unreadable dispatch marks are read again.
+const MARKS_RETRY: Duration = Duration::from_secs(1);
+
 impl CloudUpstream {
+    /// Reads the shard's dispatch marks (a small column family: the messages that had a request
+    /// out when the previous upstream ended). On a read error the upstream stays down.
+    fn load_marks(&mut self) {
+        match crate::window::off_worker(|| self.shard.dispatch_marks()) {
+            Ok(marks) => {
+                if !marks.is_empty() {
+                    metrics::counter!(IN_DOUBT_RECOVERED_TOTAL).increment(marks.len() as u64);
+                    tracing::warn!(shard = %self.shard_label, count = marks.len(), wait_secs = self.shared.reconcile.as_secs(), "messages that may have been posted before the restart are in doubt");
+                }
+                self.recovered_until = tokio::time::Instant::now() + self.shared.reconcile;
+                self.recovered = Some(marks.into_iter().map(|(seq, _)| (seq, Recovered::Waiting)).collect());
+            }
+            Err(e) => {
+                tracing::error!(shard = %self.shard_label, error = %e, "cannot read the dispatch marks; nothing is sent until they are read");
+                // While no marks are loaded this is when they are read again.
+                self.recovered_until = tokio::time::Instant::now() + MARKS_RETRY;
+            }
+        }
+    }
+
+    /// A webhook settled `message_id`: if it is a recovered message the core has not submitted
+    /// again yet, remember the answer for that submit.
+    fn settle_recovered(&mut self, message_id: &str, outcome: &Outcome) {
+        let Some(seq) = MessageId::decode(message_id).map(|k| k.seq) else { return };
+        if let Some(r) = self.recovered.as_mut().and_then(|m| m.get_mut(&seq)) {
+            if matches!(r, Recovered::Waiting) && matches!(outcome, Outcome::Accepted { .. }) {
+                metrics::counter!(IN_DOUBT_RESOLVED_TOTAL).increment(1);
+            }
+            *r = Recovered::Settled(outcome.clone());
+        }
+    }
+
     fn answer_now(&mut self, message_id: &str, outcome: Outcome) {
         self.local.push(UpstreamEvent::Answer { message_id: message_id.to_owned(), attempt: 0, outcome });
     }
@@ -428,6 +567,7 @@ impl CloudUpstream {
             }
             let upstream_id = Some(s.wamid.clone()).filter(|w| !w.is_empty());
             let accepted = Outcome::Accepted { upstream_id, at_ms: s.at_ms, duplicate: false };
+            self.settle_recovered(&s.message_id, &accepted);
             out.push(UpstreamEvent::Answer { message_id: s.message_id.clone(), attempt: 0, outcome: accepted });
             out.push(UpstreamEvent::Status { message_id: s.message_id, status, at_ms: s.at_ms, token });
             return;
@@ -436,6 +576,9 @@ impl CloudUpstream {
             let (code, title, details) = s.error.unwrap_or((codes::SOMETHING_WENT_WRONG, String::new(), String::new()));
             self.in_doubt.remove(&s.message_id);
             let outcome = outcome_for(&self.shared, code, title, details, None, 400);
+            if matches!(outcome, Outcome::Failed { .. }) {
+                self.settle_recovered(&s.message_id, &outcome);
+            }
             out.push(UpstreamEvent::Answer { message_id: s.message_id, attempt: 0, outcome });
         }
         out.push(UpstreamEvent::Unrecognized { token });
@@ -460,12 +603,22 @@ pub(crate) fn cloud_body(payload: &[u8], message_id: &str) -> Result<Bytes, Stri
     serde_json::to_vec(&v).map(Bytes::from).map_err(|e| e.to_string())
 }
 
-/// One request: the number's pacer, then the POST within `request_timeout`.
+/// One request: the number's pacer, the message's dispatch mark (durable), then the POST within
+/// `request_timeout`.
 ///
 /// Cancel-safe in the sense that matters: dropping it mid-request leaves the message in the
-/// core's hands (it resends after its timeout).
-async fn post(shared: &CloudShared, number: &NumberState, body: Bytes) -> Outcome {
+/// core's hands (it resends after its timeout), and its mark makes a restart treat it as in doubt.
+async fn post(shared: &CloudShared, shard: &Shard, seq: u64, number: &NumberState, body: Bytes) -> Outcome {
     number.pacer.until_ready().await;
+    // The mark goes to disk before the request does: after a crash, a marked message may have
+    // been posted, an unmarked one was not.
+    let marked = match shard.mark_dispatched_durably(vec![seq], ferry_model::clock::system_now_ms()) {
+        Ok(durable) => durable.await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = marked {
+        return Outcome::Retry { detail: format!("cannot record the dispatch mark: {e}") };
+    }
     let request = hyper::Request::post(number.url.clone())
         .header(hyper::header::AUTHORIZATION, number.authorization.clone())
         .header(hyper::header::CONTENT_TYPE, "application/json")

@@ -1,0 +1,56 @@
+//! Dispatch marks (`dispatched`, see the storage docs): written before a request to an upstream
+//! that cannot deduplicate, they leave with the message's queue key (settled or removed), survive
+//! a crash for messages still queued, and a mark that outlived its message is dropped at open.
+
+use ferry_model::ShardId;
+use ferry_shard::settle::status_base;
+use ferry_shard::test_support::{message, resources};
+use ferry_shard::{Settlement, Shard, ShardConfig, SharedResources};
+
+fn open(dir: &std::path::Path, resources: &SharedResources) -> Shard {
+    Shard::open(dir, ShardId(0), 1, 9, resources, &ShardConfig::default()).unwrap()
+}
+
+fn base(shard: &Shard, seq: u64) -> ferry_shard::StatusRecord {
+    status_base(&shard.get_queued(seq).unwrap().unwrap())
+}
+
+fn marks(shard: &Shard) -> Vec<u64> {
+    shard.dispatch_marks().unwrap().into_iter().map(|(seq, _)| seq).collect()
+}
+
+#[tokio::test]
+async fn a_mark_leaves_with_its_message_and_survives_a_crash_while_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = resources();
+    let shard = open(dir.path(), &res);
+    let out = shard.append_durably(vec![message(1), message(2), message(3), message(4)]).unwrap().await.unwrap();
+    let seqs: Vec<u64> = out.iter().map(|o| o.seq).collect();
+    shard.mark_dispatched_durably(seqs[..3].to_vec(), 5_000).unwrap().await.unwrap();
+    assert_eq!(marks(&shard), seqs[..3].to_vec());
+    assert_eq!(shard.dispatch_marks().unwrap()[0].1.at_ms, 5_000);
+
+    // Settled `sent`, settled `failed`, removed (TTL): each takes its mark along.
+    let sent = Settlement::Sent { seq: seqs[0], message: base(&shard, seqs[0]), at_ms: 6_000 };
+    shard.settle_durably(vec![sent], None).unwrap().await.unwrap();
+    assert_eq!(marks(&shard), seqs[1..3].to_vec());
+    let reason = ferry_shard::FailureReason { code: 131026, title: "undeliverable".into(), details: String::new() };
+    let failed = Settlement::Failed { seq: seqs[1], message: base(&shard, seqs[1]), at_ms: 6_000, reason };
+    shard.settle_durably(vec![failed], None).unwrap().await.unwrap();
+    shard.remove_durably(vec![seqs[3]]).unwrap().await.unwrap();
+    assert_eq!(marks(&shard), vec![seqs[2]], "removing an unmarked message touches no mark");
+
+    // A mark written after its message left (a request's mark racing its settle) stays until
+    // the next open, which drops it; the mark of the queued message survives a crash.
+    shard.mark_dispatched_durably(vec![seqs[0]], 7_000).unwrap().await.unwrap();
+    assert_eq!(marks(&shard), vec![seqs[0], seqs[2]]);
+    shard.crash_for_test();
+    drop(shard);
+    let shard = open(dir.path(), &res);
+    assert_eq!(marks(&shard), vec![seqs[2]], "only the queued message's mark is left");
+
+    // After the reopen the writer still knows the mark: settling the message deletes it.
+    let sent = Settlement::Sent { seq: seqs[2], message: base(&shard, seqs[2]), at_ms: 8_000 };
+    shard.settle_durably(vec![sent], None).unwrap().await.unwrap();
+    assert!(marks(&shard).is_empty());
+}
