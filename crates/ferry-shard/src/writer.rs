@@ -124,6 +124,10 @@ pub(crate) enum WriteOp {
         at_ms: i64,
         reply: Reply<()>,
     },
+    /// Deletes dispatch marks: the upstream answered that it did not take the messages.
+    ClearDispatched {
+        seqs: Vec<u64>,
+    },
     /// Stores encryption-session snapshots (`sender ++ 0 ++ recipient` → snapshot).
     PutSessions {
         entries: Vec<(Vec<u8>, Vec<u8>)>,
@@ -144,7 +148,7 @@ impl WriteOp {
     pub(crate) fn weight(&self) -> usize {
         match self {
             WriteOp::Append { messages, .. } => messages.len(),
-            WriteOp::ClearIntents { .. } => 0,
+            WriteOp::ClearIntents { .. } | WriteOp::ClearDispatched { .. } => 0,
             WriteOp::Remove { seqs, .. } => seqs.len(),
             // Settlements and sessions free or hold no queue space: never refused for capacity
             // (the delivery loop must always be able to record an ack). An idempotency record
@@ -337,8 +341,10 @@ impl Writer {
             (store.cf(CF_QUEUE), store.cf(CF_IDEMPOTENCY), store.cf(CF_IDEMPOTENCY_INTENTS), store.cf(CF_META));
         let (sessions_cf, outbox_cf, held_cf) = (store.cf(CF_SESSIONS), store.cf(CF_OUTBOX), store.cf(CF_HELD));
         let dispatched_cf = store.cf(CF_DISPATCHED);
-        // Seqs marked in this batch (added to `self.dispatched` once it is durable).
+        // Seqs marked in this batch (added to `self.dispatched` once it is durable), and marks
+        // cleared in it (removed from it then).
         let mut marked_now: Vec<u64> = Vec::new();
+        let mut cleared_now: Vec<u64> = Vec::new();
         let outbox_before = self.next_outbox_seq;
         let mut next_outbox_seq = self.next_outbox_seq;
         let mut status = StatusBatch {
@@ -547,6 +553,15 @@ impl Writer {
                     }
                     pending.push(Pending::Done(reply));
                 }
+                WriteOp::ClearDispatched { seqs } => {
+                    for seq in seqs {
+                        if self.dispatched.contains(&seq) || marked_now.contains(&seq) {
+                            batch.delete_cf(dispatched_cf, queue_key(seq));
+                            marked_now.retain(|s| *s != seq);
+                            cleared_now.push(seq);
+                        }
+                    }
+                }
                 WriteOp::PutSessions { entries, reply } => {
                     for (key, snapshot) in entries {
                         let mut value = Vec::with_capacity(1 + snapshot.len());
@@ -608,7 +623,7 @@ impl Writer {
                 }
                 if !marked_now.is_empty() || !self.dispatched.is_empty() {
                     self.dispatched.extend(marked_now);
-                    for seq in &left_queue {
+                    for seq in left_queue.iter().chain(&cleared_now) {
                         self.dispatched.remove(seq);
                     }
                 }
