@@ -583,3 +583,92 @@ async fn sigkills_while_delivering_to_the_cloud_api_lose_nothing_and_send_nothin
     let status = rig.ferry.terminate();
     assert!(status.success(), "ferry exited with {status}");
 }
+
+/// Meta's limits per recipient: a pair refused with 131056 backs off alone (4^X from
+/// `delivery.rate_limit_base_ms`, not a retry storm) while the number's other recipients are
+/// delivered, and stays queued; a recipient refused with 131049 (the marketing limit) fails
+/// after `delivery.marketing_limit_retries` refusals in a row with Meta's code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_pair_backs_off_alone_and_the_marketing_limit_fails_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, "[delivery]\nrate_limit_base_ms = 100\nmarketing_limit_retries = 2\n").unwrap();
+    let data = dir.path().join("data");
+    let cloudsim = ["--refuse", "4479171=131056", "--refuse", "4479172=131049"];
+    let rig = start_rig(&data, &cloudsim, &["--config", config.to_str().unwrap()]).await;
+    let send = |to: String| {
+        let m = json!({"to": to, "type": "text", "text": {"body": "limits"}});
+        let addr = rig.ferry.http_addr;
+        async move { send_json(addr, "/v1/messages", &m).await }
+    };
+    let mut pair = Vec::new();
+    for _ in 0..3 {
+        pair.push(send("+447917100000".into()).await);
+    }
+    let marketing = send("+447917200000".into()).await;
+    let mut others = Vec::new();
+    for i in 0..50 {
+        others.push(send(format!("+4479173{i:05}")).await);
+    }
+    for id in &others {
+        eventually(WAIT, &format!("{id} read"), || async { get_message(&rig.ferry, id).await.status == "read" }).await;
+    }
+    eventually(WAIT, "the marketing-limited message failed", || async {
+        get_message(&rig.ferry, &marketing).await.status == "failed"
+    })
+    .await;
+    let record = get_message(&rig.ferry, &marketing).await;
+    assert_eq!(record.error.as_ref().map(|e| e.code), Some(131049), "{record:?}");
+    let stats = rig.cloudsim.stats().await;
+    assert_eq!(stats["refusals"]["131049"], 3, "refused once, then marketing_limit_retries (2) more: {stats}");
+    // The pair: still queued, not failed; its head was retried with a growing back-off.
+    for id in &pair {
+        assert_eq!(get_message(&rig.ferry, id).await.status, "accepted", "a rate limit never fails a message");
+    }
+    let pair_refusals = stats["refusals"]["131056"].as_u64().unwrap_or(0);
+    assert!(pair_refusals >= 1, "{stats}");
+    // 100 ms × 4^X: within the first 100 s at most 1 + 100 + 400 + 1600 + 6400 + 25600 + 102400
+    // ms of waits fit, i.e. 7 attempts; a retry without the back-off would make hundreds.
+    assert!(pair_refusals <= 7, "{pair_refusals} refusals of one pair: no back-off? {stats}");
+    assert_eq!(stats["messages_taken"], 50, "only the 50 others were taken: {stats}");
+    rig.ferry.terminate();
+}
+
+/// Webhooks in any order, some twice: a message's status still only moves forward (with every
+/// message's statuses reversed — `read` first, `sent` last — each ends `read`: the late
+/// `delivered` and `sent` change nothing), no status is recorded twice, nothing is taken twice,
+/// and `sent` and `read` reach the user's webhook for every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reordered_and_duplicated_webhooks_never_move_a_status_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloudsim = ["--webhook-reorder-rate", "1", "--webhook-duplicate-rate", "0.5"];
+    let rig = start_rig(dir.path(), &cloudsim, &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let m = json!({"to": format!("+4479174{i:05}"), "type": "text", "text": {"body": "reordered"}});
+        ids.push(send_json(rig.ferry.http_addr, "/v1/messages", &m).await);
+    }
+    let received = rig.received.clone();
+    eventually(WAIT, "sent and read relayed for every message", || async {
+        let seen = statuses(&received.lock().unwrap().clone());
+        ids.iter().all(|id| ["sent", "read"].iter().all(|s| seen.iter().any(|(i, st, _)| i == id && st == s)))
+    })
+    .await;
+    let stats = rig.cloudsim.stats().await;
+    assert_eq!(stats["webhooks"]["reordered_messages"].as_u64(), Some(40), "{stats}");
+    assert!(stats["webhooks"]["duplicates_injected"].as_u64().unwrap() > 0, "{stats}");
+    // Every webhook was answered (the late ones too) before the records are read.
+    eventually(WAIT, "every webhook posted", || async { rig.cloudsim.stats().await["webhooks"]["pending"] == 0 }).await;
+    for id in &ids {
+        let record = get_message(&rig.ferry, id).await;
+        assert_eq!(record.status, "read", "{record:?}");
+        let history: Vec<&str> = record.history.iter().map(|h| h.status.as_str()).collect();
+        for s in ["sent", "read"] {
+            assert_eq!(history.iter().filter(|h| **h == s).count(), 1, "{s} once in {history:?}");
+        }
+        assert!(history.iter().filter(|h| **h == "delivered").count() <= 1, "{history:?}");
+    }
+    let stats = rig.cloudsim.stats().await;
+    assert_eq!((&stats["messages_taken"], &stats["duplicate_messages"]), (&json!(40), &json!(0)), "{stats}");
+    rig.ferry.terminate();
+}

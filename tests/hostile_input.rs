@@ -367,9 +367,11 @@ async fn grpc_connections_are_capped_per_address() {
         }
     }
     // The connection is closed when accepted: the client sees a transport error (reset or
-    // closed before the HTTP/2 handshake), never an answer.
+    // closed before the HTTP/2 handshake: tonic reports Unavailable, Unknown or, when the close
+    // races its request, Cancelled), never an answer.
     let e = refused.expect("a third connection from one address was served");
-    assert!(matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown), "{e:?}");
+    let transport = [tonic::Code::Unavailable, tonic::Code::Unknown, tonic::Code::Cancelled];
+    assert!(transport.contains(&e.code()), "{e:?}");
     assert!(e.metadata().get("ferry-error-code").is_none(), "{e:?}");
     drop(silent_a);
     eventually(Duration::from_secs(30), "a send succeeds once a place is free", || async {

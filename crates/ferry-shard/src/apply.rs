@@ -64,6 +64,8 @@ pub enum EntryOp {
     PutSessions { entries: Vec<(Vec<u8>, Vec<u8>)> },
     /// Dispatch marks (`dispatched`, see the storage docs), stamped `at_ms` by the caller.
     MarkDispatched { seqs: Vec<u64>, at_ms: i64 },
+    /// Deletes dispatch marks (the upstream answered that it did not take the messages).
+    ClearDispatched { seqs: Vec<u64> },
 }
 
 /// What one op of an entry did.
@@ -305,8 +307,9 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
     let mut released_now: Vec<u64> = Vec::new();
     let mut left_queue: Vec<u64> = Vec::new();
     let mut resolved_here: HashSet<u64> = HashSet::new();
-    // Seqs marked dispatched in this entry.
+    // Seqs marked dispatched in this entry, and marks cleared in it.
     let mut marked_now: Vec<u64> = Vec::new();
+    let mut cleared_now: Vec<u64> = Vec::new();
     let mut outcomes = Vec::with_capacity(entry.ops.len());
     let mut next_seq = entry.first_seq;
     for op in &entry.ops {
@@ -494,6 +497,16 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
                 }
                 OpOutcome::Done
             }
+            EntryOp::ClearDispatched { seqs } => {
+                for seq in seqs {
+                    if state.dispatched.contains(seq) || marked_now.contains(seq) {
+                        batch.delete_cf(store.cf(CF_DISPATCHED), queue_key(*seq));
+                        marked_now.retain(|s| s != seq);
+                        cleared_now.push(*seq);
+                    }
+                }
+                OpOutcome::Done
+            }
         };
         outcomes.push(outcome);
     }
@@ -542,6 +555,8 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
         for seq in &dispatched_deleted {
             batch.delete_cf(store.cf(CF_DISPATCHED), queue_key(*seq));
         }
+        // Cleared marks were deleted by their op (in op order: a later mark of the seq stays).
+        dispatched_deleted.extend(cleared_now.iter().copied().filter(|s| !marked_here.contains(s)));
         dispatched_put = marked_now.into_iter().filter(|s| !left.contains(s)).collect();
     }
     let low_watermark = next_low_watermark(state, requested_watermark, floor);

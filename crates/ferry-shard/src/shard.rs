@@ -367,6 +367,15 @@ impl Shard {
         Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
     }
 
+    /// Deletes dispatch marks of messages the upstream answered it did not take (a refusal), so a
+    /// crash does not make them wait as in doubt. Rides on the next batch; a crash before it only
+    /// leaves them in doubt after the restart (safe).
+    pub fn clear_dispatched(&self, seqs: Vec<u64>) {
+        if let Err(e) = self.submit(WriteOp::ClearDispatched { seqs }) {
+            tracing::debug!(shard = %self.id, error = %e, "dispatch marks not cleared now; in doubt after a restart");
+        }
+    }
+
     /// The queued messages with a dispatch mark: after a crash, those that may have been posted
     /// to the upstream. Reads the (small) `dispatched` column family.
     pub fn dispatch_marks(&self) -> Result<Vec<(u64, crate::storage::DispatchRecord)>, ShardError> {

@@ -125,6 +125,10 @@ pub(crate) enum WriteOp {
         at_ms: i64,
         reply: Reply<()>,
     },
+    /// Deletes dispatch marks: the upstream answered that it did not take the messages.
+    ClearDispatched {
+        seqs: Vec<u64>,
+    },
     /// Stores encryption-session snapshots (`sender ++ 0 ++ recipient` → snapshot).
     PutSessions {
         entries: Vec<(Vec<u8>, Vec<u8>)>,
@@ -145,7 +149,7 @@ impl WriteOp {
     pub(crate) fn weight(&self) -> usize {
         match self {
             WriteOp::Append { messages, .. } => messages.len(),
-            WriteOp::ClearIntents { .. } => 0,
+            WriteOp::ClearIntents { .. } | WriteOp::ClearDispatched { .. } => 0,
             WriteOp::Remove { seqs, .. } => seqs.len(),
             // Settlements and sessions free or hold no queue space: never refused for capacity
             // (the delivery loop must always be able to record an ack). An idempotency record
@@ -259,6 +263,7 @@ impl Planner {
                 WriteOp::MarkDispatched { seqs, at_ms, reply } => {
                     (EntryOp::MarkDispatched { seqs, at_ms }, Waiter::Done(reply))
                 }
+                WriteOp::ClearDispatched { seqs } => (EntryOp::ClearDispatched { seqs }, Waiter::None),
                 WriteOp::Hold { .. } | WriteOp::Stop => unreachable!("holds and stops are handled by run"),
             };
             entry_ops.push(op);

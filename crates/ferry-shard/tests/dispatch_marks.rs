@@ -49,8 +49,20 @@ async fn a_mark_leaves_with_its_message_and_survives_a_crash_while_queued() {
     let shard = open(dir.path(), &res);
     assert_eq!(marks(&shard), vec![seqs[2]], "only the queued message's mark is left");
 
-    // After the reopen the writer still knows the mark: settling the message deletes it.
-    let sent = Settlement::Sent { seq: seqs[2], message: base(&shard, seqs[2]), at_ms: 8_000 };
+    // A refusal clears the mark while the message stays queued (ClearDispatched rides on the
+    // next batch: an empty settle is the barrier).
+    shard.clear_dispatched(vec![seqs[2]]);
+    shard.settle_durably(Vec::new(), None).unwrap().await.unwrap();
+    assert!(marks(&shard).is_empty(), "cleared");
+    assert!(shard.get_queued(seqs[2]).unwrap().is_some(), "still queued");
+
+    // After a reopen the writer still knows a mark: settling the message deletes it.
+    shard.mark_dispatched_durably(vec![seqs[2]], 9_000).unwrap().await.unwrap();
+    shard.close();
+    drop(shard);
+    let shard = open(dir.path(), &res);
+    assert_eq!(marks(&shard), vec![seqs[2]]);
+    let sent = Settlement::Sent { seq: seqs[2], message: base(&shard, seqs[2]), at_ms: 10_000 };
     shard.settle_durably(vec![sent], None).unwrap().await.unwrap();
     assert!(marks(&shard).is_empty());
 }

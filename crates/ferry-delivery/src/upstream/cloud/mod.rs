@@ -625,7 +625,10 @@ async fn post(shared: &CloudShared, shard: &Shard, seq: u64, number: &NumberStat
         .body(Full::new(body));
     let request = match request {
         Ok(r) => r,
-        Err(e) => return Outcome::Retry { detail: format!("building the request: {e}") },
+        Err(e) => {
+            shard.clear_dispatched(vec![seq]);
+            return Outcome::Retry { detail: format!("building the request: {e}") };
+        }
     };
     let exchange = async {
         let response = shared.client.request(request).await.map_err(|e| (e.is_connect(), e.to_string()))?;
@@ -639,13 +642,24 @@ async fn post(shared: &CloudShared, shard: &Shard, seq: u64, number: &NumberStat
             Outcome::InDoubt { wait: shared.reconcile }
         }
         // Not connected: nothing was sent.
-        Ok(Err((true, detail))) => Outcome::Retry { detail: format!("cannot connect to the Cloud API: {detail}") },
+        Ok(Err((true, detail))) => {
+            shard.clear_dispatched(vec![seq]);
+            Outcome::Retry { detail: format!("cannot connect to the Cloud API: {detail}") }
+        }
         Ok(Err((false, detail))) => {
             metrics::counter!(IN_DOUBT_TOTAL).increment(1);
             tracing::warn!(error = %detail, "the Cloud API connection was lost after the request went out: in doubt");
             Outcome::InDoubt { wait: shared.reconcile }
         }
-        Ok(Ok((status, body))) => answer_of(shared, number, status, &body),
+        Ok(Ok((status, body))) => {
+            let outcome = answer_of(shared, number, status, &body);
+            // Meta answered that it did not take the message (a refusal to retry later): it was
+            // not posted after all, so a crash must not make it wait as in doubt.
+            if matches!(outcome, Outcome::BackOff { .. } | Outcome::Retry { .. }) {
+                shard.clear_dispatched(vec![seq]);
+            }
+            outcome
+        }
     };
     metrics::counter!(REQUESTS_TOTAL, "outcome" => outcome_label(&outcome)).increment(1);
     outcome
