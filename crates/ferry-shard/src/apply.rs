@@ -26,10 +26,10 @@ use rocksdb::WriteBatch;
 use crate::ShardError;
 use crate::settle::{FailureReason, Settlement};
 use crate::storage::{
-    CF_CONTACTS, CF_DISPATCHED, CF_HELD, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_META, CF_OUTBOX, CF_QUEUE, CF_RELEASED,
-    CF_SESSIONS, CF_STATUS, ContactRecord, DispatchRecord, HeldRecord, IdempotencyIntent, IdempotencyRecord, META_APPLIED_AT_MS,
-    META_ID_SPACE, META_NEXT_OUTBOX_SEQ, META_NEXT_SEQ, META_QUEUE_LOW_WATERMARK, META_WEBHOOK_CURSOR, StatusRecord,
-    Store, encode_value, queue_key, session_key,
+    CF_CONTACTS, CF_DISPATCHED, CF_HELD, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_META, CF_OUTBOX, CF_QUEUE,
+    CF_RELEASED, CF_SESSIONS, CF_STATUS, ContactRecord, DispatchRecord, HeldRecord, IdempotencyIntent,
+    IdempotencyRecord, META_APPLIED_AT_MS, META_ID_SPACE, META_NEXT_OUTBOX_SEQ, META_NEXT_SEQ,
+    META_QUEUE_LOW_WATERMARK, META_WEBHOOK_CURSOR, StatusRecord, Store, encode_value, queue_key, session_key,
 };
 use crate::writer::{AppendOutcome, HeldAction, IdempotencyPlacement, NewMessage, ResolvedHeld};
 
@@ -54,18 +54,42 @@ impl ShardEntry {
 /// One op of a [`ShardEntry`]: a writer op without its reply.
 #[derive(Debug, Clone)]
 pub enum EntryOp {
-    Append { messages: Vec<NewMessage> },
-    PutIdempotency { entries: Vec<(Vec<u8>, IdempotencyRecord)> },
-    ClearIntents { seqs: Vec<u64> },
-    Remove { seqs: Vec<u64> },
-    Settle { entries: Vec<Settlement>, low_watermark: Option<u64> },
-    ResolveHeld { seqs: Vec<u64>, action: HeldAction, at_ms: i64 },
-    SetWebhookCursor { next: u64 },
-    PutSessions { entries: Vec<(Vec<u8>, Vec<u8>)> },
+    Append {
+        messages: Vec<NewMessage>,
+    },
+    PutIdempotency {
+        entries: Vec<(Vec<u8>, IdempotencyRecord)>,
+    },
+    ClearIntents {
+        seqs: Vec<u64>,
+    },
+    Remove {
+        seqs: Vec<u64>,
+    },
+    Settle {
+        entries: Vec<Settlement>,
+        low_watermark: Option<u64>,
+    },
+    ResolveHeld {
+        seqs: Vec<u64>,
+        action: HeldAction,
+        at_ms: i64,
+    },
+    SetWebhookCursor {
+        next: u64,
+    },
+    PutSessions {
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    },
     /// Dispatch marks (`dispatched`, see the storage docs), stamped `at_ms` by the caller.
-    MarkDispatched { seqs: Vec<u64>, at_ms: i64 },
+    MarkDispatched {
+        seqs: Vec<u64>,
+        at_ms: i64,
+    },
     /// Deletes dispatch marks (the upstream answered that it did not take the messages).
-    ClearDispatched { seqs: Vec<u64> },
+    ClearDispatched {
+        seqs: Vec<u64>,
+    },
 }
 
 /// What one op of an entry did.
@@ -547,11 +571,8 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
     if !state.dispatched.is_empty() || !marked_now.is_empty() {
         let left: HashSet<u64> = left_queue.iter().copied().collect();
         let marked_here: HashSet<u64> = marked_now.iter().copied().collect();
-        dispatched_deleted = left_queue
-            .iter()
-            .copied()
-            .filter(|s| state.dispatched.contains(s) || marked_here.contains(s))
-            .collect();
+        dispatched_deleted =
+            left_queue.iter().copied().filter(|s| state.dispatched.contains(s) || marked_here.contains(s)).collect();
         for seq in &dispatched_deleted {
             batch.delete_cf(store.cf(CF_DISPATCHED), queue_key(*seq));
         }

@@ -649,27 +649,6 @@ fn init_webhook_cursor(store: &Store, id: ShardId, next_outbox_seq: u64) -> Resu
     Ok(next_outbox_seq)
 }
 
-/// Loads the dispatch marks for the writer, deleting (synced) any whose message is no longer
-/// queued: a mark written just after its message was settled (the request's mark raced the
-/// settle) is of no use and would otherwise stay forever.
-fn init_dispatch_marks(store: &Store, id: ShardId) -> Result<std::collections::HashSet<u64>, ShardError> {
-    let mut live = std::collections::HashSet::new();
-    let mut batch = rocksdb::WriteBatch::default();
-    for (seq, _) in store.dispatch_marks()? {
-        if store.get_queued(seq)?.is_some() {
-            live.insert(seq);
-        } else {
-            batch.delete_cf(store.cf(crate::storage::CF_DISPATCHED), crate::storage::queue_key(seq));
-        }
-    }
-    if !batch.is_empty() {
-        let mut sync = rocksdb::WriteOptions::default();
-        sync.set_sync(true);
-        store.db.write_opt(batch, &sync).map_err(|source| ShardError::Rocks { shard: id.0, source })?;
-    }
-    Ok(live)
-}
-
 /// Deletes (synced) every dispatch mark whose message is no longer queued: a mark written just
 /// after its message was settled (the request's mark raced the settle) is of no use and would
 /// otherwise stay forever.
