@@ -513,11 +513,29 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
                 }
                 OpOutcome::Done
             }
-            EntryOp::MarkDispatched { seqs, at_ms } => {
+            EntryOp::MarkDispatched { seqs, at_ms } => 'mark: {
+                // Only a message still queued is marked: one that left the queue (settled or
+                // removed while its request waited for the pacer) would keep its mark forever,
+                // and a repair at open would be a write outside the log. Messages appended in
+                // this very entry are not markable (nobody has their seq yet).
+                let mut queued = Vec::with_capacity(seqs.len());
+                for &seq in seqs {
+                    if left_queue.contains(&seq) {
+                        continue;
+                    }
+                    match store.is_queued(seq) {
+                        Ok(true) => queued.push(seq),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!(%shard, error = %e, "dispatch mark not applied: a read failed");
+                            break 'mark OpOutcome::Failed(e);
+                        }
+                    }
+                }
                 let value = encode_value(&DispatchRecord { at_ms: *at_ms });
-                for seq in seqs {
-                    batch.put_cf(store.cf(CF_DISPATCHED), queue_key(*seq), &value);
-                    marked_now.push(*seq);
+                for seq in queued {
+                    batch.put_cf(store.cf(CF_DISPATCHED), queue_key(seq), &value);
+                    marked_now.push(seq);
                 }
                 OpOutcome::Done
             }

@@ -649,9 +649,10 @@ fn init_webhook_cursor(store: &Store, id: ShardId, next_outbox_seq: u64) -> Resu
     Ok(next_outbox_seq)
 }
 
-/// Deletes (synced) every dispatch mark whose message is no longer queued: a mark written just
-/// after its message was settled (the request's mark raced the settle) is of no use and would
-/// otherwise stay forever.
+/// Deletes (synced) every dispatch mark whose message is no longer queued. Apply never writes
+/// one now (it marks only queued messages, and a queue removal takes the mark along); this
+/// repairs data dirs written by the first build with marks, where a mark racing its message's
+/// settle stayed forever. A write outside the writer: a replicated shard must not need it.
 fn init_dispatch_marks(store: &Store, id: ShardId) -> Result<(), ShardError> {
     let mut batch = rocksdb::WriteBatch::default();
     for (seq, _) in store.dispatch_marks()? {

@@ -603,6 +603,11 @@ impl Store {
         }
     }
 
+    /// Whether `seq` has a queue key (without decoding its record).
+    pub fn is_queued(&self, seq: u64) -> Result<bool, ShardError> {
+        Ok(self.db.get_pinned_cf(self.cf(CF_QUEUE), queue_key(seq)).map_err(|e| self.rocks(e))?.is_some())
+    }
+
     pub fn get_held(&self, seq: u64) -> Result<Option<HeldRecord>, ShardError> {
         match self.db.get_pinned_cf(self.cf(CF_HELD), queue_key(seq)).map_err(|e| self.rocks(e))? {
             None => Ok(None),

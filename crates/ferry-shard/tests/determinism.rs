@@ -1,7 +1,7 @@
 //! Determinism of the state machine: two stores that apply the same random sequence of entries
 //! (appends to the queue and to `held` with idempotency records or intents, settlements of every
 //! kind with low watermarks, removals, held releases and drops, webhook cursors, sessions,
-//! idempotency records, intent clears) hold the same bytes in every column family, and the same
+//! idempotency records, intent clears, dispatch marks set and cleared) hold the same bytes in every column family, and the same
 //! in-memory state. Store A applies every entry in one go; store B is closed and opened again
 //! (its in-memory state read back from disk, as a fresh replica or a restarted node has it) at
 //! random points between entries. So apply may depend on nothing but the entry and what is on
@@ -61,6 +61,12 @@ enum Op {
     ClearIntents {
         pick: u8,
     },
+    MarkDispatched {
+        pick: u8,
+    },
+    ClearDispatched {
+        pick: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -77,6 +83,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(Op::Sessions),
         1 => any::<u8>().prop_map(Op::Idempotency),
         1 => any::<u8>().prop_map(|pick| Op::ClearIntents { pick }),
+        2 => any::<u8>().prop_map(|pick| Op::MarkDispatched { pick }),
+        1 => any::<u8>().prop_map(|pick| Op::ClearDispatched { pick }),
     ]
 }
 
@@ -196,6 +204,14 @@ impl Builder {
                 Op::ClearIntents { pick } => {
                     let Some((seq, _)) = self.pick(*pick) else { continue };
                     EntryOp::ClearIntents { seqs: vec![seq] }
+                }
+                Op::MarkDispatched { pick } => {
+                    let Some((seq, _)) = self.pick(*pick) else { continue };
+                    EntryOp::MarkDispatched { seqs: vec![seq], at_ms }
+                }
+                Op::ClearDispatched { pick } => {
+                    let Some((seq, _)) = self.pick(*pick) else { continue };
+                    EntryOp::ClearDispatched { seqs: vec![seq] }
                 }
             };
             out.push(op);

@@ -1,6 +1,6 @@
 //! Dispatch marks (`dispatched`, see the storage docs): written before a request to an upstream
 //! that cannot deduplicate, they leave with the message's queue key (settled or removed), survive
-//! a crash for messages still queued, and a mark that outlived its message is dropped at open.
+//! a crash for messages still queued, and a message that left the queue is never marked.
 
 use ferry_model::ShardId;
 use ferry_shard::settle::status_base;
@@ -40,10 +40,10 @@ async fn a_mark_leaves_with_its_message_and_survives_a_crash_while_queued() {
     shard.remove_durably(vec![seqs[3]]).unwrap().await.unwrap();
     assert_eq!(marks(&shard), vec![seqs[2]], "removing an unmarked message touches no mark");
 
-    // A mark written after its message left (a request's mark racing its settle) stays until
-    // the next open, which drops it; the mark of the queued message survives a crash.
-    shard.mark_dispatched_durably(vec![seqs[0]], 7_000).unwrap().await.unwrap();
-    assert_eq!(marks(&shard), vec![seqs[0], seqs[2]]);
+    // A mark asked for after its message left (a request's mark racing its settle) is not
+    // written; the mark of the queued message survives a crash.
+    shard.mark_dispatched_durably(vec![seqs[0], seqs[2]], 7_000).unwrap().await.unwrap();
+    assert_eq!(marks(&shard), vec![seqs[2]], "no mark for a message that left the queue");
     shard.crash_for_test();
     drop(shard);
     let shard = open(dir.path(), &res);
