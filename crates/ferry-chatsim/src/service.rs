@@ -27,6 +27,10 @@ use crate::counters::{Counters, bump};
 use crate::receipts::{Channel, ChannelDirectory, Push, ScheduledReceipt, push_receipts};
 use crate::recipients::{EnvelopeDigest, Reception, RecipientDirectory};
 
+/// This process's nonce in inbound message ids (the receipt counter starts again at every start).
+static INSTANCE: std::sync::LazyLock<u64> =
+    std::sync::LazyLock::new(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+
 /// Frames buffered per stream towards the client (tonic encodes what is ready into one write).
 const STREAM_BUFFER: usize = 1024;
 
@@ -236,7 +240,8 @@ impl Shared {
             ScheduledReceipt {
                 due: read_due,
                 receipt: Push::Inbound(InboundMessage {
-                    id: format!("chatsim.in.{receipt_id}"),
+                    // Unique across chatsim restarts too: ferry deduplicates inbound ids.
+                    id: format!("chatsim.in.{:x}.{receipt_id}", *INSTANCE),
                     from: envelope.recipient.clone(),
                     to: envelope.sender.clone(),
                     timestamp_ms: at_ms(read_due),

@@ -46,7 +46,7 @@ use crate::DeliveryConfig;
 use crate::other_shards::OtherShards;
 use crate::recipients::Recipient;
 use crate::retry::Gates;
-use crate::settle::SettleBatch;
+use crate::settle::{Fact, SettleBatch};
 use crate::stats::{ACCEPT_TO_ACK_SECONDS, ShardDeliveryStats};
 use crate::supervise::TaskSet;
 use crate::upstream::{Upstream, UpstreamEvent};
@@ -271,7 +271,12 @@ impl<U: Upstream> ShardLoop<U> {
             UpstreamEvent::Answer { message_id, attempt, outcome } => self.on_answer(&message_id, attempt, outcome),
             UpstreamEvent::Prepared { key, result } => self.on_prepared(key, result),
             UpstreamEvent::Status { message_id, status, at_ms, token } => {
-                self.on_status(&message_id, status, at_ms, token)
+                let at_ms = at_ms.unwrap_or_else(|| self.clock.now_ms());
+                self.on_message_fact(&message_id, token, |seq| Fact::Status { seq, status, at_ms })
+            }
+            UpstreamEvent::LateFailure { message_id, code, title, details, at_ms, token } => {
+                let at_ms = at_ms.unwrap_or_else(|| self.clock.now_ms());
+                self.on_message_fact(&message_id, token, |seq| Fact::LateFailure { seq, at_ms, code, title, details })
             }
             UpstreamEvent::Inbound { message, token } => self.on_inbound(message, token),
             UpstreamEvent::Unrecognized { token } => self.receipts_to_ack.push(token),

@@ -9,14 +9,16 @@
 //!   one synced batch; acknowledged only after that.
 
 use ferry_model::routing::shard_for_recipient;
-use ferry_model::{MessageId, MessageStatus, WaId};
+use ferry_model::{MessageId, WaId};
 
 use crate::engine::ShardLoop;
 use crate::settle::Fact;
 use crate::upstream::{EventToken, Inbound, Upstream};
 
 impl<U: Upstream> ShardLoop<U> {
-    pub(crate) fn on_status(&mut self, message_id: &str, status: MessageStatus, at_ms: Option<i64>, token: EventToken) {
+    /// A status or late failure of `message_id` (`fact` builds it from the message's seq):
+    /// recorded in the message's shard.
+    pub(crate) fn on_message_fact(&mut self, message_id: &str, token: EventToken, fact: impl FnOnce(u64) -> Fact) {
         let Some(key) = MessageId::decode(message_id).filter(|k| {
             // The id space of the message's shard (this node's id space for a shard it lacks).
             let space = self.all_shards.get(k.shard.index()).map_or(self.shard.id_space(), |s| s.id_space());
@@ -26,7 +28,7 @@ impl<U: Upstream> ShardLoop<U> {
             self.receipts_to_ack.push(token);
             return;
         };
-        let fact = Fact::Status { seq: key.seq, status, at_ms: at_ms.unwrap_or_else(|| self.clock.now_ms()) };
+        let fact = fact(key.seq);
         if key.shard != self.shard.id() {
             // Statuses usually come back on the connection the message left on; one that did not
             // is recorded in its message's shard.

@@ -34,6 +34,8 @@ pub(crate) enum Fact {
     Failed { seq: u64, code: u32, title: String, details: String },
     /// A status of message `seq` (of the shard the fact is written to).
     Status { seq: u64, status: MessageStatus, at_ms: i64 },
+    /// The upstream reported that message `seq`, which it had taken, failed after all.
+    LateFailure { seq: u64, at_ms: i64, code: u32, title: String, details: String },
     /// A user's message to a business number (written to the shard that owns the user).
     Inbound { id: String, from: String, to: String, at_ms: i64, kind: String, text: String, profile: String },
 }
@@ -53,6 +55,9 @@ pub(crate) struct SettleBatch {
 pub(crate) fn unqueued_settlement(fact: Fact) -> Option<Settlement> {
     match fact {
         Fact::Status { seq, status, at_ms } => Some(Settlement::Receipt { seq, status, at_ms }),
+        Fact::LateFailure { seq, at_ms, code, title, details } => {
+            Some(Settlement::LateFailure { seq, at_ms, reason: FailureReason { code, title, details } })
+        }
         Fact::Inbound { id, from, to, at_ms, kind, text, profile } => Some(Settlement::Inbound(InboundRecord {
             id,
             from,

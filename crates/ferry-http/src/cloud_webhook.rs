@@ -5,8 +5,9 @@
 //! - `POST`: authenticated by `X-Hub-Signature-256` (HMAC-SHA256 of the raw body with
 //!   `cloud.app_secret`, compared in constant time), not by a bearer token: bad or missing → 401
 //!   and nothing is recorded. Each status is handed to the shard its marker
-//!   (`biz_opaque_callback_data`, ferry's message id) names, each inbound message to the shard
-//!   that owns the user, through the hub (`ferry_delivery::upstream::cloud::hub`). The answer is
+//!   (`biz_opaque_callback_data`, ferry's message id) names — one without a marker to the shard of
+//!   its `recipient_id`, which matches it by wamid — each inbound message to the shard that owns
+//!   the user, through the hub (`ferry_delivery::upstream::cloud::hub`). The answer is
 //!   200 only once every one of them is durable; otherwise 503, so Meta sends the webhook again
 //!   (ferry's status merge makes a repeat harmless).
 //!
@@ -90,24 +91,34 @@ async fn receive(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: 
     let mut events = Vec::new();
     for (_, s) in payload.statuses() {
         let marker = s.biz_opaque_callback_data.as_deref().unwrap_or("");
-        let Some(key) =
-            MessageId::decode(marker).filter(|k| state.coordinator.issued_here(k) && k.shard.index() < shards)
-        else {
-            tracing::warn!(wamid = %s.id, marker, "cloud status without a marker of this node: ignored");
-            continue;
+        let key = MessageId::decode(marker).filter(|k| state.coordinator.issued_here(k) && k.shard.index() < shards);
+        // Without ferry's marker the status is matched by wamid in the recipient's shard (where
+        // the message's `sent` recorded it); `message_id` stays empty for the upstream to fill.
+        let recipient = Some(&s.recipient_id)
+            .filter(|r| (8..=15).contains(&r.len()) && r.bytes().all(|b| b.is_ascii_digit()))
+            .map(|r| WaId::from_normalized(r.clone()));
+        let (shard, message_id) = match (key, recipient) {
+            (Some(key), _) => (key.shard.index(), marker.to_owned()),
+            (None, Some(recipient)) if !s.id.is_empty() => {
+                (shard_for_recipient(&recipient, shards as u16).index(), String::new())
+            }
+            (None, _) => {
+                tracing::warn!(wamid = %s.id, marker, recipient = %s.recipient_id, "cloud status with neither a marker of this node nor a wamid and recipient: ignored");
+                continue;
+            }
         };
         let error = s
             .errors
             .first()
             .map(|e| (e.code, e.title.clone(), e.error_data.as_ref().map(|d| d.details.clone()).unwrap_or_default()));
         let report = StatusReport {
-            message_id: marker.to_owned(),
+            message_id,
             wamid: s.id.clone(),
             status: s.status,
             at_ms: seconds_to_ms(&s.timestamp),
             error,
         };
-        events.push((key.shard.index(), WebhookEvent::Status(report)));
+        events.push((shard, WebhookEvent::Status(report)));
     }
     for (metadata, contact, m) in payload.inbound_messages() {
         let to = match cloud.hub.business_number(&metadata.phone_number_id) {

@@ -27,9 +27,10 @@ use crate::ShardError;
 use crate::settle::{FailureReason, Settlement};
 use crate::storage::{
     CF_CONTACTS, CF_DISPATCHED, CF_HELD, CF_IDEMPOTENCY, CF_IDEMPOTENCY_INTENTS, CF_META, CF_OUTBOX, CF_QUEUE,
-    CF_RELEASED, CF_SESSIONS, CF_STATUS, ContactRecord, DispatchRecord, HeldRecord, IdempotencyIntent,
+    CF_RELEASED, CF_SESSIONS, CF_STATUS, CF_UPSTREAM_IDS, ContactRecord, DispatchRecord, HeldRecord, IdempotencyIntent,
     IdempotencyRecord, META_APPLIED_AT_MS, META_ID_SPACE, META_NEXT_OUTBOX_SEQ, META_NEXT_SEQ,
-    META_QUEUE_LOW_WATERMARK, META_WEBHOOK_CURSOR, StatusRecord, Store, encode_value, queue_key, session_key,
+    META_QUEUE_LOW_WATERMARK, META_WEBHOOK_CURSOR, StatusRecord, Store, UPSTREAM_ID_INBOUND, UPSTREAM_ID_OUTBOUND,
+    UpstreamIdRecord, encode_value, queue_key, session_key, upstream_id_key,
 };
 use crate::writer::{AppendOutcome, HeldAction, IdempotencyPlacement, NewMessage, ResolvedHeld};
 
@@ -319,11 +320,14 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
     let (queue, idem, intents, meta) =
         (store.cf(CF_QUEUE), store.cf(CF_IDEMPOTENCY), store.cf(CF_IDEMPOTENCY_INTENTS), store.cf(CF_META));
     let (sessions_cf, held_cf, contacts_cf) = (store.cf(CF_SESSIONS), store.cf(CF_HELD), store.cf(CF_CONTACTS));
+    let upstream_ids = store.cf(CF_UPSTREAM_IDS);
     let mut status =
         StatusBatch { store, statuses: HashMap::new(), loaded: HashMap::new(), next_outbox_seq: state.next_outbox_seq };
     // Contact records as of this batch (several inbound messages of one user compose); `None`:
     // read, and absent.
     let mut contacts: HashMap<Vec<u8>, Option<ContactRecord>> = HashMap::new();
+    // Inbound message ids as of this batch: `true` once recorded (on disk or earlier here).
+    let mut inbound_seen: HashMap<String, bool> = HashMap::new();
     let mut settled = 0u64;
     // The highest low watermark a settle op asked for; held messages released and queue keys
     // removed in this batch; held seqs resolved in this batch.
@@ -414,6 +418,12 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
                     .and_then(|()| {
                         for change in entries {
                             if let Settlement::Inbound(m) = change {
+                                if let std::collections::hash_map::Entry::Vacant(slot) =
+                                    inbound_seen.entry(m.id.clone())
+                                {
+                                    let read = store.get_upstream_id(UPSTREAM_ID_INBOUND, slot.key());
+                                    slot.insert(readable(shard, "inbound id", read)?.is_some());
+                                }
                                 let key = session_key(&m.to, &m.from);
                                 if let std::collections::hash_map::Entry::Vacant(slot) = contacts.entry(key) {
                                     let read = store.get_contact_by_key(slot.key());
@@ -429,6 +439,13 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
                 }
                 for change in entries {
                     if let Settlement::Inbound(m) = change {
+                        // The same inbound message again (an upstream redelivering it): already
+                        // recorded, with its event.
+                        if inbound_seen.insert(m.id.clone(), true) == Some(true) {
+                            continue;
+                        }
+                        let record = UpstreamIdRecord { seq: 0, at_ms: entry.at_ms };
+                        batch.put_cf(upstream_ids, upstream_id_key(UPSTREAM_ID_INBOUND, &m.id), encode_value(&record));
                         let key = session_key(&m.to, &m.from);
                         let current = contacts.get(&key).cloned().flatten();
                         if current.as_ref().is_none_or(|c| c.last_inbound_ms < m.at_ms) {
@@ -441,6 +458,14 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
                         continue;
                     }
                     let seq = change.seq();
+                    // The upstream's id of a sent message, so its statuses match without a marker.
+                    if let Settlement::Sent { message, .. } = change
+                        && !message.upstream_message_id.is_empty()
+                    {
+                        let record = UpstreamIdRecord { seq, at_ms: entry.at_ms };
+                        let key = upstream_id_key(UPSTREAM_ID_OUTBOUND, &message.upstream_message_id);
+                        batch.put_cf(upstream_ids, key, encode_value(&record));
+                    }
                     if change.leaves_queue() {
                         batch.single_delete_cf(queue, queue_key(seq));
                         left_queue.push(seq);

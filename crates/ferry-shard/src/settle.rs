@@ -29,6 +29,11 @@ pub enum Settlement {
     Failed { seq: u64, message: StatusRecord, at_ms: i64, reason: FailureReason },
     /// A receipt (`delivered` or `read`) for a message that may or may not have been settled yet.
     Receipt { seq: u64, status: MessageStatus, at_ms: i64 },
+    /// The upstream reported that a message it had taken (`sent`) failed after all (a Cloud API
+    /// `failed` status webhook after the 200): `sent` → `failed` with the upstream's reason. Only
+    /// from `sent`: not before it (a message still queued fails through its answer, `Failed`),
+    /// and not after `delivered`/`read`. Touches no queued message.
+    LateFailure { seq: u64, at_ms: i64, reason: FailureReason },
     /// A message a user sent to the business: records the user's latest inbound time (the
     /// customer-service window) and an inbound event for the webhook. Goes to the shard that owns
     /// the user (`from`); touches no queued message.
@@ -53,14 +58,17 @@ pub struct InboundRecord {
 impl Settlement {
     pub fn seq(&self) -> u64 {
         match self {
-            Settlement::Sent { seq, .. } | Settlement::Failed { seq, .. } | Settlement::Receipt { seq, .. } => *seq,
+            Settlement::Sent { seq, .. }
+            | Settlement::Failed { seq, .. }
+            | Settlement::Receipt { seq, .. }
+            | Settlement::LateFailure { seq, .. } => *seq,
             Settlement::Inbound(_) => 0,
         }
     }
 
     /// Whether this settlement removes the message from the queue.
     pub fn leaves_queue(&self) -> bool {
-        !matches!(self, Settlement::Receipt { .. } | Settlement::Inbound(_))
+        !matches!(self, Settlement::Receipt { .. } | Settlement::LateFailure { .. } | Settlement::Inbound(_))
     }
 }
 
@@ -235,6 +243,19 @@ pub fn merge(current: Option<&StatusRecord>, change: &Settlement) -> Option<Stat
             r.updated_at_ms = r.updated_at_ms.max(*at_ms);
             Some(r)
         }
+        Settlement::LateFailure { at_ms, reason, .. } => {
+            let c = current.filter(|c| status_of(c) == MessageStatus::Sent && !c.wa_id.is_empty())?;
+            let mut r = c.clone();
+            r.status = MessageStatus::Failed.code();
+            // The upstream's clock may be behind ours: the failure still comes after `sent`.
+            let at_ms = (*at_ms).max(r.history.iter().map(|e| e.at_ms).max().unwrap_or(i64::MIN));
+            add_event(&mut r, MessageStatus::Failed, at_ms);
+            r.updated_at_ms = r.updated_at_ms.max(at_ms);
+            r.error_code = reason.code;
+            r.error_title = reason.title.clone();
+            r.error_details = reason.details.clone();
+            Some(r)
+        }
         // Not about a message's status (the writer records it in `contacts`).
         Settlement::Inbound(_) => None,
     }
@@ -306,6 +327,34 @@ mod tests {
         assert_eq!(
             (after.upstream_message_id.as_str(), after.status),
             ("wamid.meta2", MessageStatus::Delivered.code())
+        );
+    }
+
+    #[test]
+    fn a_late_failure_fails_a_sent_message_only() {
+        let reason = FailureReason { code: 131026, title: "Message undeliverable".into(), details: "d".into() };
+        let late = |current: Option<&StatusRecord>| {
+            merge(current, &Settlement::LateFailure { seq: 1, at_ms: 3_000, reason: reason.clone() })
+        };
+        let sent = merge(None, &Settlement::Sent { seq: 1, message: base(), at_ms: 2_000 }).unwrap();
+        let failed = late(Some(&sent)).unwrap();
+        assert_eq!(failed.status, MessageStatus::Failed.code());
+        assert_eq!((failed.error_code, failed.error_title.as_str()), (131026, "Message undeliverable"));
+        assert_eq!(statuses(&failed), vec![0, 1, 4], "accepted, sent, failed");
+        let early_clock = merge(Some(&sent), &Settlement::LateFailure { seq: 1, at_ms: 500, reason: reason.clone() });
+        assert_eq!(statuses(&early_clock.unwrap()), vec![0, 1, 4], "after sent even if the upstream's clock is behind");
+        assert!(late(Some(&failed)).is_none(), "a repeat changes nothing");
+        assert!(late(None).is_none(), "not before sent: the message's answer fails it");
+        let delivered =
+            merge(Some(&sent), &Settlement::Receipt { seq: 1, status: MessageStatus::Delivered, at_ms: 2_500 })
+                .unwrap();
+        assert!(late(Some(&delivered)).is_none(), "not after delivered");
+        // A receipt that overtook the ack left a record without the message: not `sent` yet.
+        let early = merge(None, &Settlement::Receipt { seq: 1, status: MessageStatus::Sent, at_ms: 2_000 }).unwrap();
+        assert!(late(Some(&early)).is_none());
+        // Nothing moves a failed message on.
+        assert!(
+            merge(Some(&failed), &Settlement::Receipt { seq: 1, status: MessageStatus::Read, at_ms: 4_000 }).is_none()
         );
     }
 

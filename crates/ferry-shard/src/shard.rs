@@ -382,6 +382,12 @@ impl Shard {
         self.store.dispatch_marks()
     }
 
+    /// The seq of the message the upstream knows as `upstream_id` (recorded with its `sent`
+    /// status; see "Upstream ids" in the storage docs). A point read.
+    pub fn seq_for_upstream_id(&self, upstream_id: &str) -> Result<Option<u64>, ShardError> {
+        self.store.seq_for_upstream_id(upstream_id)
+    }
+
     /// The status-event sequence number below which every event is durable.
     pub fn committed_next_outbox_seq(&self) -> u64 {
         *self.committed.next_outbox_seq.borrow()

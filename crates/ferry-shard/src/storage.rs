@@ -18,6 +18,7 @@
 //! | `held` | `seq` as u64 big-endian | `[1u8] ++ HeldRecord` (protobuf) | writer (append, resolve held) |
 //! | `released` | `seq` as u64 big-endian | empty | writer (resolve held: put; settle/remove: delete) |
 //! | `dispatched` | `seq` as u64 big-endian | `[1u8] ++ DispatchRecord` (protobuf) | writer (before an upstream request that cannot be deduplicated; deleted with the queue key) |
+//! | `upstream_ids` | `b"o\0" ++ upstream message id` or `b"i\0" ++ inbound message id` (UTF-8) | `[1u8] ++ UpstreamIdRecord` (protobuf) | writer (settle `sent` with an upstream id; inbound) |
 //!
 //! `meta` keys: `format_version` (u32 BE), `shard` (u16 BE index ++ u16 BE shard count),
 //! `node_id` (u64 BE), `id_space` (u64 BE: bytes 2..10 of every message id this shard issues;
@@ -143,6 +144,19 @@
 //! doubt instead of posting them again at once. The chat upstream deduplicates by id and writes
 //! no marks. Marks are written and deleted (`Delete`; a mark may be written again by a resend),
 //! never read on the hot path: the writer keeps the set of marked seqs in memory, loaded at open.
+//!
+//! ## Upstream ids (`upstream_ids`)
+//!
+//! Two indexes of ids the upstream chose, both in the shard of the recipient (or user):
+//! - `o\0{wamid}` → the seq of the outbound message the upstream knows by that id, written with
+//!   its `sent` status when the upstream returned an id (the Cloud API's wamid), so a status
+//!   webhook that carries no ferry marker is still matched (`Store::seq_for_upstream_id`);
+//! - `i\0{id}` → an inbound message already recorded: a second delivery of the same id (a
+//!   webhook Meta sends again, a chat server redelivering after a lost ack) records nothing and
+//!   sends no second callback.
+//!
+//! A compaction filter drops a record once its `at_ms` is older than the status retention
+//! (`shard.status_retention_secs`), like the `status` records they point at.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -171,8 +185,9 @@ pub const CF_CONTACTS: &str = "contacts";
 pub const CF_HELD: &str = "held";
 pub const CF_RELEASED: &str = "released";
 pub const CF_DISPATCHED: &str = "dispatched";
+pub const CF_UPSTREAM_IDS: &str = "upstream_ids";
 /// Every column family of a shard database.
-pub const ALL_CFS: [&str; 11] = [
+pub const ALL_CFS: [&str; 12] = [
     CF_META,
     CF_QUEUE,
     CF_IDEMPOTENCY,
@@ -184,7 +199,21 @@ pub const ALL_CFS: [&str; 11] = [
     CF_HELD,
     CF_RELEASED,
     CF_DISPATCHED,
+    CF_UPSTREAM_IDS,
 ];
+
+/// Key prefix in `upstream_ids` of an outbound message's upstream id.
+pub const UPSTREAM_ID_OUTBOUND: &[u8] = b"o\0";
+/// Key prefix in `upstream_ids` of an inbound message's id.
+pub const UPSTREAM_ID_INBOUND: &[u8] = b"i\0";
+
+/// The `upstream_ids` key of `id` under `prefix`.
+pub fn upstream_id_key(prefix: &[u8], id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + id.len());
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
 
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
 pub const META_SHARD: &[u8] = b"shard";
@@ -247,6 +276,17 @@ pub struct HeldRecord {
 pub struct DispatchRecord {
     /// When the latest request for it was about to go out.
     #[prost(int64, tag = "1")]
+    pub at_ms: i64,
+}
+
+/// An id the upstream chose (see "Upstream ids" above).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UpstreamIdRecord {
+    /// Of an outbound id: the message's seq in this shard; 0 for an inbound id.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// When it was recorded (the entry clock).
+    #[prost(int64, tag = "2")]
     pub at_ms: i64,
 }
 
@@ -506,6 +546,14 @@ impl Store {
                     },
                 );
             }
+            if *name == CF_UPSTREAM_IDS {
+                cf_opts.set_compaction_filter("ferry-upstream-id-retention", move |_level, _key, value| {
+                    match decode_value::<UpstreamIdRecord>(0, value) {
+                        Ok(r) if now_ms() - r.at_ms > status_retention_ms => rocksdb::CompactionDecision::Remove,
+                        _ => rocksdb::CompactionDecision::Keep,
+                    }
+                });
+            }
             if *name == CF_OUTBOX {
                 let EventRetention { retention_ms, webhook_floor } = events.clone();
                 cf_opts.set_compaction_filter("ferry-status-event-retention", move |_level, key, value| {
@@ -646,6 +694,20 @@ impl Store {
     /// The conversation record of `user` with `business`, if the user ever wrote.
     pub fn get_contact(&self, business: &str, user: &str) -> Result<Option<ContactRecord>, ShardError> {
         self.get_contact_by_key(&session_key(business, user))
+    }
+
+    /// The record of an upstream id (`upstream_ids`), if any.
+    pub fn get_upstream_id(&self, prefix: &[u8], id: &str) -> Result<Option<UpstreamIdRecord>, ShardError> {
+        match self.db.get_pinned_cf(self.cf(CF_UPSTREAM_IDS), upstream_id_key(prefix, id)).map_err(|e| self.rocks(e))? {
+            None => Ok(None),
+            Some(v) => decode_value(self.shard, &v).map(Some),
+        }
+    }
+
+    /// The seq of the outbound message the upstream knows as `upstream_id` (its `sent` status
+    /// recorded it), if any.
+    pub fn seq_for_upstream_id(&self, upstream_id: &str) -> Result<Option<u64>, ShardError> {
+        Ok(self.get_upstream_id(UPSTREAM_ID_OUTBOUND, upstream_id)?.map(|r| r.seq).filter(|s| *s > 0))
     }
 
     pub(crate) fn get_contact_by_key(&self, key: &[u8]) -> Result<Option<ContactRecord>, ShardError> {

@@ -1,6 +1,7 @@
 //! Determinism of the state machine: two stores that apply the same random sequence of entries
 //! (appends to the queue and to `held` with idempotency records or intents, settlements of every
-//! kind with low watermarks, removals, held releases and drops, webhook cursors, sessions,
+//! kind with low watermarks (some with the upstream's id, some failing after `sent`), repeated
+//! inbound ids, removals, held releases and drops, webhook cursors, sessions,
 //! idempotency records, intent clears, dispatch marks set and cleared) hold the same bytes in every column family, and the same
 //! in-memory state. Store A applies every entry in one go; store B is closed and opened again
 //! (its in-memory state read back from disk, as a fresh replica or a restarted node has it) at
@@ -39,6 +40,13 @@ enum Op {
     Failed {
         pick: u8,
     },
+    /// Sent with an upstream id (the Cloud API's wamid).
+    SentWithUpstreamId {
+        pick: u8,
+    },
+    LateFailure {
+        pick: u8,
+    },
     Receipt {
         pick: u8,
         read: bool,
@@ -74,6 +82,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => prop::collection::vec((any::<bool>(), 0u8..3), 1..4).prop_map(Op::Append),
         3 => (any::<u8>(), prop::option::of(any::<u8>())).prop_map(|(pick, watermark)| Op::Sent { pick, watermark }),
         1 => any::<u8>().prop_map(|pick| Op::Failed { pick }),
+        1 => any::<u8>().prop_map(|pick| Op::SentWithUpstreamId { pick }),
+        1 => any::<u8>().prop_map(|pick| Op::LateFailure { pick }),
         2 => (any::<u8>(), any::<bool>()).prop_map(|(pick, read)| Op::Receipt { pick, read }),
         1 => (0u8..4, any::<u8>()).prop_map(|(user, at)| Op::Inbound { user, at }),
         1 => any::<u8>().prop_map(|pick| Op::Remove { pick }),
@@ -155,6 +165,20 @@ impl Builder {
                     let settlement = Settlement::Failed { seq, message: status_base(record), at_ms, reason };
                     EntryOp::Settle { entries: vec![settlement], low_watermark: None }
                 }
+                Op::SentWithUpstreamId { pick } => {
+                    let Some((seq, record)) = self.pick(*pick) else { continue };
+                    let mut message = status_base(record);
+                    message.upstream_message_id = format!("wamid.{seq}");
+                    EntryOp::Settle { entries: vec![Settlement::Sent { seq, message, at_ms }], low_watermark: None }
+                }
+                Op::LateFailure { pick } => {
+                    let Some((seq, _)) = self.pick(*pick) else { continue };
+                    let reason = FailureReason { code: 131026, title: "undeliverable".into(), details: "t".into() };
+                    EntryOp::Settle {
+                        entries: vec![Settlement::LateFailure { seq, at_ms, reason }],
+                        low_watermark: None,
+                    }
+                }
                 Op::Receipt { pick, read } => {
                     let Some((seq, _)) = self.pick(*pick) else { continue };
                     let status = if *read { MessageStatus::Read } else { MessageStatus::Delivered };
@@ -162,7 +186,8 @@ impl Builder {
                 }
                 Op::Inbound { user, at } => {
                     let inbound = InboundRecord {
-                        id: format!("in-{}-{user}", self.entries),
+                        // Repeats now and then: an upstream delivering the same message again.
+                        id: format!("in-{user}-{}", at % 8),
                         from: format!("1631556{user:04}"),
                         to: "15550100000".into(),
                         // Sometimes older than the user's last message: the contact keeps the newest.

@@ -185,6 +185,10 @@ pub enum UpstreamEvent {
     Prepared { key: String, result: Result<(), PrepareFailure> },
     /// A status of a message (`delivered`, `read`); `token` is acknowledged once it is durable.
     Status { message_id: String, status: MessageStatus, at_ms: Option<i64>, token: EventToken },
+    /// The upstream reported that a message it had taken failed after all (a Cloud API `failed`
+    /// status after the 200): recorded `sent` → `failed` with its code even when the message
+    /// already left the queue; `token` is acknowledged once that is durable.
+    LateFailure { message_id: String, code: u32, title: String, details: String, at_ms: Option<i64>, token: EventToken },
     /// A user's message; `token` is acknowledged once it is durable in the user's shard.
     Inbound { message: Inbound, token: EventToken },
     /// Nothing to record: acknowledge `token` with this turn's events.

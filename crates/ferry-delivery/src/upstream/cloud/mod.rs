@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use ferry_cloud::StatusKind;
 use ferry_cloud::codes;
-use ferry_model::{ErrorCode, MessageId, MessageStatus};
+use ferry_model::{ErrorCode, MessageId, MessageKey, MessageStatus};
 use ferry_shard::Shard;
 use ferry_webhooks::HttpClient;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -75,6 +75,9 @@ pub const IN_DOUBT_RECOVERED_TOTAL: &str = "ferry_cloud_in_doubt_recovered_total
 /// Counter: send requests by outcome (`accepted`, `retry`, `throughput`, `pair`, `marketing`,
 /// `failed`, `blocked`, `in_doubt`).
 pub const REQUESTS_TOTAL: &str = "ferry_cloud_requests_total";
+/// Counter: webhook statuses without ferry's marker whose wamid matched no message of the shard
+/// (sent by something else on the same number, or older than the status retention): dropped.
+pub const STATUSES_UNMATCHED_TOTAL: &str = "ferry_cloud_statuses_unmatched_total";
 
 /// One business number as every shard sees it.
 pub struct NumberState {
@@ -549,7 +552,27 @@ impl CloudUpstream {
         }
     }
 
-    fn on_status(&mut self, s: StatusReport, token: EventToken, out: &mut Vec<UpstreamEvent>) {
+    fn on_status(&mut self, mut s: StatusReport, token: EventToken, out: &mut Vec<UpstreamEvent>) {
+        if s.message_id.is_empty() {
+            // No marker: match by wamid (recorded with the message's `sent`).
+            let found = match crate::window::off_worker(|| self.shard.seq_for_upstream_id(&s.wamid)) {
+                Ok(found) => found,
+                Err(e) => {
+                    // Not acknowledged: Meta sends the webhook again.
+                    tracing::error!(shard = %self.shard_label, wamid = %s.wamid, error = %e, "cannot look up a status's wamid");
+                    self.pending.remove(&token);
+                    return;
+                }
+            };
+            let Some(seq) = found else {
+                metrics::counter!(STATUSES_UNMATCHED_TOTAL).increment(1);
+                tracing::warn!(shard = %self.shard_label, wamid = %s.wamid, "cloud status matches no message (no marker, unknown wamid): ignored");
+                out.push(UpstreamEvent::Unrecognized { token });
+                return;
+            };
+            let key = MessageKey { shard: self.shard.id(), space: self.shard.id_space(), seq };
+            s.message_id = MessageId::encode(key).as_str().to_owned();
+        }
         let status = match s.status {
             StatusKind::Sent => Some(MessageStatus::Sent),
             StatusKind::Delivered => Some(MessageStatus::Delivered),
@@ -572,11 +595,16 @@ impl CloudUpstream {
         if s.status == StatusKind::Failed {
             let (code, title, details) = s.error.unwrap_or((codes::SOMETHING_WENT_WRONG, String::new(), String::new()));
             self.in_doubt.remove(&s.message_id);
-            let outcome = outcome_for(&self.shared, code, title, details, None, 400);
+            let outcome = outcome_for(&self.shared, code, title.clone(), details.clone(), None, 400);
             if matches!(outcome, Outcome::Failed { .. }) {
                 self.settle_recovered(&s.message_id, &outcome);
             }
-            out.push(UpstreamEvent::Answer { message_id: s.message_id, attempt: 0, outcome });
+            // The core fails the message through this answer if it still holds it; a message
+            // already settled `sent` fails through the late failure (one of them applies).
+            out.push(UpstreamEvent::Answer { message_id: s.message_id.clone(), attempt: 0, outcome });
+            let at_ms = s.at_ms;
+            out.push(UpstreamEvent::LateFailure { message_id: s.message_id, code, title, details, at_ms, token });
+            return;
         }
         out.push(UpstreamEvent::Unrecognized { token });
     }
