@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_proto::v1;
-use support::{ChatSimProcess, FerryProcess, chat_stats, connect, eventually, http_get, status_of, text, wait_for};
+use support::{ChatSimProcess, FerryProcess, chat_stats, connect, http_get, status_of, text, wait_for};
 
 const MESSAGES: usize = 20_000;
 const SHARDS: u16 = 4;
@@ -102,11 +102,18 @@ async fn sigkill_during_delivery_loses_nothing_and_duplicates_are_bounded() {
             // chat server received some of this round's messages).
             let (unique_at_start, answered_by) = (chat_stats(chat_addr).await.unique_messages, next + per_round / 3);
             let ids2 = ids.clone();
-            eventually(Duration::from_secs(60), "a third of the round answered and delivered from", || {
+            wait_for(Duration::from_secs(60), "a third of the round answered and delivered from", || {
                 let ids = ids2.clone();
                 async move {
-                    ids.lock().unwrap().len() >= answered_by
-                        && chat_stats(chat_addr).await.unique_messages > unique_at_start
+                    let answered = ids.lock().unwrap().len();
+                    let unique = chat_stats(chat_addr).await.unique_messages;
+                    if answered >= answered_by && unique > unique_at_start {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "{answered} of {answered_by} answered; the chat server has {unique} (had {unique_at_start})"
+                        ))
+                    }
                 }
             })
             .await;
@@ -124,8 +131,9 @@ async fn sigkill_during_delivery_loses_nothing_and_duplicates_are_bounded() {
         } else {
             sender.await.unwrap().expect("ferry up for the whole last round");
             let expected = ids.lock().unwrap().len() as u64;
-            eventually(Duration::from_secs(120), "the chat server has every accepted message", || async move {
-                chat_stats(chat_addr).await.unique_messages >= expected
+            wait_for(Duration::from_secs(120), "the chat server has every accepted message", || async move {
+                let unique = chat_stats(chat_addr).await.unique_messages;
+                if unique >= expected { Ok(()) } else { Err(format!("{unique} of {expected}")) }
             })
             .await;
             let ids = ids.lock().unwrap().clone();
