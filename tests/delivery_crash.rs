@@ -4,8 +4,8 @@
 //!
 //! Afterwards the chat server has every accepted message exactly once (`unique_messages` equals
 //! the accepted ids, one id per idempotency key, although a send cut off by each kill is retried
-//! with the same keys), every id is `delivered` or `read` once the receipts drain (so no receipt
-//! was acknowledged before it was durable), and the resends (`duplicate_messages`) are bounded by
+//! with the same keys), every id is `read` with `delivered` in its history once the receipts
+//! drain (so no receipt was acknowledged before it was durable), and the resends (`duplicate_messages`) are bounded by
 //! what was really in flight at the kills: messages the chat server had received whose ack ferry
 //! had not yet written (the server's unique count at the kill less ferry's settled count before it).
 
@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_proto::v1;
-use support::{ChatSimProcess, FerryProcess, chat_stats, connect, eventually, http_get, status_of, text};
+use support::{ChatSimProcess, FerryProcess, chat_stats, connect, http_get, status_of, text, wait_for};
 
 const MESSAGES: usize = 20_000;
 const SHARDS: u16 = 4;
@@ -102,11 +102,18 @@ async fn sigkill_during_delivery_loses_nothing_and_duplicates_are_bounded() {
             // chat server received some of this round's messages).
             let (unique_at_start, answered_by) = (chat_stats(chat_addr).await.unique_messages, next + per_round / 3);
             let ids2 = ids.clone();
-            eventually(Duration::from_secs(60), "a third of the round answered and delivered from", || {
+            wait_for(Duration::from_secs(60), "a third of the round answered and delivered from", || {
                 let ids = ids2.clone();
                 async move {
-                    ids.lock().unwrap().len() >= answered_by
-                        && chat_stats(chat_addr).await.unique_messages > unique_at_start
+                    let answered = ids.lock().unwrap().len();
+                    let unique = chat_stats(chat_addr).await.unique_messages;
+                    if answered >= answered_by && unique > unique_at_start {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "{answered} of {answered_by} answered; the chat server has {unique} (had {unique_at_start})"
+                        ))
+                    }
                 }
             })
             .await;
@@ -118,28 +125,43 @@ async fn sigkill_during_delivery_loses_nothing_and_duplicates_are_bounded() {
             settled_before += settled;
             assert!(unique_at_kill >= settled_before, "settled {settled_before} > received {unique_at_kill}");
             in_flight_bound += unique_at_kill - settled_before;
+            eprintln!(
+                "kill {round}: settled {settled_before} before it, chat server had {unique_at_kill}: resend bound now {in_flight_bound}"
+            );
         } else {
             sender.await.unwrap().expect("ferry up for the whole last round");
             let expected = ids.lock().unwrap().len() as u64;
-            eventually(Duration::from_secs(120), "the chat server has every accepted message", || async move {
-                chat_stats(chat_addr).await.unique_messages >= expected
+            wait_for(Duration::from_secs(120), "the chat server has every accepted message", || async move {
+                let unique = chat_stats(chat_addr).await.unique_messages;
+                if unique >= expected { Ok(()) } else { Err(format!("{unique} of {expected}")) }
             })
             .await;
             let ids = ids.lock().unwrap().clone();
             let distinct: HashSet<&String> = ids.iter().collect();
             assert_eq!(distinct.len(), MESSAGES, "one id per idempotency key");
+            // The chat server sends both receipts for every message: each must be recorded (a
+            // `read` alone would hide a lost `delivered`, and `delivered` a lost `read`).
             let mut client = connect(ferry.addr).await;
             for id in &ids {
                 let c = client.clone();
                 let id2 = id.clone();
-                eventually(Duration::from_secs(30), &format!("{id} delivered or read"), || {
+                wait_for(Duration::from_secs(30), &format!("{id} read, with delivered in its history"), || {
                     let mut c = c.clone();
                     let id = id2.clone();
-                    async move { matches!(status_of(&mut c, &id).await.status.as_str(), "delivered" | "read") }
+                    async move {
+                        let r = status_of(&mut c, &id).await;
+                        let history: Vec<&str> = r.history.iter().map(|h| h.status.as_str()).collect();
+                        if r.status == "read" && history.contains(&"delivered") {
+                            Ok(())
+                        } else {
+                            Err(format!("status {}, history {history:?}", r.status))
+                        }
+                    }
                 })
                 .await;
             }
             let stats = chat_stats(chat_addr).await;
+            eprintln!("resends {} (bound {in_flight_bound})", stats.duplicate_messages);
             assert_eq!(stats.unique_messages, MESSAGES as u64, "exactly the accepted messages arrived");
             assert_eq!(stats.decrypt_failures, 0);
             assert!(

@@ -1,5 +1,5 @@
-//! Graceful drain of a real `ferry serve` process: SIGTERM under load loses no accepted message and
-//! exits 0; a drain that hangs is cut short by a second signal (exit 130) or by
+//! Graceful drain of a real `ferry serve` process: SIGTERM under load loses no accepted message,
+//! answers every send it wrote (it finishes the calls in flight) and exits 0; a drain that hangs is cut short by a second signal (exit 130) or by
 //! `shutdown_grace_secs` (exit 1).
 
 mod support;
@@ -48,8 +48,47 @@ async fn sigterm_under_load_loses_no_accepted_message() {
 
     // Every id a client got back is there after the restart.
     let ferry = FerryProcess::spawn(dir.path(), 4);
-    assert_all_kept(&mut connect(ferry.addr).await, &ids, "SIGTERM").await;
+    let mut client = connect(ferry.addr).await;
+    assert_all_kept(&mut client, &ids, "SIGTERM").await;
+    assert_no_send_written_unanswered(&mut client, &ids).await;
     assert_eq!(ferry.terminate().code(), Some(0));
+}
+
+/// The drain finished every call in flight: no send was written without its answer reaching the
+/// client. A shard's sequence numbers are dense (1, 2, ...), so a marker sent to each shard after
+/// the restart takes the next one, and every seq below it must be one of the `answered` ids.
+async fn assert_no_send_written_unanswered(client: &mut support::Client, answered: &[String]) {
+    use ferry_model::MessageId;
+    use std::collections::{BTreeMap, BTreeSet};
+    const SHARDS: usize = 4;
+    let key = |id: &str| MessageId::decode(id).unwrap_or_else(|| panic!("not a message id: {id}"));
+    let mut seqs: BTreeMap<usize, BTreeSet<u64>> = BTreeMap::new();
+    for id in answered {
+        let k = key(id);
+        seqs.entry(k.shard.index()).or_default().insert(k.seq);
+    }
+    // The first marker answered on each shard (recipients are spread over shards by hash).
+    let mut markers: BTreeMap<usize, u64> = BTreeMap::new();
+    for n in 0..400 {
+        if markers.len() == SHARDS {
+            break;
+        }
+        let id = client.send(text(&format!("+4421{n:08}"), "after the drain")).await.unwrap().into_inner().message_id;
+        let k = key(&id);
+        markers.entry(k.shard.index()).or_insert(k.seq);
+    }
+    assert_eq!(markers.len(), SHARDS, "400 markers did not reach every shard: {markers:?}");
+    for (shard, marker) in markers {
+        let answered = seqs.remove(&shard).unwrap_or_default();
+        let unanswered: Vec<u64> = (1..marker).filter(|s| !answered.contains(s)).collect();
+        assert!(
+            unanswered.is_empty(),
+            "shard {shard}: {} of the {} messages written before the restart were never answered \
+             (the drain cut their calls): seqs {unanswered:?}",
+            unanswered.len(),
+            marker - 1
+        );
+    }
 }
 
 /// A webhook receiver that accepts connections and reads requests but never answers: the

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut};
 use serde_json::Value;
-use support::{FerryProcess, connect, eventually, text};
+use support::{FerryProcess, connect, text, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
@@ -332,9 +332,9 @@ async fn http_connections_are_capped_and_idle_or_trickling_ones_cut() {
     assert!(closed_by_server(&mut quiet, Duration::from_secs(30)).await, "an idle connection stayed open");
     assert!(trickle.await.unwrap(), "a trickling header was not cut");
     // Their places are free again.
-    eventually(Duration::from_secs(30), "a new connection is served after the idle ones were cut", || async {
-        let (status, _) = support::http_get(addr, "/healthz").await;
-        status == 200
+    wait_for(Duration::from_secs(30), "a new connection is served after the idle ones were cut", || async {
+        let (status, body) = support::http_get(addr, "/healthz").await;
+        if status == 200 { Ok(()) } else { Err(format!("{status} {body}")) }
     })
     .await;
 }
@@ -374,10 +374,10 @@ async fn grpc_connections_are_capped_per_address() {
     assert!(transport.contains(&e.code()), "{e:?}");
     assert!(e.metadata().get("ferry-error-code").is_none(), "{e:?}");
     drop(silent_a);
-    eventually(Duration::from_secs(30), "a send succeeds once a place is free", || async {
+    wait_for(Duration::from_secs(30), "a send succeeds once a place is free", || async {
         let channel = endpoint.connect_lazy();
         let mut c = ferry_proto::v1::messages_client::MessagesClient::new(channel);
-        c.send(text("15550001", "under the cap")).await.is_ok()
+        c.send(text("15550001", "under the cap")).await.map(drop).map_err(|e| format!("{e:?}"))
     })
     .await;
 }

@@ -11,7 +11,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{ChatSimProcess, FerryProcess, chat_stats, connect, eventually, http_get, text};
+use support::{ChatSimProcess, FerryProcess, chat_stats, connect, http_get, text, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A small deterministic generator, so a failing run can be repeated.
@@ -59,8 +59,9 @@ async fn assert_one_message_per_key(ferry: &FerryProcess, chat: SocketAddr, n: u
     // was cut off is counted too (and its replay is not).
     let counted = scrape_sum(ferry.http_addr, "ferry_messages_accepted_total").await as usize;
     assert_eq!(counted, n, "ferry_messages_accepted_total counts every durable message once");
-    eventually(Duration::from_secs(60), &format!("{n} messages delivered"), || async move {
-        chat_stats(chat).await.unique_messages as usize >= n
+    wait_for(Duration::from_secs(60), &format!("{n} messages delivered"), || async move {
+        let unique = chat_stats(chat).await.unique_messages as usize;
+        if unique >= n { Ok(()) } else { Err(format!("{unique} at the chat server")) }
     })
     .await;
     let stats = chat_stats(chat).await;

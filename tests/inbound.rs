@@ -20,7 +20,7 @@ use ferry_proto::chat::v1::SimulateInboundRequest;
 use ferry_proto::chat::v1::chat_admin_client::ChatAdminClient;
 use ferry_proto::v1::{self, send_request::Content};
 use ferry_webhooks::{Shape, WebhookConfig, WebhookEngine};
-use support::{Delivering, eventually, text};
+use support::{Delivering, text, wait_for, wait_for_count};
 
 const BUSINESS: &str = "15550100000"; // the default sender, in wa_id form
 
@@ -71,14 +71,15 @@ async fn the_window_opens_with_a_user_message_and_closes_after_24_hours() {
 
     // The user writes: the window opens (once the message is durable in the user's shard).
     simulate_inbound(&sim, "447911123456", "hello").await;
-    eventually(Duration::from_secs(30), "a text accepted inside the window", || {
+    wait_for(Duration::from_secs(30), "a text accepted inside the window", || {
         let mut c = client.clone();
-        async move { c.send(text(user, "thanks for writing")).await.is_ok() }
+        async move { c.send(text(user, "thanks for writing")).await.map(drop).map_err(|e| format!("{e:?}")) }
     })
     .await;
     // Every shard's stream acknowledged what it recorded.
-    eventually(Duration::from_secs(10), "the inbound message acknowledged", || async {
-        sim.stats().inbound_acked == 1
+    wait_for(Duration::from_secs(10), "the inbound message acknowledged", || async {
+        let acked = sim.stats().inbound_acked;
+        if acked == 1 { Ok(()) } else { Err(format!("{acked} inbound messages acknowledged")) }
     })
     .await;
 
@@ -143,7 +144,7 @@ async fn inbound_reaches_the_webhook(shape: Shape) {
     for u in &users {
         simulate_inbound(&sim, u, &format!("hi from {u}")).await;
     }
-    eventually(Duration::from_secs(30), "6 inbound callbacks", || async { bodies.lock().unwrap().len() >= 6 }).await;
+    wait_for_count(Duration::from_secs(30), "6 inbound callbacks", 6, || async { bodies.lock().unwrap().len() }).await;
     let bodies = bodies.lock().unwrap().clone();
     let mut seen = Vec::new();
     for b in &bodies {
@@ -229,8 +230,9 @@ async fn an_inbound_message_whose_write_fails_is_retried_until_recorded() {
         failpoint::arm(Point::InboundWrite, u, 1);
         simulate_inbound(&sim, u, "hello").await;
     }
-    eventually(Duration::from_secs(30), "both inbound messages recorded and acknowledged", || async {
-        sim.stats().inbound_acked == 2
+    wait_for(Duration::from_secs(30), "both inbound messages recorded and acknowledged", || async {
+        let acked = sim.stats().inbound_acked;
+        if acked == 2 { Ok(()) } else { Err(format!("{acked} inbound messages acknowledged")) }
     })
     .await;
     let shards = ferry.node.coordinator.shards();
@@ -267,17 +269,24 @@ async fn receipts_and_inbound_messages_are_acked_only_once_durable() {
     let mut client = ferry.node.client().await;
     let id = client.send(template("+447911300001")).await.unwrap().into_inner().message_id;
     simulate_inbound(&sim, USER, "hello").await;
-    eventually(Duration::from_secs(30), "the server pushed both receipts and the inbound message", || async {
+    wait_for(Duration::from_secs(30), "the server pushed both receipts and the inbound message", || async {
         let s = sim.stats();
-        s.unique_messages == 1 && s.receipts_sent >= 2 && s.inbound_sent >= 1
+        if s.unique_messages == 1 && s.receipts_sent >= 2 && s.inbound_sent >= 1 {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
     })
     .await;
     // Two more failed writes after that: the receipts and the inbound message reached the loop
     // and it tried to write them (again) since.
     let before = failed();
-    eventually(Duration::from_secs(30), "two more failed writes of receipts or inbound messages", || async {
-        failed() >= before + 2
-    })
+    wait_for_count(
+        Duration::from_secs(30),
+        "two more failed writes of receipts or inbound messages",
+        before as usize + 2,
+        || async { failed() as usize },
+    )
     .await;
     let s = sim.stats();
     assert_eq!((s.receipts_acked, s.inbound_acked), (0, 0), "acknowledged before durable: {s:?}");
@@ -287,9 +296,9 @@ async fn receipts_and_inbound_messages_are_acked_only_once_durable() {
 
     shard.failpoint_fail_event_settles(0);
     support::wait_until_read(&client, std::slice::from_ref(&id), Duration::from_secs(30)).await;
-    eventually(Duration::from_secs(30), "both receipts and the inbound message acknowledged", || async {
+    wait_for(Duration::from_secs(30), "both receipts and the inbound message acknowledged", || async {
         let s = sim.stats();
-        s.receipts_acked >= 2 && s.inbound_acked == 1
+        if s.receipts_acked >= 2 && s.inbound_acked == 1 { Ok(()) } else { Err(format!("{s:?}")) }
     })
     .await;
     assert!(shard.get_contact(BUSINESS, USER).unwrap().is_some(), "the inbound message is recorded");

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use prometheus_parse::{Scrape, Value};
-use support::{FerryProcess, connect, eventually, http_get, text};
+use support::{FerryProcess, connect, http_get, text, wait_for};
 
 async fn get_json(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
     let (status, body) = http_get(addr, path).await;
@@ -92,15 +92,26 @@ async fn metrics_move_when_messages_flow_and_the_dashboard_queries_only_real_ser
     assert!(b.windows(2).all(|w| w[0].1 <= w[1].1), "cumulative buckets: {b:?}");
 
     // Delivery: every accepted message is acked by the in-process chat server.
-    eventually(Duration::from_secs(20), "every message acked (histogram) and settled", || async {
+    wait_for(Duration::from_secs(20), "every message acked (histogram) and settled", || async {
         let s = scrape(http).await;
-        value(&s, "ferry_accept_to_ack_seconds_count", &[]) >= (N + 1) as f64
-            && value(&s, "ferry_delivery_settled_total", &[]) >= (N + 1) as f64
+        let acked = value(&s, "ferry_accept_to_ack_seconds_count", &[]);
+        let settled = value(&s, "ferry_delivery_settled_total", &[]);
+        if acked >= (N + 1) as f64 && settled >= (N + 1) as f64 {
+            Ok(())
+        } else {
+            Err(format!("{acked} acked, {settled} settled of {}", N + 1))
+        }
     })
     .await;
-    eventually(Duration::from_secs(20), "webhook failures and backlog", || async {
+    wait_for(Duration::from_secs(20), "webhook failures and backlog", || async {
         let s = scrape(http).await;
-        value(&s, "ferry_webhook_failures_total", &[]) > 0.0 && value(&s, "ferry_webhook_backlog", &[]) > 0.0
+        let (failures, backlog) =
+            (value(&s, "ferry_webhook_failures_total", &[]), value(&s, "ferry_webhook_backlog", &[]));
+        if failures > 0.0 && backlog > 0.0 {
+            Ok(())
+        } else {
+            Err(format!("ferry_webhook_failures_total {failures}, ferry_webhook_backlog {backlog}"))
+        }
     })
     .await;
     let s = scrape(http).await;
@@ -151,18 +162,23 @@ async fn health_and_probes_follow_the_chat_server_link() {
     let node = FerryProcess::spawn(dir.path(), 2);
     let http = node.http_addr;
     assert_eq!(http_get(http, "/healthz").await.0, 200);
-    eventually(Duration::from_secs(10), "/readyz turns 200 once the shards are connected", || async {
-        http_get(http, "/readyz").await.0 == 200
+    wait_for(Duration::from_secs(10), "/readyz turns 200 once the shards are connected", || async {
+        let (status, body) = http_get(http, "/readyz").await;
+        if status == 200 { Ok(()) } else { Err(format!("{status} {body}")) }
     })
     .await;
     let (status, ready) = get_json(http, "/readyz").await;
     assert_eq!(status, 200);
     assert_eq!(ready["ready"], true);
     assert_eq!(ready["shards"], 2);
-    eventually(Duration::from_secs(10), "every shard connected", || async {
+    wait_for(Duration::from_secs(10), "every shard connected", || async {
         let (_, h) = get_json(http, "/v1/health").await;
-        h["health"]["shard-00"]["gateway_status"] == "connected"
-            && h["health"]["shard-01"]["gateway_status"] == "connected"
+        let status = |shard: &str| h["health"][shard]["gateway_status"].clone();
+        if status("shard-00") == "connected" && status("shard-01") == "connected" {
+            Ok(())
+        } else {
+            Err(format!("gateway_status {} and {}", status("shard-00"), status("shard-01")))
+        }
     })
     .await;
     let (status, health) = get_json(http, "/v1/health").await;

@@ -14,7 +14,7 @@ use ferry_coordinator::{AfterHold, CoordinatorConfig, HeldCounts, PacingConfig};
 use ferry_delivery::DeliveryConfig;
 use ferry_model::clock::ManualClock;
 use ferry_proto::v1::{self, send_request::Content};
-use support::{Client, Delivering, eventually, status_of, text};
+use support::{Client, Delivering, status_of, text, wait_for};
 
 const HELD: &str = "held_for_quality_assessment";
 
@@ -46,9 +46,12 @@ async fn resolve(client: &mut Client, template_name: &str, action: v1::HeldActio
 }
 
 async fn wait_for_status(client: &Client, id: &str, status: &str) {
-    eventually(Duration::from_secs(30), &format!("{id} {status}"), || {
+    wait_for(Duration::from_secs(30), &format!("{id} {status}"), || {
         let (mut c, id) = (client.clone(), id.to_owned());
-        async move { status_of(&mut c, &id).await.status == status }
+        async move {
+            let seen = status_of(&mut c, &id).await.status;
+            if seen == status { Ok(()) } else { Err(format!("status {seen}")) }
+        }
     })
     .await;
 }
@@ -105,8 +108,11 @@ async fn paced_templates_are_held_until_an_admin_call_releases_or_drops_them() {
     let other = client.send(template("+16315550003", "order_update")).await.unwrap().into_inner();
     let plain = client.send(text("+16315550004", "hello")).await.unwrap().into_inner();
     assert_eq!((other.message_status.as_str(), plain.message_status.as_str()), ("accepted", "accepted"));
-    eventually(Duration::from_secs(30), "the unpaced messages acked", || async { sim.stats().unique_messages == 2 })
-        .await;
+    wait_for(Duration::from_secs(30), "the unpaced messages acked", || async {
+        let unique = sim.stats().unique_messages;
+        if unique == 2 { Ok(()) } else { Err(format!("{unique} messages at the chat server")) }
+    })
+    .await;
 
     let held = status_of(&mut client, &promo.message_id).await;
     assert_eq!((held.status.as_str(), history(&held)), (HELD, vec!["accepted", HELD]));

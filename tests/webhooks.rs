@@ -22,7 +22,7 @@ use ferry_coordinator::CoordinatorConfig;
 use ferry_delivery::DeliveryConfig;
 use ferry_webhooks::{Shape, WebhookConfig, WebhookEngine};
 use hmac::{Hmac, KeyInit, Mac};
-use support::{Delivering, eventually, text, wait_until_read};
+use support::{Delivering, text, wait_for, wait_for_count, wait_until_read};
 
 const SECRET: &str = "app-secret";
 
@@ -111,8 +111,8 @@ async fn every_status_arrives_in_order(shape: Shape) {
         ids.push(client.send(m).await.unwrap().into_inner().message_id);
     }
     // sent, delivered and read for each of the 20 messages.
-    eventually(Duration::from_secs(60), "60 callbacks", || async {
-        statuses(shape, &state.lock().unwrap().1.bodies).len() >= 60
+    wait_for_count(Duration::from_secs(60), "60 callbacks", 60, || async {
+        statuses(shape, &state.lock().unwrap().1.bodies).len()
     })
     .await;
     let received = std::mem::take(&mut state.lock().unwrap().1);
@@ -174,7 +174,7 @@ async fn no_callback_is_lost_across_sigkill() {
         );
     }
     // Kill while callbacks are flowing: some have arrived, most have not.
-    eventually(Duration::from_secs(60), "the first callbacks", || async { arrived(&state) >= 20 }).await;
+    wait_for_count(Duration::from_secs(60), "the first callbacks", 20, || async { arrived(&state) }).await;
     ferry.kill9();
     let at_kill = arrived(&state);
     assert!(at_kill < 450, "the kill came before every callback was sent ({at_kill})");
@@ -193,7 +193,7 @@ async fn no_callback_is_lost_across_sigkill() {
         );
     }
     let all = ids.clone();
-    eventually(Duration::from_secs(120), "sent, delivered and read of all 200 messages", || {
+    wait_for(Duration::from_secs(120), "sent, delivered and read of all 200 messages", || {
         let (state, all) = (state.clone(), all.clone());
         async move {
             let got = statuses(Shape::Onprem, &state.lock().unwrap().1.bodies);
@@ -203,7 +203,11 @@ async fn no_callback_is_lost_across_sigkill() {
                     *per.entry(id).or_default() += 1;
                 }
             }
-            all.iter().all(|id| per.contains_key(id))
+            let unread: Vec<&String> = all.iter().filter(|id| !per.contains_key(*id)).collect();
+            match unread.first() {
+                None => Ok(()),
+                Some(first) => Err(format!("{} of {} without a read callback, e.g. {first}", unread.len(), all.len())),
+            }
         }
     })
     .await;
@@ -342,8 +346,8 @@ async fn https_callbacks_arrive_with_the_ca_file() {
     .unwrap();
     let mut client = ferry.node.client().await;
     let ids = send_texts(&mut client, "+4479440", 10).await;
-    eventually(Duration::from_secs(60), "30 callbacks over https", || async {
-        statuses(Shape::Onprem, &state.lock().unwrap().1.bodies).len() >= 30
+    wait_for_count(Duration::from_secs(60), "30 callbacks over https", 30, || async {
+        statuses(Shape::Onprem, &state.lock().unwrap().1.bodies).len()
     })
     .await;
     let received = std::mem::take(&mut state.lock().unwrap().1);
@@ -371,8 +375,14 @@ async fn https_to_an_untrusted_certificate_is_retried_not_lost() {
     let ids = send_texts(&mut client, "+4479550", 10).await;
     // Every message read, so all 30 callbacks are in the outbox; several attempts failed.
     wait_until_read(&client, &ids, Duration::from_secs(30)).await;
-    eventually(Duration::from_secs(30), "repeated failed attempts and handshakes", || async {
-        untrusting.stats().failed_attempts.load(Ordering::Relaxed) >= 6 && failed_handshakes.lock().unwrap().len() >= 6
+    wait_for(Duration::from_secs(30), "repeated failed attempts and handshakes", || async {
+        let attempts = untrusting.stats().failed_attempts.load(Ordering::Relaxed);
+        let handshakes = failed_handshakes.lock().unwrap().len();
+        if attempts >= 6 && handshakes >= 6 {
+            Ok(())
+        } else {
+            Err(format!("{attempts} failed attempts, {handshakes} failed handshakes"))
+        }
     })
     .await;
     assert_eq!(untrusting.stats().delivered.load(Ordering::Relaxed), 0);
@@ -393,8 +403,8 @@ async fn https_to_an_untrusted_certificate_is_retried_not_lost() {
     std::fs::write(&ca_file, &pki.ca_pem).unwrap();
     let trusting =
         WebhookEngine::start(shards, WebhookConfig { ca_file: Some(ca_file), ..WebhookConfig::for_test(url) }).unwrap();
-    eventually(Duration::from_secs(60), "the 30 held-back callbacks", || async {
-        statuses(Shape::Onprem, &state.lock().unwrap().1.bodies).len() >= 30
+    wait_for_count(Duration::from_secs(60), "the 30 held-back callbacks", 30, || async {
+        statuses(Shape::Onprem, &state.lock().unwrap().1.bodies).len()
     })
     .await;
     assert_sent_delivered_read(&statuses(Shape::Onprem, &state.lock().unwrap().1.bodies), &ids);
@@ -420,8 +430,8 @@ async fn batches_carry_up_to_max_statuses_per_post() {
     let ids = send_texts(&mut client, "+4479660", 40).await;
     wait_until_read(&client, &ids, Duration::from_secs(30)).await;
     state.lock().unwrap().0 = 0; // open the door
-    eventually(Duration::from_secs(60), "120 callbacks", || async {
-        statuses(Shape::Onprem, &state.lock().unwrap().1.bodies).len() >= 120
+    wait_for_count(Duration::from_secs(60), "120 callbacks", 120, || async {
+        statuses(Shape::Onprem, &state.lock().unwrap().1.bodies).len()
     })
     .await;
     let received = std::mem::take(&mut state.lock().unwrap().1);

@@ -200,12 +200,32 @@ where
     }
 }
 
+/// Polls `count` every 50 ms until it reaches `at_least`, or panics after `timeout` with `what`
+/// and the last count.
+pub async fn wait_for_count<F, Fut>(timeout: Duration, what: &str, at_least: usize, mut count: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    wait_for(timeout, what, || {
+        let counted = count();
+        async move {
+            let n = counted.await;
+            if n >= at_least { Ok(()) } else { Err(format!("{n} of {at_least}")) }
+        }
+    })
+    .await;
+}
+
 /// Waits until every message in `ids` has status `read` (each within `timeout`).
 pub async fn wait_until_read(client: &Client, ids: &[String], timeout: Duration) {
     for id in ids {
-        eventually(timeout, &format!("{id} read"), || {
+        wait_for(timeout, &format!("{id} read"), || {
             let (mut c, id) = (client.clone(), id.clone());
-            async move { status_of(&mut c, &id).await.status == "read" }
+            async move {
+                let status = status_of(&mut c, &id).await.status;
+                if status == "read" { Ok(()) } else { Err(format!("status {status}")) }
+            }
         })
         .await;
     }
