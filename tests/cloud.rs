@@ -468,7 +468,11 @@ async fn each_number_is_paced_at_its_throughput() {
     }
     assert_eq!(last["messages_taken"], 100, "every message taken: {last}");
     let max = last["numbers"][PHONE_NUMBER_ID]["max_per_second"].as_u64().unwrap();
-    assert!((15..=21).contains(&max), "paced at 20/s: the busiest second had {max}: {last}");
+    // cloudsim counts arrivals per wall-clock second: a request the loaded machine delayed lands
+    // in the next second with the ones paced there, so allow a few over 20. Unpaced, the 100
+    // queued messages would all arrive within one second; a pacer with a full second of burst
+    // would show about 40.
+    assert!((12..=26).contains(&max), "paced at 20/s: the busiest second had {max}: {last}");
     assert_eq!(last["refusals"]["130429"].as_u64().unwrap_or(0), 0, "{last}");
     rig.ferry.terminate();
 }
