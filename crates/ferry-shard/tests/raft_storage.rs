@@ -1,7 +1,8 @@
 //! The Raft storage of a shard replica (`ferry_shard::raft`): openraft's own storage test suite
 //! on the log store and state machine, a reopen test (the log, the vote, the committed id and the
-//! applied state come back from disk), and the round trip of the log entry encoding over every
-//! kind of op.
+//! applied state come back from disk), the round trip of the log entry encoding over every kind of
+//! op, and three replicas over an in-memory network (the same ids everywhere; after the leader is
+//! gone, a new leader continues the seqs and reuses no id).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use ferry_model::{MessageStatus, ShardId};
-use ferry_shard::apply::{EntryOp, ShardEntry};
+use ferry_shard::apply::{EntryOp, ShardEntry, ShardState};
 use ferry_shard::raft::{
     LogStore, OpReply, PeerNode, ShardRaft, ShardResponse, StateMachine, decode_entry, decode_response, encode_entry,
     encode_response,
@@ -20,9 +21,15 @@ use ferry_shard::{
     AppendOutcome, FailureReason, HeldAction, IdempotencyPlacement, IdempotencyRecord, InboundRecord, NewMessage,
     QueueRecord, ResolvedHeld, Settlement, Shard, ShardConfig, SharedResources, StatusRecord,
 };
+use openraft::error::{Fatal, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, StorageError, Vote};
+use openraft::{
+    CommittedLeaderId, Entry, EntryPayload, LogId, Membership, Raft, RaftNetwork, RaftNetworkFactory, StorageError,
+    Vote,
+};
 use proptest::prelude::*;
 
 /// Creates (first time) or reopens the replica stores in `dir`: the shard database the way a node
@@ -295,4 +302,177 @@ fn a_response_survives_the_encoding() {
     let rejected = ShardResponse { rejected: Some("below next_seq".into()), ..ShardResponse::default() };
     let json = serde_json::to_vec(&rejected).unwrap();
     assert_eq!(serde_json::from_slice::<ShardResponse>(&json).unwrap(), rejected);
+}
+
+// ---- three replicas in process ----
+
+/// The replicas reachable in process: a node absent from the map is down (unreachable).
+type Router = Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Raft<ShardRaft>>>>;
+
+struct Net {
+    router: Router,
+}
+
+impl RaftNetworkFactory<ShardRaft> for Net {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, _node: &PeerNode) -> PeerClient {
+        PeerClient { router: self.router.clone(), target }
+    }
+}
+
+/// An in-memory "RPC": a direct call on the target's `Raft`.
+struct PeerClient {
+    router: Router,
+    target: u64,
+}
+
+impl PeerClient {
+    fn peer(&self) -> Result<Raft<ShardRaft>, Unreachable> {
+        let peer = self.router.lock().unwrap().get(&self.target).cloned();
+        peer.ok_or_else(|| Unreachable::new(&std::io::Error::other(format!("node {} is down", self.target))))
+    }
+}
+
+impl RaftNetwork<ShardRaft> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<ShardRaft>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
+        let peer = self.peer()?;
+        peer.append_entries(rpc).await.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
+        let peer = self.peer()?;
+        peer.vote(rpc).await.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<u64>,
+        snapshot: openraft::Snapshot<ShardRaft>,
+        _cancel: impl std::future::Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<u64>, StreamingError<ShardRaft, Fatal<u64>>> {
+        let peer = self.peer()?;
+        peer.install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits (up to [`WAIT`]) until `raft`'s metrics satisfy `f`; fails with the last metrics seen.
+async fn wait_for(
+    raft: &Raft<ShardRaft>,
+    what: &str,
+    f: impl Fn(&openraft::RaftMetrics<u64, PeerNode>) -> bool + Send,
+) -> openraft::RaftMetrics<u64, PeerNode> {
+    match raft.wait(Some(WAIT)).metrics(f, what).await {
+        Ok(m) => m,
+        Err(e) => panic!("{what}: {e}; last metrics: {:?}", raft.metrics().borrow().clone()),
+    }
+}
+
+/// Message `n` with its idempotency record written in its own shard (so every replica stores
+/// the message id it got).
+fn keyed(n: u32) -> (NewMessage, Vec<u8>) {
+    let key = format!("15550100000\0key-{n}").into_bytes();
+    let mut m = message(n);
+    m.idempotency = Some(IdempotencyPlacement::Here { key: key.clone(), payload_hash: vec![n as u8] });
+    (m, key)
+}
+
+/// Proposes one append of `ns` on `leader` (whose state machine is `store`) and returns the
+/// answered (seq, id) pairs and the entry's log index. Planned the way the proposer will: the
+/// first seq is the leader's applied `next_seq`.
+async fn append_on(leader: &Raft<ShardRaft>, store: &Store, ns: &[u32]) -> (Vec<(u64, String)>, u64) {
+    let first_seq = ShardState::load(store, ShardId(0)).unwrap().next_seq;
+    let messages = ns.iter().map(|n| keyed(*n).0).collect();
+    let entry = ShardEntry { at_ms: 10_000, first_seq, ops: vec![EntryOp::Append { messages }] };
+    let written = leader.client_write(entry).await.expect("the leader commits the append");
+    assert_eq!(written.data.rejected, None, "entry refused: {:?}", written.data);
+    let OpReply::Appended(outcomes) = &written.data.ops[0] else { panic!("append reply: {:?}", written.data) };
+    (outcomes.iter().map(|o| (o.seq, o.message_id.as_str().to_owned())).collect(), written.log_id.index)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_agree_on_ids_and_a_new_leader_continues_the_seqs() {
+    let res = resources();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let config = Arc::new(
+        openraft::Config {
+            cluster_name: "ferry-test".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 500,
+            election_timeout_max: 1000,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .unwrap(),
+    );
+    let router: Router = Arc::default();
+    let mut stores = std::collections::BTreeMap::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let (log, sm) = open_replica(dir.path(), &res);
+        stores.insert(id, sm.store());
+        let raft = Raft::new(id, config.clone(), Net { router: router.clone() }, log, sm).await.unwrap();
+        router.lock().unwrap().insert(id, raft);
+    }
+    let raft = |id: u64| router.lock().unwrap().get(&id).cloned().expect("replica is up");
+    let nodes: std::collections::BTreeMap<u64, PeerNode> =
+        (1..=3).map(|id| (id, PeerNode { addr: format!("in-process-{id}") })).collect();
+    raft(1).initialize(nodes).await.unwrap();
+    let m = wait_for(&raft(1), "a leader", |m| m.current_leader.is_some()).await;
+    let leader = m.current_leader.unwrap();
+    wait_for(&raft(leader), "the leader's blank entry applied", |m| {
+        m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
+    })
+    .await;
+
+    let (first, index) = append_on(&raft(leader), &stores[&leader], &[1, 2, 3]).await;
+    for id in 1..=3 {
+        wait_for(&raft(id), "the append applied", |m| m.last_applied.is_some_and(|l| l.index >= index)).await;
+        for ((seq, answered), n) in first.iter().zip([1, 2, 3]) {
+            let store = &stores[&id];
+            assert!(store.get_queued(*seq).unwrap().is_some(), "replica {id}: message {seq} is queued");
+            let record = store.get_idempotency(&keyed(n).1, 1_000).unwrap().expect("its idempotency record");
+            assert_eq!(&record.message_id, answered, "replica {id} stores the id the leader answered");
+        }
+    }
+
+    // The leader goes away (its `Raft` shut down, unreachable): the other two elect a new one,
+    // which continues the seqs from its applied state.
+    let gone = router.lock().unwrap().remove(&leader).unwrap();
+    gone.shutdown().await.unwrap();
+    let survivor = (1..=3).find(|id| *id != leader).unwrap();
+    let m = wait_for(&raft(survivor), "a new leader", |m| m.current_leader.is_some_and(|l| l != leader)).await;
+    let new_leader = m.current_leader.unwrap();
+    wait_for(&raft(new_leader), "the new leader's blank entry applied", |m| {
+        m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
+    })
+    .await;
+    let (second, index) = append_on(&raft(new_leader), &stores[&new_leader], &[4, 5]).await;
+    let last_first = first.last().unwrap().0;
+    assert_eq!(second.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![last_first + 1, last_first + 2]);
+    for (_, id) in &second {
+        assert!(first.iter().all(|(_, old)| old != id), "id {id} was answered before");
+    }
+    for id in (1..=3).filter(|id| *id != leader) {
+        wait_for(&raft(id), "the second append applied", |m| m.last_applied.is_some_and(|l| l.index >= index)).await;
+        let record = stores[&id].get_idempotency(&keyed(5).1, 1_000).unwrap().expect("its idempotency record");
+        assert_eq!(record.message_id, second[1].1, "replica {id} stores the new leader's id");
+    }
+    let rafts = std::mem::take(&mut *router.lock().unwrap());
+    for (_, raft) in rafts {
+        raft.shutdown().await.unwrap();
+    }
 }
