@@ -40,7 +40,7 @@
 //! `StoredMembership`, with the membership entry that set it). `raft_state` keys: `vote` (JSON
 //! `Vote`, synced), `committed` (JSON `LogId`), `purged` (JSON `LogId`: every log entry up to it is
 //! deleted), `snapshot` (JSON: the current snapshot's meta and its checkpoint directory),
-//! `installing` (a snapshot id: set while a snapshot is copied in; a database that has it is
+//! `synced` (empty: the log thread's WAL sync marker), `installing` (a snapshot id: set while a snapshot is copied in; a database that has it is
 //! refused at open). `raft_log` values carry a normal entry as the prost encoding of
 //! `crate::raft::types::proto::ShardEntryProto` (tags never reused) and a membership as JSON. The
 //! two column families are created, empty, when a database from before them is opened (no format
