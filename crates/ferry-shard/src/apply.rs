@@ -35,7 +35,8 @@ use crate::storage::{
 use crate::writer::{AppendOutcome, HeldAction, IdempotencyPlacement, NewMessage, ResolvedHeld};
 
 /// One group commit, as decided by the writer: everything apply needs besides the state machine.
-#[derive(Debug, Clone)]
+/// (`Debug` is short, in `crate::raft::types`: an entry is logged by openraft.)
+#[derive(Clone)]
 pub struct ShardEntry {
     /// The entry's clock (ms since the epoch): the writer's wall clock, never below the previous
     /// entry's. Apply's only notion of "now"; persisted as `meta/applied_at_ms`.

@@ -28,11 +28,13 @@
 //! [`settle`] (recording acks, failures and receipts; statuses never go backwards),
 //! [`resources`] (block cache, write-buffer manager and thread pools shared by all shards of a
 //! node), [`writer`] (the group-commit thread), [`layout`] (the data dir: node file, shard dirs),
-//! and [`shard`] (the handle the coordinator uses).
+//! [`shard`] (the handle the coordinator uses), and [`raft`] (replicated shards, issue #12: openraft
+//! types, log store and state machine over the shard's database; not wired into the node yet).
 
 pub mod apply;
 pub mod auth_store;
 pub mod layout;
+pub mod raft;
 pub mod resources;
 pub mod settle;
 pub mod shard;

@@ -19,6 +19,8 @@
 //! | `released` | `seq` as u64 big-endian | empty | writer (resolve held: put; settle/remove: delete) |
 //! | `dispatched` | `seq` as u64 big-endian | `[1u8] ++ DispatchRecord` (protobuf) | writer (before an upstream request that cannot be deduplicated; deleted with the queue key) |
 //! | `upstream_ids` | `b"o\0" ++ upstream message id` or `b"i\0" ++ inbound message id` (UTF-8) | `[1u8] ++ UpstreamIdRecord` (protobuf) | writer (settle `sent` with an upstream id; inbound) |
+//! | `raft_log` | log index as u64 big-endian | `[1u8] ++ RaftLogEntry` (protobuf: term, leader node, index, kind, data) | replicated mode only: the Raft log thread (`crate::raft::log_store`) |
+//! | `raft_state` | ASCII name | JSON (see below) | replicated mode only: the Raft log thread and state machine |
 //!
 //! `meta` keys: `format_version` (u32 BE), `shard` (u16 BE index ++ u16 BE shard count),
 //! `node_id` (u64 BE), `id_space` (u64 BE: bytes 2..10 of every message id this shard issues;
@@ -32,6 +34,18 @@
 //! first opened), `next_outbox_seq` (u64 BE: the next status-event sequence number, rewritten in
 //! every batch that adds events), `webhook_cursor` (u64 BE: every status event below it was
 //! accepted by the webhook receiver; absent until a webhook is first configured).
+//!
+//! Replicated mode (issue #12, `crate::raft`; nothing of it is written in single-node mode, where
+//! the two Raft column families stay empty): `meta/raft_applied` (JSON `LogId` of the last applied
+//! log entry, in the same batch as the entry's effects) and `meta/raft_membership` (JSON
+//! `StoredMembership`, with the membership entry that set it). `raft_state` keys: `vote` (JSON
+//! `Vote`, synced), `committed` (JSON `LogId`), `purged` (JSON `LogId`: every log entry up to it is
+//! deleted), `snapshot` (JSON: the current snapshot's meta and its checkpoint directory),
+//! `synced` (empty: the log thread's WAL sync marker), `installing` (a snapshot id: set while a snapshot is copied in; a database that has it is
+//! refused at open). `raft_log` values carry a normal entry as the prost encoding of
+//! `crate::raft::types::proto::ShardEntryProto` (tags never reused) and a membership as JSON. The
+//! two column families are created, empty, when a database from before them is opened (no format
+//! bump: nothing existing changed, as with `released`).
 //!
 //! Every value starts with a one-byte value version (currently 1) followed by a protobuf message
 //! (prost); protobuf lets fields be added without a format bump. Timestamps are milliseconds since
@@ -186,8 +200,13 @@ pub const CF_HELD: &str = "held";
 pub const CF_RELEASED: &str = "released";
 pub const CF_DISPATCHED: &str = "dispatched";
 pub const CF_UPSTREAM_IDS: &str = "upstream_ids";
-/// Every column family of a shard database.
-pub const ALL_CFS: [&str; 12] = [
+/// Replicated mode: the Raft log (see "Replicated mode" above).
+pub const CF_RAFT_LOG: &str = "raft_log";
+/// Replicated mode: vote, committed and purged log ids, current snapshot.
+pub const CF_RAFT_STATE: &str = "raft_state";
+/// The column families of the state machine: everything but the Raft log and its state (what a
+/// snapshot carries).
+pub const SM_CFS: [&str; 12] = [
     CF_META,
     CF_QUEUE,
     CF_IDEMPOTENCY,
@@ -200,6 +219,23 @@ pub const ALL_CFS: [&str; 12] = [
     CF_RELEASED,
     CF_DISPATCHED,
     CF_UPSTREAM_IDS,
+];
+/// Every column family of a shard database.
+pub const ALL_CFS: [&str; 14] = [
+    CF_META,
+    CF_QUEUE,
+    CF_IDEMPOTENCY,
+    CF_IDEMPOTENCY_INTENTS,
+    CF_STATUS,
+    CF_SESSIONS,
+    CF_OUTBOX,
+    CF_CONTACTS,
+    CF_HELD,
+    CF_RELEASED,
+    CF_DISPATCHED,
+    CF_UPSTREAM_IDS,
+    CF_RAFT_LOG,
+    CF_RAFT_STATE,
 ];
 
 /// Key prefix in `upstream_ids` of an outbound message's upstream id.
@@ -225,6 +261,13 @@ pub const META_QUEUE_LOW_WATERMARK: &[u8] = b"queue_low_watermark";
 pub const META_IDENTITY_KEY: &[u8] = b"identity_key";
 pub const META_NEXT_OUTBOX_SEQ: &[u8] = b"next_outbox_seq";
 pub const META_WEBHOOK_CURSOR: &[u8] = b"webhook_cursor";
+pub const META_RAFT_APPLIED: &[u8] = b"raft_applied";
+pub const META_RAFT_MEMBERSHIP: &[u8] = b"raft_membership";
+pub const RAFT_STATE_VOTE: &[u8] = b"vote";
+pub const RAFT_STATE_COMMITTED: &[u8] = b"committed";
+pub const RAFT_STATE_PURGED: &[u8] = b"purged";
+pub const RAFT_STATE_SNAPSHOT: &[u8] = b"snapshot";
+pub const RAFT_STATE_INSTALLING: &[u8] = b"installing";
 
 /// How long an idempotency key holds.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
