@@ -145,7 +145,7 @@ proptest! {
                         let (seq, _) = model.remove(i as usize % model.len()).unwrap();
                         let base = status_base(&shard.get_queued(seq).unwrap().unwrap());
                         let mark = model.front().map_or(highest_seq + 1, |(s, _)| *s);
-                        let change = Settlement::Sent { seq, message: base, at_ms: 2_000 };
+                        let change = Settlement::Sent { seq, message: base, at_ms: ferry_shard::storage::now_ms() };
                         rt.block_on(shard.settle_durably(vec![change], Some(mark)).unwrap()).unwrap();
                         prop_assert!(shard.get_queued(seq).unwrap().is_none(), "a settled message left the queue");
                         settled.push(seq);
@@ -186,7 +186,7 @@ proptest! {
                         Some(&(seq, _)) if settle => {
                             let base = status_base(&shard.get_queued(seq).unwrap().unwrap());
                             let mark = model.get(1).map_or(highest_seq + 1, |(s, _)| *s);
-                            let change = Settlement::Sent { seq, message: base, at_ms: 3_000 };
+                            let change = Settlement::Sent { seq, message: base, at_ms: ferry_shard::storage::now_ms() };
                             Some((seq, shard.settle_durably(vec![change], Some(mark)).unwrap()))
                         }
                         _ => None,
