@@ -71,8 +71,8 @@ fn read_logs_error(e: impl std::fmt::Display) -> StoreError {
     StorageIOError::read_logs(AnyError::error(e)).into()
 }
 
-/// Encodes a log entry as `raft_log` stores it.
-pub(crate) fn encode_log_entry(entry: &Entry<ShardRaft>) -> Vec<u8> {
+/// Encodes a log entry as `raft_log` stores it (also its form on the wire, in AppendEntries).
+pub fn encode_log_entry(entry: &Entry<ShardRaft>) -> Vec<u8> {
     let (kind, data) = match &entry.payload {
         EntryPayload::Blank => (0, Vec::new()),
         EntryPayload::Normal(e) => (1, encode_entry(e)),
@@ -91,7 +91,7 @@ pub(crate) fn encode_log_entry(entry: &Entry<ShardRaft>) -> Vec<u8> {
 }
 
 /// Decodes a `raft_log` value.
-pub(crate) fn decode_log_entry(bytes: &[u8]) -> Result<Entry<ShardRaft>, String> {
+pub fn decode_log_entry(bytes: &[u8]) -> Result<Entry<ShardRaft>, String> {
     let rest = match bytes.split_first() {
         Some((&LOG_VALUE_VERSION, rest)) => rest,
         Some((v, _)) => return Err(format!("raft log value version {v}")),

@@ -8,13 +8,15 @@
 
 // openraft's `StorageError` (224 bytes) is the storage traits' error type, so every helper
 // returns it as is.
+pub mod forward;
 #[allow(clippy::result_large_err)]
 pub mod log_store;
 #[allow(clippy::result_large_err)]
 pub mod state_machine;
 pub mod types;
 
-pub use log_store::{LogReader, LogStore};
+pub use forward::{ForwardError, ForwardFuture, Forwarder};
+pub use log_store::{LogReader, LogStore, decode_log_entry, encode_log_entry};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use types::{
     CheckpointSnapshot, DecodeError, OpReply, PeerNode, ShardRaft, ShardResponse, decode_entry, decode_response,
