@@ -120,20 +120,7 @@ impl Coordinator {
     ///
     /// Cancel safety: as [`Coordinator::open`].
     pub async fn open_with_clock(config: &CoordinatorConfig, clock: SharedClock) -> Result<Coordinator, OpenError> {
-        config.validate().map_err(OpenError::Config)?;
-        let default_sender = phone::normalize(&config.default_sender, &config.country_code)
-            .map_err(|e| OpenError::Config(format!("default_sender: {e}")))?;
-        let allowed_senders = match &config.allowed_senders {
-            None => None,
-            Some(list) => Some(
-                list.iter()
-                    .map(|s| phone::normalize(s, &config.country_code))
-                    .collect::<Result<HashSet<_>, _>>()
-                    .map_err(|e| OpenError::Config(format!("allowed sender: {e}")))?,
-            ),
-        };
-        let layout = NodeLayout::open_or_create(&config.data_dir, config.shards)?;
-        let resources = SharedResources::new(&config.storage)?;
+        let (layout, resources) = Coordinator::open_layout(config)?;
         let mut shards = Vec::with_capacity(config.shards as usize);
         for i in 0..config.shards {
             let dir = layout.shard_dir(i);
@@ -146,8 +133,61 @@ impl Coordinator {
                 &config.shard,
             )?));
         }
+        let coordinator = Coordinator::with_shards(config, clock, layout, resources, shards)?;
+        Keys::replay_intents(&coordinator.core.shards).await?;
+        Ok(coordinator)
+    }
+
+    /// Opens the node's data dir with every shard a replica of its Raft group (issue #12):
+    /// `replication(i)` gives shard `i`'s transport and identity. Writes are answered once
+    /// committed on a majority of replicas; a node that does not lead a shard forwards its writes.
+    ///
+    /// Not done here (yet): the start-up replay of idempotency intents, which needs every group's
+    /// leader (a keyed send cut between its two writes is answered again only if retried at the
+    /// node that holds the intent's lock; see ARCHITECTURE.md, "Replicated shards").
+    pub async fn open_replicated<N: ferry_shard::raft::openraft::RaftNetworkFactory<ferry_shard::raft::ShardRaft>>(
+        config: &CoordinatorConfig,
+        clock: SharedClock,
+        mut replication: impl FnMut(u16) -> ferry_shard::Replication<N>,
+    ) -> Result<Coordinator, OpenError> {
+        let (layout, resources) = Coordinator::open_layout(config)?;
+        let mut shards = Vec::with_capacity(config.shards as usize);
+        for i in 0..config.shards {
+            let dir = layout.shard_dir(i);
+            let shard =
+                Shard::open_replicated(&dir, ShardId(i), config.shards, &resources, &config.shard, replication(i))
+                    .await?;
+            shards.push(Arc::new(shard));
+        }
+        Coordinator::with_shards(config, clock, layout, resources, shards)
+    }
+
+    fn open_layout(config: &CoordinatorConfig) -> Result<(NodeLayout, SharedResources), OpenError> {
+        config.validate().map_err(OpenError::Config)?;
+        let layout = NodeLayout::open_or_create(&config.data_dir, config.shards)?;
+        let resources = SharedResources::new(&config.storage)?;
+        Ok((layout, resources))
+    }
+
+    fn with_shards(
+        config: &CoordinatorConfig,
+        clock: SharedClock,
+        layout: NodeLayout,
+        resources: SharedResources,
+        shards: Vec<Arc<Shard>>,
+    ) -> Result<Coordinator, OpenError> {
+        let default_sender = phone::normalize(&config.default_sender, &config.country_code)
+            .map_err(|e| OpenError::Config(format!("default_sender: {e}")))?;
+        let allowed_senders = match &config.allowed_senders {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .map(|s| phone::normalize(s, &config.country_code))
+                    .collect::<Result<HashSet<_>, _>>()
+                    .map_err(|e| OpenError::Config(format!("allowed sender: {e}")))?,
+            ),
+        };
         let core = Arc::new(Core { shards, keys: Keys::new(), closed: AtomicBool::new(false), _resources: resources });
-        Keys::replay_intents(&core.shards).await?;
         let coordinator = Coordinator {
             layout,
             core,
@@ -246,7 +286,9 @@ pub(crate) fn shard_error(e: ShardError) -> ApiError {
         ShardError::Overloaded { .. } => {
             ApiError::new(ErrorCode::TooManyRequests, "", format!("{e}: retry with backoff"))
         }
-        ShardError::Stopped(_) => ApiError::new(ErrorCode::ServiceNotReady, "", e.to_string()),
+        ShardError::Stopped(_) | ShardError::Unavailable { .. } | ShardError::Indeterminate { .. } => {
+            ApiError::new(ErrorCode::ServiceNotReady, "", e.to_string())
+        }
         other => {
             tracing::error!(error = %other, "storage error");
             ApiError::new(ErrorCode::Internal, "", "storage error; the message was not accepted")

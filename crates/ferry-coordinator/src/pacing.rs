@@ -83,6 +83,11 @@ impl Coordinator {
     ) -> Result<HeldCounts, ApiError> {
         let mut counts = HeldCounts::default();
         for (shard, floor) in self.core.shards.iter().zip(&self.held_floor) {
+            // The periodic rule (the in-order pass) runs for a replicated shard on its leader
+            // only; an operator's resolve is forwarded to the leader like any write.
+            if in_order && !*shard.leading().borrow() {
+                continue;
+            }
             let mut from = floor.load(Ordering::Acquire);
             loop {
                 let chunk = shard.scan_held(from, HELD_SCAN_CHUNK).map_err(shard_error)?;

@@ -120,7 +120,12 @@ pub(crate) async fn supervise_shard<C: Connect>(d: ShardDelivery<C>, shutdown: w
     let initial = Duration::from_millis(d.config.reconnect_initial_ms);
     let mut backoff = initial;
     loop {
-        let (upstream, link) = d.connect.connect(shutdown.clone());
+        // A replicated shard is delivered by its leader only (always true on a single node).
+        if !d.shard.wait_leading(shutdown.clone()).await {
+            return;
+        }
+        let stop = d.shard.stop_when_not_leading(shutdown.clone());
+        let (upstream, link) = d.connect.connect(stop.clone());
         let shard_loop = ShardLoop::new(
             d.shard.clone(),
             d.all_shards.clone(),
@@ -128,14 +133,24 @@ pub(crate) async fn supervise_shard<C: Connect>(d: ShardDelivery<C>, shutdown: w
             d.clock.clone(),
             upstream,
             d.stats.clone(),
-            shutdown.clone(),
+            stop,
         );
         let started = tokio::time::Instant::now();
         d.stats.delivery_restarting.store(false, Ordering::Relaxed);
         let ended = tokio::spawn(shard_loop.run()).await;
         link.abort();
         let _ = link.await;
-        let Err(error) = ended else { return };
+        let Err(error) = ended else {
+            if *shutdown.borrow() {
+                return;
+            }
+            // Leadership moved: what is in flight stays queued for the next leader, which sends it
+            // again (the server dedups by id).
+            tracing::info!(shard = %d.shard.id(), "no longer leading the shard: delivery stops here");
+            d.stats.link_state.store(LinkState::Disconnected as u8, Ordering::Relaxed);
+            d.stats.in_flight.store(0, Ordering::Relaxed);
+            continue;
+        };
         d.stats.delivery_restarting.store(true, Ordering::Relaxed);
         d.stats.link_state.store(LinkState::Disconnected as u8, Ordering::Relaxed);
         d.stats.add(&d.stats.task_panics, 1);

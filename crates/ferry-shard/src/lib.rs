@@ -47,7 +47,7 @@ pub use apply::{EntryOp, OpOutcome, ShardApplied, ShardEntry, ShardState};
 pub use layout::{NodeLayout, NodeMeta};
 pub use resources::{SharedResources, StorageTuning};
 pub use settle::{FailureReason, InboundRecord, Settlement};
-pub use shard::{Shard, ShardConfig, ShardStats};
+pub use shard::{Replication, Shard, ShardConfig, ShardStats};
 pub use storage::{
     CALLBACK_INBOUND, CALLBACK_STATUS, CallbackRecord, ContactRecord, HeldRecord, IdempotencyIntent, IdempotencyRecord,
     QueueRecord, StatusEvent, StatusRecord,
@@ -69,4 +69,16 @@ pub enum ShardError {
     Corrupt { shard: u16, what: String },
     #[error("data dir error: {0}")]
     Layout(String),
+    /// A replicated shard has no leader this node can reach (an election, a partition): nothing
+    /// was written; retry.
+    #[error("shard {shard} is unavailable: {detail}")]
+    Unavailable { shard: u16, detail: String },
+    /// A replicated shard's write was proposed (or forwarded) and its outcome is unknown (the
+    /// leader changed or the call failed after it was sent): it may or may not be committed. A
+    /// retry with the same idempotency key is safe.
+    #[error("shard {shard}: the outcome of the write is unknown ({detail}); retry with the same idempotency key")]
+    Indeterminate { shard: u16, detail: String },
+    /// The shard's leader (another node) failed the op with this error.
+    #[error("shard {shard}, on its leader: {detail}")]
+    Remote { shard: u16, detail: String },
 }

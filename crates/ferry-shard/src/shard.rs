@@ -1,6 +1,6 @@
 //! The handle to one shard: its store (for reads from any thread) and the mailbox of its writer.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -10,8 +10,14 @@ use ferry_model::ShardId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use openraft::{Raft, RaftNetworkFactory};
+
 use crate::ShardError;
 use crate::apply::ShardState;
+use crate::raft::forward::{decode_forward_request, encode_forward_reply};
+use crate::raft::proposer::{Proposer, ready_term};
+use crate::raft::state_machine::Published;
+use crate::raft::{ForwardError, ForwardFuture, Forwarder, LogStore, ShardRaft, StateMachine};
 use crate::resources::SharedResources;
 use crate::settle::Settlement;
 use crate::storage::{
@@ -20,7 +26,7 @@ use crate::storage::{
     META_WEBHOOK_CURSOR, QueueRecord, StatusRecord, Store, session_key,
 };
 use crate::writer::{
-    AppendOutcome, Committed, HeldAction, NewMessage, Planner, ResolvedHeld, WriteOp, Writer, WriterCounters,
+    AppendOutcome, Committed, HeldAction, NewMessage, Planner, ResolvedHeld, WriteOp, Writer, WriterCounters, join_op,
 };
 
 /// Per-shard knobs (config keys under `[shard]`).
@@ -106,6 +112,125 @@ pub struct Shard {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Test support: set by [`Shard::crash_for_test`].
     crashed: Arc<AtomicBool>,
+    /// The shard's Raft group, when replicated.
+    raft: Option<Raft<ShardRaft>>,
+    /// See [`Shard::leading`].
+    leading: tokio::sync::watch::Receiver<bool>,
+    /// A single node's `leading` sender (always true), kept so the channel stays open.
+    always_leads: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+/// What a replicated shard needs besides its database (see [`Shard::open_replicated`]).
+pub struct Replication<N> {
+    /// This node's id in the cluster (the group's Raft node id).
+    pub node_id: u64,
+    pub raft_config: Arc<openraft::Config>,
+    /// The group's transport to the other replicas.
+    pub network: N,
+    /// Hands ops to the leader when this node does not lead the group.
+    pub forwarder: Arc<dyn Forwarder>,
+    /// How long a write waits for a leader before it fails as unavailable.
+    pub leader_wait: std::time::Duration,
+    /// Group commits proposed (or forwarded) and not answered yet, at most.
+    pub max_in_flight: usize,
+    /// The group's id space and identity secret: the same on every replica (ids and encryption
+    /// sessions must survive a change of leader).
+    pub id_space: u64,
+    pub identity_key: [u8; 32],
+    /// Where the group's snapshot checkpoints live (outside the database directory).
+    pub snapshot_root: PathBuf,
+}
+
+/// A shard's started writer (or proposer) and its group.
+struct Running {
+    tx: Sender<WriteOp>,
+    writer: JoinHandle<()>,
+    crashed: Arc<AtomicBool>,
+    raft: Option<Raft<ShardRaft>>,
+    leading: tokio::sync::watch::Receiver<bool>,
+}
+
+/// A shard's database and the state its writer starts from.
+struct Opened {
+    store: Arc<Store>,
+    state: ShardState,
+    webhook_floor: Arc<AtomicU64>,
+    identity_key: [u8; 32],
+    committed: Arc<Committed>,
+    queue_low_watermark: Arc<AtomicU64>,
+    counters: Arc<WriterCounters>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl Opened {
+    fn open(
+        dir: &Path,
+        id: ShardId,
+        shard_count: u16,
+        node_id: u64,
+        resources: &SharedResources,
+        config: &ShardConfig,
+        cluster_identity: Option<(u64, [u8; 32])>,
+    ) -> Result<Opened, ShardError> {
+        let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let webhook_floor = Arc::new(AtomicU64::new(u64::MAX));
+        let events = EventRetention {
+            retention_ms: ms(config.status_events_retention_secs),
+            webhook_floor: webhook_floor.clone(),
+        };
+        let store = Arc::new(Store::open(dir, id.0, resources, ms(config.status_retention_secs), events)?);
+        init_meta(&store, id, shard_count, node_id)?;
+        if let Some((id_space, identity_key)) = cluster_identity {
+            init_cluster_identity(&store, id, id_space, identity_key)?;
+        }
+        let identity_key = init_identity_key(&store, id)?;
+        // Before the state is read: marks whose message is no longer queued are dropped.
+        init_dispatch_marks(&store, id)?;
+        let state = ShardState::load(&store, id)?;
+        if config.callbacks {
+            webhook_floor.store(init_webhook_cursor(&store, id, state.next_outbox_seq)?, Ordering::Release);
+        }
+        let committed = Arc::new(Committed {
+            next_seq: AtomicU64::new(state.next_seq),
+            appended: tokio::sync::Notify::new(),
+            next_outbox_seq: tokio::sync::watch::Sender::new(state.next_outbox_seq),
+            released: std::sync::Mutex::new(Vec::new()),
+        });
+        Ok(Opened {
+            queue_low_watermark: Arc::new(AtomicU64::new(state.low_watermark)),
+            store,
+            state,
+            webhook_floor,
+            identity_key,
+            committed,
+            counters: Arc::new(WriterCounters::default()),
+            pending: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    fn into_shard(self, id: ShardId, node_id: u64, config: &ShardConfig, w: Running) -> Shard {
+        let Running { tx, writer, crashed, raft, leading } = w;
+        Shard {
+            id,
+            node_id,
+            id_space: self.state.id_space,
+            store: self.store,
+            tx,
+            closed: AtomicBool::new(false),
+            pending: self.pending,
+            capacity: config.queue_capacity,
+            counters: self.counters,
+            committed: self.committed,
+            identity_key: self.identity_key,
+            queue_low_watermark: self.queue_low_watermark,
+            webhook_cursor: self.webhook_floor,
+            writer: Mutex::new(Some(writer)),
+            crashed,
+            raft,
+            leading,
+            always_leads: None,
+        }
+    }
 }
 
 impl Shard {
@@ -118,42 +243,19 @@ impl Shard {
         resources: &SharedResources,
         config: &ShardConfig,
     ) -> Result<Shard, ShardError> {
-        let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let webhook_floor = Arc::new(AtomicU64::new(u64::MAX));
-        let events = EventRetention {
-            retention_ms: ms(config.status_events_retention_secs),
-            webhook_floor: webhook_floor.clone(),
-        };
-        let store = Arc::new(Store::open(dir, id.0, resources, ms(config.status_retention_secs), events)?);
-        init_meta(&store, id, shard_count, node_id)?;
-        let identity_key = init_identity_key(&store, id)?;
-        // Before the state is read: marks whose message is no longer queued are dropped.
-        init_dispatch_marks(&store, id)?;
-        let state = ShardState::load(&store, id)?;
-        let (next_seq, next_outbox_seq, id_space) = (state.next_seq, state.next_outbox_seq, state.id_space);
+        let opened = Opened::open(dir, id, shard_count, node_id, resources, config, None)?;
         let (tx, rx) = crossbeam_channel::unbounded();
-        let pending = Arc::new(AtomicUsize::new(0));
-        let counters = Arc::new(WriterCounters::default());
-        if config.callbacks {
-            webhook_floor.store(init_webhook_cursor(&store, id, next_outbox_seq)?, Ordering::Release);
-        }
-        let committed = Arc::new(Committed {
-            next_seq: AtomicU64::new(next_seq),
-            appended: tokio::sync::Notify::new(),
-            next_outbox_seq: tokio::sync::watch::Sender::new(next_outbox_seq),
-            released: std::sync::Mutex::new(Vec::new()),
-        });
-        let queue_low_watermark = Arc::new(AtomicU64::new(state.low_watermark));
         let crashed = Arc::new(AtomicBool::new(false));
+        let next_seq = opened.state.next_seq;
         let writer = Writer {
-            store: store.clone(),
+            store: opened.store.clone(),
             max_batch_messages: config.max_batch_messages,
-            pending: pending.clone(),
-            counters: counters.clone(),
-            committed: committed.clone(),
-            queue_low_watermark: queue_low_watermark.clone(),
-            planner: Planner { next_seq, last_at_ms: state.at_ms },
-            state,
+            pending: opened.pending.clone(),
+            counters: opened.counters.clone(),
+            committed: opened.committed.clone(),
+            queue_low_watermark: opened.queue_low_watermark.clone(),
+            planner: Planner { next_seq, last_at_ms: opened.state.at_ms },
+            state: opened.state.clone(),
             crashed: crashed.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -161,22 +263,135 @@ impl Shard {
             .spawn(move || writer.run(rx))
             .map_err(|e| ShardError::Layout(format!("cannot start writer thread: {e}")))?;
         tracing::info!(shard = %id, next_seq, dir = %dir.display(), "shard open");
-        Ok(Shard {
-            id,
-            node_id,
-            id_space,
-            store,
-            tx,
-            closed: AtomicBool::new(false),
-            pending,
-            capacity: config.queue_capacity,
-            counters,
-            committed,
-            identity_key,
-            queue_low_watermark,
-            webhook_cursor: webhook_floor,
-            writer: Mutex::new(Some(handle)),
-            crashed,
+        // A single node always leads its shards.
+        let (leads, leading) = tokio::sync::watch::channel(true);
+        let running = Running { tx, writer: handle, crashed, raft: None, leading };
+        let mut shard = opened.into_shard(id, node_id, config, running);
+        shard.always_leads = Some(leads);
+        Ok(shard)
+    }
+
+    /// Opens the shard's database in `dir` as one replica of the shard's Raft group (issue #12):
+    /// its log and state machine in the same database, the group's `Raft` over `replication`'s
+    /// network, and a proposer thread instead of the writer (`raft/proposer.rs`). Every write
+    /// commits on a majority of replicas before it is answered; on a node that does not lead the
+    /// group, writes are forwarded to the leader. The group is not initialized here (see
+    /// `ferry-cluster`'s bootstrap).
+    ///
+    /// Must be called within a tokio runtime (the group's tasks run on it).
+    pub async fn open_replicated<N: RaftNetworkFactory<ShardRaft>>(
+        dir: &Path,
+        id: ShardId,
+        shard_count: u16,
+        resources: &SharedResources,
+        config: &ShardConfig,
+        replication: Replication<N>,
+    ) -> Result<Shard, ShardError> {
+        let r = replication;
+        let identity = Some((r.id_space, r.identity_key));
+        let opened = Opened::open(dir, id, shard_count, r.node_id, resources, config, identity)?;
+        let log = LogStore::open(opened.store.clone())?;
+        let sm = StateMachine::open(opened.store.clone(), id, r.snapshot_root.clone())?;
+        sm.publish_to(Published {
+            committed: opened.committed.clone(),
+            low_watermark: opened.queue_low_watermark.clone(),
+            counters: opened.counters.clone(),
+        });
+        let state = sm.state_handle();
+        let raft = Raft::new(r.node_id, r.raft_config.clone(), r.network, log, sm)
+            .await
+            .map_err(|e| ShardError::Layout(format!("shard {id}: cannot start its raft group: {e}")))?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let crashed = Arc::new(AtomicBool::new(false));
+        let proposer = Proposer {
+            shard: id,
+            node_id: r.node_id,
+            raft: raft.clone(),
+            state,
+            forwarder: r.forwarder,
+            runtime: tokio::runtime::Handle::current(),
+            max_batch_messages: config.max_batch_messages,
+            max_in_flight: r.max_in_flight.max(1),
+            leader_wait: r.leader_wait,
+            pending: opened.pending.clone(),
+            counters: opened.counters.clone(),
+            mailbox: tx.clone(),
+            crashed: crashed.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("shard-{:02}-proposer", id.0))
+            .spawn(move || proposer.run(rx))
+            .map_err(|e| ShardError::Layout(format!("cannot start proposer thread: {e}")))?;
+        let lease = std::time::Duration::from_millis(r.raft_config.election_timeout_min);
+        let leading = crate::raft::leadership::watch(&raft, r.node_id, lease);
+        tracing::info!(shard = %id, node = r.node_id, dir = %dir.display(), "replicated shard open");
+        let running = Running { tx, writer: handle, crashed, raft: Some(raft), leading };
+        Ok(opened.into_shard(id, r.node_id, config, running))
+    }
+
+    /// The shard's Raft group (`None` on a single node).
+    pub fn raft(&self) -> Option<&Raft<ShardRaft>> {
+        self.raft.as_ref()
+    }
+
+    /// Whether this node delivers for the shard now: always on a single node; on a replicated
+    /// shard, while this node leads the group, its term's first entry is applied and it heard
+    /// from a quorum within the election timeout (a partitioned or paused old leader stops).
+    pub fn leading(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.leading.clone()
+    }
+
+    /// Waits until this node leads the shard ([`Shard::leading`]); `false` if `shutdown` turned
+    /// true first.
+    ///
+    /// Cancel safety: cancel-safe.
+    pub async fn wait_leading(&self, shutdown: tokio::sync::watch::Receiver<bool>) -> bool {
+        crate::raft::leadership::wait_leading(self.leading(), shutdown).await
+    }
+
+    /// A stop signal for work that runs only while this node leads the shard (its delivery loop,
+    /// webhook sender): true once `shutdown` is, or once this node no longer leads.
+    pub fn stop_when_not_leading(
+        &self,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::sync::watch::Receiver<bool> {
+        crate::raft::leadership::stop_when_not_leading(self.leading(), shutdown)
+    }
+
+    /// Serves a batch of ops another node forwarded because this node leads the shard (see
+    /// [`crate::raft::Forwarder`]): each op is submitted here as if it came from this node, and the
+    /// reply holds one result per op. A node that does not lead the shard refuses every op as
+    /// unavailable (the sender then looks for the leader again), so ops never travel in circles.
+    pub fn serve_forwarded(&self, body: Vec<u8>) -> ForwardFuture {
+        let shard = self.id.0;
+        let ops = match decode_forward_request(&body) {
+            Ok(ops) => ops,
+            Err(e) => {
+                let node = self.node_id;
+                return Box::pin(async move { Err(ForwardError::Refused { node, detail: e.to_string() }) });
+            }
+        };
+        let leads = self.raft.as_ref().is_some_and(|raft| ready_term(&raft.metrics().borrow(), self.node_id).is_some());
+        if !leads {
+            let detail = format!("node {} does not lead shard {shard}", self.node_id);
+            let results: Vec<_> =
+                ops.iter().map(|_| Err(ShardError::Unavailable { shard, detail: detail.clone() })).collect();
+            return Box::pin(async move { Ok(encode_forward_reply(&results)) });
+        }
+        let mut pendings = Vec::with_capacity(ops.len());
+        for op in ops {
+            let (op, pending) = join_op(op);
+            pendings.push(self.submit(op).map(|()| pending));
+        }
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(pendings.len());
+            for p in pendings {
+                results.push(match p {
+                    Ok(p) => p.wait(shard).await,
+                    Err(e) => Err(e),
+                });
+            }
+            Ok(encode_forward_reply(&results))
         })
     }
 
@@ -407,7 +622,19 @@ impl Shard {
     /// The first status event the webhook receiver has not accepted yet (`u64::MAX` when the shard
     /// was opened without a webhook).
     pub fn webhook_cursor(&self) -> u64 {
-        self.webhook_cursor.load(Ordering::Acquire)
+        let cursor = self.webhook_cursor.load(Ordering::Acquire);
+        if self.raft.is_none() || cursor == u64::MAX {
+            return cursor;
+        }
+        // A replicated shard: the leader that persisted the cursor may have been another node.
+        match self.store.get_meta_u64(META_WEBHOOK_CURSOR) {
+            Ok(Some(persisted)) => self.webhook_cursor.fetch_max(persisted, Ordering::AcqRel).max(persisted),
+            Ok(None) => cursor,
+            Err(e) => {
+                tracing::warn!(shard = %self.id, error = %e, "webhook cursor not read; resending from the last known");
+                cursor
+            }
+        }
     }
 
     /// Moves the in-memory webhook cursor (the retention floor) to `next` without persisting it:
@@ -671,6 +898,35 @@ fn init_dispatch_marks(store: &Store, id: ShardId) -> Result<(), ShardError> {
         sync.set_sync(true);
         store.db.write_opt(batch, &sync).map_err(|source| ShardError::Rocks { shard: id.0, source })?;
     }
+    Ok(())
+}
+
+/// A replicated shard's id space and identity secret are the group's (the same on every replica):
+/// a new database takes them; one that holds others belongs to another cluster and is refused.
+fn init_cluster_identity(store: &Store, id: ShardId, id_space: u64, identity_key: [u8; 32]) -> Result<(), ShardError> {
+    let fresh = store.get_meta(crate::storage::META_RAFT_APPLIED)?.is_none()
+        && store.get_meta_u64(META_NEXT_SEQ)? == Some(1)
+        && store.get_meta(META_IDENTITY_KEY)?.is_none();
+    let space = store.get_meta_u64(META_ID_SPACE)?;
+    let key = store.get_meta(META_IDENTITY_KEY)?;
+    if space == Some(id_space) && key.as_deref() == Some(identity_key.as_slice()) {
+        return Ok(());
+    }
+    if !fresh {
+        return Err(ShardError::Corrupt {
+            shard: id.0,
+            what: "the database belongs to another cluster (its id space or identity key differs from this \
+                   cluster's: check cluster.cluster_id and cluster.secret)"
+                .into(),
+        });
+    }
+    let mut batch = rocksdb::WriteBatch::default();
+    let meta = store.cf(crate::storage::CF_META);
+    batch.put_cf(meta, META_ID_SPACE, id_space.to_be_bytes());
+    batch.put_cf(meta, META_IDENTITY_KEY, identity_key);
+    let mut sync = rocksdb::WriteOptions::default();
+    sync.set_sync(true);
+    store.db.write_opt(batch, &sync).map_err(|source| ShardError::Rocks { shard: id.0, source })?;
     Ok(())
 }
 

@@ -200,7 +200,7 @@ pub(crate) struct Planner {
 }
 
 /// Whom to answer for one op of an entry.
-enum Waiter {
+pub(crate) enum Waiter {
     None,
     Append(Reply<Vec<AppendOutcome>>),
     Done(Reply<()>),
@@ -208,7 +208,7 @@ enum Waiter {
 }
 
 impl Waiter {
-    fn fail(self, err: ShardError) {
+    pub(crate) fn fail(self, err: ShardError) {
         // A dropped receiver means the caller went away.
         match self {
             Waiter::None => {}
@@ -218,7 +218,7 @@ impl Waiter {
         }
     }
 
-    fn answer(self, shard: ShardId, outcome: OpOutcome) {
+    pub(crate) fn answer(self, shard: ShardId, outcome: OpOutcome) {
         match (self, outcome) {
             (Waiter::None, _) => {}
             (Waiter::Append(reply), OpOutcome::Appended(outcomes)) => drop(reply.send(Ok(outcomes))),
@@ -232,40 +232,106 @@ impl Waiter {
     }
 }
 
+/// Moves one op out of its request: the entry op and whom to answer.
+pub(crate) fn split_op(op: WriteOp) -> (EntryOp, Waiter) {
+    match op {
+        WriteOp::Append { messages, reply } => (EntryOp::Append { messages }, Waiter::Append(reply)),
+        WriteOp::PutIdempotency { entries, reply } => (EntryOp::PutIdempotency { entries }, Waiter::Done(reply)),
+        WriteOp::ClearIntents { seqs } => (EntryOp::ClearIntents { seqs }, Waiter::None),
+        WriteOp::Remove { seqs, reply } => (EntryOp::Remove { seqs }, Waiter::Done(reply)),
+        WriteOp::Settle { entries, low_watermark, reply } => {
+            (EntryOp::Settle { entries, low_watermark }, Waiter::Done(reply))
+        }
+        WriteOp::ResolveHeld { seqs, action, at_ms, reply } => {
+            (EntryOp::ResolveHeld { seqs, action, at_ms }, Waiter::Resolved(reply))
+        }
+        WriteOp::SetWebhookCursor { next, reply } => (EntryOp::SetWebhookCursor { next }, Waiter::Done(reply)),
+        WriteOp::PutSessions { entries, reply } => (EntryOp::PutSessions { entries }, Waiter::Done(reply)),
+        WriteOp::MarkDispatched { seqs, at_ms, reply } => {
+            (EntryOp::MarkDispatched { seqs, at_ms }, Waiter::Done(reply))
+        }
+        WriteOp::ClearDispatched { seqs } => (EntryOp::ClearDispatched { seqs }, Waiter::None),
+        WriteOp::Hold { .. } | WriteOp::Stop => unreachable!("holds and stops are handled by the writer loop"),
+    }
+}
+
+/// The op of an entry as a request again, answering through `reply`-style channels: how a leader
+/// serves ops forwarded by another node. `None` for ops no request carries.
+pub(crate) fn join_op(op: EntryOp) -> (WriteOp, Pending) {
+    match op {
+        EntryOp::Append { messages } => {
+            let (reply, rx) = oneshot::channel();
+            (WriteOp::Append { messages, reply }, Pending::Append(rx))
+        }
+        EntryOp::PutIdempotency { entries } => {
+            let (reply, rx) = oneshot::channel();
+            (WriteOp::PutIdempotency { entries, reply }, Pending::Done(rx))
+        }
+        EntryOp::ClearIntents { seqs } => (WriteOp::ClearIntents { seqs }, Pending::None),
+        EntryOp::Remove { seqs } => {
+            let (reply, rx) = oneshot::channel();
+            (WriteOp::Remove { seqs, reply }, Pending::Done(rx))
+        }
+        EntryOp::Settle { entries, low_watermark } => {
+            let (reply, rx) = oneshot::channel();
+            (WriteOp::Settle { entries, low_watermark, reply }, Pending::Done(rx))
+        }
+        EntryOp::ResolveHeld { seqs, action, at_ms } => {
+            let (reply, rx) = oneshot::channel();
+            (WriteOp::ResolveHeld { seqs, action, at_ms, reply }, Pending::Resolved(rx))
+        }
+        EntryOp::SetWebhookCursor { next } => {
+            let (reply, rx) = oneshot::channel();
+            (WriteOp::SetWebhookCursor { next, reply }, Pending::Done(rx))
+        }
+        EntryOp::PutSessions { entries } => {
+            let (reply, rx) = oneshot::channel();
+            (WriteOp::PutSessions { entries, reply }, Pending::Done(rx))
+        }
+        EntryOp::MarkDispatched { seqs, at_ms } => {
+            let (reply, rx) = oneshot::channel();
+            (WriteOp::MarkDispatched { seqs, at_ms, reply }, Pending::Done(rx))
+        }
+        EntryOp::ClearDispatched { seqs } => (WriteOp::ClearDispatched { seqs }, Pending::None),
+    }
+}
+
+/// The receiving end of a [`join_op`]'s request.
+pub(crate) enum Pending {
+    None,
+    Append(oneshot::Receiver<Result<Vec<AppendOutcome>, ShardError>>),
+    Done(oneshot::Receiver<Result<(), ShardError>>),
+    Resolved(oneshot::Receiver<Result<ResolvedHeld, ShardError>>),
+}
+
+impl Pending {
+    /// The op's answer as a reply of an entry (`Stopped` if the writer went away).
+    pub(crate) async fn wait(self, shard: u16) -> Result<crate::raft::OpReply, ShardError> {
+        use crate::raft::OpReply;
+        let stopped = ShardError::Stopped(shard);
+        match self {
+            Pending::None => Ok(OpReply::Done),
+            Pending::Append(rx) => rx.await.unwrap_or(Err(stopped)).map(OpReply::Appended),
+            Pending::Done(rx) => rx.await.unwrap_or(Err(stopped)).map(|()| OpReply::Done),
+            Pending::Resolved(rx) => rx.await.unwrap_or(Err(stopped)).map(OpReply::Resolved),
+        }
+    }
+}
+
 impl Planner {
     /// Turns the ops of one group commit into an entry (the decisions only the writer makes) and
     /// the replies to send once it is applied and durable, one per op.
-    fn plan(&mut self, ops: Vec<WriteOp>) -> (ShardEntry, Vec<Waiter>) {
+    pub(crate) fn plan(&mut self, ops: Vec<WriteOp>) -> (ShardEntry, Vec<Waiter>) {
         let at_ms = crate::storage::now_ms().max(self.last_at_ms);
         self.last_at_ms = at_ms;
         let first_seq = self.next_seq;
         let mut entry_ops = Vec::with_capacity(ops.len());
         let mut waiters = Vec::with_capacity(ops.len());
         for op in ops {
-            let (op, waiter) = match op {
-                WriteOp::Append { messages, reply } => {
-                    self.next_seq += messages.len() as u64;
-                    (EntryOp::Append { messages }, Waiter::Append(reply))
-                }
-                WriteOp::PutIdempotency { entries, reply } => {
-                    (EntryOp::PutIdempotency { entries }, Waiter::Done(reply))
-                }
-                WriteOp::ClearIntents { seqs } => (EntryOp::ClearIntents { seqs }, Waiter::None),
-                WriteOp::Remove { seqs, reply } => (EntryOp::Remove { seqs }, Waiter::Done(reply)),
-                WriteOp::Settle { entries, low_watermark, reply } => {
-                    (EntryOp::Settle { entries, low_watermark }, Waiter::Done(reply))
-                }
-                WriteOp::ResolveHeld { seqs, action, at_ms, reply } => {
-                    (EntryOp::ResolveHeld { seqs, action, at_ms }, Waiter::Resolved(reply))
-                }
-                WriteOp::SetWebhookCursor { next, reply } => (EntryOp::SetWebhookCursor { next }, Waiter::Done(reply)),
-                WriteOp::PutSessions { entries, reply } => (EntryOp::PutSessions { entries }, Waiter::Done(reply)),
-                WriteOp::MarkDispatched { seqs, at_ms, reply } => {
-                    (EntryOp::MarkDispatched { seqs, at_ms }, Waiter::Done(reply))
-                }
-                WriteOp::ClearDispatched { seqs } => (EntryOp::ClearDispatched { seqs }, Waiter::None),
-                WriteOp::Hold { .. } | WriteOp::Stop => unreachable!("holds and stops are handled by run"),
-            };
+            let (op, waiter) = split_op(op);
+            if let EntryOp::Append { messages } = &op {
+                self.next_seq += messages.len() as u64;
+            }
             entry_ops.push(op);
             waiters.push(waiter);
         }

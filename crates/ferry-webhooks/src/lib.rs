@@ -309,7 +309,7 @@ impl WebhookEngine {
                     permits: permits.clone(),
                     stats: stats.clone(),
                 };
-                tokio::spawn(sender.run(shutdown_rx.clone()))
+                tokio::spawn(sender.run_while_leading(shutdown_rx.clone()))
             })
             .collect();
         Ok(WebhookEngine { stats, shutdown, tasks })
@@ -333,6 +333,7 @@ impl WebhookEngine {
 /// The most of a receiver's response body read (it is only read so the connection can be reused).
 const MAX_RESPONSE_BODY_BYTES: usize = 64 * 1024;
 
+#[derive(Clone)]
 struct Sender {
     shard: Arc<Shard>,
     client: HttpClient,
@@ -343,6 +344,22 @@ struct Sender {
 }
 
 impl Sender {
+    /// Runs the sender whenever this node leads its shard (always on a single node): a replicated
+    /// shard's callbacks go out from its leader only, from the cursor the group persisted.
+    async fn run_while_leading(self, shutdown: watch::Receiver<bool>) {
+        loop {
+            if !self.shard.wait_leading(shutdown.clone()).await {
+                return;
+            }
+            let stop = self.shard.stop_when_not_leading(shutdown.clone());
+            self.clone().run(stop).await;
+            if *shutdown.borrow() {
+                return;
+            }
+            tracing::info!(shard = %self.shard.id(), "no longer leading the shard: callbacks stop here");
+        }
+    }
+
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut events = self.shard.subscribe_events();
         let mut cursor = self.shard.webhook_cursor();

@@ -15,6 +15,8 @@ use ferry_shard::{ShardConfig, StorageTuning};
 use ferry_webhooks::WebhookConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster_config::ClusterConfig;
+
 pub use ferry_webhooks::{MASK, mask_url};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +69,9 @@ pub struct FerryConfig {
     pub grpc: ferry_ingest::GrpcConfig,
     /// TLS for both listeners (unset: plaintext).
     pub tls: TlsConfig,
+    /// A node of a replicated cluster (unset: a single node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `upstream_kind`: which upstream the delivery loops send to.
@@ -152,6 +157,7 @@ impl Default for FerryConfig {
             http: ferry_http::HttpConfig::default(),
             grpc: ferry_ingest::GrpcConfig::default(),
             tls: TlsConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -224,6 +230,21 @@ pub struct Overrides {
     /// once]. Prefer the env var: a flag shows in the process list.
     #[arg(long, env = "FERRY_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
+    /// This node's id in a cluster (`[cluster] node_id`); with --peers, runs a cluster node.
+    #[arg(long, env = "FERRY_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Internal (Raft, forwarding) listen address of a cluster node [default: 127.0.0.1:7100].
+    #[arg(long, env = "FERRY_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<String>,
+    /// Every node of the cluster, comma-separated ID=HOST:PORT (this one included).
+    #[arg(long, env = "FERRY_PEERS", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Replicas per shard [default: 3; this version: the number of peers].
+    #[arg(long, env = "FERRY_REPLICATION_FACTOR")]
+    pub replication_factor: Option<usize>,
+    /// Shared secret of the cluster's internal API. Prefer the env var.
+    #[arg(long, env = "FERRY_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
 }
 
 impl FerryConfig {
@@ -313,6 +334,29 @@ impl FerryConfig {
         if let Some(v) = &o.admin_password {
             c.auth.admin_password = Some(v.clone()).filter(|p| !p.is_empty());
         }
+        let cluster_flags = o.node_id.is_some()
+            || o.cluster_listen.is_some()
+            || o.peers.is_some()
+            || o.replication_factor.is_some()
+            || o.cluster_secret.is_some();
+        if cluster_flags {
+            let cluster = c.cluster.get_or_insert_with(ClusterConfig::default);
+            if let Some(v) = o.node_id {
+                cluster.node_id = v;
+            }
+            if let Some(v) = &o.cluster_listen {
+                cluster.listen = v.clone();
+            }
+            if let Some(v) = &o.peers {
+                cluster.peers = v.iter().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect();
+            }
+            if let Some(v) = o.replication_factor {
+                cluster.replication_factor = v;
+            }
+            if let Some(v) = &o.cluster_secret {
+                cluster.secret = Some(v.clone()).filter(|s| !s.is_empty());
+            }
+        }
         c.validate()?;
         Ok(c)
     }
@@ -354,6 +398,11 @@ impl FerryConfig {
     /// whether one is configured.
     pub fn masked(&self) -> FerryConfig {
         let mut c = self.clone();
+        if let Some(cluster) = &mut c.cluster
+            && cluster.secret.is_some()
+        {
+            cluster.secret = Some(MASK.into());
+        }
         for secret in [&mut c.webhook.secret, &mut c.auth.admin_password] {
             if secret.is_some() {
                 *secret = Some(MASK.into());
@@ -398,6 +447,9 @@ impl FerryConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.grpc_addr()?;
         self.http_addr()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         if self.shutdown_grace_secs == 0 {
             bail!("shutdown_grace_secs = 0: expected at least 1 second for a drain");
         }

@@ -2,6 +2,7 @@
 //! `chatsim` runs the reference chat server, `cloudsim` the reference WhatsApp Cloud API server, `loadgen` drives load, `config check` validates a config file,
 //! `login` gets a bearer token (for `--token` / `FERRY_TOKEN`).
 
+mod cluster_config;
 mod config;
 mod output;
 

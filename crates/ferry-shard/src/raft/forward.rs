@@ -33,3 +33,99 @@ pub enum ForwardError {
     #[error("node {node} refused the forwarded batch: {detail}")]
     Refused { node: u64, detail: String },
 }
+
+// ---- the wire format of a forwarded batch (opaque to the transport) ----
+//
+// Request: the ops as an entry ([`encode_entry`] with `at_ms` and `first_seq` 0: the leader plans
+// them). Reply: one result per op, in order.
+
+use super::types::proto::OpReplyProto;
+use super::types::{DecodeError, OpReply, bad, decode_entry, encode_entry, op_reply_of, op_reply_proto};
+use crate::ShardError;
+use crate::apply::{EntryOp, ShardEntry};
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ForwardReplyProto {
+    #[prost(message, repeated, tag = "1")]
+    ops: Vec<ForwardedOpProto>,
+}
+
+/// `error_kind`: 0 none (`reply` holds the answer), 1 overloaded (`pending`, `capacity`),
+/// 2 stopped, 3 unavailable, 4 indeterminate, 5 any other error (`detail`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct ForwardedOpProto {
+    #[prost(message, optional, tag = "1")]
+    reply: Option<OpReplyProto>,
+    #[prost(uint32, tag = "2")]
+    error_kind: u32,
+    #[prost(string, tag = "3")]
+    detail: String,
+    #[prost(uint64, tag = "4")]
+    pending: u64,
+    #[prost(uint64, tag = "5")]
+    capacity: u64,
+}
+
+/// The request of a forwarded batch.
+pub(crate) fn encode_forward_request(ops: Vec<EntryOp>) -> Vec<u8> {
+    encode_entry(&ShardEntry { at_ms: 0, first_seq: 0, ops })
+}
+
+/// The ops of a forwarded batch.
+pub(crate) fn decode_forward_request(bytes: &[u8]) -> Result<Vec<EntryOp>, DecodeError> {
+    Ok(decode_entry(bytes)?.ops)
+}
+
+/// The reply of a forwarded batch: one result per op.
+pub(crate) fn encode_forward_reply(results: &[Result<OpReply, ShardError>]) -> Vec<u8> {
+    let ops = results
+        .iter()
+        .map(|r| match r {
+            Ok(reply) => ForwardedOpProto { reply: Some(op_reply_proto(reply)), ..ForwardedOpProto::default() },
+            Err(e) => {
+                let mut op = ForwardedOpProto { detail: e.to_string(), ..ForwardedOpProto::default() };
+                op.error_kind = match e {
+                    ShardError::Overloaded { pending, capacity, .. } => {
+                        op.pending = *pending as u64;
+                        op.capacity = *capacity as u64;
+                        1
+                    }
+                    ShardError::Stopped(_) => 2,
+                    ShardError::Unavailable { detail, .. } => {
+                        op.detail = detail.clone();
+                        3
+                    }
+                    ShardError::Indeterminate { detail, .. } => {
+                        op.detail = detail.clone();
+                        4
+                    }
+                    _ => 5,
+                };
+                op
+            }
+        })
+        .collect();
+    prost::Message::encode_to_vec(&ForwardReplyProto { ops })
+}
+
+/// Decodes [`encode_forward_reply`]'s bytes (errors as this node's [`ShardError`]s of `shard`).
+pub(crate) fn decode_forward_reply(shard: u16, bytes: &[u8]) -> Result<Vec<Result<OpReply, ShardError>>, DecodeError> {
+    const W: &str = "forward reply";
+    let p: ForwardReplyProto = prost::Message::decode(bytes).map_err(|e| bad(W, e))?;
+    p.ops
+        .into_iter()
+        .map(|op| {
+            Ok(match (op.error_kind, op.reply) {
+                (0, Some(reply)) => Ok(op_reply_of(reply, W)?),
+                (0, None) => return Err(bad(W, "an op without reply or error")),
+                (1, _) => {
+                    Err(ShardError::Overloaded { shard, pending: op.pending as usize, capacity: op.capacity as usize })
+                }
+                (2, _) => Err(ShardError::Stopped(shard)),
+                (3, _) => Err(ShardError::Unavailable { shard, detail: op.detail }),
+                (4, _) => Err(ShardError::Indeterminate { shard, detail: op.detail }),
+                (_, _) => Err(ShardError::Remote { shard, detail: op.detail }),
+            })
+        })
+        .collect()
+}

@@ -9,14 +9,19 @@
 // openraft's `StorageError` (224 bytes) is the storage traits' error type, so every helper
 // returns it as is.
 pub mod forward;
+pub(crate) mod leadership;
 #[allow(clippy::result_large_err)]
 pub mod log_store;
+#[allow(clippy::result_large_err)]
+pub(crate) mod proposer;
 #[allow(clippy::result_large_err)]
 pub mod state_machine;
 pub mod types;
 
 pub use forward::{ForwardError, ForwardFuture, Forwarder};
 pub use log_store::{LogReader, LogStore, decode_log_entry, encode_log_entry};
+/// The Raft library, for crates that wire groups (its types appear in this module's API).
+pub use openraft;
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use types::{
     CheckpointSnapshot, DecodeError, OpReply, PeerNode, ShardRaft, ShardResponse, decode_entry, decode_response,

@@ -50,7 +50,47 @@ struct RecordedSnapshot {
     dir: PathBuf,
 }
 
+/// Where a replica publishes what it applied, as the single-node writer does after each commit:
+/// the shard's committed seqs (delivery loop wake-ups, status watchers), low watermark and counters.
+pub(crate) struct Published {
+    pub(crate) committed: Arc<crate::writer::Committed>,
+    pub(crate) low_watermark: Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) counters: Arc<crate::writer::WriterCounters>,
+}
+
+impl Published {
+    fn publish(&self, state: &ShardState, applied: Option<&crate::apply::ShardApplied>) {
+        use std::sync::atomic::Ordering;
+        let committed = &self.committed;
+        if committed.next_seq.swap(state.next_seq, Ordering::AcqRel) != state.next_seq {
+            committed.appended.notify_one();
+        }
+        if *committed.next_outbox_seq.borrow() != state.next_outbox_seq {
+            committed.next_outbox_seq.send_replace(state.next_outbox_seq);
+        }
+        self.low_watermark.store(state.low_watermark, Ordering::Release);
+        if let Some(applied) = applied {
+            self.counters.appended.fetch_add(applied.appended, Ordering::Relaxed);
+            self.counters.batches.fetch_add(1, Ordering::Relaxed);
+            self.counters.settled.fetch_add(applied.settled, Ordering::Relaxed);
+            if !applied.released.is_empty() {
+                let mut released = committed.released.lock().unwrap_or_else(|e| e.into_inner());
+                // Only a leader's delivery loop takes them; a follower's list would grow forever.
+                // Dropping is safe: a (new) delivery loop starts below every released message (the
+                // low watermark never passes one, the `released` column family).
+                if released.len() > 100_000 {
+                    released.clear();
+                }
+                released.extend(&applied.released);
+                drop(released);
+                committed.appended.notify_one();
+            }
+        }
+    }
+}
+
 struct Inner {
+    published: Option<Published>,
     store: Arc<Store>,
     state: ShardState,
     applied: Option<LogId<NodeId>>,
@@ -142,6 +182,9 @@ impl Inner {
             },
             Some((shard_entry, outcome)) => {
                 self.state.commit(&shard_entry, &outcome);
+                if let Some(p) = &self.published {
+                    p.publish(&self.state, Some(&outcome));
+                }
                 ShardResponse::from_applied(outcome).map_err(|e| StorageIOError::apply(log_id, AnyError::error(e)))?
             }
         })
@@ -233,6 +276,9 @@ impl Inner {
         store.write_batch(batch, &sync).map_err(snapshot_error)?;
 
         self.state = ShardState::load(&store, self.state.shard).map_err(snapshot_error)?;
+        if let Some(p) = &self.published {
+            p.publish(&self.state, None);
+        }
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         Ok(())
@@ -265,6 +311,7 @@ impl StateMachine {
         std::fs::create_dir_all(&snapshot_root)
             .map_err(|e| ShardError::Layout(format!("snapshot dir {}: {e}", snapshot_root.display())))?;
         let inner = Inner {
+            published: None,
             store,
             state,
             applied: applied.flatten(),
@@ -280,9 +327,32 @@ impl StateMachine {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).state.clone()
     }
 
+    /// From now on, every applied entry is published to the shard's readers (see [`Published`]).
+    pub(crate) fn publish_to(&self, published: Published) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).published = Some(published);
+    }
+
+    /// A handle that reads the applied state after the state machine moved into its `Raft`.
+    pub(crate) fn state_handle(&self) -> StateHandle {
+        StateHandle { inner: self.inner.clone() }
+    }
+
     /// The shard database this state machine applies to.
     pub fn store(&self) -> Arc<Store> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).store.clone()
+    }
+}
+
+/// Reads a [`StateMachine`]'s applied state (the proposer plans from it).
+#[derive(Clone)]
+pub(crate) struct StateHandle {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl StateHandle {
+    /// The in-memory state apply keeps, as of the last applied entry.
+    pub(crate) fn shard_state(&self) -> ShardState {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).state.clone()
     }
 }
 

@@ -363,7 +363,7 @@ pub struct DecodeError {
     pub detail: String,
 }
 
-fn bad(what: &'static str, detail: impl fmt::Display) -> DecodeError {
+pub(crate) fn bad(what: &'static str, detail: impl fmt::Display) -> DecodeError {
     DecodeError { what, detail: detail.to_string() }
 }
 
@@ -576,36 +576,47 @@ pub fn decode_entry(bytes: &[u8]) -> Result<ShardEntry, DecodeError> {
     Ok(ShardEntry { at_ms: p.at_ms, first_seq: p.first_seq, ops })
 }
 
+/// The prost form of one op's reply.
+pub(crate) fn op_reply_proto(op: &OpReply) -> OpReplyProto {
+    match op {
+        OpReply::Appended(a) => OpReplyProto {
+            kind: 0,
+            appended: a
+                .iter()
+                .map(|o| AppendOutcomeProto { seq: o.seq, message_id: o.message_id.as_str().to_owned(), held: o.held })
+                .collect(),
+            ..OpReplyProto::default()
+        },
+        OpReply::Done => OpReplyProto { kind: 1, ..OpReplyProto::default() },
+        OpReply::Resolved(h) => OpReplyProto {
+            kind: 2,
+            released: h.released.clone(),
+            dropped: h.dropped.clone(),
+            expired: h.expired.clone(),
+            ..OpReplyProto::default()
+        },
+    }
+}
+
+/// One op's reply from its prost form.
+pub(crate) fn op_reply_of(op: OpReplyProto, what: &'static str) -> Result<OpReply, DecodeError> {
+    Ok(match op.kind {
+        0 => OpReply::Appended(
+            op.appended
+                .into_iter()
+                .map(|o| AppendOutcome { seq: o.seq, message_id: MessageId::from_stored(o.message_id), held: o.held })
+                .collect(),
+        ),
+        1 => OpReply::Done,
+        2 => OpReply::Resolved(ResolvedHeld { released: op.released, dropped: op.dropped, expired: op.expired }),
+        k => return Err(bad(what, format!("op reply kind {k}"))),
+    })
+}
+
 /// The prost encoding of a response.
 pub fn encode_response(r: &ShardResponse) -> Vec<u8> {
-    let ops = r
-        .ops
-        .iter()
-        .map(|op| match op {
-            OpReply::Appended(a) => OpReplyProto {
-                kind: 0,
-                appended: a
-                    .iter()
-                    .map(|o| AppendOutcomeProto {
-                        seq: o.seq,
-                        message_id: o.message_id.as_str().to_owned(),
-                        held: o.held,
-                    })
-                    .collect(),
-                ..OpReplyProto::default()
-            },
-            OpReply::Done => OpReplyProto { kind: 1, ..OpReplyProto::default() },
-            OpReply::Resolved(h) => OpReplyProto {
-                kind: 2,
-                released: h.released.clone(),
-                dropped: h.dropped.clone(),
-                expired: h.expired.clone(),
-                ..OpReplyProto::default()
-            },
-        })
-        .collect();
     prost::Message::encode_to_vec(&ShardResponseProto {
-        ops,
+        ops: r.ops.iter().map(op_reply_proto).collect(),
         rejected: r.rejected.clone(),
         next_seq: r.next_seq,
         next_outbox_seq: r.next_outbox_seq,
@@ -618,29 +629,7 @@ pub fn encode_response(r: &ShardResponse) -> Vec<u8> {
 pub fn decode_response(bytes: &[u8]) -> Result<ShardResponse, DecodeError> {
     const W: &str = "shard response";
     let p: ShardResponseProto = prost::Message::decode(bytes).map_err(|e| bad(W, e))?;
-    let ops = p
-        .ops
-        .into_iter()
-        .map(|op| {
-            Ok(match op.kind {
-                0 => OpReply::Appended(
-                    op.appended
-                        .into_iter()
-                        .map(|o| AppendOutcome {
-                            seq: o.seq,
-                            message_id: MessageId::from_stored(o.message_id),
-                            held: o.held,
-                        })
-                        .collect(),
-                ),
-                1 => OpReply::Done,
-                2 => {
-                    OpReply::Resolved(ResolvedHeld { released: op.released, dropped: op.dropped, expired: op.expired })
-                }
-                k => return Err(bad(W, format!("op reply kind {k}"))),
-            })
-        })
-        .collect::<Result<_, DecodeError>>()?;
+    let ops = p.ops.into_iter().map(|op| op_reply_of(op, W)).collect::<Result<_, DecodeError>>()?;
     Ok(ShardResponse {
         ops,
         rejected: p.rejected,
