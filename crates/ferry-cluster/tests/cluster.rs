@@ -393,3 +393,57 @@ async fn a_wrong_secret_is_refused_and_forwarding_maps_its_outcomes() {
     drop((forwarder, net, client));
     server.shutdown().await.unwrap();
 }
+
+/// One `InstallSnapshot` call of `frames` straight from the generated client.
+async fn send_frames(addr: &str, frames: Vec<ferry_cluster::pb::snapshot_frame::Frame>) -> tonic::Status {
+    use ferry_cluster::pb;
+    let mut client = pb::cluster_client::ClusterClient::connect(format!("http://{addr}")).await.unwrap();
+    let frames: Vec<pb::SnapshotFrame> = frames.into_iter().map(|f| pb::SnapshotFrame { frame: Some(f) }).collect();
+    client.install_snapshot(tokio_stream::iter(frames)).await.expect_err("the stream is refused")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_snapshot_stream_is_refused_with_the_field_and_leaves_nothing() {
+    use ferry_cluster::pb::snapshot_frame::Frame;
+    use ferry_cluster::pb::{SnapshotChunk, SnapshotFile, SnapshotHeader};
+    let res = resources();
+    let mut node = Node::start(1, &res, &test_timeouts()).await;
+    let header = |group: u32, files: &[(&str, u64)]| {
+        Frame::Header(SnapshotHeader {
+            group,
+            vote: serde_json::to_vec(&Vote::new(1, 2)).unwrap(),
+            meta: serde_json::to_vec(&openraft::SnapshotMeta::<u64, PeerNode> {
+                last_log_id: None,
+                last_membership: Default::default(),
+                snapshot_id: "s".into(),
+            })
+            .unwrap(),
+            files: files.iter().map(|(n, s)| SnapshotFile { name: (*n).into(), size: *s }).collect(),
+        })
+    };
+    let chunk = |file: u32, offset: u64, len: usize| Frame::Chunk(SnapshotChunk { file, offset, data: vec![7; len] });
+    let cases = [
+        (vec![header(9, &[])], tonic::Code::Unavailable, "group 9 is not open"),
+        (vec![header(0, &[("../escape", 1)])], tonic::Code::InvalidArgument, "files: expected unique plain file names"),
+        (vec![chunk(0, 0, 1)], tonic::Code::InvalidArgument, "frame 0: expected the snapshot header"),
+        (vec![header(0, &[("CURRENT", 3)]), chunk(0, 0, 5)], tonic::Code::InvalidArgument, "data: expected at most"),
+        (vec![header(0, &[("CURRENT", 3)]), chunk(0, 1, 1)], tonic::Code::InvalidArgument, "offset: expected 0"),
+        (vec![header(0, &[("CURRENT", 3)]), chunk(1, 0, 1)], tonic::Code::InvalidArgument, "file: expected 0..1"),
+        (
+            vec![header(0, &[("CURRENT", 3)]), chunk(0, 0, 2)],
+            tonic::Code::InvalidArgument,
+            "ended with CURRENT at 2 of 3",
+        ),
+    ];
+    let root = node.dir.path().join("snapshots");
+    for (frames, code, message) in cases {
+        let status = send_frames(&node.addr, frames).await;
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(message), "expected {message:?} in {status:?}");
+        let left: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "nothing is left in the snapshot root: {left:?}");
+    }
+    let m = node.raft.metrics().borrow().clone();
+    assert!(m.snapshot.is_none() && m.vote == Vote::default(), "the replica is untouched: {m:?}");
+    node.stop().await;
+}
