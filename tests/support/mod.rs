@@ -1,6 +1,8 @@
 //! Test sandbox: start ferry in-process on port 0, or as a real `ferry serve` process.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -41,6 +41,8 @@ counters!(
     inbound_acked,
     marketing_limited,
     envelopes_unanswered,
+    stale_term_refused,
+    stale_term_envelopes,
 );
 
 /// `counter += by` (relaxed: counters order nothing).

@@ -62,6 +62,8 @@ struct ChannelState {
     pushed: BTreeSet<u64>,
     /// Bumped by every stream that takes the channel over; older pushers stop.
     generation: u64,
+    /// The highest fenced `Hello` (term, leader node) seen on this channel; (0, 0) until one.
+    fence: (u64, u64),
 }
 
 /// A receipt (or inbound message) to schedule.
@@ -113,6 +115,22 @@ impl Channel {
             }
         }
         (receipts, inbound)
+    }
+
+    /// A fenced `Hello` (`term > 0`): refused (`Err` with the channel's fence) when an earlier
+    /// stream came from a newer (term, leader) pair; else that pair becomes the channel's fence.
+    pub(crate) fn admit(&self, term: u64, leader: u64) -> Result<(), (u64, u64)> {
+        let mut state = self.state.lock();
+        if (term, leader) < state.fence {
+            return Err(state.fence);
+        }
+        state.fence = (term, leader);
+        Ok(())
+    }
+
+    /// The generation of the stream that owns the channel now.
+    pub(crate) fn generation(&self) -> u64 {
+        self.state.lock().generation
     }
 
     /// A new stream takes the channel over: every pushed-but-unacked receipt is due again, at the

@@ -317,7 +317,7 @@ impl ChatService {
             first = inbound.message() => first,
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
-        let Hello { client_id, channel: channel_number } = match first {
+        let Hello { client_id, channel: channel_number, term, leader_node } = match first {
             Ok(Some(ClientFrame { frame: Some(client_frame::Frame::Hello(hello)) })) => hello,
             Ok(None) | Err(_) => return,
             Ok(Some(_)) => {
@@ -328,6 +328,16 @@ impl ChatService {
         };
         bump(&shared.counters.connections, 1);
         let channel = shared.channels.channel(&client_id, channel_number);
+        let fenced = term > 0;
+        if fenced && let Err((t, l)) = channel.admit(term, leader_node) {
+            bump(&shared.counters.stale_term_refused, 1);
+            let status = Status::failed_precondition(format!(
+                "stale term: channel {channel_number} of {client_id} is led at term {t} by node {l}; this stream said \
+                 term {term}, node {leader_node}"
+            ));
+            let _ = out.send(Err(status)).await;
+            return;
+        }
         let generation = channel.take_over();
         let orphans = shared
             .channels
@@ -353,6 +363,17 @@ impl ChatService {
                 break;
             };
             match frame {
+                client_frame::Frame::Envelope(_) if fenced && channel.generation() != generation => {
+                    // A newer leader's stream took the channel over: this one speaks for a term
+                    // that is over, and nothing it sends is taken.
+                    bump(&shared.counters.envelopes_received, 1);
+                    bump(&shared.counters.stale_term_envelopes, 1);
+                    let status = Status::failed_precondition(format!(
+                        "stale term: a newer stream (leader) took channel {channel_number} of {client_id} over"
+                    ));
+                    let _ = out.send(Err(status)).await;
+                    break;
+                }
                 client_frame::Frame::Envelope(_)
                     if shared.config.stall_after > 0 && answered >= shared.config.stall_after =>
                 {

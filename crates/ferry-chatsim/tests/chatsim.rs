@@ -80,7 +80,22 @@ struct Stream {
 impl Stream {
     async fn open(client: &mut ChatClient<Channel>, client_id: &str, channel: u32) -> Stream {
         let (frames_out, outbound) = mpsc::channel(1024);
-        let hello = Hello { client_id: client_id.to_owned(), channel };
+        let hello = Hello { client_id: client_id.to_owned(), channel, ..Hello::default() };
+        frames_out.send(ClientFrame { frame: Some(client_frame::Frame::Hello(hello)) }).await.unwrap();
+        let frames_in = client.deliver(ReceiverStream::new(outbound)).await.unwrap().into_inner();
+        Stream { frames_out, frames_in, receipts: Vec::new() }
+    }
+
+    /// [`Stream::open`] with a fenced `Hello` (a replicated shard's leader at `term`).
+    async fn open_fenced(
+        client: &mut ChatClient<Channel>,
+        client_id: &str,
+        channel: u32,
+        term: u64,
+        node: u64,
+    ) -> Stream {
+        let (frames_out, outbound) = mpsc::channel(1024);
+        let hello = Hello { client_id: client_id.to_owned(), channel, term, leader_node: node };
         frames_out.send(ClientFrame { frame: Some(client_frame::Frame::Hello(hello)) }).await.unwrap();
         let frames_in = client.deliver(ReceiverStream::new(outbound)).await.unwrap().into_inner();
         Stream { frames_out, frames_in, receipts: Vec::new() }
@@ -664,4 +679,46 @@ async fn answers_echo_the_attempt_and_a_stalled_stream_reads_without_answering()
     assert_eq!((stats.unique_messages, stats.envelopes_unanswered, stats.envelopes_received), (3, 1, 4));
     drop(stream);
     chatsim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stale_leaders_stream_is_refused_and_a_replaced_one_gets_nothing_acked() {
+    let sim = start(ChatSimConfig::for_test()).await;
+    let mut c = client(&sim).await;
+    let mut sender = Sender::new(c.clone());
+    // Node 1 leads channel 0 at term 2; its stream works.
+    let mut old = Stream::open_fenced(&mut c, "shard-space", 0, 2, 1).await;
+    let e = sender.envelope("wamid.fence-1", RECIPIENT, b"one").await;
+    must_ack(&send_one(&mut old, e).await, false);
+
+    // A leader of an older term is refused at its Hello.
+    let mut stale = Stream::open_fenced(&mut c, "shard-space", 0, 1, 2).await;
+    let refused = stale.frames_in.message().await.expect_err("a stale term is refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("stale term"), "{refused:?}");
+
+    // Node 2 becomes leader at term 3: its stream takes the channel over; node 1's old stream gets
+    // nothing acked any more.
+    let mut new = Stream::open_fenced(&mut c, "shard-space", 0, 3, 2).await;
+    let e = sender.envelope("wamid.fence-2", RECIPIENT, b"two").await;
+    must_ack(&send_one(&mut new, e).await, false);
+    let e = sender.envelope("wamid.fence-3", RECIPIENT, b"three").await;
+    old.send(e).await;
+    let cut = loop {
+        match old.frames_in.message().await {
+            Err(status) => break status,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the replaced stream ended without saying why"),
+        }
+    };
+    assert_eq!(cut.code(), tonic::Code::FailedPrecondition, "{cut:?}");
+    let stats = sim.stats();
+    assert_eq!((stats.stale_term_refused, stats.stale_term_envelopes), (1, 1));
+    assert_eq!(stats.unique_messages, 2, "the replaced stream's envelope was not acked");
+
+    // Unfenced clients (a single node) are not affected by the fence.
+    let mut single = Stream::open(&mut c, "shard-space", 0).await;
+    let e = sender.envelope("wamid.fence-4", RECIPIENT, b"four").await;
+    must_ack(&send_one(&mut single, e).await, false);
+    sim.shutdown().await;
 }

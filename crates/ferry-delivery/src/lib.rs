@@ -114,7 +114,14 @@ impl DeliveryEngine {
             let client = ChatClient::new(endpoint.connect_lazy())
                 .max_decoding_message_size(16 * 1024 * 1024)
                 .max_encoding_message_size(16 * 1024 * 1024);
-            let hello = Hello { client_id: format!("{:016x}", shard.node_id()), channel: u32::from(shard.id().0) };
+            // The channel is the shard's, whichever node leads it: the client id is the shard's
+            // id space (a single node's: its node id), so receipts for messages an earlier leader
+            // sent reach the current one. The term is filled in at each connect (fencing).
+            let hello = Hello {
+                client_id: format!("{:016x}", shard.id_space()),
+                channel: u32::from(shard.id().0),
+                ..Hello::default()
+            };
             ChatConnector { shard: shard.clone(), client, hello, config: chat_config.clone(), stats }
         }))
     }

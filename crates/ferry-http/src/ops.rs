@@ -192,10 +192,25 @@ fn version() -> &'static str {
 }
 
 async fn health(State(state): State<Arc<HttpState>>) -> Response {
+    let shards = state.coordinator.shards();
     let health: serde_json::Map<String, Value> = gateway_states(&state)
         .into_iter()
         .enumerate()
-        .map(|(i, s)| (format!("shard-{i:02}"), json!({"gateway_status": s.as_str(), "role": "shard"})))
+        .map(|(i, s)| {
+            let mut entry = json!({"gateway_status": s.as_str(), "role": "shard"});
+            if let Some(r) = shards.get(i).and_then(|shard| shard.raft_status()) {
+                // A follower does not deliver: it is not connected, and that is healthy.
+                entry["raft"] = json!({
+                    "role": r.role,
+                    "term": r.term,
+                    "leader": r.leader,
+                    "last_log_index": r.last_log_index,
+                    "applied_index": r.applied_index,
+                    "delivering": r.delivering,
+                });
+            }
+            (format!("shard-{i:02}"), entry)
+        })
         .collect();
     let mut body = json!({"health": health, "meta": {"api_status": "stable", "version": version()}});
     if let Some(cloud) = &state.cloud {
@@ -216,13 +231,22 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
         .filter(|(_, s)| s.delivery_restarting())
         .map(|(i, _)| format!("shard-{i:02}"))
         .collect();
+    let shards = state.coordinator.shards();
+    let leaderless: Vec<String> = (shards.iter())
+        .filter(|s| s.raft_status().is_some_and(|r| r.leader.is_none()))
+        .map(|s| format!("shard-{:02}", s.id().0))
+        .collect();
+    // A replicated shard delivers from its leader only: the chat link counts where this node leads.
+    let delivering = shards.iter().filter(|s| *s.leading().borrow()).count();
     let reason = if state.lifecycle.is_draining() {
         Some("draining: shutting down, finishing in-flight requests".to_owned())
+    } else if !leaderless.is_empty() {
+        Some(format!("{} has no raft leader (an election is under way or a quorum is down)", leaderless.join(", ")))
     } else if open < states.len() {
         Some(format!("{} of {} shards are closed", states.len() - open, states.len()))
     } else if !restarting.is_empty() {
         Some(format!("the delivery loop of {} panicked and is restarting", restarting.join(", ")))
-    } else if connected == 0 {
+    } else if connected == 0 && delivering > 0 {
         Some("no shard is connected to the chat server".to_owned())
     } else {
         None
@@ -258,6 +282,14 @@ pub fn sample(state: &HttpState) {
         metrics::gauge!("ferry_queue_depth", "shard" => label.clone()).set(stats.estimated_queue_len as f64);
         metrics::gauge!("ferry_held_messages", "shard" => label.clone()).set(stats.estimated_held_len as f64);
         metrics::counter!("ferry_shard_appended_total", "shard" => label.clone()).absolute(stats.appended);
+        if let Some(r) = shard.raft_status() {
+            metrics::gauge!("ferry_raft_term", "shard" => label.clone()).set(r.term as f64);
+            metrics::gauge!("ferry_raft_is_leader", "shard" => label.clone()).set(f64::from(u8::from(r.role == "leader")));
+            metrics::gauge!("ferry_raft_leader_node", "shard" => label.clone()).set(r.leader.unwrap_or(0) as f64);
+            metrics::gauge!("ferry_raft_last_log_index", "shard" => label.clone()).set(r.last_log_index as f64);
+            metrics::gauge!("ferry_raft_applied_index", "shard" => label.clone()).set(r.applied_index as f64);
+            metrics::gauge!("ferry_raft_delivering", "shard" => label.clone()).set(f64::from(u8::from(r.delivering)));
+        }
         let disk = shard.disk_usage();
         metrics::gauge!("ferry_rocksdb_sst_bytes", "shard" => label.clone()).set(disk.sst_bytes as f64);
         metrics::gauge!("ferry_rocksdb_pending_compaction_bytes", "shard" => label.clone())

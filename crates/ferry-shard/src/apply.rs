@@ -341,13 +341,44 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
     let mut cleared_now: Vec<u64> = Vec::new();
     let mut outcomes = Vec::with_capacity(entry.ops.len());
     let mut next_seq = entry.first_seq;
+    // Idempotency keys (placed here) appended by this entry, with their outcome.
+    let mut keys_here: HashMap<Vec<u8>, AppendOutcome> = HashMap::new();
     for op in &entry.ops {
         let outcome = match op {
-            EntryOp::Append { messages } => {
+            EntryOp::Append { messages } => 'append: {
+                // A key answered before (a retry after an unknown outcome, possibly through
+                // another node) answers its first id again instead of a second message: read
+                // every key this op places here first (a failed read fails this op only).
+                let mut earlier: HashMap<&[u8], Option<IdempotencyRecord>> = HashMap::new();
+                for m in messages {
+                    if let Some(IdempotencyPlacement::Here { key, .. }) = &m.idempotency
+                        && !keys_here.contains_key(key.as_slice())
+                        && !earlier.contains_key(key.as_slice())
+                    {
+                        match store.get_idempotency(key, entry.at_ms) {
+                            Ok(r) => earlier.insert(key.as_slice(), r),
+                            Err(e) => break 'append OpOutcome::Failed(e),
+                        };
+                    }
+                }
                 let mut appended = Vec::with_capacity(messages.len());
                 for m in messages {
                     let seq = next_seq;
                     next_seq += 1;
+                    if let Some(IdempotencyPlacement::Here { key, .. }) = &m.idempotency {
+                        let replay = keys_here.get(key.as_slice()).cloned().or_else(|| {
+                            earlier.get(key.as_slice()).and_then(Option::as_ref).map(|r| AppendOutcome {
+                                seq: MessageId::decode(&r.message_id).map_or(0, |k| k.seq),
+                                message_id: MessageId::from_stored(r.message_id.clone()),
+                                held: false,
+                            })
+                        });
+                        if let Some(first) = replay {
+                            // Its seq stays unused (a hole in the queue).
+                            appended.push(first);
+                            continue;
+                        }
+                    }
                     let message_id = MessageId::encode(MessageKey { shard, space: state.id_space, seq });
                     let held = m.held_template.is_some();
                     match &m.held_template {
@@ -378,7 +409,11 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
                             batch.put_cf(intents, queue_key(seq), encode_value(&intent));
                         }
                     }
-                    appended.push(AppendOutcome { seq, message_id, held });
+                    let outcome = AppendOutcome { seq, message_id, held };
+                    if let Some(IdempotencyPlacement::Here { key, .. }) = &m.idempotency {
+                        keys_here.insert(key.clone(), outcome.clone());
+                    }
+                    appended.push(outcome);
                 }
                 OpOutcome::Appended(appended)
             }

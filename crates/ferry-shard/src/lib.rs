@@ -47,7 +47,7 @@ pub use apply::{EntryOp, OpOutcome, ShardApplied, ShardEntry, ShardState};
 pub use layout::{NodeLayout, NodeMeta};
 pub use resources::{SharedResources, StorageTuning};
 pub use settle::{FailureReason, InboundRecord, Settlement};
-pub use shard::{Replication, Shard, ShardConfig, ShardStats};
+pub use shard::{RaftStatus, Replication, Shard, ShardConfig, ShardStats};
 pub use storage::{
     CALLBACK_INBOUND, CALLBACK_STATUS, CallbackRecord, ContactRecord, HeldRecord, IdempotencyIntent, IdempotencyRecord,
     QueueRecord, StatusEvent, StatusRecord,

@@ -120,6 +120,20 @@ pub struct Shard {
     always_leads: Option<tokio::sync::watch::Sender<bool>>,
 }
 
+/// A replica's place in its Raft group ([`Shard::raft_status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: &'static str,
+    pub term: u64,
+    /// The group's leader as this replica knows it.
+    pub leader: Option<u64>,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    /// The leader gate ([`Shard::leading`]): this node delivers for the shard.
+    pub delivering: bool,
+}
+
 /// What a replicated shard needs besides its database (see [`Shard::open_replicated`]).
 pub struct Replication<N> {
     /// This node's id in the cluster (the group's Raft node id).
@@ -332,6 +346,27 @@ impl Shard {
     /// The shard's Raft group (`None` on a single node).
     pub fn raft(&self) -> Option<&Raft<ShardRaft>> {
         self.raft.as_ref()
+    }
+
+    /// Where this replica stands in its Raft group (`None` on a single node), for health and
+    /// metrics.
+    pub fn raft_status(&self) -> Option<RaftStatus> {
+        let raft = self.raft.as_ref()?;
+        let m = raft.metrics().borrow().clone();
+        Some(RaftStatus {
+            role: match m.state {
+                openraft::ServerState::Leader => "leader",
+                openraft::ServerState::Follower => "follower",
+                openraft::ServerState::Candidate => "candidate",
+                openraft::ServerState::Learner => "learner",
+                openraft::ServerState::Shutdown => "shutdown",
+            },
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            delivering: *self.leading.borrow(),
+        })
     }
 
     /// Whether this node delivers for the shard now: always on a single node; on a replicated

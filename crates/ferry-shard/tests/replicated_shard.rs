@@ -226,3 +226,40 @@ async fn appends_commit_on_every_replica_from_leader_and_follower_and_survive_th
         shard.raft().unwrap().shutdown().await.unwrap();
     }
 }
+
+/// A message whose idempotency key lives in its own shard, appended again (a retry after an
+/// unknown outcome, which in a cluster may come through another node whose coordinator did not
+/// see the first answer): apply answers the first id instead of writing a second message, also
+/// when both are in one entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_placed_here_answers_its_first_id_when_appended_again() {
+    use ferry_shard::IdempotencyPlacement;
+    let res = resources();
+    let dir = tempfile::tempdir().unwrap();
+    let shard = Shard::open(dir.path(), ShardId(0), 1, 5, &res, &ShardConfig::default()).unwrap();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let keyed = |n: u32, key: &str| {
+        let mut m = message(n);
+        // Keys answer for 24 h from acceptance (the test message's 1970 acceptance is long gone).
+        m.record.accepted_at_ms = now_ms;
+        m.record.expires_at_ms = now_ms + 3_600_000;
+        m.idempotency =
+            Some(IdempotencyPlacement::Here { key: key.as_bytes().to_vec(), payload_hash: vec![n as u8] });
+        m
+    };
+    let first = shard.append_durably(vec![keyed(1, "k1")]).unwrap().await.unwrap();
+    let again = shard.append_durably(vec![keyed(1, "k1"), keyed(2, "k2")]).unwrap().await.unwrap();
+    assert_eq!(again[0].message_id, first[0].message_id, "the retry answers the first id");
+    assert_eq!(again[0].seq, first[0].seq);
+    assert_ne!(again[1].message_id, first[0].message_id);
+    // Two sends of one key in the same entry: one message.
+    let hold = shard.pause_writer_for_test();
+    let a = shard.append_durably(vec![keyed(3, "k3")]).unwrap();
+    let b = shard.append_durably(vec![keyed(3, "k3")]).unwrap();
+    drop(hold);
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert_eq!(a[0].message_id, b[0].message_id, "one id for the key within one entry");
+    let queued: Vec<u64> = shard.scan_queue(0, 100).unwrap().into_iter().map(|(seq, _)| seq).collect();
+    assert_eq!(queued, vec![first[0].seq, again[1].seq, a[0].seq], "one message per key in the queue");
+    shard.close();
+}

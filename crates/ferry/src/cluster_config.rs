@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
-use ferry_shard::raft::openraft;
 use serde::{Deserialize, Serialize};
 
 /// `[cluster]` (flags `--node-id`, `--cluster-listen`, `--peers`, `--replication-factor`, env
@@ -61,7 +60,6 @@ impl Default for ClusterConfig {
     }
 }
 
-#[allow(dead_code)] // serve wires them with the ferry-cluster transport (next commit)
 impl ClusterConfig {
     /// `peers` as id → address.
     pub fn peer_map(&self) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -140,21 +138,14 @@ impl ClusterConfig {
         Ok(())
     }
 
-    /// The openraft config every group of this node runs with.
-    pub fn raft_config(&self) -> anyhow::Result<openraft::Config> {
-        openraft::Config {
-            cluster_name: self.cluster_id.clone(),
-            heartbeat_interval: self.heartbeat_interval_ms,
-            election_timeout_min: self.election_timeout_min_ms,
-            election_timeout_max: self.election_timeout_max_ms,
-            max_payload_entries: 64,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
-            max_in_snapshot_log_to_keep: 5_000,
-            purge_batch_size: 256,
-            ..openraft::Config::default()
+    /// The Raft timing and transport deadlines of every group of this node.
+    pub fn timeouts(&self) -> ferry_cluster::RaftTimeouts {
+        ferry_cluster::RaftTimeouts {
+            heartbeat_ms: self.heartbeat_interval_ms,
+            election_timeout_min_ms: self.election_timeout_min_ms,
+            election_timeout_max_ms: self.election_timeout_max_ms,
+            ..ferry_cluster::RaftTimeouts::default()
         }
-        .validate()
-        .map_err(|e| anyhow::anyhow!("cluster timeouts: {e}"))
     }
 
     /// Shard `shard`'s id space: the same on every node of the cluster, different across
@@ -196,10 +187,10 @@ mod tests {
     }
 
     #[test]
-    fn a_three_node_config_is_valid_and_builds_a_raft_config() {
+    fn a_three_node_config_is_valid_and_builds_its_raft_config() {
         let c = three();
         c.validate().unwrap();
-        let raft = c.raft_config().unwrap();
+        let raft = c.timeouts().openraft_config(&c.cluster_id).unwrap();
         assert_eq!((raft.heartbeat_interval, raft.election_timeout_min), (200, 800));
     }
 

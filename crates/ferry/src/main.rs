@@ -3,6 +3,7 @@
 //! `login` gets a bearer token (for `--token` / `FERRY_TOKEN`).
 
 mod cluster_config;
+mod cluster_node;
 mod config;
 mod output;
 
@@ -229,11 +230,19 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     if tls.is_some() {
         tracing::info!("tls on: the http and grpc listeners serve TLS only");
     }
-    let coordinator = Arc::new(
-        Coordinator::open(&config.coordinator())
-            .await
-            .with_context(|| format!("cannot open data dir {}", config.data_dir.display()))?,
-    );
+    let (coordinator, cluster) = match &config.cluster {
+        None => (
+            Coordinator::open(&config.coordinator())
+                .await
+                .with_context(|| format!("cannot open data dir {}", config.data_dir.display()))?,
+            None,
+        ),
+        Some(cluster) => {
+            let (coordinator, node) = cluster_node::open(&config, cluster).await?;
+            (coordinator, Some(node))
+        }
+    };
+    let coordinator = Arc::new(coordinator);
     // Test hook (tests/crash.rs): every key-shard idempotency record write is held back forever.
     if std::env::var_os("FERRY_TEST_HOLD_KEY_SHARD_WRITES").is_some() {
         tracing::warn!("FERRY_TEST_HOLD_KEY_SHARD_WRITES is set: sends with a key on another shard never answer");
@@ -326,6 +335,9 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     let stopping = watch_signals(lifecycle.clone(), std::time::Duration::from_secs(config.shutdown_grace_secs))?;
     // Machine-readable readiness lines (tests and scripts wait for them).
     // Readiness lines (scripts and tests read them). A closed stdout does not stop the server.
+    if let Some(node) = &cluster {
+        let _ = output::line(format!("ferry: cluster listening on {}", node.local_addr()));
+    }
     for ready in [
         format!("ferry: upstream {upstream}"),
         format!("ferry: http listening on {http_bound}"),
@@ -401,6 +413,9 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         }
     }
     coordinator.close();
+    if let Some(node) = cluster {
+        node.shutdown().await;
+    }
     tracing::info!("ferry stopped cleanly");
     Ok(())
 }

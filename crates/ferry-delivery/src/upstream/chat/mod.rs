@@ -60,9 +60,15 @@ impl Connect for ChatConnector {
 
     fn connect(&self, shutdown: watch::Receiver<bool>) -> (ChatUpstream, JoinHandle<()>) {
         let (events_tx, events) = mpsc::channel(4096);
+        // A replicated shard's leader says its term (the server refuses a stale leader's stream).
+        let mut hello = self.hello.clone();
+        if let Some(raft) = self.shard.raft_status() {
+            hello.term = raft.term;
+            hello.leader_node = self.shard.node_id();
+        }
         let link = tokio::spawn(run_link(
             self.client.clone(),
-            self.hello.clone(),
+            hello,
             events_tx,
             self.stats.clone(),
             Duration::from_millis(self.config.reconnect_initial_ms),
