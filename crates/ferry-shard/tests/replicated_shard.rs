@@ -243,8 +243,7 @@ async fn a_key_placed_here_answers_its_first_id_when_appended_again() {
         // Keys answer for 24 h from acceptance (the test message's 1970 acceptance is long gone).
         m.record.accepted_at_ms = now_ms;
         m.record.expires_at_ms = now_ms + 3_600_000;
-        m.idempotency =
-            Some(IdempotencyPlacement::Here { key: key.as_bytes().to_vec(), payload_hash: vec![n as u8] });
+        m.idempotency = Some(IdempotencyPlacement::Here { key: key.as_bytes().to_vec(), payload_hash: vec![n as u8] });
         m
     };
     let first = shard.append_durably(vec![keyed(1, "k1")]).unwrap().await.unwrap();
