@@ -284,7 +284,8 @@ pub fn sample(state: &HttpState) {
         metrics::counter!("ferry_shard_appended_total", "shard" => label.clone()).absolute(stats.appended);
         if let Some(r) = shard.raft_status() {
             metrics::gauge!("ferry_raft_term", "shard" => label.clone()).set(r.term as f64);
-            metrics::gauge!("ferry_raft_is_leader", "shard" => label.clone()).set(f64::from(u8::from(r.role == "leader")));
+            metrics::gauge!("ferry_raft_is_leader", "shard" => label.clone())
+                .set(f64::from(u8::from(r.role == "leader")));
             metrics::gauge!("ferry_raft_leader_node", "shard" => label.clone()).set(r.leader.unwrap_or(0) as f64);
             metrics::gauge!("ferry_raft_last_log_index", "shard" => label.clone()).set(r.last_log_index as f64);
             metrics::gauge!("ferry_raft_applied_index", "shard" => label.clone()).set(r.applied_index as f64);

@@ -1,0 +1,221 @@
+//! A three-node cluster of real `ferry serve` processes (issue #12): every shard a Raft group of
+//! the three, delivering to one real `ferry chatsim`.
+//!
+//! Under keyed sends through every node, the leader of shard 0 is SIGKILLed. The other two elect a
+//! new leader, which delivers what the old one had not; sends that failed with 1011 during the
+//! election are retried with the same key; the killed node comes back on its data dir and catches
+//! up. Then the history check: every answered id is delivered to the chat server, none is lost or
+//! answered for two keys, the ids stay in the shard's id space, and messages beyond the answered
+//! ids are bounded by the sends whose outcome the cluster could not know (each may have committed
+//! once; see ARCHITECTURE.md, "Replicated shards").
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_proto::v1;
+use support::cluster::Cluster;
+use support::{chat_stats, connect, text, wait_for};
+
+const SHARDS: u16 = 2;
+
+/// What the senders saw.
+#[derive(Default)]
+struct History {
+    /// key → every id answered for it.
+    answered: HashMap<String, Vec<String>>,
+    /// Sends that failed after they may have reached a leader (1011 with "unknown"): each may
+    /// have committed once.
+    indeterminate: usize,
+    /// Other UNAVAILABLE answers (no leader yet, node down): nothing was written.
+    unavailable: usize,
+}
+
+/// Sends keys `from..to`, spreading them over `nodes` round robin; a failed send is retried (same
+/// key, next node) until it is answered, for at most 60 s per key.
+async fn send_keys(nodes: Vec<SocketAddr>, from: usize, to: usize, history: Arc<Mutex<History>>) {
+    let mut clients = Vec::new();
+    for addr in &nodes {
+        clients.push(connect(*addr).await);
+    }
+    for (turn, k) in (from..to).enumerate() {
+        let key = format!("cluster-key-{k}");
+        let mut request = text(&format!("+1631{:07}", k % 997), &format!("cluster {k}"));
+        request.idempotency_key = key.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut attempt = 0;
+        loop {
+            let c = &mut clients[(turn + attempt) % nodes.len()];
+            attempt += 1;
+            match tokio::time::timeout(Duration::from_secs(10), c.send(request.clone())).await {
+                Ok(Ok(r)) => {
+                    history.lock().unwrap().answered.entry(key.clone()).or_default().push(r.into_inner().message_id);
+                    break;
+                }
+                Ok(Err(status)) => {
+                    let mut h = history.lock().unwrap();
+                    if status.message().contains("unknown") {
+                        h.indeterminate += 1;
+                    } else {
+                        h.unavailable += 1;
+                    }
+                }
+                Err(_) => history.lock().unwrap().indeterminate += 1,
+            }
+            assert!(tokio::time::Instant::now() < deadline, "key {key} was not answered within 60 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_shard_leader_loses_nothing_and_a_new_leader_delivers() {
+    let mut cluster = Cluster::start(3, SHARDS);
+    let leader = cluster.wait_leader(0, None, Duration::from_secs(60)).await;
+    cluster.wait_leader(1, None, Duration::from_secs(60)).await;
+    let all: Vec<SocketAddr> = cluster.running().into_iter().map(|(_, a)| a).collect();
+    let history = Arc::new(Mutex::new(History::default()));
+
+    // Before the kill: keyed sends through every node (followers forward to the leaders).
+    send_keys(all.clone(), 0, 150, history.clone()).await;
+
+    // The kill, with sends in flight through the two survivors.
+    let survivors: Vec<SocketAddr> =
+        (cluster.running().into_iter()).filter(|(id, _)| *id != leader).map(|(_, a)| a).collect();
+    let load = tokio::spawn(send_keys(survivors.clone(), 150, 450, history.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kill9(leader);
+    let killed_at = std::time::Instant::now();
+    let new_leader = cluster.wait_leader(0, Some(leader), Duration::from_secs(30)).await;
+    let failover = killed_at.elapsed();
+    load.await.expect("the senders ran");
+    assert_ne!(new_leader, leader);
+
+    // The killed node comes back on its data dir; sends go on through all three.
+    cluster.restart(leader);
+    let all: Vec<SocketAddr> = cluster.running().into_iter().map(|(_, a)| a).collect();
+    send_keys(all.clone(), 450, 550, history.clone()).await;
+
+    // The history check.
+    let h = std::mem::take(&mut *history.lock().unwrap());
+    let mut ids = HashSet::new();
+    for (key, answered) in &h.answered {
+        let first = &answered[0];
+        assert!(answered.iter().all(|id| id == first), "key {key} was answered with two ids: {answered:?}");
+        assert!(ids.insert(first.clone()), "id {first} was answered for two keys");
+    }
+    assert_eq!(h.answered.len(), 550, "every key was answered");
+    // Every answered id reaches the chat server (through any node: each reads its replica).
+    let mut readers = Vec::new();
+    for addr in &all {
+        readers.push(connect(*addr).await);
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let c = &readers[n % readers.len()];
+        wait_for(Duration::from_secs(60), &format!("{id} delivered"), || {
+            let mut c = c.clone();
+            let id = id.clone();
+            async move {
+                match c.get_message(v1::GetMessageRequest { message_id: id }).await {
+                    Ok(r) => match r.into_inner().status.as_str() {
+                        "sent" | "delivered" | "read" => Ok(()),
+                        other => Err(format!("status {other}")),
+                    },
+                    Err(status) => Err(format!("GetMessage: {status}")),
+                }
+            }
+        })
+        .await;
+    }
+    let stats = chat_stats(cluster.chatsim.addr).await;
+    let unique = stats.unique_messages as usize;
+    assert!(unique >= ids.len(), "the chat server has {unique} messages for {} answered ids", ids.len());
+    assert!(
+        unique - ids.len() <= h.indeterminate,
+        "{} messages beyond the answered ids, but only {} sends had an unknown outcome",
+        unique - ids.len(),
+        h.indeterminate
+    );
+    println!(
+        "cluster history: {} keys answered, leader {leader} killed → {new_leader} delivering after {failover:?}; {} \
+         unavailable and {} unknown outcomes retried; chat server: {unique} unique, {} resent",
+        ids.len(),
+        h.unavailable,
+        h.indeterminate,
+        stats.duplicate_messages
+    );
+}
+
+/// A leader paused (SIGSTOP) stops being one: the others elect a new leader, which delivers; when
+/// the old one resumes, its gate is closed (it measured the pause) and the chat server refuses its
+/// stale stream, so nothing it sends is taken twice; it rejoins as a follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_fenced_off_and_rejoins_as_a_follower() {
+    let cluster = Cluster::start(3, 1);
+    let leader = cluster.wait_leader(0, None, Duration::from_secs(60)).await;
+    let all: Vec<SocketAddr> = cluster.running().into_iter().map(|(_, a)| a).collect();
+    let history = Arc::new(Mutex::new(History::default()));
+    send_keys(all.clone(), 0, 100, history.clone()).await;
+
+    cluster.signal(leader, "STOP");
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let new_leader = loop {
+        if let Some(l) = cluster.delivering_leader_among(0, &others).await {
+            break l;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new leader among {others:?} while {leader} is paused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let survivors: Vec<SocketAddr> =
+        (cluster.running().into_iter()).filter(|(id, _)| *id != leader).map(|(_, a)| a).collect();
+    send_keys(survivors, 100, 200, history.clone()).await;
+
+    cluster.signal(leader, "CONT");
+    // The resumed node learns the new term and follows; the new leader keeps delivering.
+    wait_for(Duration::from_secs(30), "the resumed node follows the new leader", || {
+        let view = cluster.raft_view(leader, 0);
+        async move {
+            match view.await {
+                Some(v) if v["role"] == "follower" && v["leader"] == new_leader && v["delivering"] == false => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    send_keys(all, 200, 250, history.clone()).await;
+
+    let h = std::mem::take(&mut *history.lock().unwrap());
+    let ids: HashSet<String> = h.answered.values().map(|v| v[0].clone()).collect();
+    assert_eq!(ids.len(), 250, "one id per key");
+    let mut reader = connect(cluster.node(new_leader).addr).await;
+    for id in &ids {
+        let r = reader.get_message(v1::GetMessageRequest { message_id: id.clone() }).await;
+        assert!(r.is_ok(), "{id} is kept: {r:?}");
+    }
+    wait_for(Duration::from_secs(60), "every answered id delivered", || {
+        let addr = cluster.chatsim.addr;
+        let want = ids.len() as u64;
+        async move {
+            let stats = chat_stats(addr).await;
+            if stats.unique_messages >= want { Ok(()) } else { Err(format!("{} of {want}", stats.unique_messages)) }
+        }
+    })
+    .await;
+    let stats = chat_stats(cluster.chatsim.addr).await;
+    assert!(
+        (stats.unique_messages as usize) - ids.len() <= h.indeterminate,
+        "{} messages for {} ids with {} unknown outcomes",
+        stats.unique_messages,
+        ids.len(),
+        h.indeterminate
+    );
+    println!(
+        "paused leader {leader} → {new_leader}; chat server: {} unique, {} stale-term envelopes refused, {} stale \
+         hellos refused",
+        stats.unique_messages, stats.stale_term_envelopes, stats.stale_term_refused
+    );
+}
