@@ -75,9 +75,21 @@ async fn send_keys(nodes: Vec<SocketAddr>, from: usize, to: usize, history: Arc<
 async fn killing_a_shard_leader_loses_nothing_and_a_new_leader_delivers() {
     let mut cluster = Cluster::start(3, SHARDS);
     let leader = cluster.wait_leader(0, None, Duration::from_secs(60)).await;
-    cluster.wait_leader(1, None, Duration::from_secs(60)).await;
+    let leader_1 = cluster.wait_leader(1, None, Duration::from_secs(60)).await;
     let all: Vec<SocketAddr> = cluster.running().into_iter().map(|(_, a)| a).collect();
     let history = Arc::new(Mutex::new(History::default()));
+    // `ferry cluster status`: every node answers for both groups and names the same leaders.
+    let status = cluster.status();
+    assert_eq!(status.len(), 3, "{status:?}");
+    for node in &status {
+        let groups = node["groups"].as_array().unwrap_or_else(|| panic!("groups of {node}"));
+        assert_eq!(groups.len(), SHARDS as usize, "{node}");
+        for (shard, expected) in [(0, leader), (1, leader_1)] {
+            let g = groups.iter().find(|g| g["shard"] == shard).unwrap_or_else(|| panic!("shard {shard} in {node}"));
+            assert_eq!(g["leader"], expected, "node {} names the leader of shard {shard}: {g}", node["node"]);
+            assert_eq!(g["voters"], serde_json::json!([1, 2, 3]), "{g}");
+        }
+    }
 
     // Before the kill: keyed sends through every node (followers forward to the leaders).
     send_keys(all.clone(), 0, 150, history.clone()).await;
@@ -141,7 +153,8 @@ async fn killing_a_shard_leader_loses_nothing_and_a_new_leader_delivers() {
     );
     println!(
         "cluster history: {} keys answered, leader {leader} killed → {new_leader} delivering after {failover:?}; {} \
-         unavailable and {} unknown outcomes retried; chat server: {unique} unique, {} resent",
+         unavailable and {} unknown outcomes retried; chat server: {unique} unique, {} resent; first leaders: \
+         shard 0 on node {leader}, shard 1 on node {leader_1}",
         ids.len(),
         h.unavailable,
         h.indeterminate,

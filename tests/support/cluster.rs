@@ -72,6 +72,14 @@ impl Cluster {
         self.nodes[(id - 1) as usize].take().expect("node is running").kill9();
     }
 
+    /// `ferry cluster status` over the internal API: one JSON value per node.
+    pub fn status(&self) -> Vec<serde_json::Value> {
+        let out = super::ferry_command().args(["cluster", "status", "--peers", &self.peers()]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "ferry cluster status failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+        text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+    }
+
     /// Sends `signal` (`STOP`, `CONT`) to node `id`'s process.
     pub fn signal(&self, id: u64, signal: &str) {
         let pid = self.node(id).child.id().to_string();

@@ -1,5 +1,5 @@
 //! Forming a group the first time (design §6, openraft issue #898): only the group's first member
-//! (lowest node id) ever calls `Raft::initialize`, and only once every other member answered
+//! (lowest node id, or the one named to [`bootstrap_from`]) ever calls `Raft::initialize`, and only once every other member answered
 //! `Status` with the group *not initialized* (and it is not itself). A member whose data was wiped
 //! finds an initialized peer and never initializes: the group's leader catches it up.
 
@@ -64,10 +64,29 @@ pub async fn bootstrap(
     peers: Arc<Peers>,
     cancel: impl Future<Output = ()> + Send,
 ) -> Result<BootstrapOutcome, BootstrapError> {
+    let first = members.keys().next().copied().unwrap_or(self_id);
+    bootstrap_from(group, raft, members, first, self_id, peers, cancel).await
+}
+
+/// [`bootstrap`] with the member that initializes named: `first` (the same on every node, e.g.
+/// the shard's preferred leader by placement, so groups start led by different nodes: the
+/// initializing node campaigns first and usually wins).
+pub async fn bootstrap_from(
+    group: u16,
+    raft: Raft<ShardRaft>,
+    members: BTreeMap<u64, PeerNode>,
+    first: u64,
+    self_id: u64,
+    peers: Arc<Peers>,
+    cancel: impl Future<Output = ()> + Send,
+) -> Result<BootstrapOutcome, BootstrapError> {
     if !members.contains_key(&self_id) {
         return Err(BootstrapError::NotAMember { node: self_id, members: members.keys().copied().collect() });
     }
-    if members.keys().next() != Some(&self_id) {
+    if !members.contains_key(&first) {
+        return Err(BootstrapError::NotAMember { node: first, members: members.keys().copied().collect() });
+    }
+    if first != self_id {
         return Ok(BootstrapOutcome::NotFirst);
     }
     tokio::pin!(cancel);

@@ -49,7 +49,7 @@ pub mod pb {
     tonic::include_proto!("ferry.internal.v1");
 }
 
-pub use bootstrap::{BootstrapError, BootstrapOutcome, bootstrap, node_status};
+pub use bootstrap::{BootstrapError, BootstrapOutcome, bootstrap, bootstrap_from, node_status};
 pub use config::RaftTimeouts;
 pub use forward::{ClusterForwarder, ForwardTarget};
 pub use network::{GroupNetwork, PeerClient, Peers};

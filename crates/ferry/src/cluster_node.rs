@@ -119,10 +119,12 @@ pub async fn open(config: &FerryConfig, cluster: &ClusterConfig) -> anyhow::Resu
     let (stop_bootstrap, stopped) = watch::channel(false);
     for shard in &shards {
         let i = shard.id().0;
-        let members: BTreeMap<u64, PeerNode> = ferry_cluster::placement(i, &sorted, cluster.replication_factor)
-            .into_iter()
-            .map(|id| (id, PeerNode { addr: addrs[&id].clone() }))
-            .collect();
+        let placed = ferry_cluster::placement(i, &sorted, cluster.replication_factor);
+        // The first placed node (shard s: the s-th node) initializes the group, so leaders start
+        // spread over the nodes.
+        let first = placed[0];
+        let members: BTreeMap<u64, PeerNode> =
+            placed.into_iter().map(|id| (id, PeerNode { addr: addrs[&id].clone() })).collect();
         let raft = shard.raft().expect("replicated").clone();
         let peers = peers.clone();
         let mut stopped = stopped.clone();
@@ -130,7 +132,7 @@ pub async fn open(config: &FerryConfig, cluster: &ClusterConfig) -> anyhow::Resu
             let cancel = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            match ferry_cluster::bootstrap(i, raft, members, node_id, peers, cancel).await {
+            match ferry_cluster::bootstrap_from(i, raft, members, first, node_id, peers, cancel).await {
                 Ok(outcome) => tracing::info!(shard = i, ?outcome, "raft group bootstrap"),
                 Err(e) => tracing::warn!(shard = i, error = %e, "raft group bootstrap stopped"),
             }

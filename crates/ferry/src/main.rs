@@ -4,6 +4,7 @@
 
 mod cluster_config;
 mod cluster_node;
+mod cluster_status;
 mod config;
 mod output;
 
@@ -61,6 +62,18 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Cluster operations (over the nodes' internal API).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Ask every node for its shards' Raft groups and print one JSON line per node: role, term,
+    /// leader, last log and applied index per shard (a node that does not answer says why).
+    Status(cluster_status::StatusArgs),
 }
 
 #[derive(Subcommand)]
@@ -198,6 +211,7 @@ fn main() -> std::process::ExitCode {
                 ferry_cloudsim::run_cli(a).await
             }
             Command::Config { command: ConfigCommand::Check { file } } => config_check(file),
+            Command::Cluster { command: ClusterCommand::Status(a) } => cluster_status::run(a).await,
         }
     });
     match result {
