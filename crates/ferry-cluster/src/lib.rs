@@ -22,9 +22,12 @@
 //! How a node wires it:
 //!
 //! ```ignore
+//! let timeouts = RaftTimeouts::default();
+//! let config = timeouts.openraft_config(&cluster_id)?;         // shared by every group
 //! let peers = Peers::new(secret.as_deref())?;                  // once per node
 //! let registry = Registry::new();
-//! let server = serve(listener, node_id, registry.clone(), Some(forward_target), secret).await?;
+//! let server =
+//!     serve(listener, node_id, registry.clone(), Some(forward_target), secret.as_deref(), &timeouts).await?;
 //! for shard in hosted_shards {
 //!     let net = GroupNetwork::new(shard, node_id, peers.clone(), timeouts.clone());
 //!     let raft = Raft::new(node_id, config.clone(), net, log, sm).await?;
