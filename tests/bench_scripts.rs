@@ -33,3 +33,32 @@ fn targets_script_measures_at_smoke_size() {
     assert!(rate > 0, "the script measured nothing (every call refused?): {line}\n{stdout}");
     assert!(line.contains("accept p50 ") && line.contains(", p99 "), "{line}");
 }
+
+#[test]
+fn cluster_script_measures_a_single_node_and_a_cluster_at_smoke_size() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut command = Command::new("bash");
+    support::clear_ferry_env(&mut command);
+    let out = command
+        .arg(root.join("benches/cluster.sh"))
+        .env("FERRY_BIN", support::ferry_bin())
+        .envs([("SHARDS", "2"), ("BATCH", "10"), ("CONCURRENCY", "4"), ("DURATION", "1s"), ("RECIPIENTS", "50")])
+        .output()
+        .expect("run benches/cluster.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cluster.sh failed: {}\n{stdout}\n{stderr}", out.status);
+    for name in ["single node: accepted ", "3-node cluster (RF 3): accepted "] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name:?} figure in the output:\n{stdout}\n{stderr}"));
+        let rate: f64 = line[name.len()..]
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unreadable figure: {line}"));
+        assert!(rate > 0.0, "the script measured nothing: {line}\n{stdout}");
+    }
+    assert!(stdout.contains("leads shards"), "the cluster's leaders are reported:\n{stdout}");
+}

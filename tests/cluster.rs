@@ -91,25 +91,35 @@ async fn killing_a_shard_leader_loses_nothing_and_a_new_leader_delivers() {
         }
     }
 
-    // Before the kill: keyed sends through every node (followers forward to the leaders).
-    send_keys(all.clone(), 0, 150, history.clone()).await;
+    // A node that leads nothing (leaders start spread: shard 0 on node 1, shard 1 on node 2)
+    // accepts everything: its writes are forwarded.
+    if let Some(idle) = (1..=3).find(|id| ![leader, leader_1].contains(id)) {
+        send_keys(vec![cluster.node(idle).addr], 0, 50, history.clone()).await;
+    }
+    send_keys(all.clone(), 50, 150, history.clone()).await;
 
-    // The kill, with sends in flight through the two survivors.
-    let survivors: Vec<SocketAddr> =
-        (cluster.running().into_iter()).filter(|(id, _)| *id != leader).map(|(_, a)| a).collect();
-    let load = tokio::spawn(send_keys(survivors.clone(), 150, 450, history.clone()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    cluster.kill9(leader);
-    let killed_at = std::time::Instant::now();
-    let new_leader = cluster.wait_leader(0, Some(leader), Duration::from_secs(30)).await;
-    let failover = killed_at.elapsed();
-    load.await.expect("the senders ran");
-    assert_ne!(new_leader, leader);
-
-    // The killed node comes back on its data dir; sends go on through all three.
-    cluster.restart(leader);
+    // Two rounds: SIGKILL shard 0's leader with sends in flight through the others; a new
+    // leader delivers; the killed node comes back on its data dir.
+    let mut next_key = 150;
+    let mut failovers = Vec::new();
+    let mut leader = leader;
+    for _ in 0..2 {
+        let survivors: Vec<SocketAddr> =
+            (cluster.running().into_iter()).filter(|(id, _)| *id != leader).map(|(_, a)| a).collect();
+        let load = tokio::spawn(send_keys(survivors, next_key, next_key + 150, history.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.kill9(leader);
+        let killed_at = std::time::Instant::now();
+        let new_leader = cluster.wait_leader(0, Some(leader), Duration::from_secs(30)).await;
+        failovers.push((leader, new_leader, killed_at.elapsed()));
+        load.await.expect("the senders ran");
+        cluster.restart(leader);
+        next_key += 150;
+        leader = new_leader;
+    }
     let all: Vec<SocketAddr> = cluster.running().into_iter().map(|(_, a)| a).collect();
-    send_keys(all.clone(), 450, 550, history.clone()).await;
+    send_keys(all.clone(), next_key, next_key + 100, history.clone()).await;
+    let keys = next_key + 100;
 
     // The history check.
     let h = std::mem::take(&mut *history.lock().unwrap());
@@ -119,7 +129,7 @@ async fn killing_a_shard_leader_loses_nothing_and_a_new_leader_delivers() {
         assert!(answered.iter().all(|id| id == first), "key {key} was answered with two ids: {answered:?}");
         assert!(ids.insert(first.clone()), "id {first} was answered for two keys");
     }
-    assert_eq!(h.answered.len(), 550, "every key was answered");
+    assert_eq!(h.answered.len(), keys, "every key was answered");
     // Every answered id reaches the chat server (through any node: each reads its replica).
     let mut readers = Vec::new();
     for addr in &all {
@@ -152,14 +162,36 @@ async fn killing_a_shard_leader_loses_nothing_and_a_new_leader_delivers() {
         h.indeterminate
     );
     println!(
-        "cluster history: {} keys answered, leader {leader} killed → {new_leader} delivering after {failover:?}; {} \
-         unavailable and {} unknown outcomes retried; chat server: {unique} unique, {} resent; first leaders: \
-         shard 0 on node {leader}, shard 1 on node {leader_1}",
+        "cluster history: {} keys answered; failovers (killed, new leader delivering, after): {failovers:?}; {} \
+         unavailable and {} unknown outcomes retried; chat server: {unique} unique, {} resent; first leader of \
+         shard 1: node {leader_1}",
         ids.len(),
         h.unavailable,
         h.indeterminate,
         stats.duplicate_messages
     );
+
+    // Two of three down: a write to a shard is refused (503 / UNAVAILABLE, code 1011), never
+    // answered with an id; one back: it is served again.
+    let keep = leader;
+    let down: Vec<u64> = (1..=3).filter(|id| *id != keep).collect();
+    for id in &down {
+        cluster.kill9(*id);
+    }
+    let mut c = connect(cluster.node(keep).addr).await;
+    let mut request = text("+16310000001", "no quorum");
+    request.idempotency_key = "no-quorum".into();
+    let refused = c.send(request.clone()).await.expect_err("no quorum: no id");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let code = refused.metadata().get("ferry-error-code").and_then(|v| v.to_str().ok());
+    assert_eq!(code, Some("1011"), "{refused:?}");
+    cluster.restart(down[0]);
+    wait_for(Duration::from_secs(60), "a send is served once a quorum is back", || {
+        let mut c = c.clone();
+        let request = request.clone();
+        async move { c.send(request).await.map(|_| ()).map_err(|s| s.to_string()) }
+    })
+    .await;
 }
 
 /// A leader paused (SIGSTOP) stops being one: the others elect a new leader, which delivers; when

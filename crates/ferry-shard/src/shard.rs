@@ -317,6 +317,8 @@ impl Shard {
             .map_err(|e| ShardError::Layout(format!("shard {id}: cannot start its raft group: {e}")))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let crashed = Arc::new(AtomicBool::new(false));
+        let lease = std::time::Duration::from_millis(r.raft_config.election_timeout_min);
+        let leading = crate::raft::leadership::watch(&raft, r.node_id, lease);
         let proposer = Proposer {
             shard: id,
             node_id: r.node_id,
@@ -331,13 +333,12 @@ impl Shard {
             counters: opened.counters.clone(),
             mailbox: tx.clone(),
             crashed: crashed.clone(),
+            leading: leading.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("shard-{:02}-proposer", id.0))
             .spawn(move || proposer.run(rx))
             .map_err(|e| ShardError::Layout(format!("cannot start proposer thread: {e}")))?;
-        let lease = std::time::Duration::from_millis(r.raft_config.election_timeout_min);
-        let leading = crate::raft::leadership::watch(&raft, r.node_id, lease);
         tracing::info!(shard = %id, node = r.node_id, dir = %dir.display(), "replicated shard open");
         let running = Running { tx, writer: handle, crashed, raft: Some(raft), leading };
         Ok(opened.into_shard(id, r.node_id, config, running))

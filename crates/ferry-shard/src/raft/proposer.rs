@@ -2,14 +2,18 @@
 //! (`writer.rs`), but a group commit becomes a Raft entry instead of a local synced write.
 //!
 //! One OS thread per shard takes every waiting op (up to `max_batch_messages`), then:
-//! - **this node leads the group, and its term's blank entry is applied** (every entry of an
-//!   earlier term is then applied or dead for good): it plans the entry ([`Planner`], seqs from the
+//! - **this node leads the group, its term's blank entry is applied** (every entry of an
+//!   earlier term is then applied or dead for good) **and its leader gate is open** (a quorum
+//!   answered within the lease, `leadership.rs`): it plans the entry ([`Planner`], seqs from the
 //!   applied state at the start of each term), submits it with `client_write_ff` (submission is
 //!   in order, so the seqs of pipelined entries follow each other), and a task answers each op from
 //!   the applied entry's [`ShardResponse`] — after commit on a majority's disks and apply here;
 //! - **otherwise**: a task waits (up to `leader_wait`) for a leader; if it is another node, the ops
 //!   go to it over [`Forwarder`] and its answers are relayed; if it is this node, they go back
-//!   into this mailbox.
+//!   into this mailbox once its gate opens. No leader (or no quorum) by then: `Unavailable`.
+//!
+//! A proposal not committed within `leader_wait` (no quorum: two of three replicas down) fails
+//! its ops as `Indeterminate`: it may still commit once a quorum is back, so no id is answered.
 //!
 //! At most `max_in_flight` entries and forwarded batches are outstanding; ops keep accumulating
 //! meanwhile, so under load each entry grows (group commit is Raft batching). A proposal whose
@@ -57,6 +61,9 @@ pub(crate) struct Proposer {
     /// This shard's own mailbox: ops a forwarding task finds this node leads go back into it.
     pub(crate) mailbox: Sender<WriteOp>,
     pub(crate) crashed: Arc<AtomicBool>,
+    /// The leader gate (`leadership.rs`): closed, this node does not propose even while openraft
+    /// still calls it leader (it has not heard from a quorum within the lease).
+    pub(crate) leading: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The planner of the term this node proposes in.
@@ -138,7 +145,7 @@ impl Proposer {
             Ok(p) => p,
             Err(_) => unreachable!("the in-flight semaphore is never closed"),
         };
-        let ready = ready_term(&self.raft.metrics().borrow(), self.node_id);
+        let ready = if *self.leading.borrow() { ready_term(&self.raft.metrics().borrow(), self.node_id) } else { None };
         let Some(ready) = ready else {
             *term = None;
             let task = self.forward_task(ops, weight);
@@ -179,8 +186,18 @@ impl Proposer {
             }
             Ok(rx) => {
                 let stale = stale.clone();
+                let wait = self.leader_wait;
                 self.runtime.spawn(async move {
-                    let result = rx.await;
+                    let Ok(result) = tokio::time::timeout(wait, rx).await else {
+                        // No quorum answered in time (2 of 3 replicas down, a partition): the
+                        // entry may still commit later, so its outcome is unknown. The entries
+                        // after it keep their seqs (they commit in order, if at all).
+                        pending.fetch_sub(weight, Ordering::AcqRel);
+                        let detail = format!("not committed within {} ms (no quorum?)", wait.as_millis());
+                        fail_all(waiters, ShardError::Indeterminate { shard: shard.0, detail });
+                        drop(permit);
+                        return;
+                    };
                     pending.fetch_sub(weight, Ordering::AcqRel);
                     if !matches!(&result, Ok(Ok(w)) if w.data.rejected.is_none()) {
                         stale.store(true, Ordering::Release);
@@ -217,29 +234,29 @@ impl Proposer {
         let forwarder = self.forwarder.clone();
         let pending = self.pending.clone();
         let mailbox = self.mailbox.clone();
+        let mut leading = self.leading.clone();
         async move {
-            let found = raft
-                .wait(Some(wait))
-                .metrics(
-                    |m| match m.current_leader {
-                        Some(l) if l == me => ready_term(m, me).is_some(),
-                        Some(_) => true,
-                        None => false,
-                    },
-                    "a leader",
-                )
-                .await;
-            let leader = match found {
-                Ok(m) => m.current_leader.expect("waited for"),
-                Err(e) => {
-                    pending.fetch_sub(weight, Ordering::AcqRel);
-                    let detail = format!("no leader within {} ms ({e})", wait.as_millis());
-                    for op in ops {
-                        split_op(op).1.fail(ShardError::Unavailable { shard: shard.0, detail: detail.clone() });
-                    }
-                    return;
+            let deadline = tokio::time::Instant::now() + wait;
+            let unavailable = |ops: Vec<WriteOp>, detail: String| {
+                pending.fetch_sub(weight, Ordering::AcqRel);
+                for op in ops {
+                    split_op(op).1.fail(ShardError::Unavailable { shard: shard.0, detail: detail.clone() });
                 }
             };
+            let found = raft.wait(Some(wait)).metrics(|m| m.current_leader.is_some(), "a leader").await;
+            let leader = match found {
+                Ok(m) => m.current_leader.expect("waited for"),
+                Err(e) => return unavailable(ops, format!("no leader within {} ms ({e})", wait.as_millis())),
+            };
+            if leader == me {
+                // This node is (becoming) the leader: wait for its gate (its term's first entry
+                // applied, a quorum heard from), or give up at the deadline.
+                let opened = tokio::time::timeout_at(deadline, leading.wait_for(|open| *open)).await;
+                if !matches!(opened, Ok(Ok(_))) {
+                    let detail = format!("this node leads but has no quorum within {} ms", wait.as_millis());
+                    return unavailable(ops, detail);
+                }
+            }
             if leader == me {
                 // This node leads now: the ops go back into the mailbox, still counted in
                 // `pending` (the proposer uncounts them once they are answered).

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# A three-node cluster (issue #12) against a single node, side by side, on this machine: the same
+# `ferry` binary, the same loadgen run, one real `ferry chatsim` as the upstream.
+#
+# 1. single: `ferry serve` without [cluster] (today's single node), delivering to the chatsim.
+# 2. cluster: three `ferry serve --node-id N --peers ...` (every shard a Raft group of the three,
+#    leaders spread by placement), loadgen sending to node 1 (it forwards the writes of the shards
+#    it does not lead; each shard's leader delivers).
+# Each: a warm-up (one message per recipient: encryption sessions), then as fast as possible for
+# $DURATION: accepted and acked (end-to-end) msg/s and accept latency percentiles.
+#
+# Auth is off (`--auth disabled`: users and tokens are per node in this version), the
+# customer-service window off (the chatsim's users never write first).
+#
+#   benches/cluster.sh                                   # SHARDS=8 BATCH=100 CONCURRENCY=16 DURATION=15s
+#   FERRY_BIN=path/to/ferry DURATION=1s RECIPIENTS=100 benches/cluster.sh   # no build, smoke size
+set -euo pipefail
+SHARDS=${SHARDS:-8}
+BATCH=${BATCH:-100}
+CONCURRENCY=${CONCURRENCY:-16}
+DURATION=${DURATION:-15s}
+RECIPIENTS=${RECIPIENTS:-10000}
+cd "$(dirname "$0")/.."
+if [ -n "${FERRY_BIN:-}" ]; then
+    ferry="$FERRY_BIN"
+else
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+    scripts/setup.sh
+    # --workspace: a -p build unifies features differently and rebuilds RocksDB.
+    cargo build --release --locked --quiet --workspace --bin ferry
+    ferry="$CARGO_TARGET_DIR/release/ferry"
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Waits for PATTERN in FILE (a readiness line) while PID lives.
+wait_line() {
+    local file=$1 pattern=$2 pid=$3
+    for _ in $(seq 600); do
+        grep -q "$pattern" "$file" 2>/dev/null && return 0
+        kill -0 "$pid" 2>/dev/null || { cat "${file%.out}.err" >&2; echo "$file: exited" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "$file: never said '$pattern'" >&2
+    exit 1
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+"$ferry" chatsim --listen 127.0.0.1:0 >"$work/chatsim.out" 2>"$work/chatsim.err" &
+pids+=($!)
+wait_line "$work/chatsim.out" "chatsim: listening on" "${pids[-1]}"
+chatsim_addr=$(sed -n 's/^chatsim: listening on //p' "$work/chatsim.out" | tr -d ' ')
+common_serve=(--shards "$SHARDS" --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --auth disabled
+              --customer-service-window off --upstream "$chatsim_addr")
+
+run_load() {
+    local name=$1 target=$2
+    echo "-- $name: warm-up, one message per recipient"
+    "$ferry" loadgen --target "http://$target" --chatsim "http://$chatsim_addr" --batch 100 --concurrency 8 \
+        --recipients "$RECIPIENTS" --count "$RECIPIENTS" --quiet >/dev/null
+    echo "-- $name: as fast as possible for $DURATION"
+    "$ferry" loadgen --target "http://$target" --chatsim "http://$chatsim_addr" --batch "$BATCH" \
+        --concurrency "$CONCURRENCY" --recipients "$RECIPIENTS" --duration "$DURATION" --quiet \
+        --json "$work/$name.json" | tee "$work/$name.txt"
+}
+
+echo "== $SHARDS shards; loadgen --batch $BATCH --concurrency $CONCURRENCY, $RECIPIENTS recipients, $DURATION"
+"$ferry" serve "${common_serve[@]}" --data-dir "$work/single" >"$work/single.out" 2>"$work/single.err" &
+single_pid=$!
+pids+=($single_pid)
+wait_line "$work/single.out" "grpc listening" $single_pid
+run_load single "$(sed -n 's/^ferry: grpc listening on //p' "$work/single.out")"
+kill $single_pid
+wait $single_pid 2>/dev/null || true
+
+ports=("$(free_port)" "$(free_port)" "$(free_port)")
+peers="1=127.0.0.1:${ports[0]},2=127.0.0.1:${ports[1]},3=127.0.0.1:${ports[2]}"
+for i in 1 2 3; do
+    "$ferry" serve "${common_serve[@]}" --data-dir "$work/node-$i" --node-id $i \
+        --cluster-listen "127.0.0.1:${ports[$((i - 1))]}" --peers "$peers" --replication-factor 3 \
+        >"$work/node-$i.out" 2>"$work/node-$i.err" &
+    pids+=($!)
+done
+for i in 1 2 3; do wait_line "$work/node-$i.out" "grpc listening" "${pids[$((i + 1))]}"; done
+http1=$(sed -n 's/^ferry: http listening on //p' "$work/node-1.out")
+# Every shard has a leader before the load starts.
+python3 - "http://$http1/readyz" <<'PY'
+import sys, time, urllib.request
+for _ in range(300):
+    try:
+        if urllib.request.urlopen(sys.argv[1], timeout=2).status == 200:
+            break
+    except Exception:
+        pass
+    time.sleep(0.1)
+PY
+run_load cluster "$(sed -n 's/^ferry: grpc listening on //p' "$work/node-1.out")"
+"$ferry" cluster status --peers "$peers" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    n = json.loads(line)
+    led = [g["shard"] for g in n.get("groups", []) if g["role"] == "leader"]
+    print("node", n["node"], "leads shards", led)'
+
+python3 - "$work/single.json" "$work/cluster.json" <<'PY'
+import json, sys
+s, c = (json.load(open(p)) for p in sys.argv[1:3])
+def line(name, r):
+    l = r["accept_latency_ms"]
+    return (f"{name}: accepted {r['accepted_per_sec']:.0f} msg/s, acked {r['acked_per_sec'] or 0:.0f} msg/s, "
+            f"accept p50 {l['p50']:.2f} ms, p99 {l['p99']:.2f} ms")
+print(line("single node", s))
+print(line("3-node cluster (RF 3)", c))
+if s["acked_per_sec"]:
+    print(f"cluster / single (acked): {(c['acked_per_sec'] or 0) / s['acked_per_sec']:.2f}")
+PY
