@@ -9,7 +9,8 @@
 //!   in order, so the seqs of pipelined entries follow each other), and a task answers each op from
 //!   the applied entry's [`ShardResponse`] — after commit on a majority's disks and apply here;
 //! - **otherwise**: a task waits (up to `leader_wait`) for a leader; if it is another node, the ops
-//!   go to it over [`Forwarder`] and its answers are relayed; if it is this node, they go back
+//!   go to it over [`Forwarder`] (again, to whoever leads by then, while the leader is unreachable:
+//!   nothing was sent) and its answers are relayed; if it is this node, they go back
 //!   into this mailbox once its gate opens. No leader (or no quorum) by then: `Unavailable`.
 //!
 //! A proposal not committed within `leader_wait` (no quorum: two of three replicas down) fails
@@ -37,6 +38,9 @@ use super::state_machine::StateHandle;
 use super::types::{OpReply, PeerNode, ShardRaft, ShardResponse};
 use crate::ShardError;
 use crate::writer::{Planner, Waiter, WriteOp, WriterCounters, split_op};
+
+/// Pause before a forwarded batch whose leader was unreachable looks for the leader again.
+const FORWARD_RETRY: Duration = Duration::from_millis(100);
 
 /// The term this node leads `m`'s group in and is ready to propose in, if any.
 pub(crate) fn ready_term(m: &RaftMetrics<u64, PeerNode>, me: u64) -> Option<u64> {
@@ -270,7 +274,27 @@ impl Proposer {
                 return;
             }
             let (entry_ops, waiters): (Vec<_>, Vec<_>) = ops.into_iter().map(split_op).unzip();
-            let result = forwarder.forward(leader, shard.0, encode_forward_request(entry_ops)).await;
+            let request = encode_forward_request(entry_ops);
+            let mut leader = leader;
+            let result = loop {
+                let result = forwarder.forward(leader, shard.0, request.clone()).await;
+                // Not reached (its node is down, an election is under way): nothing was sent, so
+                // it is safe to look for the leader again until the deadline.
+                if !matches!(result, Err(ForwardError::Unreachable { .. })) {
+                    break result;
+                }
+                tokio::time::sleep(FORWARD_RETRY).await;
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let next = raft
+                    .wait(Some(remaining))
+                    .metrics(|m| m.current_leader.is_some_and(|l| l != leader), "another leader")
+                    .await;
+                match next {
+                    Ok(m) if m.current_leader != Some(me) => leader = m.current_leader.expect("waited for"),
+                    // This node was elected meanwhile: the caller retries (it will find it).
+                    _ => break result,
+                }
+            };
             pending.fetch_sub(weight, Ordering::AcqRel);
             match result {
                 Ok(bytes) => match decode_forward_reply(shard.0, &bytes) {
