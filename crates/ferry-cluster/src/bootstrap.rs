@@ -41,7 +41,7 @@ pub enum BootstrapError {
 }
 
 /// Deadline of one `Status` call.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The `Status` of the node serving at `addr`.
 pub async fn node_status(peers: &Peers, addr: &str, timeout: Duration) -> Result<pb::NodeStatus, Status> {

@@ -12,6 +12,9 @@
 //! - **Snapshots**: a group's snapshot (a RocksDB checkpoint directory) is streamed file by file in
 //!   chunks of at most 1 MiB ([`network`], [`snapshot`]); every send races openraft's `cancel` and
 //!   an idle deadline per chunk.
+//! - [`detect_rejoin`] (design §6): a replica that comes up empty while a member of its group
+//!   holds the group's log (a wiped disk) is *rejoining*: it neither votes nor campaigns until it
+//!   applied the commit index of the first leader that replicated to it ([`rejoin`]).
 //! - [`bootstrap`] (only the lowest member initializes a group, and only when every member
 //!   answered `Status` "not initialized"), [`placement`] (which nodes host a shard) and
 //!   [`RaftTimeouts`] (the design's Raft timing, building a validated `openraft::Config`).
@@ -32,6 +35,7 @@
 //!     let net = GroupNetwork::new(shard, node_id, peers.clone(), timeouts.clone());
 //!     let raft = Raft::new(node_id, config.clone(), net, log, sm).await?;
 //!     registry.register(shard, raft.clone(), snapshot_root);
+//!     tokio::spawn(detect_rejoin(shard, raft.clone(), members.clone(), node_id, peers.clone(), registry.clone(), cancel.clone()));
 //!     tokio::spawn(bootstrap(shard, raft, members.clone(), node_id, peers.clone(), cancel));
 //! }
 //! let forwarder = ClusterForwarder::new(peers, addrs_by_node_id, timeouts.forward_timeout);
@@ -43,6 +47,7 @@ pub mod forward;
 pub mod network;
 pub mod placement;
 pub mod registry;
+pub mod rejoin;
 mod secret;
 pub mod server;
 pub mod snapshot;
@@ -57,7 +62,8 @@ pub use config::RaftTimeouts;
 pub use forward::{ClusterForwarder, ForwardTarget};
 pub use network::{GroupNetwork, PeerClient, Peers};
 pub use placement::placement;
-pub use registry::{Group, Registry};
+pub use registry::{Group, Registry, RejoinMode, RejoinState};
+pub use rejoin::{RejoinOutcome, detect_rejoin};
 pub use server::{ClusterServer, serve};
 
 /// The metadata key carrying the cluster's shared secret.

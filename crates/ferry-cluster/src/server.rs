@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_shard::raft::{ForwardError, PeerNode};
-use openraft::raft::VoteRequest;
+use openraft::error::RaftError;
+use openraft::raft::{AppendEntriesResponse, VoteRequest, VoteResponse};
 use openraft::{RaftMetrics, ServerState};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -74,6 +75,48 @@ pub(crate) fn group_status(shard: u16, group: &Group) -> pb::GroupStatus {
         last_log_index: m.last_log_index,
         last_applied_index: m.last_applied.map(|l| l.index),
         voters,
+        rejoining: group.rejoin_state().refuses_votes(),
+    }
+}
+
+/// A replica that does not vote (rejoining, design §6) answers a well-formed refusal with its own
+/// vote, without calling `Raft::vote` (its vote and term stay as they are). `last_log_id`: its
+/// last applied log id (openraft does not expose the last log id; the candidate uses it only to
+/// delay its next election when it is greater than its own).
+async fn refuse_vote(
+    group_id: u32,
+    group: &Group,
+    rpc: &VoteRequest<u64>,
+) -> Result<VoteResponse<u64>, RaftError<u64>> {
+    let vote = group.raft.with_raft_state(|st| *st.vote_ref()).await.map_err(RaftError::Fatal)?;
+    let last_applied = group.raft.metrics().borrow().last_applied;
+    tracing::info!(group = group_id, candidate = %rpc.vote, "vote refused: this replica is rejoining (not caught up)");
+    Ok(VoteResponse::new(vote, last_applied, false))
+}
+
+/// While the replica does not vote: the first accepted AppendEntries whose `leader_commit` is of
+/// the leader's own term (the leader committed its blank entry, so its commit covers every entry
+/// committed before it was elected) sets the catch-up target.
+fn note_leader_commit(group_id: u32, group: &Group, vote: openraft::Vote<u64>, commit: Option<openraft::LogId<u64>>) {
+    let Some(commit) = commit else { return };
+    if !vote.is_committed() || commit.leader_id != vote.leader_id {
+        return;
+    }
+    let set = group.rejoin.send_if_modified(|s| {
+        if s.refuses_votes() && s.target.is_none() {
+            s.target = Some(commit.index);
+            true
+        } else {
+            false
+        }
+    });
+    if set {
+        tracing::info!(
+            group = group_id,
+            leader = vote.leader_id.voted_for().unwrap_or_default(),
+            target = commit.index,
+            "rejoining replica: votes again once it applied the leader's commit index"
+        );
     }
 }
 
@@ -85,12 +128,24 @@ impl Cluster for Service {
         let body = match request.kind {
             KIND_APPEND_ENTRIES => {
                 let rpc = decode_append(&request.body).map_err(|e| refused(Code::InvalidArgument, e))?;
-                json(&group.raft.append_entries(rpc).await)
+                let (vote, commit) = (rpc.vote, rpc.leader_commit);
+                if group.rejoin_state().refuses_votes() {
+                    group.rejoin.send_if_modified(|s| !std::mem::replace(&mut s.replicated, true));
+                }
+                let reply = group.raft.append_entries(rpc).await;
+                if matches!(reply, Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))) {
+                    note_leader_commit(request.group, &group, vote, commit);
+                }
+                json(&reply)
             }
             KIND_VOTE => {
                 let rpc: VoteRequest<u64> = serde_json::from_slice(&request.body)
                     .map_err(|e| refused(Code::InvalidArgument, format!("body: expected a JSON vote request: {e}")))?;
-                json(&group.raft.vote(rpc).await)
+                if group.rejoin_state().refuses_votes() {
+                    json(&refuse_vote(request.group, &group, &rpc).await)
+                } else {
+                    json(&group.raft.vote(rpc).await)
+                }
             }
             kind => {
                 return Err(refused(

@@ -86,6 +86,9 @@ pub(crate) async fn receive(
     let dir = target.snapshot_root.join(format!("incoming-net-{}-{n}", std::process::id()));
     let result = async {
         write_files(&dir, &header.files, &mut stream, idle).await?;
+        if target.rejoin_state().refuses_votes() {
+            target.rejoin.send_if_modified(|s| !std::mem::replace(&mut s.replicated, true));
+        }
         let snapshot = Snapshot::<ShardRaft> { meta, snapshot: Box::new(CheckpointSnapshot { dir: dir.clone() }) };
         let installed: Result<SnapshotResponse<u64>, Fatal<u64>> =
             target.raft.install_full_snapshot(vote, snapshot).await;

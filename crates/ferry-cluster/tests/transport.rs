@@ -1,8 +1,9 @@
 //! The cluster transport over real tonic servers on loopback (port 0) with real shard replicas
 //! (log store + state machine on temp dirs): three nodes bootstrap one group, agree on the ids and
 //! fail over; a learner added after the log was purged catches up from a streamed snapshot; a
-//! wiped first member never initializes the group again; a wrong secret is refused and forwarded
-//! batches map their outcomes.
+//! wiped first member never initializes the group again; a wiped replica does not vote until it
+//! caught up (openraft's FAQ data-loss case), then votes again; a wrong secret is refused and
+//! forwarded batches map their outcomes.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,8 +12,8 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use ferry_cluster::{
-    BootstrapOutcome, ClusterForwarder, ClusterServer, ForwardTarget, GroupNetwork, Peers, RaftTimeouts, Registry,
-    bootstrap, node_status, serve,
+    BootstrapError, BootstrapOutcome, ClusterForwarder, ClusterServer, ForwardTarget, GroupNetwork, Peers,
+    RaftTimeouts, Registry, RejoinMode, RejoinOutcome, bootstrap, detect_rejoin, node_status, serve,
 };
 use ferry_model::ShardId;
 use ferry_shard::apply::{EntryOp, ShardEntry, ShardState};
@@ -27,20 +28,29 @@ use openraft::network::RPCOption;
 use openraft::raft::VoteRequest;
 use openraft::{Raft, RaftNetwork, RaftNetworkFactory, Vote};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 const GROUP: u16 = 0;
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Creates (first time) or reopens the replica stores in `dir` (as `raft_storage.rs` does).
-fn open_replica(dir: &Path, res: &SharedResources) -> (LogStore, StateMachine) {
+/// Creates (first time) or reopens the replica stores in `dir` (as `raft_storage.rs` does). A
+/// database still held by a replica that is shutting down is retried until [`WAIT`].
+async fn open_replica(dir: &Path, res: &SharedResources) -> (LogStore, StateMachine) {
     let db = dir.join("db");
     if !db.exists() {
         let shard = Shard::open(&db, ShardId(0), 1, 9, res, &ShardConfig::default()).unwrap();
         shard.close();
         drop(shard);
     }
-    let events = EventRetention { retention_ms: i64::MAX, webhook_floor: Arc::new(AtomicU64::new(u64::MAX)) };
-    let store = Arc::new(Store::open(&db, 0, res, i64::MAX, events).unwrap());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let store = loop {
+        let events = EventRetention { retention_ms: i64::MAX, webhook_floor: Arc::new(AtomicU64::new(u64::MAX)) };
+        match Store::open(&db, 0, res, i64::MAX, events) {
+            Ok(store) => break Arc::new(store),
+            Err(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("reopening {}: {e}", db.display()),
+        }
+    };
     let log = LogStore::open(store.clone()).unwrap();
     let sm = StateMachine::open(store, ShardId(0), dir.join("snapshots")).unwrap();
     (log, sm)
@@ -64,7 +74,8 @@ struct Node {
     registry: Arc<Registry>,
     server: Option<ClusterServer>,
     raft: Raft<ShardRaft>,
-    store: Arc<Store>,
+    /// `None` while the replica is down.
+    store: Option<Arc<Store>>,
     dir: tempfile::TempDir,
 }
 
@@ -79,7 +90,40 @@ impl Node {
         let dir = tempfile::tempdir().unwrap();
         let (raft, store) = open_raft(id, dir.path(), res, &peers, timeouts).await;
         registry.register(GROUP, raft.clone(), dir.path().join("snapshots"));
-        Node { id, addr, peers, registry, server: Some(server), raft, store, dir }
+        Node { id, addr, peers, registry, server: Some(server), raft, store: Some(store), dir }
+    }
+
+    fn store(&self) -> &Store {
+        self.store.as_deref().expect("the replica is up")
+    }
+
+    /// The replica shuts down and its group is unregistered (its calls are answered
+    /// `UNAVAILABLE`); the server stays, so the node keeps its address.
+    async fn down(&mut self) {
+        self.registry.unregister(GROUP);
+        self.raft.shutdown().await.unwrap();
+        self.store = None;
+    }
+
+    /// The replica is reopened on `dir` (its disk, or a new empty one: a wipe) and registered.
+    async fn up(&mut self, dir: Option<tempfile::TempDir>, res: &SharedResources, timeouts: &RaftTimeouts) {
+        if let Some(dir) = dir {
+            self.dir = dir;
+        }
+        let (raft, store) = open_raft(self.id, self.dir.path(), res, &self.peers, timeouts).await;
+        self.registry.register(GROUP, raft.clone(), self.dir.path().join("snapshots"));
+        self.raft = raft;
+        self.store = Some(store);
+    }
+
+    /// Runs the rejoin check of its replica (as a node does for every group it hosts).
+    fn detect_rejoin(&self, members: &BTreeMap<u64, PeerNode>) -> JoinHandle<Result<RejoinOutcome, BootstrapError>> {
+        let (raft, peers, registry) = (self.raft.clone(), self.peers.clone(), self.registry.clone());
+        tokio::spawn(detect_rejoin(GROUP, raft, members.clone(), self.id, peers, registry, tokio::time::sleep(WAIT)))
+    }
+
+    fn rejoin_mode(&self) -> RejoinMode {
+        self.registry.get(GROUP).expect("registered").rejoin_state().mode
     }
 
     fn member(&self) -> PeerNode {
@@ -91,7 +135,9 @@ impl Node {
         if let Some(server) = self.server.take() {
             server.shutdown().await.unwrap();
         }
-        self.raft.shutdown().await.unwrap();
+        if self.store.take().is_some() {
+            self.raft.shutdown().await.unwrap();
+        }
     }
 }
 
@@ -102,7 +148,7 @@ async fn open_raft(
     peers: &Arc<Peers>,
     timeouts: &RaftTimeouts,
 ) -> (Raft<ShardRaft>, Arc<Store>) {
-    let (log, sm) = open_replica(dir, res);
+    let (log, sm) = open_replica(dir, res).await;
     let store = sm.store();
     let config = timeouts.openraft_config("ferry-test").unwrap();
     let net = GroupNetwork::new(GROUP, id, peers.clone(), timeouts.clone());
@@ -118,8 +164,12 @@ async fn start_nodes(n: u64, res: &SharedResources, timeouts: &RaftTimeouts) -> 
     (nodes, members)
 }
 
-/// Runs the bootstrap helper on every node at once; returns each node's outcome.
+/// Runs the rejoin check and the bootstrap helper on every node at once; returns each node's
+/// bootstrap outcome.
 async fn bootstrap_all(nodes: &[Node], members: &BTreeMap<u64, PeerNode>) -> Vec<BootstrapOutcome> {
+    for n in nodes {
+        n.detect_rejoin(members);
+    }
     let tasks: Vec<_> = nodes
         .iter()
         .map(|n| {
@@ -169,7 +219,7 @@ fn keyed(n: u32) -> (NewMessage, Vec<u8>) {
 /// Proposes one append of `ns` on `leader` (planned from its applied `next_seq`); returns the
 /// answered (seq, id) pairs and the entry's log index.
 async fn append_on(leader: &Node, ns: &[u32]) -> (Vec<(u64, String)>, u64) {
-    let first_seq = ShardState::load(&leader.store, ShardId(0)).unwrap().next_seq;
+    let first_seq = ShardState::load(leader.store(), ShardId(0)).unwrap().next_seq;
     let messages = ns.iter().map(|n| keyed(*n).0).collect();
     let entry = ShardEntry { at_ms: 10_000, first_seq, ops: vec![EntryOp::Append { messages }] };
     let written = leader.raft.client_write(entry).await.expect("the leader commits the append");
@@ -182,7 +232,7 @@ async fn append_on(leader: &Node, ns: &[u32]) -> (Vec<(u64, String)>, u64) {
 async fn assert_stores(node: &Node, index: u64, records: &[(u32, &str)]) {
     wait_for(&node.raft, "the entry applied", |m| m.last_applied.is_some_and(|l| l.index >= index)).await;
     for (n, id) in records {
-        let record = node.store.get_idempotency(&keyed(*n).1, 1_000).unwrap();
+        let record = node.store().get_idempotency(&keyed(*n).1, 1_000).unwrap();
         let record = record.unwrap_or_else(|| panic!("node {}: no idempotency record of message {n}", node.id));
         assert_eq!(&record.message_id, id, "node {} stores the id the leader answered", node.id);
     }
@@ -298,13 +348,9 @@ async fn a_wiped_first_member_never_initializes_and_is_caught_up_by_the_leader()
 
     // Node 1 (the first member, the one that bootstraps) loses its data: a fresh replica on an
     // empty dir behind the same server.
-    nodes[0].raft.shutdown().await.unwrap();
-    let wiped = tempfile::tempdir().unwrap();
-    let (raft, store) = open_raft(1, wiped.path(), &res, &nodes[0].peers, &timeouts).await;
-    nodes[0].registry.register(GROUP, raft.clone(), wiped.path().join("snapshots"));
-    nodes[0].raft = raft;
-    nodes[0].store = store;
-    nodes[0].dir = wiped;
+    nodes[0].down().await;
+    nodes[0].up(Some(tempfile::tempdir().unwrap()), &res, &timeouts).await;
+    nodes[0].detect_rejoin(&members);
     let outcome =
         bootstrap(GROUP, nodes[0].raft.clone(), members.clone(), 1, nodes[0].peers.clone(), tokio::time::sleep(WAIT))
             .await
@@ -319,6 +365,110 @@ async fn a_wiped_first_member_never_initializes_and_is_caught_up_by_the_leader()
     let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
     assert_eq!(voters, vec![1, 2, 3], "the membership the group was initialized with");
     assert_stores(&nodes[0], index, &[(1, ids[0].1.as_str()), (2, ids[1].1.as_str())]).await;
+    stop_all(&mut nodes).await;
+}
+
+/// The group status node `of` reports (over `Status`, as `ferry cluster status` shows it).
+async fn status_of(nodes: &[Node], of: usize) -> ferry_cluster::pb::GroupStatus {
+    let status = node_status(&nodes[of].peers, &nodes[of].addr, WAIT).await.unwrap();
+    status.groups.into_iter().find(|g| g.shard == GROUP as u32).expect("group 0 in the status")
+}
+
+/// openraft's FAQ "Can I wipe out the data of ONE node": A leads and commits with B while C is
+/// down; B's disk is wiped; A dies; C comes back. Were B to grant C's vote, C would lead without
+/// the committed appends. B is rejoining instead: it refuses, C only raises its term, and once A
+/// is back the group's leader holds every committed append and catches B up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_replica_refuses_votes_so_a_lagging_member_cannot_lead_without_committed_entries() {
+    let res = resources();
+    let timeouts = test_timeouts();
+    let (mut nodes, members) = start_nodes(3, &res, &timeouts).await;
+    bootstrap_all(&nodes, &members).await;
+    let a = leader_of(&nodes, 0, None).await;
+    let blank = nodes[a].raft.metrics().borrow().last_applied.unwrap().index;
+    for node in &nodes {
+        wait_for(&node.raft, "the blank entry applied", |m| m.last_applied.is_some_and(|l| l.index >= blank)).await;
+    }
+    let (b, c) = match a {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+
+    nodes[c].down().await;
+    let (ids, index) = append_on(&nodes[a], &[1, 2, 3]).await;
+    let records: Vec<(u32, &str)> = [1, 2, 3].into_iter().zip(ids.iter().map(|(_, id)| id.as_str())).collect();
+    assert_stores(&nodes[b], index, &records).await;
+    nodes[a].down().await;
+    nodes[b].down().await;
+    nodes[b].up(Some(tempfile::tempdir().unwrap()), &res, &timeouts).await;
+    let b_rejoin = nodes[b].detect_rejoin(&members);
+    nodes[c].up(None, &res, &timeouts).await;
+    nodes[c].detect_rejoin(&members);
+    let lagging = wait_for(&nodes[c].raft, "C's log loaded", |m| m.last_log_index.is_some()).await;
+    assert!(lagging.last_log_index < Some(index), "C lacks the appends: {lagging:?}");
+
+    // C campaigns again and again: only B can answer, and it refuses.
+    let (t0, a_id) = (lagging.current_term, nodes[a].id);
+    let m = wait_for(&nodes[c].raft, "three more campaigns of C, or a new leader", |m| {
+        m.current_term >= t0 + 3 || m.current_leader.is_some_and(|l| l != a_id)
+    })
+    .await;
+    assert!(
+        m.state != openraft::ServerState::Leader && m.current_leader.is_none_or(|l| l == a_id),
+        "a leader without the appends committed up to index {index}: {:?} (C's last log index: {:?})",
+        m.current_leader,
+        m.last_log_index
+    );
+    let wiped = nodes[b].raft.metrics().borrow().clone();
+    assert!(wiped.current_leader.is_none() && wiped.vote == Vote::default(), "B voted: {wiped:?}");
+    let b_status = status_of(&nodes, b).await;
+    assert!(b_status.rejoining && !b_status.initialized, "B's status: {b_status:?}");
+    assert!(matches!(nodes[b].rejoin_mode(), RejoinMode::Rejoining | RejoinMode::Checking));
+    assert!(!status_of(&nodes, c).await.rejoining, "C had its disk: it votes");
+
+    // A comes back: only it can lead (C lacks the appends), and it catches B up.
+    nodes[a].up(None, &res, &timeouts).await;
+    nodes[a].detect_rejoin(&members);
+    let leader = leader_of(&nodes, a, None).await;
+    assert_eq!(leader, a, "the only member holding every committed append leads");
+    for node in &nodes {
+        assert_stores(node, index, &records).await;
+    }
+    let outcome = b_rejoin.await.unwrap().expect("B caught up");
+    assert!(matches!(outcome, RejoinOutcome::CaughtUp { target, .. } if target >= index), "{outcome:?}");
+    assert!(!status_of(&nodes, b).await.rejoining);
+    stop_all(&mut nodes).await;
+}
+
+/// A wiped replica that caught up votes (and campaigns) again: with the leader gone, the group
+/// elects a new one only with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoining_replica_that_caught_up_votes_again() {
+    let res = resources();
+    let timeouts = test_timeouts();
+    let (mut nodes, members) = start_nodes(3, &res, &timeouts).await;
+    bootstrap_all(&nodes, &members).await;
+    let a = leader_of(&nodes, 0, None).await;
+    let (ids, index) = append_on(&nodes[a], &[1, 2]).await;
+    let b = (a + 1) % 3;
+    nodes[b].down().await;
+    nodes[b].up(Some(tempfile::tempdir().unwrap()), &res, &timeouts).await;
+    let outcome = nodes[b].detect_rejoin(&members).await.unwrap().expect("the wiped replica catches up");
+    let RejoinOutcome::CaughtUp { target, .. } = outcome else { panic!("not rejoining: {outcome:?}") };
+    assert!(target >= index, "the target {target} covers the committed append at {index}");
+    assert_eq!(nodes[b].rejoin_mode(), RejoinMode::Voting);
+    assert!(!status_of(&nodes, b).await.rejoining);
+
+    let gone = nodes[a].id;
+    nodes[a].down().await;
+    let survivor = (0..3).find(|i| *i != a && *i != b).unwrap();
+    let new_leader = leader_of(&nodes, survivor, Some(gone)).await;
+    let (more, index) = append_on(&nodes[new_leader], &[3]).await;
+    for i in [b, survivor] {
+        assert_stores(&nodes[i], index, &[(1, ids[0].1.as_str()), (2, ids[1].1.as_str()), (3, more[0].1.as_str())])
+            .await;
+    }
     stop_all(&mut nodes).await;
 }
 

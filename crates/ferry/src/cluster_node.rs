@@ -5,7 +5,9 @@
 //! and `Status` probes must find it while this node's groups start: an unregistered group is
 //! answered `UNAVAILABLE` and retried), then the shards open and register, then each group is
 //! bootstrapped (only its first member ever initializes it, and only when every member said it is
-//! not initialized: `ferry_cluster::bootstrap`).
+//! not initialized: `ferry_cluster::bootstrap`). Every group also runs `ferry_cluster::detect_rejoin`: a
+//! replica that came up empty while a peer holds the group's log (a wiped disk) refuses votes until
+//! it caught up.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -126,6 +128,19 @@ pub async fn open(config: &FerryConfig, cluster: &ClusterConfig) -> anyhow::Resu
         let members: BTreeMap<u64, PeerNode> =
             placed.into_iter().map(|id| (id, PeerNode { addr: addrs[&id].clone() })).collect();
         let raft = shard.raft().expect("replicated").clone();
+        let (rejoin_raft, rejoin_members, rejoin_peers) = (raft.clone(), members.clone(), peers.clone());
+        let (registry, mut rejoin_stopped) = (registry.clone(), stopped.clone());
+        tokio::spawn(async move {
+            let cancel = async move {
+                let _ = rejoin_stopped.wait_for(|s| *s).await;
+            };
+            match ferry_cluster::detect_rejoin(i, rejoin_raft, rejoin_members, node_id, rejoin_peers, registry, cancel)
+                .await
+            {
+                Ok(outcome) => tracing::info!(shard = i, ?outcome, "raft group votes"),
+                Err(e) => tracing::warn!(shard = i, error = %e, "raft group rejoin check stopped"),
+            }
+        });
         let peers = peers.clone();
         let mut stopped = stopped.clone();
         tokio::spawn(async move {

@@ -39,6 +39,7 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
                             "last_log_index": g.last_log_index,
                             "applied_index": g.last_applied_index,
                             "voters": g.voters,
+                            "rejoining": g.rejoining,
                         })
                     })
                     .collect();
