@@ -41,7 +41,7 @@ pub enum BootstrapError {
 }
 
 /// Deadline of one `Status` call.
-pub(crate) const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The `Status` of the node serving at `addr`.
 pub async fn node_status(peers: &Peers, addr: &str, timeout: Duration) -> Result<pb::NodeStatus, Status> {
@@ -129,13 +129,26 @@ async fn peers_state(
     self_id: u64,
     peers: &Peers,
 ) -> Result<Option<u64>, String> {
+    find_member(group, members, self_id, peers, |g| g.initialized).await
+}
+
+/// Asks every other member's `Status` for `group`: `Ok(Some(node))` for the first whose group
+/// satisfies `found`; `Ok(None)` when every one answered and none does; `Err` (what was last
+/// missing) when a member did not answer or has not opened the group yet.
+pub(crate) async fn find_member(
+    group: u16,
+    members: &BTreeMap<u64, PeerNode>,
+    self_id: u64,
+    peers: &Peers,
+    found: impl Fn(&pb::GroupStatus) -> bool,
+) -> Result<Option<u64>, String> {
     let mut pending = None;
     for (id, node) in members.iter().filter(|(id, _)| **id != self_id) {
         match node_status(peers, &node.addr, STATUS_TIMEOUT).await {
             Err(status) => pending = Some(format!("node {id} ({}): {}", node.addr, status.message())),
             Ok(status) => match status.groups.iter().find(|g| g.shard == group as u32) {
                 None => pending = Some(format!("node {id} has not opened group {group}")),
-                Some(g) if g.initialized => return Ok(Some(*id)),
+                Some(g) if found(g) => return Ok(Some(*id)),
                 Some(_) => {}
             },
         }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use ferry_shard::raft::{PeerNode, ShardRaft};
 use openraft::Raft;
 
-use crate::bootstrap::{BootstrapError, STATUS_TIMEOUT, node_status};
+use crate::bootstrap::BootstrapError;
 use crate::network::Peers;
 use crate::registry::{Registry, RejoinMode, RejoinState};
 use crate::server::initialized;
@@ -149,18 +149,8 @@ async fn members_progress(
     self_id: u64,
     peers: &Peers,
 ) -> Result<Option<u64>, String> {
-    let mut pending = None;
-    for (id, node) in members.iter().filter(|(id, _)| **id != self_id) {
-        match node_status(peers, &node.addr, STATUS_TIMEOUT).await {
-            Err(status) => pending = Some(format!("node {id} ({}): {}", node.addr, status.message())),
-            Ok(status) => match status.groups.iter().find(|g| g.shard == group as u32) {
-                None => pending = Some(format!("node {id} has not opened group {group}")),
-                Some(g) if g.last_log_index.unwrap_or(0) > 0 || g.last_applied_index.unwrap_or(0) > 0 => {
-                    return Ok(Some(*id));
-                }
-                Some(_) => {}
-            },
-        }
-    }
-    pending.map_or(Ok(None), Err)
+    crate::bootstrap::find_member(group, members, self_id, peers, |g| {
+        g.last_log_index.unwrap_or(0) > 0 || g.last_applied_index.unwrap_or(0) > 0
+    })
+    .await
 }

@@ -55,7 +55,7 @@ pub use storage::{
 pub use writer::{AppendOutcome, HeldAction, IdempotencyPlacement, NewMessage, ResolvedHeld};
 
 /// Errors of the shard layer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ShardError {
     /// The shard's mailbox is full; the caller should back off (1015 / RESOURCE_EXHAUSTED).
     #[error("shard {shard} is overloaded: {pending} messages pending, capacity {capacity}")]

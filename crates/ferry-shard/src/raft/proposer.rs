@@ -333,25 +333,7 @@ impl Proposer {
 
 fn fail_all(waiters: Vec<Waiter>, err: ShardError) {
     for w in waiters {
-        w.fail(clone_error(&err));
-    }
-}
-
-/// The error again, for the next waiter (`ShardError` holds a non-clonable RocksDB error).
-fn clone_error(e: &ShardError) -> ShardError {
-    match e {
-        ShardError::Overloaded { shard, pending, capacity } => {
-            ShardError::Overloaded { shard: *shard, pending: *pending, capacity: *capacity }
-        }
-        ShardError::Stopped(s) => ShardError::Stopped(*s),
-        ShardError::Unavailable { shard, detail } => ShardError::Unavailable { shard: *shard, detail: detail.clone() },
-        ShardError::Indeterminate { shard, detail } => {
-            ShardError::Indeterminate { shard: *shard, detail: detail.clone() }
-        }
-        ShardError::Remote { shard, detail } => ShardError::Remote { shard: *shard, detail: detail.clone() },
-        ShardError::Rocks { shard, source } => ShardError::Rocks { shard: *shard, source: source.clone() },
-        ShardError::Corrupt { shard, what } => ShardError::Corrupt { shard: *shard, what: what.clone() },
-        ShardError::Layout(s) => ShardError::Layout(s.clone()),
+        w.fail(err.clone());
     }
 }
 
