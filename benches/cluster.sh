@@ -103,6 +103,45 @@ for _ in range(300):
     time.sleep(0.1)
 PY
 run_load cluster "$(sed -n 's/^ferry: grpc listening on //p' "$work/node-1.out")"
+# Where the time went: the per-stage histograms of every node (crates/ferry-shard/src/raft/stages.rs),
+# mean and median-of-shards p50 / worst-shard p99 per stage, and the count (batches, syncs, ...).
+for i in 1 2 3; do
+    python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
+        "http://$(sed -n 's/^ferry: http listening on //p' "$work/node-$i.out")/metrics" >"$work/metrics-$i.txt" || true
+done
+python3 - "$work"/metrics-{1,2,3}.txt <<'PY'
+import re, statistics, sys
+stages = ["ferry_raft_batch_messages", "ferry_raft_slot_wait_seconds", "ferry_raft_forward_seconds",
+          "ferry_raft_proposal_seconds", "ferry_raft_log_sync_seconds", "ferry_raft_appends_per_sync",
+          "ferry_raft_apply_seconds"]
+line = re.compile(r'^(\w+)\{([^}]*)\} (\S+)$')
+print("stage (per node: count, mean, p50 median over shards, p99 worst shard; seconds shown in ms)")
+for stage in stages:
+    cells = []
+    for n, path in enumerate(sys.argv[1:], 1):
+        sums = counts = 0.0
+        p50, p99 = [], []
+        for l in open(path):
+            m = line.match(l.strip())
+            if not m or not m.group(1).startswith(stage):
+                continue
+            name, labels, value = m.group(1), m.group(2), float(m.group(3))
+            if name == stage + "_sum":
+                sums += value
+            elif name == stage + "_count":
+                counts += value
+            elif name == stage and 'quantile="0.5"' in labels:
+                p50.append(value)
+            elif name == stage and 'quantile="0.99"' in labels:
+                p99.append(value)
+        if not counts:
+            cells.append(f"node {n}: -")
+            continue
+        k = 1000.0 if stage.endswith("_seconds") else 1.0
+        cells.append(f"node {n}: {counts:.0f}, {sums / counts * k:.2f}, {statistics.median(p50) * k:.2f}, "
+                     f"{max(p99) * k:.2f}" if p50 else f"node {n}: {counts:.0f}, {sums / counts * k:.2f}")
+    print(f"  {stage}: " + "; ".join(cells))
+PY
 "$ferry" cluster status --peers "$peers" | python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -143,8 +143,10 @@ impl Coordinator {
     /// committed on a majority of replicas; a node that does not lead a shard forwards its writes.
     ///
     /// Not done here (yet): the start-up replay of idempotency intents, which needs every group's
-    /// leader (a keyed send cut between its two writes is answered again only if retried at the
-    /// node that holds the intent's lock; see ARCHITECTURE.md, "Replicated shards").
+    /// leader. A keyed send cut between its two writes is still answered with its first id when
+    /// retried through any node (the message's shard answers it at apply); until the intent is
+    /// replayed its key shard lacks the record, so a reuse of the key for a message to another
+    /// recipient is not refused as a conflict (see ARCHITECTURE.md, "Replication").
     pub async fn open_replicated<N: ferry_shard::raft::openraft::RaftNetworkFactory<ferry_shard::raft::ShardRaft>>(
         config: &CoordinatorConfig,
         clock: SharedClock,

@@ -13,7 +13,9 @@ use ferry_model::message::Content;
 use ferry_model::validate::{ValidatedMessage, ValidationContext};
 use ferry_model::{ApiError, ErrorCode, MessageId, ShardId, WaId, phone};
 use ferry_shard::storage::idempotency_key;
-use ferry_shard::{IdempotencyPlacement, IdempotencyRecord, NewMessage, QueueRecord, Shard, SharedResources};
+use ferry_shard::{
+    AppendAnswer, IdempotencyPlacement, IdempotencyRecord, NewMessage, QueueRecord, Shard, SharedResources,
+};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::idempotency::{KeyInfo, KeyShardWrites, Keys, conflict};
@@ -308,6 +310,16 @@ impl Core {
                 Ok(outcomes) => {
                     for (pos, outcome) in positions.into_iter().zip(outcomes) {
                         let p = &prepared[pos];
+                        if outcome.answer == AppendAnswer::KeyConflict {
+                            // The message's shard had the key for another message (a send this
+                            // node's lookup did not see: another node's, or an unknown outcome's).
+                            let raw = p.idempotency.as_ref().map_or("", |k| k.raw.as_str());
+                            results[p.index] = Some(Err(conflict(raw)));
+                            continue;
+                        }
+                        // A replay (the message's shard had this key for this message) also
+                        // writes the key shard's record: it may be the one a lost outcome left
+                        // unwritten.
                         if let Some(k) = &p.idempotency
                             && k.key_shard.index() != shard
                         {
@@ -325,7 +337,7 @@ impl Core {
                         accepted_at[pos] = Some(Accepted {
                             message_id: outcome.message_id,
                             wa_id: p.validated.wa_id.clone(),
-                            idempotent_replay: false,
+                            idempotent_replay: outcome.answer == AppendAnswer::Replay,
                             held: outcome.held,
                         });
                     }

@@ -1,5 +1,6 @@
 //! A crash between the message write and the idempotency record write (key shard ≠ recipient
-//! shard) must not let a retry create a second message: start-up replays the intent.
+//! shard) must not let a retry create a second message: the message's shard answers the retry
+//! from its copy of the key's record, and start-up replays the intent to the key shard.
 
 use ferry_coordinator::routing::{shard_for_idempotency_key, shard_for_recipient};
 use ferry_coordinator::{Coordinator, CoordinatorConfig, SendCommand};
@@ -41,23 +42,37 @@ async fn intent_left_by_a_crash_is_replayed_before_serving() {
 }
 
 #[tokio::test]
-async fn without_replay_a_retry_would_duplicate() {
-    // Guards the test above: with the failpoint on and no restart, the record is missing, so the
-    // retry is (wrongly) fresh. This shows the failpoint really skips the key-shard write.
+async fn the_message_shard_answers_a_retry_whose_key_record_was_never_written() {
+    // The key-shard write is skipped (a crash there, or in a cluster a coordinator that never
+    // learned the outcome): the key shard has no record, yet the retry is no second message,
+    // because the message's shard keeps a copy of the key's record and answers it at apply.
     let dir = tempfile::tempdir().unwrap();
     let config = CoordinatorConfig::for_test(dir.path(), 8);
     let sender = phone::normalize(&config.default_sender, &config.country_code).unwrap();
     let wa = phone::normalize("+16315551234", "1").unwrap();
-    let key = (0..)
-        .map(|i| format!("k{i}"))
-        .find(|k| shard_for_idempotency_key(&idempotency_key(sender.as_str(), k), 8) != shard_for_recipient(&wa, 8))
-        .unwrap();
+    let key = key_for(sender.as_str(), &wa, 8, true);
+    let storage_key = idempotency_key(sender.as_str(), &key);
+    let key_shard = shard_for_idempotency_key(&storage_key, 8);
     let command = SendCommand { message: text_to("+16315551234"), idempotency_key: Some(key), sender: None };
     let node = Coordinator::open(&config).await.unwrap();
     node.failpoint_skip_key_shard_write(true);
     let a = node.send(command.clone()).await.unwrap();
-    let b = node.send(command).await.unwrap();
-    assert_ne!(a.message_id, b.message_id);
+    let now = node.clock().now_ms();
+    let on_key_shard = node.shards()[key_shard.index()].get_idempotency(&storage_key, now).unwrap();
+    assert!(on_key_shard.is_none(), "the failpoint skipped the key shard's record");
+    let b = node.send(command.clone()).await.unwrap();
+    assert_eq!(b.message_id, a.message_id, "the retry answers the first id");
+    assert!(b.idempotent_replay);
+    let queued =
+        |node: &Coordinator| node.shards()[shard_for_recipient(&wa, 8).index()].scan_queue(0, 100).unwrap().len();
+    assert_eq!(queued(&node), 1, "one message for one key");
+    // With the key-shard write back on, a replay writes the missing record there.
+    node.failpoint_skip_key_shard_write(false);
+    let c = node.send(command).await.unwrap();
+    assert_eq!(c.message_id, a.message_id);
+    assert_eq!(queued(&node), 1);
+    let on_key_shard = node.shards()[key_shard.index()].get_idempotency(&storage_key, now).unwrap();
+    assert_eq!(on_key_shard.map(|r| r.message_id), Some(a.message_id.as_str().to_owned()));
     node.close();
 }
 

@@ -96,6 +96,10 @@ fn describe() {
         Unit::Seconds,
         "Durable accept to the chat server's ack, per acked message."
     );
+    for (name, help) in ferry_shard::raft::stages::DESCRIPTIONS {
+        let unit = if name.ends_with("_seconds") { Unit::Seconds } else { Unit::Count };
+        describe_histogram!(*name, unit, *help);
+    }
     describe_gauge!("ferry_queue_depth", "Messages in the shard's queue (RocksDB estimate of its keys).");
     describe_counter!(
         "ferry_shard_appended_total",

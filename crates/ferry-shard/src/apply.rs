@@ -32,7 +32,7 @@ use crate::storage::{
     META_QUEUE_LOW_WATERMARK, META_WEBHOOK_CURSOR, StatusRecord, Store, UPSTREAM_ID_INBOUND, UPSTREAM_ID_OUTBOUND,
     UpstreamIdRecord, encode_value, queue_key, session_key, upstream_id_key,
 };
-use crate::writer::{AppendOutcome, HeldAction, IdempotencyPlacement, NewMessage, ResolvedHeld};
+use crate::writer::{AppendAnswer, AppendOutcome, HeldAction, IdempotencyPlacement, NewMessage, ResolvedHeld};
 
 /// One group commit, as decided by the writer: everything apply needs besides the state machine.
 /// (`Debug` is short, in `crate::raft::types`: an entry is logged by openraft.)
@@ -341,22 +341,25 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
     let mut cleared_now: Vec<u64> = Vec::new();
     let mut outcomes = Vec::with_capacity(entry.ops.len());
     let mut next_seq = entry.first_seq;
-    // Idempotency keys (placed here) appended by this entry, with their outcome.
-    let mut keys_here: HashMap<Vec<u8>, AppendOutcome> = HashMap::new();
+    // Idempotency keys appended by this entry, with their outcome and payload hash.
+    let mut keyed_now: HashMap<Vec<u8>, (AppendOutcome, Vec<u8>)> = HashMap::new();
     for op in &entry.ops {
         let outcome = match op {
             EntryOp::Append { messages } => 'append: {
                 // A key answered before (a retry after an unknown outcome, possibly through
-                // another node) answers its first id again instead of a second message: read
-                // every key this op places here first (a failed read fails this op only).
+                // another node) answers its first id again instead of a second message. The
+                // message's shard holds a record of every key it appended (the key shard's own
+                // record, or a copy when the key shard is another one), so this holds whatever
+                // became of the coordinator that sent it first. Every key is read first (a failed
+                // read fails this op only).
                 let mut earlier: HashMap<&[u8], Option<IdempotencyRecord>> = HashMap::new();
                 for m in messages {
-                    if let Some(IdempotencyPlacement::Here { key, .. }) = &m.idempotency
-                        && !keys_here.contains_key(key.as_slice())
-                        && !earlier.contains_key(key.as_slice())
+                    if let Some((key, _)) = m.idempotency.as_ref().map(IdempotencyPlacement::key)
+                        && !keyed_now.contains_key(key)
+                        && !earlier.contains_key(key)
                     {
                         match store.get_idempotency(key, entry.at_ms) {
-                            Ok(r) => earlier.insert(key.as_slice(), r),
+                            Ok(r) => earlier.insert(key, r),
                             Err(e) => break 'append OpOutcome::Failed(e),
                         };
                     }
@@ -365,17 +368,26 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
                 for m in messages {
                     let seq = next_seq;
                     next_seq += 1;
-                    if let Some(IdempotencyPlacement::Here { key, .. }) = &m.idempotency {
-                        let replay = keys_here.get(key.as_slice()).cloned().or_else(|| {
-                            earlier.get(key.as_slice()).and_then(Option::as_ref).map(|r| AppendOutcome {
-                                seq: MessageId::decode(&r.message_id).map_or(0, |k| k.seq),
-                                message_id: MessageId::from_stored(r.message_id.clone()),
-                                held: false,
+                    if let Some((key, payload_hash)) = m.idempotency.as_ref().map(IdempotencyPlacement::key) {
+                        let first = keyed_now.get(key).cloned().or_else(|| {
+                            earlier.get(key).and_then(Option::as_ref).map(|r| {
+                                let outcome = AppendOutcome {
+                                    seq: MessageId::decode(&r.message_id).map_or(0, |k| k.seq),
+                                    message_id: MessageId::from_stored(r.message_id.clone()),
+                                    held: false,
+                                    answer: AppendAnswer::New,
+                                };
+                                (outcome, r.payload_hash.clone())
                             })
                         });
-                        if let Some(first) = replay {
+                        if let Some((first, first_hash)) = first {
                             // Its seq stays unused (a hole in the queue).
-                            appended.push(first);
+                            let answer = if first_hash == payload_hash {
+                                AppendAnswer::Replay
+                            } else {
+                                AppendAnswer::KeyConflict
+                            };
+                            appended.push(AppendOutcome { answer, ..first });
                             continue;
                         }
                     }
@@ -401,6 +413,9 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
                             batch.put_cf(idem, key, encode_value(&record(payload_hash)));
                         }
                         Some(IdempotencyPlacement::Elsewhere { key_shard, key, payload_hash }) => {
+                            // The copy that answers a retry here (above); the key shard's record
+                            // follows from the intent.
+                            batch.put_cf(idem, key, encode_value(&record(payload_hash)));
                             let intent = IdempotencyIntent {
                                 key_shard: *key_shard as u32,
                                 key: key.clone(),
@@ -409,9 +424,9 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
                             batch.put_cf(intents, queue_key(seq), encode_value(&intent));
                         }
                     }
-                    let outcome = AppendOutcome { seq, message_id, held };
-                    if let Some(IdempotencyPlacement::Here { key, .. }) = &m.idempotency {
-                        keys_here.insert(key.clone(), outcome.clone());
+                    let outcome = AppendOutcome { seq, message_id, held, answer: AppendAnswer::New };
+                    if let Some((key, payload_hash)) = m.idempotency.as_ref().map(IdempotencyPlacement::key) {
+                        keyed_now.insert(key.to_vec(), (outcome.clone(), payload_hash.to_vec()));
                     }
                     appended.push(outcome);
                 }

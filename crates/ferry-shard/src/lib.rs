@@ -52,7 +52,7 @@ pub use storage::{
     CALLBACK_INBOUND, CALLBACK_STATUS, CallbackRecord, ContactRecord, HeldRecord, IdempotencyIntent, IdempotencyRecord,
     QueueRecord, StatusEvent, StatusRecord,
 };
-pub use writer::{AppendOutcome, HeldAction, IdempotencyPlacement, NewMessage, ResolvedHeld};
+pub use writer::{AppendAnswer, AppendOutcome, HeldAction, IdempotencyPlacement, NewMessage, ResolvedHeld};
 
 /// Errors of the shard layer.
 #[derive(Debug, Clone, thiserror::Error)]

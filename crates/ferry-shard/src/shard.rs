@@ -334,6 +334,7 @@ impl Shard {
             mailbox: tx.clone(),
             crashed: crashed.clone(),
             leading: leading.clone(),
+            stages: crate::raft::stages::ProposerStages::new(id),
         };
         let handle = std::thread::Builder::new()
             .name(format!("shard-{:02}-proposer", id.0))

@@ -142,9 +142,12 @@
 //!
 //! An idempotency record lives in the shard chosen by hashing `(sender, key)` (the *key shard*),
 //! not necessarily the recipient's shard. When the two differ, the recipient's shard writes an
-//! `idempotency_intents` entry atomically with the message; the coordinator then writes the record
-//! to the key shard and clears the intent. At start-up every remaining intent is replayed before
-//! the node serves, so a crash between the two writes cannot let a retry create a second message.
+//! `idempotency_intents` entry and a copy of the record atomically with the message; the
+//! coordinator then writes the record to the key shard and clears the intent. At start-up every
+//! remaining intent is replayed before the node serves. A retry (same message, so same recipient
+//! and shard) that reaches the shard anyway is answered from the copy at apply, so neither a
+//! crash between the two writes nor a coordinator that never learned the outcome lets a retry
+//! create a second message.
 //! Records older than 24 h are ignored on lookup and dropped by a compaction filter.
 //!
 //! ## Dispatch marks (`dispatched`)

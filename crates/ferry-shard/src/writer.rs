@@ -40,6 +40,16 @@ pub enum IdempotencyPlacement {
     Elsewhere { key_shard: u16, key: Vec<u8>, payload_hash: Vec<u8> },
 }
 
+impl IdempotencyPlacement {
+    /// The storage key and the payload hash, wherever the key shard is.
+    pub fn key(&self) -> (&[u8], &[u8]) {
+        match self {
+            IdempotencyPlacement::Here { key, payload_hash }
+            | IdempotencyPlacement::Elsewhere { key, payload_hash, .. } => (key, payload_hash),
+        }
+    }
+}
+
 /// One message to append to the queue.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -57,6 +67,22 @@ pub struct AppendOutcome {
     pub message_id: MessageId,
     /// The message was written to `held` (a paced template's).
     pub held: bool,
+    /// Whether the message was written, or its idempotency key had answered before.
+    pub answer: AppendAnswer,
+}
+
+/// What an append did with one message (decided at apply, so the same on every replica).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppendAnswer {
+    /// Written under `seq`.
+    #[default]
+    New,
+    /// Its idempotency key answered `message_id` before, for the same message: nothing written
+    /// (`seq` and `message_id` are the first send's).
+    Replay,
+    /// Its idempotency key answered another message before: nothing written, the send is refused
+    /// (`seq` and `message_id` are the first send's).
+    KeyConflict,
 }
 
 /// What to do with held messages.

@@ -18,8 +18,8 @@ use ferry_shard::raft::{
 use ferry_shard::storage::{EventRetention, StatusEvent, Store};
 use ferry_shard::test_support::{message, resources};
 use ferry_shard::{
-    AppendOutcome, FailureReason, HeldAction, IdempotencyPlacement, IdempotencyRecord, InboundRecord, NewMessage,
-    QueueRecord, ResolvedHeld, Settlement, Shard, ShardConfig, SharedResources, StatusRecord,
+    AppendAnswer, AppendOutcome, FailureReason, HeldAction, IdempotencyPlacement, IdempotencyRecord, InboundRecord,
+    NewMessage, QueueRecord, ResolvedHeld, Settlement, Shard, ShardConfig, SharedResources, StatusRecord,
 };
 use openraft::error::{Fatal, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
@@ -293,6 +293,7 @@ fn a_response_survives_the_encoding() {
                     seq: 7,
                 }),
                 held: true,
+                answer: AppendAnswer::Replay,
             }]),
             OpReply::Done,
             OpReply::Resolved(ResolvedHeld { released: vec![1], dropped: vec![2, 3], expired: vec![4] }),

@@ -233,24 +233,47 @@ async fn appends_commit_on_every_replica_from_leader_and_follower_and_survive_th
 /// when both are in one entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_placed_here_answers_its_first_id_when_appended_again() {
-    use ferry_shard::IdempotencyPlacement;
+    replays_keyed_appends(|key, payload_hash| ferry_shard::IdempotencyPlacement::Here { key, payload_hash }).await;
+}
+
+/// The key's record lives on another shard: the message's shard still answers a retry (its
+/// coordinator may never have learned the first outcome, so the key shard may have no record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_placed_elsewhere_answers_its_first_id_when_appended_again() {
+    replays_keyed_appends(|key, payload_hash| ferry_shard::IdempotencyPlacement::Elsewhere {
+        key_shard: 1,
+        key,
+        payload_hash,
+    })
+    .await;
+}
+
+async fn replays_keyed_appends(place: fn(Vec<u8>, Vec<u8>) -> ferry_shard::IdempotencyPlacement) {
+    use ferry_shard::AppendAnswer;
     let res = resources();
     let dir = tempfile::tempdir().unwrap();
-    let shard = Shard::open(dir.path(), ShardId(0), 1, 5, &res, &ShardConfig::default()).unwrap();
+    let shard = Shard::open(dir.path(), ShardId(0), 2, 5, &res, &ShardConfig::default()).unwrap();
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let keyed = |n: u32, key: &str| {
         let mut m = message(n);
         // Keys answer for 24 h from acceptance (the test message's 1970 acceptance is long gone).
         m.record.accepted_at_ms = now_ms;
         m.record.expires_at_ms = now_ms + 3_600_000;
-        m.idempotency = Some(IdempotencyPlacement::Here { key: key.as_bytes().to_vec(), payload_hash: vec![n as u8] });
+        m.idempotency = Some(place(key.as_bytes().to_vec(), vec![n as u8]));
         m
     };
     let first = shard.append_durably(vec![keyed(1, "k1")]).unwrap().await.unwrap();
+    assert_eq!(first[0].answer, AppendAnswer::New);
     let again = shard.append_durably(vec![keyed(1, "k1"), keyed(2, "k2")]).unwrap().await.unwrap();
     assert_eq!(again[0].message_id, first[0].message_id, "the retry answers the first id");
     assert_eq!(again[0].seq, first[0].seq);
+    assert_eq!(again[0].answer, AppendAnswer::Replay);
     assert_ne!(again[1].message_id, first[0].message_id);
+    assert_eq!(again[1].answer, AppendAnswer::New);
+    // The key reused for another message: refused, nothing written.
+    let reused = shard.append_durably(vec![keyed(9, "k1")]).unwrap().await.unwrap();
+    assert_eq!(reused[0].answer, AppendAnswer::KeyConflict, "the key answered another message");
+    assert_eq!(reused[0].message_id, first[0].message_id);
     // Two sends of one key in the same entry: one message.
     let hold = shard.pause_writer_for_test();
     let a = shard.append_durably(vec![keyed(3, "k3")]).unwrap();
@@ -258,6 +281,7 @@ async fn a_key_placed_here_answers_its_first_id_when_appended_again() {
     drop(hold);
     let (a, b) = (a.await.unwrap(), b.await.unwrap());
     assert_eq!(a[0].message_id, b[0].message_id, "one id for the key within one entry");
+    assert_eq!(b[0].answer, AppendAnswer::Replay);
     let queued: Vec<u64> = shard.scan_queue(0, 100).unwrap().into_iter().map(|(seq, _)| seq).collect();
     assert_eq!(queued, vec![first[0].seq, again[1].seq, a[0].seq], "one message per key in the queue");
     shard.close();

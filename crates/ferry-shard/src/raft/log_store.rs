@@ -137,6 +137,7 @@ fn log_thread(store: Arc<Store>, rx: crossbeam_channel::Receiver<LogOp>) {
     let mut synced = WriteOptions::default();
     synced.set_sync(true);
     let mut waiters: Vec<SyncWaiter> = Vec::new();
+    let stages = super::stages::LogStages::new(store.shard);
     loop {
         let op = if waiters.is_empty() {
             match rx.recv() {
@@ -153,7 +154,10 @@ fn log_thread(store: Arc<Store>, rx: crossbeam_channel::Receiver<LogOp>) {
             // `rocksdb.dbstats` WAL counter does not show, so the test below could not see it.
             let mut marker = WriteBatch::default();
             marker.put_cf(store.cf(CF_RAFT_STATE), RAFT_STATE_SYNCED, []);
+            let started = std::time::Instant::now();
             let result = store.db.write_opt(marker, &synced).map_err(|e| format!("raft log WAL sync: {e}"));
+            stages.sync.record(started.elapsed().as_secs_f64());
+            stages.appends_per_sync.record(waiters.len() as f64);
             if let Err(e) = &result {
                 tracing::error!(shard = store.shard, error = %e, "raft log sync failed");
             }

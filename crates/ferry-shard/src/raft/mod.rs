@@ -15,6 +15,8 @@ pub mod log_store;
 #[allow(clippy::result_large_err)]
 pub(crate) mod proposer;
 #[allow(clippy::result_large_err)]
+pub mod stages;
+#[allow(clippy::result_large_err)]
 pub mod state_machine;
 pub mod types;
 

@@ -34,6 +34,7 @@ use openraft::{Raft, RaftMetrics, ServerState};
 use tokio::sync::Semaphore;
 
 use super::forward::{ForwardError, Forwarder, decode_forward_reply, encode_forward_request};
+use super::stages::ProposerStages;
 use super::state_machine::StateHandle;
 use super::types::{OpReply, PeerNode, ShardRaft, ShardResponse};
 use crate::ShardError;
@@ -68,6 +69,7 @@ pub(crate) struct Proposer {
     /// The leader gate (`leadership.rs`): closed, this node does not propose even while openraft
     /// still calls it leader (it has not heard from a quorum within the lease).
     pub(crate) leading: tokio::sync::watch::Receiver<bool>,
+    pub(crate) stages: ProposerStages,
 }
 
 /// The planner of the term this node proposes in.
@@ -145,10 +147,13 @@ impl Proposer {
             self.pending.fetch_sub(weight, Ordering::AcqRel);
             return;
         }
+        let waited = std::time::Instant::now();
         let permit = match self.runtime.block_on(in_flight.clone().acquire_owned()) {
             Ok(p) => p,
             Err(_) => unreachable!("the in-flight semaphore is never closed"),
         };
+        self.stages.slot_wait.record(waited.elapsed().as_secs_f64());
+        self.stages.batch.record(weight as f64);
         let ready = if *self.leading.borrow() { ready_term(&self.raft.metrics().borrow(), self.node_id) } else { None };
         let Some(ready) = ready else {
             *term = None;
@@ -175,6 +180,7 @@ impl Proposer {
         }
         let planner = &mut term.as_mut().expect("set above").planner;
         let (entry, waiters) = planner.plan(ops);
+        let proposed = std::time::Instant::now();
         let submitted = self.runtime.block_on(self.raft.client_write_ff(entry));
         self.counters.synced_writes.fetch_add(1, Ordering::Relaxed);
         let shard = self.shard;
@@ -191,8 +197,11 @@ impl Proposer {
             Ok(rx) => {
                 let stale = stale.clone();
                 let wait = self.leader_wait;
+                let proposal = self.stages.proposal.clone();
                 self.runtime.spawn(async move {
-                    let Ok(result) = tokio::time::timeout(wait, rx).await else {
+                    let result = tokio::time::timeout(wait, rx).await;
+                    proposal.record(proposed.elapsed().as_secs_f64());
+                    let Ok(result) = result else {
                         // No quorum answered in time (2 of 3 replicas down, a partition): the
                         // entry may still commit later, so its outcome is unknown. The entries
                         // after it keep their seqs (they commit in order, if at all).
@@ -239,6 +248,7 @@ impl Proposer {
         let pending = self.pending.clone();
         let mailbox = self.mailbox.clone();
         let mut leading = self.leading.clone();
+        let forward_seconds = self.stages.forward.clone();
         async move {
             let deadline = tokio::time::Instant::now() + wait;
             let unavailable = |ops: Vec<WriteOp>, detail: String| {
@@ -277,7 +287,9 @@ impl Proposer {
             let request = encode_forward_request(entry_ops);
             let mut leader = leader;
             let result = loop {
+                let sent = std::time::Instant::now();
                 let result = forwarder.forward(leader, shard.0, request.clone()).await;
+                forward_seconds.record(sent.elapsed().as_secs_f64());
                 // Not reached (its node is down, an election is under way): nothing was sent, so
                 // it is safe to look for the leader again until the deadline.
                 if !matches!(result, Err(ForwardError::Unreachable { .. })) {

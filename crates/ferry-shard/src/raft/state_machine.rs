@@ -382,7 +382,13 @@ impl RaftStateMachine<ShardRaft> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<ShardRaft>> = entries.into_iter().collect();
-        blocking(&self.inner, move |inner| entries.into_iter().map(|e| inner.apply_one(e)).collect()).await
+        blocking(&self.inner, move |inner| {
+            let started = std::time::Instant::now();
+            let applied = entries.into_iter().map(|e| inner.apply_one(e)).collect();
+            super::stages::apply_histogram(inner.store.shard).record(started.elapsed().as_secs_f64());
+            applied
+        })
+        .await
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {

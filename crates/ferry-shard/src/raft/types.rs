@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::apply::{EntryOp, OpOutcome, ShardApplied, ShardEntry};
 use crate::settle::{FailureReason, InboundRecord, Settlement};
-use crate::writer::{AppendOutcome, HeldAction, IdempotencyPlacement, NewMessage, ResolvedHeld};
+use crate::writer::{AppendAnswer, AppendOutcome, HeldAction, IdempotencyPlacement, NewMessage, ResolvedHeld};
 
 openraft::declare_raft_types!(
     /// The Raft type configuration of one shard group.
@@ -350,6 +350,9 @@ pub mod proto {
         pub message_id: String,
         #[prost(bool, tag = "3")]
         pub held: bool,
+        /// 0 new, 1 replay, 2 key conflict (`AppendAnswer`).
+        #[prost(uint32, tag = "4")]
+        pub answer: u32,
     }
 }
 
@@ -583,7 +586,16 @@ pub(crate) fn op_reply_proto(op: &OpReply) -> OpReplyProto {
             kind: 0,
             appended: a
                 .iter()
-                .map(|o| AppendOutcomeProto { seq: o.seq, message_id: o.message_id.as_str().to_owned(), held: o.held })
+                .map(|o| AppendOutcomeProto {
+                    seq: o.seq,
+                    message_id: o.message_id.as_str().to_owned(),
+                    held: o.held,
+                    answer: match o.answer {
+                        AppendAnswer::New => 0,
+                        AppendAnswer::Replay => 1,
+                        AppendAnswer::KeyConflict => 2,
+                    },
+                })
                 .collect(),
             ..OpReplyProto::default()
         },
@@ -604,8 +616,21 @@ pub(crate) fn op_reply_of(op: OpReplyProto, what: &'static str) -> Result<OpRepl
         0 => OpReply::Appended(
             op.appended
                 .into_iter()
-                .map(|o| AppendOutcome { seq: o.seq, message_id: MessageId::from_stored(o.message_id), held: o.held })
-                .collect(),
+                .map(|o| {
+                    let answer = match o.answer {
+                        0 => AppendAnswer::New,
+                        1 => AppendAnswer::Replay,
+                        2 => AppendAnswer::KeyConflict,
+                        a => return Err(bad(what, format!("append answer {a}"))),
+                    };
+                    Ok(AppendOutcome {
+                        seq: o.seq,
+                        message_id: MessageId::from_stored(o.message_id),
+                        held: o.held,
+                        answer,
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         ),
         1 => OpReply::Done,
         2 => OpReply::Resolved(ResolvedHeld { released: op.released, dropped: op.dropped, expired: op.expired }),
