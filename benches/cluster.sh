@@ -13,6 +13,7 @@
 # customer-service window off (the chatsim's users never write first).
 #
 #   benches/cluster.sh                                   # SHARDS=8 BATCH=100 CONCURRENCY=16 DURATION=15s
+#   MAX_IN_FLIGHT=16 benches/cluster.sh                  # cluster.max_in_flight for the cluster run
 #   FERRY_BIN=path/to/ferry DURATION=1s RECIPIENTS=100 benches/cluster.sh   # no build, smoke size
 set -euo pipefail
 SHARDS=${SHARDS:-8}
@@ -20,6 +21,8 @@ BATCH=${BATCH:-100}
 CONCURRENCY=${CONCURRENCY:-16}
 DURATION=${DURATION:-15s}
 RECIPIENTS=${RECIPIENTS:-10000}
+SINGLE=${SINGLE:-1}                # 0: skip the single-node run (cluster A/B runs)
+MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-}   # cluster.max_in_flight for the cluster run (empty: the default)
 cd "$(dirname "$0")/.."
 if [ -n "${FERRY_BIN:-}" ]; then
     ferry="$FERRY_BIN"
@@ -61,35 +64,66 @@ chatsim_addr=$(sed -n 's/^chatsim: listening on //p' "$work/chatsim.out" | tr -d
 common_serve=(--shards "$SHARDS" --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --auth disabled
               --customer-service-window off --upstream "$chatsim_addr")
 
+# CPU seconds (user + system) used so far by the live processes among the given pids.
+cpu_seconds() {
+    python3 - "$@" <<'PY'
+import os, sys
+tick = os.sysconf("SC_CLK_TCK")
+total = 0
+for pid in sys.argv[1:]:
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    except (OSError, IndexError, ValueError):
+        pass
+print(total / tick)
+PY
+}
+
 run_load() {
     local name=$1 target=$2
     echo "-- $name: warm-up, one message per recipient"
     "$ferry" loadgen --target "http://$target" --chatsim "http://$chatsim_addr" --batch 100 --concurrency 8 \
         --recipients "$RECIPIENTS" --count "$RECIPIENTS" --quiet >/dev/null
     echo "-- $name: as fast as possible for $DURATION"
+    # CPU of the servers (ferry nodes + chatsim) over the timed run: with 2 cores shared by all
+    # of them and the load generator, CPU per message bounds what any stage can reach.
+    local before after
+    before=$(cpu_seconds "${pids[@]}")
     "$ferry" loadgen --target "http://$target" --chatsim "http://$chatsim_addr" --batch "$BATCH" \
         --concurrency "$CONCURRENCY" --recipients "$RECIPIENTS" --duration "$DURATION" --quiet \
         --json "$work/$name.json" | tee "$work/$name.txt"
+    after=$(cpu_seconds "${pids[@]}")
+    python3 -c 'import sys; print(float(sys.argv[2]) - float(sys.argv[1]))' "$before" "$after" >"$work/$name.cpu"
 }
 
 echo "== $SHARDS shards; loadgen --batch $BATCH --concurrency $CONCURRENCY, $RECIPIENTS recipients, $DURATION"
-"$ferry" serve "${common_serve[@]}" --data-dir "$work/single" >"$work/single.out" 2>"$work/single.err" &
-single_pid=$!
-pids+=($single_pid)
-wait_line "$work/single.out" "grpc listening" $single_pid
-run_load single "$(sed -n 's/^ferry: grpc listening on //p' "$work/single.out")"
-kill $single_pid
-wait $single_pid 2>/dev/null || true
+if [ "$SINGLE" != 0 ]; then
+    "$ferry" serve "${common_serve[@]}" --data-dir "$work/single" >"$work/single.out" 2>"$work/single.err" &
+    single_pid=$!
+    pids+=($single_pid)
+    wait_line "$work/single.out" "grpc listening" $single_pid
+    run_load single "$(sed -n 's/^ferry: grpc listening on //p' "$work/single.out")"
+    kill $single_pid
+    wait $single_pid 2>/dev/null || true
+fi
 
 ports=("$(free_port)" "$(free_port)" "$(free_port)")
 peers="1=127.0.0.1:${ports[0]},2=127.0.0.1:${ports[1]},3=127.0.0.1:${ports[2]}"
+cluster_config=()
+node_pids=()
+if [ -n "$MAX_IN_FLIGHT" ]; then
+    printf '[cluster]\nmax_in_flight = %s\n' "$MAX_IN_FLIGHT" >"$work/cluster.toml"
+    cluster_config=(--config "$work/cluster.toml")
+fi
 for i in 1 2 3; do
-    "$ferry" serve "${common_serve[@]}" --data-dir "$work/node-$i" --node-id $i \
+    "$ferry" serve "${common_serve[@]}" "${cluster_config[@]}" --data-dir "$work/node-$i" --node-id $i \
         --cluster-listen "127.0.0.1:${ports[$((i - 1))]}" --peers "$peers" --replication-factor 3 \
         >"$work/node-$i.out" 2>"$work/node-$i.err" &
     pids+=($!)
+    node_pids+=($!)
 done
-for i in 1 2 3; do wait_line "$work/node-$i.out" "grpc listening" "${pids[$((i + 1))]}"; done
+for i in 1 2 3; do wait_line "$work/node-$i.out" "grpc listening" "${node_pids[$((i - 1))]}"; done
 http1=$(sed -n 's/^ferry: http listening on //p' "$work/node-1.out")
 # Every shard has a leader before the load starts.
 python3 - "http://$http1/readyz" <<'PY'
@@ -120,20 +154,26 @@ for stage in stages:
     cells = []
     for n, path in enumerate(sys.argv[1:], 1):
         sums = counts = 0.0
-        p50, p99 = [], []
+        by_shard = {}  # shard label -> {"count", "0.5", "0.99"}
         for l in open(path):
             m = line.match(l.strip())
             if not m or not m.group(1).startswith(stage):
                 continue
             name, labels, value = m.group(1), m.group(2), float(m.group(3))
+            shard = re.search(r'shard="(\d+)"', labels)
+            cell = by_shard.setdefault(shard.group(1) if shard else "", {})
+            q = re.search(r'quantile="([\d.]+)"', labels)
             if name == stage + "_sum":
                 sums += value
             elif name == stage + "_count":
                 counts += value
-            elif name == stage and 'quantile="0.5"' in labels:
-                p50.append(value)
-            elif name == stage and 'quantile="0.99"' in labels:
-                p99.append(value)
+                cell["count"] = value
+            elif name == stage and q:
+                cell[q.group(1)] = value
+        # Shards this node ran the stage for (a follower neither proposes nor forwards its own).
+        live = [c for c in by_shard.values() if c.get("count")]
+        p50 = [c["0.5"] for c in live if "0.5" in c]
+        p99 = [c["0.99"] for c in live if "0.99" in c]
         if not counts:
             cells.append(f"node {n}: -")
             continue
@@ -151,13 +191,22 @@ for line in sys.stdin:
 
 python3 - "$work/single.json" "$work/cluster.json" <<'PY'
 import json, sys
-s, c = (json.load(open(p)) for p in sys.argv[1:3])
-def line(name, r):
+import os
+s = json.load(open(sys.argv[1])) if os.path.exists(sys.argv[1]) else None
+c = json.load(open(sys.argv[2]))
+def line(name, r, cpu_path):
     l = r["accept_latency_ms"]
-    return (f"{name}: accepted {r['accepted_per_sec']:.0f} msg/s, acked {r['acked_per_sec'] or 0:.0f} msg/s, "
+    text = (f"{name}: accepted {r['accepted_per_sec']:.0f} msg/s, acked {r['acked_per_sec'] or 0:.0f} msg/s, "
             f"accept p50 {l['p50']:.2f} ms, p99 {l['p99']:.2f} ms")
-print(line("single node", s))
-print(line("3-node cluster (RF 3)", c))
-if s["acked_per_sec"]:
+    if os.path.exists(cpu_path) and r.get("accepted"):
+        cpu = float(open(cpu_path).read())
+        per_k = cpu / r["accepted"] * 1000
+        text += (f"; server CPU {cpu:.1f} s = {per_k * 1000:.0f} ms per 1,000 messages "
+                 f"({per_k * 15:.2f} cores at 15,000 msg/s)")
+    return text
+if s:
+    print(line("single node", s, sys.argv[1][:-5] + ".cpu"))
+print(line("3-node cluster (RF 3)", c, sys.argv[2][:-5] + ".cpu"))
+if s and s["acked_per_sec"]:
     print(f"cluster / single (acked): {(c['acked_per_sec'] or 0) / s['acked_per_sec']:.2f}")
 PY

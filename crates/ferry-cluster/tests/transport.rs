@@ -221,7 +221,7 @@ fn keyed(n: u32) -> (NewMessage, Vec<u8>) {
 async fn append_on(leader: &Node, ns: &[u32]) -> (Vec<(u64, String)>, u64) {
     let first_seq = ShardState::load(leader.store(), ShardId(0)).unwrap().next_seq;
     let messages = ns.iter().map(|n| keyed(*n).0).collect();
-    let entry = ShardEntry { at_ms: 10_000, first_seq, ops: vec![EntryOp::Append { messages }] };
+    let entry = ShardEntry { at_ms: 10_000, first_seq, ops: vec![EntryOp::Append { messages }].into() };
     let written = leader.raft.client_write(entry).await.expect("the leader commits the append");
     assert_eq!(written.data.rejected, None, "entry refused: {:?}", written.data);
     let OpReply::Appended(outcomes) = &written.data.ops[0] else { panic!("append reply: {:?}", written.data) };

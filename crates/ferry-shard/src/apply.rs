@@ -19,6 +19,7 @@
 //! above it is applied: the gap is the seqs of a batch whose write failed, never reused.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use ferry_model::{MessageId, MessageKey, ShardId};
 use rocksdb::WriteBatch;
@@ -43,7 +44,9 @@ pub struct ShardEntry {
     pub at_ms: i64,
     /// The seq of the first message appended by this entry; the others follow in op order.
     pub first_seq: u64,
-    pub ops: Vec<EntryOp>,
+    /// Shared, so that cloning an entry (the Raft log's tail cache hands out clones to
+    /// replication and apply) copies no message.
+    pub ops: Arc<Vec<EntryOp>>,
 }
 
 impl ShardEntry {
@@ -343,7 +346,7 @@ pub fn apply(entry: &ShardEntry, batch: &mut WriteBatch, store: &Store, state: &
     let mut next_seq = entry.first_seq;
     // Idempotency keys appended by this entry, with their outcome and payload hash.
     let mut keyed_now: HashMap<Vec<u8>, (AppendOutcome, Vec<u8>)> = HashMap::new();
-    for op in &entry.ops {
+    for op in entry.ops.iter() {
         let outcome = match op {
             EntryOp::Append { messages } => 'append: {
                 // A key answered before (a retry after an unknown outcome, possibly through

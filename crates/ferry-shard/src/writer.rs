@@ -361,7 +361,7 @@ impl Planner {
             entry_ops.push(op);
             waiters.push(waiter);
         }
-        (ShardEntry { at_ms, first_seq, ops: entry_ops }, waiters)
+        (ShardEntry { at_ms, first_seq, ops: Arc::new(entry_ops) }, waiters)
     }
 }
 

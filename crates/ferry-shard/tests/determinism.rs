@@ -241,7 +241,7 @@ impl Builder {
             };
             out.push(op);
         }
-        ShardEntry { at_ms, first_seq, ops: out }
+        ShardEntry { at_ms, first_seq, ops: out.into() }
     }
 }
 

@@ -88,7 +88,7 @@ async fn log_vote_committed_and_applied_state_come_back_after_a_reopen() {
     let append = ShardEntry {
         at_ms: 5_000,
         first_seq: next_seq,
-        ops: vec![EntryOp::Append { messages: vec![message(1), message(2)] }],
+        ops: vec![EntryOp::Append { messages: vec![message(1), message(2)] }].into(),
     };
     let voters: BTreeSet<u64> = [1, 2, 3].into();
     let nodes: std::collections::BTreeMap<u64, PeerNode> =
@@ -262,7 +262,7 @@ proptest! {
         first_seq in any::<u64>(),
         ops in prop::collection::vec(entry_op(), 0..6),
     ) {
-        let entry = ShardEntry { at_ms, first_seq, ops };
+        let entry = ShardEntry { at_ms, first_seq, ops: ops.into() };
         let decoded = decode_entry(&encode_entry(&entry)).unwrap();
         prop_assert_eq!(full(&decoded), full(&entry));
         // The serde form openraft sees is the same encoding.
@@ -402,7 +402,7 @@ fn keyed(n: u32) -> (NewMessage, Vec<u8>) {
 async fn append_on(leader: &Raft<ShardRaft>, store: &Store, ns: &[u32]) -> (Vec<(u64, String)>, u64) {
     let first_seq = ShardState::load(store, ShardId(0)).unwrap().next_seq;
     let messages = ns.iter().map(|n| keyed(*n).0).collect();
-    let entry = ShardEntry { at_ms: 10_000, first_seq, ops: vec![EntryOp::Append { messages }] };
+    let entry = ShardEntry { at_ms: 10_000, first_seq, ops: vec![EntryOp::Append { messages }].into() };
     let written = leader.client_write(entry).await.expect("the leader commits the append");
     assert_eq!(written.data.rejected, None, "entry refused: {:?}", written.data);
     let OpReply::Appended(outcomes) = &written.data.ops[0] else { panic!("append reply: {:?}", written.data) };

@@ -68,12 +68,13 @@ struct ForwardedOpProto {
 
 /// The request of a forwarded batch.
 pub(crate) fn encode_forward_request(ops: Vec<EntryOp>) -> Vec<u8> {
-    encode_entry(&ShardEntry { at_ms: 0, first_seq: 0, ops })
+    encode_entry(&ShardEntry { at_ms: 0, first_seq: 0, ops: std::sync::Arc::new(ops) })
 }
 
 /// The ops of a forwarded batch.
 pub(crate) fn decode_forward_request(bytes: &[u8]) -> Result<Vec<EntryOp>, DecodeError> {
-    Ok(decode_entry(bytes)?.ops)
+    // Just decoded: the only owner, so no copy.
+    Ok(std::sync::Arc::unwrap_or_clone(decode_entry(bytes)?.ops))
 }
 
 /// The reply of a forwarded batch: one result per op.

@@ -26,6 +26,7 @@ use openraft::{AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogId, St
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::oneshot;
 
+use super::tail_cache::TailCache;
 use super::types::{ShardRaft, decode_entry, encode_entry};
 use crate::ShardError;
 use crate::storage::{CF_RAFT_LOG, CF_RAFT_STATE, RAFT_STATE_COMMITTED, RAFT_STATE_PURGED, RAFT_STATE_VOTE, Store};
@@ -196,6 +197,7 @@ fn log_thread(store: Arc<Store>, rx: crossbeam_channel::Receiver<LogOp>) {
 /// thread after the ops already sent.
 pub struct LogStore {
     store: Arc<Store>,
+    cache: TailCache,
     tx: Option<crossbeam_channel::Sender<LogOp>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -210,7 +212,7 @@ impl LogStore {
             .name(format!("ferry-raft-log-{:02}", store.shard))
             .spawn(move || log_thread(thread_store, rx))
             .map_err(|e| ShardError::Layout(format!("cannot start the raft log thread: {e}")))?;
-        Ok(LogStore { store, tx: Some(tx), thread: Some(thread) })
+        Ok(LogStore { store, cache: TailCache::default(), tx: Some(tx), thread: Some(thread) })
     }
 
     fn send(&self, op: LogOp) -> Result<(), StoreError> {
@@ -265,6 +267,7 @@ impl Drop for LogStore {
 #[derive(Clone)]
 pub struct LogReader {
     store: Arc<Store>,
+    cache: TailCache,
 }
 
 fn read_range(store: &Store, start: u64, end: Option<u64>) -> Result<Vec<Entry<ShardRaft>>, String> {
@@ -299,7 +302,16 @@ fn bounds(range: &impl RangeBounds<u64>) -> (u64, Option<u64>) {
     (start, end)
 }
 
-async fn read_entries(store: &Arc<Store>, start: u64, end: Option<u64>) -> Result<Vec<Entry<ShardRaft>>, StoreError> {
+/// Entries `[start, end)`: from the tail cache when it holds them all, else from RocksDB.
+async fn read_entries(
+    store: &Arc<Store>,
+    cache: &TailCache,
+    start: u64,
+    end: Option<u64>,
+) -> Result<Vec<Entry<ShardRaft>>, StoreError> {
+    if let Some(entries) = cache.get(start, end) {
+        return Ok(entries);
+    }
     let store = store.clone();
     tokio::task::spawn_blocking(move || read_range(&store, start, end))
         .await
@@ -313,7 +325,7 @@ impl RaftLogReader<ShardRaft> for LogReader {
         range: RB,
     ) -> Result<Vec<Entry<ShardRaft>>, StoreError> {
         let (start, end) = bounds(&range);
-        read_entries(&self.store, start, end).await
+        read_entries(&self.store, &self.cache, start, end).await
     }
 }
 
@@ -323,7 +335,7 @@ impl RaftLogReader<ShardRaft> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry<ShardRaft>>, StoreError> {
         let (start, end) = bounds(&range);
-        read_entries(&self.store, start, end).await
+        read_entries(&self.store, &self.cache, start, end).await
     }
 }
 
@@ -350,7 +362,7 @@ impl RaftLogStorage<ShardRaft> for LogStore {
     }
 
     async fn get_log_reader(&mut self) -> LogReader {
-        LogReader { store: self.store.clone() }
+        LogReader { store: self.store.clone(), cache: self.cache.clone() }
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StoreError> {
@@ -385,19 +397,27 @@ impl RaftLogStorage<ShardRaft> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let cf = self.store.cf(CF_RAFT_LOG);
+        let mut cached = Vec::new();
         for entry in entries {
-            batch.put_cf(cf, log_key(entry.log_id.index), encode_log_entry(&entry));
+            let value = encode_log_entry(&entry);
+            batch.put_cf(cf, log_key(entry.log_id.index), &value);
+            cached.push((entry, value.len()));
         }
         let (written, rx) = oneshot::channel();
         self.send(LogOp::Append { batch, written, flushed: callback })?;
         match rx.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                // Readable from RocksDB now; reads of them are served from memory from here on.
+                self.cache.appended(cached);
+                Ok(())
+            }
             Ok(Err(e)) => Err(write_logs_error(e)),
             Err(_) => Err(write_logs_error("the raft log thread stopped")),
         }
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StoreError> {
+        self.cache.truncated(log_id.index);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(self.store.cf(CF_RAFT_LOG), log_key(log_id.index), log_key(u64::MAX));
         self.write(batch, true, write_logs_error).await
@@ -406,6 +426,7 @@ impl RaftLogStorage<ShardRaft> for LogStore {
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StoreError> {
         // `purged` first in the batch: openraft ignores entries up to it, so an entry left
         // behind by a crash is harmless, and the log never has a hole.
+        self.cache.purged(log_id.index);
         let mut batch = WriteBatch::default();
         let value = serde_json::to_vec(&log_id).expect("a log id serializes");
         batch.put_cf(self.store.cf(CF_RAFT_STATE), RAFT_STATE_PURGED, value);

@@ -14,10 +14,10 @@ pub(crate) mod leadership;
 pub mod log_store;
 #[allow(clippy::result_large_err)]
 pub(crate) mod proposer;
-#[allow(clippy::result_large_err)]
 pub mod stages;
 #[allow(clippy::result_large_err)]
 pub mod state_machine;
+pub(crate) mod tail_cache;
 pub mod types;
 
 pub use forward::{ForwardError, ForwardFuture, Forwarder};

@@ -576,7 +576,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<ShardEntry, DecodeError> {
             Op::ClearDispatched(s) => EntryOp::ClearDispatched { seqs: s.seqs },
         });
     }
-    Ok(ShardEntry { at_ms: p.at_ms, first_seq: p.first_seq, ops })
+    Ok(ShardEntry { at_ms: p.at_ms, first_seq: p.first_seq, ops: std::sync::Arc::new(ops) })
 }
 
 /// The prost form of one op's reply.
