@@ -73,8 +73,10 @@ impl Round {
 #[derive(Debug, Default)]
 pub struct FailoverReport {
     pub rounds: Vec<Round>,
-    /// Messages the load had answered with an id, and calls that failed (elections, a dead node).
+    /// Messages the load had answered with an id, messages refused in an answered call (no leader
+    /// within `leader_wait_ms`: 1011), and calls that failed as a whole (a dead node).
     pub accepted: u64,
+    pub refused: u64,
     pub failed_calls: u64,
     /// The per-recipient order check over the chat server's first arrivals (its listed ids).
     pub order_checked: usize,
@@ -112,6 +114,7 @@ struct Load {
     up: Arc<Mutex<Vec<SocketAddr>>>,
     stop: Arc<AtomicBool>,
     accepted: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -122,12 +125,14 @@ impl Load {
     fn start(options: &FailoverOptions, up: Vec<SocketAddr>) -> Load {
         let up = Arc::new(Mutex::new(up));
         let stop = Arc::new(AtomicBool::new(false));
-        let (accepted, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (accepted, refused, failed) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let calls_per_sec = (options.rate as f64 / options.batch as f64).max(0.1);
         let interval = Duration::from_secs_f64(Self::SENDERS as f64 / calls_per_sec);
         let tasks = (0..Self::SENDERS)
             .map(|task| {
-                let (up, stop, accepted, failed) = (up.clone(), stop.clone(), accepted.clone(), failed.clone());
+                let (up, stop) = (up.clone(), stop.clone());
+                let (accepted, refused, failed) = (accepted.clone(), refused.clone(), failed.clone());
                 let (batch, recipients) = (options.batch, options.recipients.max(1));
                 tokio::spawn(async move {
                     let mut clients: HashMap<SocketAddr, MessagesClient<Channel>> = HashMap::new();
@@ -159,10 +164,12 @@ impl Load {
                             .collect();
                         match client.send_batch(SendBatchRequest { messages }).await {
                             Ok(r) => {
-                                let ok = (r.into_inner().results.iter())
+                                let results = r.into_inner().results;
+                                let ok = (results.iter())
                                     .filter(|r| matches!(r.outcome, Some(v1::send_result::Outcome::Accepted(_))))
                                     .count();
                                 accepted.fetch_add(ok as u64, Ordering::Relaxed);
+                                refused.fetch_add((results.len() - ok) as u64, Ordering::Relaxed);
                             }
                             Err(_) => {
                                 failed.fetch_add(1, Ordering::Relaxed);
@@ -172,19 +179,21 @@ impl Load {
                 })
             })
             .collect();
-        Load { up, stop, accepted, failed, tasks }
+        Load { up, stop, accepted, refused, failed, tasks }
     }
 
     fn set_up(&self, up: Vec<SocketAddr>) {
         *self.up.lock().unwrap() = up;
     }
 
-    async fn finish(self) -> (u64, u64) {
+    /// Stops the senders: (accepted, refused, failed calls).
+    async fn finish(self) -> (u64, u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             let _ = task.await;
         }
-        (self.accepted.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        (load(&self.accepted), load(&self.refused), load(&self.failed))
     }
 }
 
@@ -307,8 +316,9 @@ pub async fn run(options: &FailoverOptions) -> FailoverReport {
         cluster.restart(victim);
         load.set_up(addrs(&cluster));
     }
-    let (accepted, failed) = load.finish().await;
+    let (accepted, refused, failed) = load.finish().await;
     report.accepted = accepted;
+    report.refused = refused;
     report.failed_calls = failed;
     let history = super::order::chat_history(cluster.chatsim.addr).await;
     report.order_checked = history.recipients.iter().map(|r| r.message_ids.len()).sum();
@@ -355,7 +365,10 @@ impl FailoverReport {
             (self.rounds.iter()).filter_map(|r| r.shards.iter().find(|s| s.shard == 0)).map(|s| s.first_ack).collect();
         let (p50, max) = p50_max(&shard_0);
         lines.push(format!("shard 0 alone: p50 {}, max {}", secs(p50), secs(max)));
-        lines.push(format!("load: {} messages accepted, {} calls failed", self.accepted, self.failed_calls));
+        lines.push(format!(
+            "load: {} messages accepted, {} refused (no leader in time), {} calls failed",
+            self.accepted, self.refused, self.failed_calls
+        ));
         lines.push(format!(
             "per-recipient order: {} violations over {} first arrivals checked",
             self.order_violations.len(),
