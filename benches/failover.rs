@@ -8,8 +8,8 @@
 //! times come from chatsim's `ChatAdmin/History` (one machine clock: kill and ack).
 //!
 //! ```sh
-//! cargo bench --bench failover                         # 10 kills, 8 shards, 500 msg/s offered
-//! KILLS=20 cargo bench --bench failover -- --shards 2
+//! cargo bench --workspace --locked --bench failover    # 10 kills, 8 shards, ≤ 500 msg/s offered
+//! KILLS=20 cargo bench --workspace --locked --bench failover -- --shards 2
 //! ```
 
 use std::time::Duration;
@@ -26,7 +26,8 @@ struct Args {
     kills: usize,
     #[arg(long, env = "SHARDS", default_value_t = 8)]
     shards: u16,
-    /// Messages per second offered during the whole run.
+    /// Messages per second offered at most, during the whole run (4 senders pace their SendBatch
+    /// calls; a slow answer delays a sender's next call, so the accepted rate can be lower).
     #[arg(long, env = "RATE", default_value_t = 500)]
     rate: u64,
     /// Messages per SendBatch call.

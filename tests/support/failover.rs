@@ -78,6 +78,8 @@ pub struct FailoverReport {
     pub accepted: u64,
     pub refused: u64,
     pub failed_calls: u64,
+    /// How long the load ran.
+    pub load_time: Duration,
     /// The per-recipient order check over the chat server's first arrivals (its listed ids).
     pub order_checked: usize,
     pub order_violations: Vec<String>,
@@ -267,6 +269,7 @@ pub async fn run(options: &FailoverOptions) -> FailoverReport {
         cluster.wait_leader(shard, None, Duration::from_secs(60)).await;
     }
     let load = Load::start(options, addrs(&cluster));
+    let load_started = std::time::Instant::now();
     let mut report = FailoverReport::default();
     for _ in 0..options.kills {
         wait_steady(&cluster, &mut admin, Duration::from_secs(60)).await;
@@ -317,6 +320,7 @@ pub async fn run(options: &FailoverOptions) -> FailoverReport {
         load.set_up(addrs(&cluster));
     }
     let (accepted, refused, failed) = load.finish().await;
+    report.load_time = load_started.elapsed();
     report.accepted = accepted;
     report.refused = refused;
     report.failed_calls = failed;
@@ -366,8 +370,12 @@ impl FailoverReport {
         let (p50, max) = p50_max(&shard_0);
         lines.push(format!("shard 0 alone: p50 {}, max {}", secs(p50), secs(max)));
         lines.push(format!(
-            "load: {} messages accepted, {} refused (no leader in time), {} calls failed",
-            self.accepted, self.refused, self.failed_calls
+            "load: {} messages accepted in {:.0} s ({:.0} msg/s), {} refused (no leader in time), {} calls failed",
+            self.accepted,
+            self.load_time.as_secs_f64(),
+            self.accepted as f64 / self.load_time.as_secs_f64().max(0.001),
+            self.refused,
+            self.failed_calls
         ));
         lines.push(format!(
             "per-recipient order: {} violations over {} first arrivals checked",
