@@ -62,3 +62,31 @@ fn cluster_script_measures_a_single_node_and_a_cluster_at_smoke_size() {
     }
     assert!(stdout.contains("leads shards"), "the cluster's leaders are reported:\n{stdout}");
 }
+
+/// The failover benchmark (`benches/failover.rs`, whose harness is `support::failover`) at smoke
+/// size: one SIGKILL of shard 0's leader under load, measured to the successor's first ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_bench_measures_one_kill_at_smoke_size() {
+    let options = support::failover::FailoverOptions {
+        kills: 1,
+        shards: 2,
+        rate: 200,
+        batch: 10,
+        recipients: 100,
+        settle: std::time::Duration::from_secs(1),
+    };
+    let report = support::failover::run(&options).await;
+    let lines = report.lines();
+    println!("{}", lines.join("\n"));
+    assert_eq!(report.rounds.len(), 1, "{lines:?}");
+    let round = &report.rounds[0];
+    assert!(round.shards.iter().any(|s| s.shard == 0), "shard 0's failover is measured: {lines:?}");
+    for s in &round.shards {
+        assert_ne!(s.successor, round.killed, "the successor is another node: {lines:?}");
+        assert!(s.new_term > s.old_term && s.first_ack >= s.hello, "{s:?}");
+        assert!(s.first_ack > std::time::Duration::ZERO, "{s:?}");
+    }
+    assert!(lines.iter().any(|l| l.starts_with("failover over 1 kills ")), "{lines:?}");
+    assert!(report.accepted > 0, "the load was accepted: {lines:?}");
+    assert!(report.order_checked > 0 && report.order_violations.is_empty(), "{lines:?}");
+}

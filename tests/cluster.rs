@@ -172,6 +172,11 @@ async fn killing_a_shard_leader_loses_nothing_and_a_new_leader_delivers() {
         stats.duplicate_messages
     );
 
+    // Per-recipient order: each recipient's first arrivals at the chat server carry increasing
+    // seqs (one envelope per recipient in flight, in seq order), across both failovers.
+    let ordered = support::order::assert_recipient_order(cluster.chatsim.addr).await;
+    assert!(ordered >= ids.len(), "{ordered} first arrivals checked for {} answered ids", ids.len());
+
     // Two of three down: a write to a shard is refused (503 / UNAVAILABLE, code 1011), never
     // answered with an id; one back: it is served again.
     let keep = leader;
@@ -265,4 +270,37 @@ async fn a_paused_leader_is_fenced_off_and_rejoins_as_a_follower() {
          hellos refused",
         stats.unique_messages, stats.stale_term_envelopes, stats.stale_term_refused
     );
+    // Per-recipient order holds across the pause: the fenced old leader's stream got nothing acked.
+    let ordered = support::order::assert_recipient_order(cluster.chatsim.addr).await;
+    assert!(ordered >= ids.len(), "{ordered} first arrivals checked for {} answered ids", ids.len());
+}
+
+/// The order check of the history checks can fail: a reordered recipient, a recipient whose ids
+/// change shard, and a foreign id are each reported.
+#[test]
+fn the_recipient_order_check_reports_a_reordered_recipient() {
+    use ferry_model::{MessageId, MessageKey, ShardId};
+    use ferry_proto::chat::v1::RecipientHistory;
+    let id =
+        |shard: u16, seq: u64| MessageId::encode(MessageKey { shard: ShardId(shard), space: 7, seq }).into_string();
+    let recipient = |to: &str, ids: Vec<String>| RecipientHistory {
+        sender: "15550001111".into(),
+        recipient: to.into(),
+        delivered: ids.len() as u64,
+        message_ids: ids,
+        truncated: false,
+    };
+    let in_order = [recipient("16310000001", vec![id(0, 1), id(0, 2), id(0, 5)])];
+    assert_eq!(support::order::recipient_order_violations(&in_order), Vec::<String>::new());
+    let broken = [
+        recipient("16310000001", vec![id(0, 1), id(0, 3), id(0, 2), id(0, 4)]),
+        recipient("16310000002", vec![id(1, 1), id(0, 2)]),
+        recipient("16310000003", vec![id(1, 1), "wamid.not-ours".into(), id(1, 1)]),
+    ];
+    let violations = support::order::recipient_order_violations(&broken);
+    assert_eq!(violations.len(), 4, "{violations:#?}");
+    assert!(violations[0].contains("(seq 2) arrived after") && violations[0].contains("(seq 3)"), "{violations:?}");
+    assert!(violations[1].contains("shard 0") && violations[1].contains("shard 1"), "{violations:?}");
+    assert!(violations[2].contains("is not a ferry id"), "{violations:?}");
+    assert!(violations[3].contains("(seq 1) arrived after"), "a repeated first arrival: {violations:?}");
 }

@@ -87,6 +87,11 @@ impl Cluster {
         assert!(status.success(), "kill -{signal} {pid}");
     }
 
+    /// Shards per node.
+    pub fn shards(&self) -> u16 {
+        self.shards
+    }
+
     pub fn node(&self, id: u64) -> &FerryProcess {
         self.nodes[(id - 1) as usize].as_ref().expect("node is running")
     }

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod failover;
+pub mod order;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

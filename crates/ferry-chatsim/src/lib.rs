@@ -30,6 +30,10 @@
 //!   receipts per channel by `max_pending_receipts_per_channel`.
 //! - No global lock on the hot path: per-recipient state is sharded, counters are atomics, the
 //!   channel map is only touched at `Hello`.
+//! - `History` costs the hot path next to nothing: a channel records each accepted (term, leader)
+//!   at `Hello` and, once per stream, its first ack and first delivery (capped at 256 pairs per
+//!   channel); the per-recipient order is read from the acked-id map at call time (each acked id
+//!   carries a 4-byte sender index), listing at most 50,000 ids.
 
 mod config;
 mod counters;
@@ -44,9 +48,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 pub use config::{ChatSimConfig, DEFAULT_SEED};
-use ferry_proto::chat::v1::StatsResponse;
 use ferry_proto::chat::v1::chat_admin_server::ChatAdminServer;
 use ferry_proto::chat::v1::chat_server::ChatServer;
+use ferry_proto::chat::v1::{HistoryResponse, StatsResponse};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -114,6 +118,12 @@ impl ChatSim {
     /// the recipient saw. Tests use it to check per-recipient ordering.
     pub fn delivery_order(&self, recipient: &str) -> Vec<String> {
         self.shared.recipients.delivery_order(recipient)
+    }
+
+    /// What `ChatAdmin/History` answers: every channel's (term, leader) pairs with their first
+    /// acks, and (with `recipients`) every (sender, recipient)'s ids in first-ack order (bounded).
+    pub fn history(&self, recipients: bool) -> HistoryResponse {
+        self.shared.history(recipients)
     }
 
     /// The configuration it runs with.

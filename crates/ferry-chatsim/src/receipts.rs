@@ -5,11 +5,11 @@
 //! the rest dropped and counted.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ferry_proto::chat::v1::{InboundMessage, Receipt, ServerFrame, server_frame};
+use ferry_proto::chat::v1::{ChannelHistory, InboundMessage, Receipt, ServerFrame, TermHistory, server_frame};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -19,6 +19,9 @@ use crate::counters::{Counters, bump};
 
 /// Receipts pushed per wake-up before yielding the lock.
 const PUSH_BATCH: usize = 1024;
+
+/// (term, leader) entries kept per channel for `History`; older ones are dropped and counted.
+pub(crate) const MAX_TERMS_PER_CHANNEL: usize = 256;
 
 /// One channel's receipts and which stream currently owns the channel.
 #[derive(Default)]
@@ -64,6 +67,9 @@ struct ChannelState {
     generation: u64,
     /// The highest fenced `Hello` (term, leader node) seen on this channel; (0, 0) until one.
     fence: (u64, u64),
+    /// Every accepted (term, leader) pair in the order first seen, with its first acks (`History`).
+    terms: VecDeque<TermHistory>,
+    terms_dropped: u64,
 }
 
 /// A receipt (or inbound message) to schedule.
@@ -126,6 +132,54 @@ impl Channel {
         }
         state.fence = (term, leader);
         Ok(())
+    }
+
+    /// An accepted `Hello` of (term, leader) ((0, 0) unfenced) at `now_ms`: counted as one more
+    /// stream of its pair, or the pair's first.
+    pub(crate) fn record_hello(&self, term: u64, leader: u64, now_ms: i64) {
+        let mut state = self.state.lock();
+        if let Some(entry) = state.terms.iter_mut().rev().find(|t| (t.term, t.leader_node) == (term, leader)) {
+            entry.streams += 1;
+            return;
+        }
+        if state.terms.len() >= MAX_TERMS_PER_CHANNEL {
+            state.terms.pop_front();
+            state.terms_dropped += 1;
+        }
+        state.terms.push_back(TermHistory {
+            term,
+            leader_node: leader,
+            hello_unix_ms: now_ms,
+            streams: 1,
+            first_ack_unix_ms: 0,
+            first_delivery_unix_ms: 0,
+        });
+    }
+
+    /// An envelope acked at `at_ms` on a stream of (term, leader) (`delivery`: its id's first ack):
+    /// sets the pair's first ack (and first delivery) if not set yet. A stream calls it only for
+    /// its own first ack and first delivery ([`FirstAcks`]), so the lock is not on the hot path.
+    pub(crate) fn record_ack(&self, term: u64, leader: u64, at_ms: i64, delivery: bool) {
+        let mut state = self.state.lock();
+        if let Some(entry) = state.terms.iter_mut().rev().find(|t| (t.term, t.leader_node) == (term, leader)) {
+            if entry.first_ack_unix_ms == 0 {
+                entry.first_ack_unix_ms = at_ms;
+            }
+            if delivery && entry.first_delivery_unix_ms == 0 {
+                entry.first_delivery_unix_ms = at_ms;
+            }
+        }
+    }
+
+    /// This channel's (term, leader) history.
+    fn history(&self, client_id: &str, channel: u32) -> ChannelHistory {
+        let state = self.state.lock();
+        ChannelHistory {
+            client_id: client_id.to_owned(),
+            channel,
+            terms: state.terms.iter().cloned().collect(),
+            terms_dropped: state.terms_dropped,
+        }
     }
 
     /// The generation of the stream that owns the channel now.
@@ -196,6 +250,14 @@ impl ChannelDirectory {
         channel
     }
 
+    /// Every channel's (term, leader) history, ordered by (client_id, channel).
+    pub(crate) fn history(&self) -> Vec<ChannelHistory> {
+        let mut channels: Vec<((String, u32), Arc<Channel>)> =
+            self.channels.lock().iter().map(|(k, c)| (k.clone(), c.clone())).collect();
+        channels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        channels.into_iter().map(|((client_id, number), c)| c.history(&client_id, number)).collect()
+    }
+
     /// The channel of the latest `Hello`, if any stream said one.
     pub(crate) fn latest(&self) -> Option<Arc<Channel>> {
         self.latest.lock().clone()
@@ -225,6 +287,31 @@ impl ChannelDirectory {
     /// A fresh receipt id (unique across the server's life, starting at 1).
     pub(crate) fn next_receipt_id(&self) -> u64 {
         self.next_receipt_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// One stream's first ack and first delivery, recorded on its channel once each: after both, a
+/// stream's acks cost one branch.
+pub(crate) struct FirstAcks {
+    term: u64,
+    leader: u64,
+    ack: bool,
+    delivery: bool,
+}
+
+impl FirstAcks {
+    pub(crate) fn new(term: u64, leader: u64) -> Self {
+        FirstAcks { term, leader, ack: false, delivery: false }
+    }
+
+    /// An ack sent on this stream at `at_ms` (`duplicate`: of an id acked before).
+    pub(crate) fn note(&mut self, channel: &Channel, at_ms: i64, duplicate: bool) {
+        if self.delivery || (self.ack && duplicate) {
+            return;
+        }
+        self.ack = true;
+        self.delivery = !duplicate;
+        channel.record_ack(self.term, self.leader, at_ms, !duplicate);
     }
 }
 
@@ -260,5 +347,47 @@ pub(crate) async fn push_receipts(
             () = sleep => {}
             () = out.closed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terms_record_the_first_hello_and_the_first_acks_of_each_pair() {
+        let channel = Channel::default();
+        channel.record_hello(3, 1, 1_000);
+        let mut first = FirstAcks::new(3, 1);
+        first.note(&channel, 1_100, true); // a resend: the first ack, not a delivery
+        first.note(&channel, 1_200, true);
+        first.note(&channel, 1_300, false);
+        first.note(&channel, 1_400, false);
+        channel.record_hello(3, 1, 2_000); // the same leader reconnects
+        let mut again = FirstAcks::new(3, 1);
+        again.note(&channel, 2_100, false);
+        channel.record_hello(4, 2, 3_000);
+        let h = channel.history("space", 0);
+        assert_eq!(h.terms.len(), 2, "{h:?}");
+        let t3 = &h.terms[0];
+        assert_eq!((t3.term, t3.leader_node, t3.hello_unix_ms, t3.streams), (3, 1, 1_000, 2));
+        assert_eq!((t3.first_ack_unix_ms, t3.first_delivery_unix_ms), (1_100, 1_300));
+        let t4 = &h.terms[1];
+        assert_eq!(
+            (t4.term, t4.leader_node, t4.streams, t4.first_ack_unix_ms, t4.first_delivery_unix_ms),
+            (4, 2, 1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn terms_beyond_the_cap_drop_the_oldest_and_count_them() {
+        let channel = Channel::default();
+        for term in 1..=(MAX_TERMS_PER_CHANNEL as u64 + 3) {
+            channel.record_hello(term, 1, term as i64);
+        }
+        let h = channel.history("space", 0);
+        assert_eq!(h.terms.len(), MAX_TERMS_PER_CHANNEL);
+        assert_eq!(h.terms_dropped, 3);
+        assert_eq!(h.terms[0].term, 4, "the oldest went first");
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use ferry_proto::chat::v1::RecipientHistory;
 use ferry_session::{Header, ReceivingSession, RecipientKeys, SessionError};
 use parking_lot::Mutex;
 
@@ -22,6 +23,9 @@ pub(crate) struct RecipientState {
     rate_window_count: u32,
     /// Unique messages delivered to this recipient so far (numbers the deliveries in order).
     delivered: u64,
+    /// The senders that delivered to this recipient (usually one business number), indexed by
+    /// [`AckedDigests::sender`].
+    senders: Vec<String>,
 }
 
 /// A 64-bit digest of an envelope's sender, header and ciphertext. A byte-identical resend of an
@@ -37,6 +41,8 @@ struct AckedDigests {
     latest: EnvelopeDigest,
     /// Position of this message among the recipient's deliveries (0 = first).
     order: u64,
+    /// Its sender: an index into [`RecipientState::senders`].
+    sender: u32,
 }
 
 /// What the recipient side made of one envelope.
@@ -86,6 +92,7 @@ impl RecipientDirectory {
             rate_window_second: 0,
             rate_window_count: 0,
             delivered: 0,
+            senders: Vec::new(),
         });
     }
 
@@ -96,6 +103,34 @@ impl RecipientDirectory {
         let mut ids: Vec<(u64, &String)> = state.acked.iter().map(|(id, d)| (d.order, id)).collect();
         ids.sort_unstable();
         ids.into_iter().map(|(_, id)| id.clone()).collect()
+    }
+
+    /// Every (sender, recipient)'s delivered message ids in first-ack order, ordered by (sender,
+    /// recipient), listing at most `budget` ids in all (see `HistoryResponse`). Locks one state
+    /// shard at a time; meant for tests and small runs, not for a million-message sink.
+    pub(crate) fn history(&self, budget: usize) -> (Vec<RecipientHistory>, bool) {
+        let mut all = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.lock();
+            for (recipient, state) in shard.iter() {
+                let mut ids: Vec<(u32, u64, &String)> =
+                    state.acked.iter().map(|(id, d)| (d.sender, d.order, id)).collect();
+                ids.sort_unstable();
+                for (index, sender) in state.senders.iter().enumerate() {
+                    let mine: Vec<String> =
+                        ids.iter().filter(|(s, _, _)| *s as usize == index).map(|(_, _, id)| (*id).clone()).collect();
+                    all.push(RecipientHistory {
+                        sender: sender.clone(),
+                        recipient: recipient.clone(),
+                        delivered: mine.len() as u64,
+                        message_ids: mine,
+                        truncated: false,
+                    });
+                }
+            }
+        }
+        all.sort_unstable_by(|a, b| (&a.sender, &a.recipient).cmp(&(&b.sender, &b.recipient)));
+        truncate_history(all, budget)
     }
 
     /// The recipient's next pre-key bundle (a never-handed-out one-time pre-key).
@@ -170,10 +205,82 @@ impl RecipientDirectory {
                 None => {
                     let order = state.delivered;
                     state.delivered += 1;
-                    state.acked.insert(message_id.to_owned(), AckedDigests { first: digest, latest: digest, order });
+                    let sender = sender_index(&mut state.senders, sender);
+                    let digests = AckedDigests { first: digest, latest: digest, order, sender };
+                    state.acked.insert(message_id.to_owned(), digests);
                     Reception::Delivered { session_established }
                 }
             },
         }
+    }
+}
+
+/// `sender`'s index in a recipient's senders, added at the end if new (a linear scan: a recipient
+/// hears from a handful of business numbers).
+fn sender_index(senders: &mut Vec<String>, sender: &str) -> u32 {
+    match senders.iter().position(|s| s == sender) {
+        Some(index) => index as u32,
+        None => {
+            senders.push(sender.to_owned());
+            (senders.len() - 1) as u32
+        }
+    }
+}
+
+/// Keeps at most `budget` ids in all, in order: a list cut short is `truncated`, the lists after
+/// the budget ran out are left out (the `bool`: some were).
+fn truncate_history(all: Vec<RecipientHistory>, mut budget: usize) -> (Vec<RecipientHistory>, bool) {
+    let mut kept = Vec::new();
+    let total = all.len();
+    for mut history in all {
+        if budget == 0 {
+            break;
+        }
+        if history.message_ids.len() > budget {
+            history.message_ids.truncate(budget);
+            history.truncated = true;
+        }
+        budget -= history.message_ids.len();
+        kept.push(history);
+    }
+    let left_out = kept.len() < total;
+    (kept, left_out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(recipient: &str, ids: usize) -> RecipientHistory {
+        RecipientHistory {
+            sender: "15550001111".into(),
+            recipient: recipient.into(),
+            message_ids: (0..ids).map(|n| format!("wamid.{recipient}.{n}")).collect(),
+            delivered: ids as u64,
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn the_id_budget_cuts_a_list_short_and_leaves_the_rest_out() {
+        let (kept, left_out) = truncate_history(vec![history("a", 3), history("b", 3), history("c", 3)], 5);
+        assert!(left_out, "c was left out");
+        assert_eq!(kept.len(), 2);
+        assert_eq!((kept[0].message_ids.len(), kept[0].truncated), (3, false));
+        assert_eq!((kept[1].message_ids.len(), kept[1].truncated, kept[1].delivered), (2, true, 3));
+        assert_eq!(kept[1].message_ids, ["wamid.b.0", "wamid.b.1"], "the first ids are kept, in order");
+
+        let (kept, left_out) = truncate_history(vec![history("a", 3), history("b", 2)], 5);
+        assert!(!left_out);
+        assert!(kept.iter().all(|h| !h.truncated));
+    }
+
+    #[test]
+    fn senders_are_indexed_once_each() {
+        let mut senders = Vec::new();
+        assert_eq!(sender_index(&mut senders, "1"), 0);
+        assert_eq!(sender_index(&mut senders, "2"), 1);
+        assert_eq!(sender_index(&mut senders, "1"), 0);
+        assert_eq!(senders, ["1", "2"]);
     }
 }

@@ -10,9 +10,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ferry_proto::chat::v1::chat_admin_server::ChatAdmin;
 use ferry_proto::chat::v1::chat_server::Chat;
 use ferry_proto::chat::v1::{
-    Ack, ClientFrame, DeliveryError, Envelope, EnvelopeResult, FetchPreKeyBundleRequest, Hello, InboundMessage,
-    PreKeyBundle, Receipt, ServerFrame, SimulateInboundRequest, SimulateInboundResponse, StatsRequest, StatsResponse,
-    client_frame, delivery_error, envelope_result, receipt, server_frame,
+    Ack, ClientFrame, DeliveryError, Envelope, EnvelopeResult, FetchPreKeyBundleRequest, Hello, HistoryRequest,
+    HistoryResponse, InboundMessage, PreKeyBundle, Receipt, ServerFrame, SimulateInboundRequest,
+    SimulateInboundResponse, StatsRequest, StatsResponse, client_frame, delivery_error, envelope_result, receipt,
+    server_frame,
 };
 use ferry_session::Header;
 use rand::rngs::StdRng;
@@ -24,7 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::ChatSimConfig;
 use crate::counters::{Counters, bump};
-use crate::receipts::{Channel, ChannelDirectory, Push, ScheduledReceipt, push_receipts};
+use crate::receipts::{Channel, ChannelDirectory, FirstAcks, Push, ScheduledReceipt, push_receipts};
 use crate::recipients::{EnvelopeDigest, Reception, RecipientDirectory};
 
 /// This process's nonce in inbound message ids (the receipt counter starts again at every start).
@@ -33,6 +34,9 @@ static INSTANCE: std::sync::LazyLock<u64> =
 
 /// Frames buffered per stream towards the client (tonic encodes what is ready into one write).
 const STREAM_BUFFER: usize = 1024;
+
+/// Message ids `History` lists in all (about 32 bytes each on the wire: ~1.6 MB).
+pub(crate) const HISTORY_ID_BUDGET: usize = 50_000;
 
 type ServerFrameResult = Result<ServerFrame, Status>;
 
@@ -48,6 +52,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// What `ChatAdmin/History` answers.
+    pub(crate) fn history(&self, recipients: bool) -> HistoryResponse {
+        let (recipients, recipients_truncated) =
+            if recipients { self.recipients.history(HISTORY_ID_BUDGET) } else { (Vec::new(), false) };
+        HistoryResponse { channels: self.channels.history(), recipients, recipients_truncated }
+    }
+
     pub(crate) fn new(config: ChatSimConfig, shutdown: watch::Receiver<bool>) -> Self {
         let recipients = RecipientDirectory::new(key_seed(config.seed), config.state_shards);
         Shared {
@@ -339,6 +350,8 @@ impl ChatService {
             return;
         }
         let generation = channel.take_over();
+        channel.record_hello(term, leader_node, now_unix_ms());
+        let mut first_acks = FirstAcks::new(term, leader_node);
         let orphans = shared
             .channels
             .take_orphans()
@@ -385,6 +398,9 @@ impl ChatService {
                     answered += 1;
                     match shared.process_envelope(&channel, envelope, &mut rng) {
                         EnvelopeOutcome::Answer(result) => {
+                            if let Some(envelope_result::Outcome::Ack(ack)) = &result.outcome {
+                                first_acks.note(&channel, ack.timestamp_ms, ack.duplicate);
+                            }
                             let frame = ServerFrame { frame: Some(server_frame::Frame::Result(result)) };
                             if !sink.send(Ok(frame)).await {
                                 break;
@@ -445,6 +461,10 @@ impl Chat for ChatService {
 impl ChatAdmin for ChatService {
     async fn stats(&self, _request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         Ok(Response::new(self.shared.counters.snapshot()))
+    }
+
+    async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
+        Ok(Response::new(self.shared.history(request.into_inner().recipients)))
     }
 
     async fn simulate_inbound(

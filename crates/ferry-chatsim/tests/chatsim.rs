@@ -8,9 +8,9 @@ use ferry_chatsim::{ChatSim, ChatSimConfig};
 use ferry_proto::chat::v1::chat_admin_client::ChatAdminClient;
 use ferry_proto::chat::v1::chat_client::ChatClient;
 use ferry_proto::chat::v1::{
-    ClientFrame, DeliveryError, Envelope, EnvelopeResult, FetchPreKeyBundleRequest, Hello, InboundMessage, Receipt,
-    ReceiptAck, ServerFrame, SessionHeader, SimulateInboundRequest, StatsRequest, client_frame, delivery_error,
-    envelope_result, receipt, server_frame,
+    ClientFrame, DeliveryError, Envelope, EnvelopeResult, FetchPreKeyBundleRequest, Hello, HistoryRequest,
+    InboundMessage, Receipt, ReceiptAck, ServerFrame, SessionHeader, SimulateInboundRequest, StatsRequest,
+    client_frame, delivery_error, envelope_result, receipt, server_frame,
 };
 use ferry_session::{IdentityKeyPair, PreKeyBundle, SendingSession};
 use tokio::net::TcpListener;
@@ -721,4 +721,70 @@ async fn a_stale_leaders_stream_is_refused_and_a_replaced_one_gets_nothing_acked
     let e = sender.envelope("wamid.fence-4", RECIPIENT, b"four").await;
     must_ack(&send_one(&mut single, e).await, false);
     sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn history_names_each_leaders_first_acks_and_each_recipients_order() {
+    let sim = start(ChatSimConfig { read_receipts: false, ..ChatSimConfig::for_test() }).await;
+    let mut c = client(&sim).await;
+    let mut sender = Sender::new(c.clone());
+    const OTHER: &str = "16315550000";
+    let before = now_ms();
+    // Node 1 leads channel 0 at term 2: two messages to RECIPIENT, one to OTHER.
+    let mut old = Stream::open_fenced(&mut c, "space", 0, 2, 1).await;
+    let mut acked = Vec::new();
+    for (id, to) in [("wamid.h-1", RECIPIENT), ("wamid.h-2", OTHER), ("wamid.h-3", RECIPIENT)] {
+        let e = sender.envelope(id, to, b"x").await;
+        acked.push(e.clone());
+        must_ack(&send_one(&mut old, e).await, false);
+    }
+    // Node 2 takes over at term 3: it resends h-3 first (a duplicate), then a new message.
+    let mut new = Stream::open_fenced(&mut c, "space", 0, 3, 2).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    must_ack(&send_one(&mut new, acked[2].clone()).await, true);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let e = sender.envelope("wamid.h-4", RECIPIENT, b"x").await;
+    must_ack(&send_one(&mut new, e).await, false);
+    // A stream of another channel that acked nothing.
+    let _idle = Stream::open(&mut c, "space", 1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await; // the idle stream's Hello is read
+
+    let mut admin = ChatAdminClient::connect(format!("http://{}", sim.local_addr())).await.unwrap();
+    let h = admin.history(HistoryRequest { recipients: true }).await.unwrap().into_inner();
+    assert_eq!(h, sim.history(true));
+    assert_eq!(h.channels.len(), 2, "{h:?}");
+    let (zero, one) = (&h.channels[0], &h.channels[1]);
+    assert_eq!((zero.client_id.as_str(), zero.channel, zero.terms.len()), ("space", 0, 2), "{zero:?}");
+    let (t2, t3) = (&zero.terms[0], &zero.terms[1]);
+    assert_eq!((t2.term, t2.leader_node, t2.streams), (2, 1, 1));
+    assert_eq!((t3.term, t3.leader_node, t3.streams), (3, 2, 1));
+    assert!(t2.hello_unix_ms >= before && t2.first_ack_unix_ms >= t2.hello_unix_ms, "{t2:?}");
+    assert_eq!(t2.first_ack_unix_ms, t2.first_delivery_unix_ms, "term 2's first ack was a delivery");
+    assert!(t3.first_ack_unix_ms >= t3.hello_unix_ms, "{t3:?}");
+    assert!(
+        t3.first_delivery_unix_ms > t3.first_ack_unix_ms,
+        "term 3 first acked a resend, then delivered a new id: {t3:?}"
+    );
+    assert_eq!((one.channel, one.terms.len()), (1, 1));
+    assert_eq!((one.terms[0].term, one.terms[0].first_ack_unix_ms), (0, 0), "unfenced, nothing acked: {one:?}");
+
+    assert!(!h.recipients_truncated);
+    let order: Vec<(&str, &str, Vec<&str>)> = h
+        .recipients
+        .iter()
+        .map(|r| (r.sender.as_str(), r.recipient.as_str(), r.message_ids.iter().map(String::as_str).collect()))
+        .collect();
+    assert_eq!(
+        order,
+        [(SENDER, OTHER, vec!["wamid.h-2"]), (SENDER, RECIPIENT, vec!["wamid.h-1", "wamid.h-3", "wamid.h-4"])],
+        "first-ack order per (sender, recipient); the resend of h-3 did not move it"
+    );
+    assert!(h.recipients.iter().all(|r| !r.truncated && r.delivered == r.message_ids.len() as u64));
+    let without = admin.history(HistoryRequest { recipients: false }).await.unwrap().into_inner();
+    assert!(without.recipients.is_empty() && without.channels == h.channels);
+    sim.shutdown().await;
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }

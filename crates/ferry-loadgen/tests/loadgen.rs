@@ -148,6 +148,13 @@ impl ChatAdmin for StubChatAdmin {
         }))
     }
 
+    async fn history(
+        &self,
+        _request: Request<ferry_proto::chat::v1::HistoryRequest>,
+    ) -> Result<Response<ferry_proto::chat::v1::HistoryResponse>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+
     async fn simulate_inbound(
         &self,
         request: Request<SimulateInboundRequest>,
