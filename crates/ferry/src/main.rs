@@ -1,12 +1,13 @@
 //! The `ferry` command: `serve` runs a node, `send`, `get`, `watch` and `held` talk to one over gRPC,
 //! `chatsim` runs the reference chat server, `cloudsim` the reference WhatsApp Cloud API server, `loadgen` drives load, `config check` validates a config file,
-//! `login` gets a bearer token (for `--token` / `FERRY_TOKEN`).
+//! `probe` checks a node's health endpoint, `login` gets a bearer token (for `--token` / `FERRY_TOKEN`).
 
 mod cluster_config;
 mod cluster_node;
 mod cluster_status;
 mod config;
 mod output;
+mod probe;
 
 use std::sync::Arc;
 
@@ -67,6 +68,9 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// GET a node's health endpoint (default http://127.0.0.1:8080/healthz): exit 0 on a 2xx, else
+    /// 1. The container image's HEALTHCHECK.
+    Probe(probe::ProbeArgs),
 }
 
 #[derive(Subcommand)]
@@ -212,6 +216,7 @@ fn main() -> std::process::ExitCode {
             }
             Command::Config { command: ConfigCommand::Check { file } } => config_check(file),
             Command::Cluster { command: ClusterCommand::Status(a) } => cluster_status::run(a).await,
+            Command::Probe(a) => probe::run(a).await,
         }
     });
     match result {
