@@ -2,7 +2,38 @@
 # One-time machine set-up for building ferry on Debian/Ubuntu: the rocksdb crate compiles RocksDB
 # (C++) and runs bindgen, which needs libclang. Installs what is missing when run as root (or with
 # passwordless sudo); otherwise prints the exact command to run and fails.
+#
+# scripts/setup.sh --k8s-validator: instead, makes (once; cached) the venv of the Kubernetes
+# manifest validator (kubernetes-validate from PyPI, pinned; its schemas ship in the package, so
+# validating is offline) and prints the validator's path. Exit 3 only when PyPI cannot be reached
+# (tests/deploy.rs then skips, counted); any other failure is a failure.
 set -euo pipefail
+
+if [ "${1:-}" = "--k8s-validator" ]; then
+  version=1.37.0
+  venv="$HOME/.cache/ferry-k8s-venv"
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    else
+      echo "ferry setup: python3 venv support missing. Run: sudo apt-get install -y python3-venv" >&2
+      exit 1
+    fi
+  fi
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >&2
+  if [ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null | awk '{print $NF}')" != "$version" ]; then
+    if ! "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$version" >&2; then
+      if "$venv/bin/pip" index versions --disable-pip-version-check kubernetes-validate >/dev/null 2>&1; then
+        echo "ferry setup: PyPI answers but kubernetes-validate==$version does not install" >&2
+        exit 1
+      fi
+      echo "ferry setup: PyPI cannot be reached (kubernetes-validate==$version not installed)" >&2
+      exit 3
+    fi
+  fi
+  echo "$venv/bin/kubernetes-validate"
+  exit 0
+fi
 
 need=()
 have_libclang() {
