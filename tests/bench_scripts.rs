@@ -35,6 +35,36 @@ fn targets_script_measures_at_smoke_size() {
 }
 
 #[test]
+fn cloud_script_measures_both_targets_at_smoke_size() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new("bash")
+        .arg(root.join("benches/cloud.sh"))
+        .env("FERRY_BIN", support::ferry_bin())
+        .envs([("SHARDS", "2"), ("COUNT", "300"), ("NUMBERS", "3"), ("RECIPIENTS", "50"), ("PACE_SECS", "1")])
+        .output()
+        .expect("run benches/cloud.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cloud.sh failed: {}\n{stdout}\n{stderr}", out.status);
+    let figure = |prefix: &str| -> f64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` figure in the output:\n{stdout}\n{stderr}"));
+        line.rsplit(": ")
+            .next()
+            .and_then(|v| v.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unreadable figure: {line}"))
+    };
+    assert!(figure("end to end (accepted → read relayed)") > 0.0, "{stdout}");
+    let taken =
+        stdout.lines().find(|l| l.starts_with("taken: ")).unwrap_or_else(|| panic!("no pacing figure:\n{stdout}"));
+    assert!(taken.contains(" msg/s of 800 allowed = "), "{taken}");
+    assert!(stdout.contains("refused 130429: "), "{stdout}");
+}
+
+#[test]
 fn cluster_script_measures_a_single_node_and_a_cluster_at_smoke_size() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut command = Command::new("bash");

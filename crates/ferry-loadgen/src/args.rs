@@ -52,9 +52,11 @@ pub struct LoadgenArgs {
     /// Share (0..=1) of messages sent to a recipient never used before.
     #[arg(long, default_value_t = 0.0)]
     pub new_recipients: f64,
-    /// Business number to send from (`SendRequest.sender`); default: ferry's default sender.
-    #[arg(long)]
-    pub sender: Option<String>,
+    /// Business number to send from (`SendRequest.sender`); default: ferry's default sender. A
+    /// comma-separated list spreads the messages over several numbers in turn (message `n` from
+    /// the `n mod len`th), e.g. for a Cloud upstream with many numbers.
+    #[arg(long, value_delimiter = ',')]
+    pub sender: Vec<String>,
     /// Before sending, have every known recipient write to the business through chatsim's
     /// `SimulateInbound` (needs `--chatsim`), so text messages pass a ferry that enforces the
     /// 24-hour customer-service window. Messages to new recipients (`--new-recipients`) still need
@@ -103,7 +105,7 @@ impl LoadgenArgs {
             payload: 100,
             recipients: 10_000,
             new_recipients: 0.0,
-            sender: None,
+            sender: Vec::new(),
             open_windows: false,
             json: None,
             plot: None,
@@ -136,6 +138,14 @@ impl LoadgenArgs {
         }
         anyhow::ensure!(self.count != Some(0), "--count must be at least 1");
         anyhow::ensure!(!self.open_windows || self.chatsim.is_some(), "--open-windows needs --chatsim ADDR");
+        anyhow::ensure!(
+            !self.open_windows || self.sender.len() <= 1,
+            "--open-windows opens the windows of one business: expected at most one --sender with it"
+        );
+        anyhow::ensure!(
+            self.sender.iter().all(|s| !s.trim().is_empty()),
+            "--sender has an empty entry: expected business numbers separated by commas"
+        );
         Ok(())
     }
 

@@ -157,7 +157,8 @@ pub struct MessageFactory {
     new_share: f64,
     new_seed: u64,
     types: TypeMix,
-    sender: String,
+    /// `--sender`: message `n` comes from `senders[n % len]`; empty: ferry's default sender.
+    senders: Vec<String>,
 }
 
 /// ferry's default sender, the business `--open-windows` writes to when no `--sender` is given.
@@ -172,7 +173,7 @@ impl MessageFactory {
             new_share: args.new_recipients,
             new_seed: nanos,
             types: args.types.clone(),
-            sender: args.sender.clone().unwrap_or_default(),
+            senders: args.sender.clone(),
         }
     }
 
@@ -187,6 +188,14 @@ impl MessageFactory {
             2_000_000_000 + n % self.recipients
         };
         format!("+1{number:010}")
+    }
+
+    /// The business number of the `n`th message: the senders in turn ("" = ferry's default).
+    pub fn sender(&self, n: u64) -> &str {
+        match self.senders.len() {
+            0 => "",
+            len => &self.senders[(n % len as u64) as usize],
+        }
     }
 
     /// The wa_id of known recipient `i` (`0..recipients`).
@@ -243,7 +252,7 @@ impl MessageFactory {
         v1::SendRequest {
             to: self.recipient(n),
             content: Some(content),
-            sender: self.sender.clone(),
+            sender: self.sender(n).to_owned(),
             ..Default::default()
         }
     }
@@ -323,6 +332,16 @@ mod tests {
         assert!(TypeMix::parse("text=0").unwrap_err().contains("no message type"));
         assert!(TypeMix::parse("sms").unwrap_err().contains("unknown message type `sms`"));
         assert!(TypeMix::parse("text=x").unwrap_err().contains("whole number"));
+    }
+
+    #[test]
+    fn senders_take_turns() {
+        let mut args = crate::LoadgenArgs::for_target("http://127.0.0.1:1");
+        assert_eq!(MessageFactory::new(&args).message(3).sender, "", "no --sender: ferry's default");
+        args.sender = vec!["+15550100001".into(), "+15550100002".into(), "+15550100003".into()];
+        let factory = MessageFactory::new(&args);
+        let senders: Vec<String> = (0..4).map(|n| factory.message(n).sender).collect();
+        assert_eq!(senders, ["+15550100001", "+15550100002", "+15550100003", "+15550100001"]);
     }
 
     #[test]

@@ -75,8 +75,13 @@ async fn chatsim_unique(client: &mut ChatAdminClient<Channel>) -> anyhow::Result
 /// Makes every known recipient write to the business (chatsim `SimulateInbound`) and waits until
 /// ferry acknowledged them all (so each user's 24-hour window is open before the first send).
 async fn open_windows(chatsim: &mut ChatAdminClient<Channel>, args: &LoadgenArgs) -> anyhow::Result<()> {
-    let business: String =
-        args.sender.as_deref().unwrap_or(client::DEFAULT_BUSINESS).chars().filter(char::is_ascii_digit).collect();
+    let business: String = args
+        .sender
+        .first()
+        .map_or(client::DEFAULT_BUSINESS, String::as_str)
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
     let acked = |c: &mut ChatAdminClient<Channel>| {
         let mut c = c.clone();
         async move { anyhow::Ok(c.stats(StatsRequest {}).await?.into_inner().inbound_acked) }

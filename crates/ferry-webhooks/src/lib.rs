@@ -33,6 +33,7 @@
 
 pub mod payload;
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -369,34 +370,51 @@ impl Sender {
         let mut persisted = cursor;
         let mut persisted_at = tokio::time::Instant::now();
         let mut failures = 0u64;
+        // Events read from the outbox and not posted yet, in order from `cursor` (a POST takes a
+        // prefix of one kind; the rest waits here instead of being read again), and how far the
+        // outbox has been read into it.
+        let mut buffered: VecDeque<(u64, ferry_shard::CallbackRecord)> = VecDeque::new();
+        let mut read_to = cursor;
+        let limit = self.config.max_statuses_per_post;
         loop {
             if *shutdown.borrow() {
                 self.persist(&mut persisted, cursor);
                 return;
             }
             let until = *events.borrow_and_update();
-            // A RocksDB range read (it may step over tombstones): on a blocking thread, not a
-            // tokio worker that ingest and delivery share.
-            let (shard, limit) = (self.shard.clone(), self.config.max_statuses_per_post);
-            let scan = tokio::task::spawn_blocking(move || shard.scan_outbox(cursor, until, limit))
-                .await
-                .unwrap_or_else(|e| Err(ferry_shard::ShardError::Layout(format!("outbox scan task failed: {e}"))));
-            let batch = match scan {
-                Ok(batch) => one_post(batch),
-                Err(e) => {
-                    // The cursor stays where it is: events it did not read are read again.
-                    failures += 1;
-                    let wait = (self.config.backoff_step_ms.saturating_mul(failures)).min(self.config.backoff_max_ms);
-                    tracing::error!(shard = %self.shard.id(), error = %e, retry_in_ms = wait, "cannot read the status events");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
-                        _ = shutdown.changed() => return,
+            if buffered.len() < limit && read_to < until {
+                // A RocksDB range read (it may step over tombstones): on a blocking thread, not a
+                // tokio worker that ingest and delivery share.
+                let (shard, want) = (self.shard.clone(), limit - buffered.len());
+                let scan = tokio::task::spawn_blocking(move || shard.scan_outbox(read_to, until, want))
+                    .await
+                    .unwrap_or_else(|e| Err(ferry_shard::ShardError::Layout(format!("outbox scan task failed: {e}"))));
+                match scan {
+                    Ok(read) => {
+                        // Fewer than asked: everything up to `until` has been read.
+                        read_to = match read.last() {
+                            Some((seq, _)) if read.len() == want => seq + 1,
+                            _ => until,
+                        };
+                        buffered.extend(read);
                     }
-                    continue;
+                    Err(e) => {
+                        // Nothing moves: events it did not read are read again.
+                        failures += 1;
+                        let wait =
+                            (self.config.backoff_step_ms.saturating_mul(failures)).min(self.config.backoff_max_ms);
+                        tracing::error!(shard = %self.shard.id(), error = %e, retry_in_ms = wait, "cannot read the status events");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                        continue;
+                    }
                 }
-            };
-            if batch.is_empty() {
-                cursor = cursor.max(until);
+            }
+            let fits = one_post(&buffered);
+            if fits == 0 {
+                cursor = cursor.max(read_to);
                 self.persist(&mut persisted, cursor);
                 tokio::select! {
                     _ = events.changed() => {}
@@ -405,12 +423,14 @@ impl Sender {
                 }
                 continue;
             }
-            match self.post(&batch).await {
+            let batch = &buffered.make_contiguous()[..fits];
+            match self.post(batch).await {
                 Ok(()) => {
                     failures = 0;
-                    self.stats.delivered.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    metrics::counter!(WEBHOOK_DELIVERED_TOTAL).increment(batch.len() as u64);
+                    self.stats.delivered.fetch_add(fits as u64, std::sync::atomic::Ordering::Relaxed);
+                    metrics::counter!(WEBHOOK_DELIVERED_TOTAL).increment(fits as u64);
                     cursor = batch.last().map_or(cursor, |(seq, _)| seq + 1);
+                    buffered.drain(..fits);
                     self.shard.note_webhook_progress(cursor);
                     if persisted_at.elapsed() >= CURSOR_PERSIST_EVERY {
                         self.persist(&mut persisted, cursor);
@@ -489,14 +509,11 @@ impl Sender {
     }
 }
 
-/// The longest prefix of `batch` that fits one POST: events of one kind (statuses or inbound
-/// messages) and one business number (the Cloud shape names one per body).
-fn one_post(mut batch: Vec<(u64, ferry_shard::CallbackRecord)>) -> Vec<(u64, ferry_shard::CallbackRecord)> {
-    let Some((_, first)) = batch.first() else { return batch };
-    let (kind, sender) = (first.kind, first.sender.clone());
-    let fits = batch.iter().take_while(|(_, r)| r.kind == kind && r.sender == sender).count();
-    batch.truncate(fits);
-    batch
+/// How many of the first events fit one POST: events of one kind (statuses or inbound messages;
+/// the two have different bodies). Numbers may mix: the Cloud shape gives each its own change.
+fn one_post(buffered: &VecDeque<(u64, ferry_shard::CallbackRecord)>) -> usize {
+    let Some((_, first)) = buffered.front() else { return 0 };
+    buffered.iter().take_while(|(_, r)| r.kind == first.kind).count()
 }
 
 #[cfg(test)]

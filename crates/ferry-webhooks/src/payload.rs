@@ -94,30 +94,51 @@ fn cloud_status(c: &StatusCallback<'_>) -> Value {
     v
 }
 
-/// The Cloud envelope around one change value: `{"object":"whatsapp_business_account","entry":
-/// [{"id","changes":[{"field":"messages","value":{"messaging_product","metadata",...}}]}]}`.
-fn cloud_envelope(business_account_id: &str, business: &str, fields: Value) -> Value {
-    let mut value = json!({
-        "messaging_product": "whatsapp",
-        "metadata": { "display_phone_number": business, "phone_number_id": business },
-    });
-    if let (Some(value), Value::Object(fields)) = (value.as_object_mut(), fields) {
-        value.extend(fields);
-    }
+/// The Cloud envelope around change values, one per business number: `{"object":
+/// "whatsapp_business_account","entry":[{"id","changes":[{"field":"messages","value":
+/// {"messaging_product","metadata",...}}, ...]}]}` — Meta's shape, where each change names its
+/// number in `metadata` and one entry (the account) holds several changes.
+fn cloud_envelope(business_account_id: &str, changes: Vec<(&str, Value)>) -> Value {
+    let changes: Vec<Value> = changes
+        .into_iter()
+        .map(|(business, fields)| {
+            let mut value = json!({
+                "messaging_product": "whatsapp",
+                "metadata": { "display_phone_number": business, "phone_number_id": business },
+            });
+            if let (Some(value), Value::Object(fields)) = (value.as_object_mut(), fields) {
+                value.extend(fields);
+            }
+            json!({ "field": "messages", "value": value })
+        })
+        .collect();
     json!({
         "object": "whatsapp_business_account",
-        "entry": [{ "id": business_account_id, "changes": [{ "field": "messages", "value": value }] }],
+        "entry": [{ "id": business_account_id, "changes": changes }],
     })
 }
 
-/// The body of one POST carrying `callbacks` (all from one business number for Cloud).
+/// `items` grouped by business number, numbers in order of first appearance and each group in
+/// its items' order (so a message's statuses keep their order).
+fn by_business<'a, T>(items: impl IntoIterator<Item = (&'a str, T)>) -> Vec<(&'a str, Vec<T>)> {
+    let mut groups: Vec<(&'a str, Vec<T>)> = Vec::new();
+    for (business, item) in items {
+        match groups.iter_mut().find(|(b, _)| *b == business) {
+            Some((_, group)) => group.push(item),
+            None => groups.push((business, vec![item])),
+        }
+    }
+    groups
+}
+
+/// The body of one POST carrying `callbacks`; for Cloud one change per business number.
 pub fn body(shape: Shape, business_account_id: &str, callbacks: &[StatusCallback<'_>]) -> Value {
     match shape {
         Shape::Onprem => json!({ "statuses": callbacks.iter().map(onprem_status).collect::<Vec<_>>() }),
         Shape::Cloud => {
-            let sender = callbacks.first().map_or("", |c| c.record.sender.as_str());
-            let statuses = callbacks.iter().map(cloud_status).collect::<Vec<_>>();
-            cloud_envelope(business_account_id, sender, json!({ "statuses": statuses }))
+            let groups = by_business(callbacks.iter().map(|c| (c.record.sender.as_str(), cloud_status(c))));
+            let changes = groups.into_iter().map(|(b, statuses)| (b, json!({ "statuses": statuses }))).collect();
+            cloud_envelope(business_account_id, changes)
         }
     }
 }
@@ -143,15 +164,24 @@ fn inbound_parts(records: &[&CallbackRecord]) -> (Vec<Value>, Vec<Value>) {
     (contacts, messages)
 }
 
-/// The body of one POST carrying inbound user messages (all to one business number for Cloud):
-/// On-Prem `{"contacts":[...],"messages":[...]}`, Cloud the same arrays in an entry's change value.
+/// The body of one POST carrying inbound user messages: On-Prem `{"contacts":[...],
+/// "messages":[...]}`, Cloud the same arrays in a change value per business number.
 pub fn inbound_body(shape: Shape, business_account_id: &str, records: &[&CallbackRecord]) -> Value {
-    let (contacts, messages) = inbound_parts(records);
     match shape {
-        Shape::Onprem => json!({ "contacts": contacts, "messages": messages }),
+        Shape::Onprem => {
+            let (contacts, messages) = inbound_parts(records);
+            json!({ "contacts": contacts, "messages": messages })
+        }
         Shape::Cloud => {
-            let business = records.first().map_or("", |r| r.sender.as_str());
-            cloud_envelope(business_account_id, business, json!({ "contacts": contacts, "messages": messages }))
+            let groups = by_business(records.iter().map(|r| (r.sender.as_str(), *r)));
+            let changes = groups
+                .into_iter()
+                .map(|(b, records)| {
+                    let (contacts, messages) = inbound_parts(&records);
+                    (b, json!({ "contacts": contacts, "messages": messages }))
+                })
+                .collect();
+            cloud_envelope(business_account_id, changes)
         }
     }
 }

@@ -1,6 +1,7 @@
-//! The webhook sender under faults of its own inputs: a status-event read that fails must not move
+//! The webhook sender under faults of its own inputs — a status-event read that fails must not move
 //! the cursor past events it did not read, and a receiver that never finishes its response body
-//! must not hold the node-wide request permit.
+//! must not hold the node-wide request permit — and how it fills a POST (statuses of several
+//! business numbers share one, in both shapes).
 //!
 //! A real shard (status events written by settling messages) and a raw HTTP/1.1 receiver on a
 //! port-0 socket, so the test controls every byte of the answer.
@@ -18,9 +19,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A shard with `n` messages settled as `sent`: `n` status events.
 async fn shard_with_events(dir: &std::path::Path, res: &SharedResources, n: u32) -> Arc<Shard> {
+    shard_with_events_from(dir, res, n, &["15550100000"]).await
+}
+
+/// [`shard_with_events`], message `i` sent from `senders[i % len]`.
+async fn shard_with_events_from(dir: &std::path::Path, res: &SharedResources, n: u32, senders: &[&str]) -> Arc<Shard> {
     let config = ShardConfig { callbacks: true, ..ShardConfig::default() };
     let shard = Arc::new(Shard::open(dir, ShardId(0), 1, 9, res, &config).unwrap());
-    let out = shard.append_durably((0..n).map(message).collect()).unwrap().await.unwrap();
+    let messages = (0..n)
+        .map(|i| {
+            let mut m = message(i);
+            m.record.sender = senders[i as usize % senders.len()].into();
+            m
+        })
+        .collect();
+    let out = shard.append_durably(messages).unwrap().await.unwrap();
     let changes = out
         .iter()
         .map(|o| Settlement::Sent {
@@ -35,6 +48,8 @@ async fn shard_with_events(dir: &std::path::Path, res: &SharedResources, n: u32)
 
 /// Message ids (`"id"` of each status) received by the raw receiver, in order.
 type Received = Arc<std::sync::Mutex<Vec<String>>>;
+/// Every POST body the raw receiver took, in order.
+type Bodies = Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
 
 /// Reads from `conn` into `buf` until `done(buf)`; false if the connection ended first.
 async fn read_until(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, done: impl Fn(&[u8]) -> bool) -> bool {
@@ -51,15 +66,22 @@ async fn read_until(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, done: i
 /// A raw HTTP/1.1 receiver. With `stall_first`, its first answer is `200` with a body it never
 /// sends (the connection stays open); every other answer is a complete `200`.
 async fn receiver(stall_first: bool) -> (String, Received) {
+    let (url, received, _) = receiver_with_bodies(stall_first).await;
+    (url, received)
+}
+
+/// [`receiver`], also keeping every body.
+async fn receiver_with_bodies(stall_first: bool) -> (String, Received, Bodies) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let received: Received = Arc::default();
+    let bodies: Bodies = Arc::default();
     let stalled = Arc::new(AtomicBool::new(!stall_first));
-    let got = received.clone();
+    let (got, kept) = (received.clone(), bodies.clone());
     tokio::spawn(async move {
         loop {
             let (mut conn, _) = listener.accept().await.unwrap();
-            let (got, stalled) = (got.clone(), stalled.clone());
+            let (got, kept, stalled) = (got.clone(), kept.clone(), stalled.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
@@ -79,9 +101,13 @@ async fn receiver(stall_first: bool) -> (String, Received) {
                     }
                     let body: serde_json::Value = serde_json::from_slice(&buf[end..end + len]).unwrap();
                     buf.drain(..end + len);
-                    for s in body["statuses"].as_array().into_iter().flatten() {
+                    let cloud = body["entry"].as_array().into_iter().flatten().flat_map(|e| {
+                        e["changes"].as_array().into_iter().flatten().flat_map(|c| c["value"]["statuses"].as_array())
+                    });
+                    for s in body["statuses"].as_array().into_iter().chain(cloud).flatten() {
                         got.lock().unwrap().push(s["id"].as_str().unwrap().to_owned());
                     }
+                    kept.lock().unwrap().push(body);
                     if !stalled.swap(true, Ordering::AcqRel) {
                         let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n").await;
                         tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -94,7 +120,7 @@ async fn receiver(stall_first: bool) -> (String, Received) {
             });
         }
     });
-    (url, received)
+    (url, received, bodies)
 }
 
 async fn wait_for(received: &Received, n: usize, what: &str) {
@@ -144,4 +170,38 @@ async fn a_receiver_that_never_ends_its_body_does_not_hold_the_permit() {
     wait_for(&received, 10, "the statuses after a stalled answer still go out").await;
     engine.shutdown().await;
     shard.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_of_several_numbers_share_a_post_in_both_shapes() {
+    let numbers = ["15550100001", "15550100002", "15550100003"];
+    for shape in [ferry_webhooks::Shape::Onprem, ferry_webhooks::Shape::Cloud] {
+        let dir = tempfile::tempdir().unwrap();
+        let res = SharedResources::new(&StorageTuning::default()).unwrap();
+        // Twelve events, the numbers taking turns: all on disk before the sender starts.
+        let shard = shard_with_events_from(dir.path(), &res, 12, &numbers).await;
+        let (url, received, bodies) = receiver_with_bodies(false).await;
+        let config = WebhookConfig { max_statuses_per_post: 12, shape, ..WebhookConfig::for_test(url) };
+        let engine = WebhookEngine::start(std::slice::from_ref(&shard), config).unwrap();
+        wait_for(&received, 12, "every status").await;
+        engine.shutdown().await;
+        shard.close();
+        let bodies = bodies.lock().unwrap().clone();
+        assert_eq!(bodies.len(), 1, "{shape:?}: one POST for twelve statuses of three numbers: {bodies:?}");
+        if shape == ferry_webhooks::Shape::Cloud {
+            // One change per number, each naming its number, its statuses in order.
+            let changes = bodies[0]["entry"][0]["changes"].as_array().unwrap().clone();
+            let named: Vec<&str> =
+                changes.iter().map(|c| c["value"]["metadata"]["phone_number_id"].as_str().unwrap()).collect();
+            assert_eq!(named, numbers);
+            for c in &changes {
+                assert_eq!(c["value"]["statuses"].as_array().unwrap().len(), 4, "{c}");
+            }
+        }
+        let ids = received.lock().unwrap().clone();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 12, "{shape:?}: each status once: {ids:?}");
+    }
 }
