@@ -293,6 +293,30 @@ fn config_check_prints_the_effective_config_with_secrets_masked() {
     assert!(printed.contains("shards = 4") && printed.contains("http_listen = \"127.0.0.1:8080\""), "{printed}");
 }
 
+/// What `ferry serve` would run with: the same `FERRY_*` env vars and flags apply over the file
+/// (before, `config check` printed the file alone, so a container's env was not checked).
+#[test]
+fn config_check_applies_the_env_and_the_flags_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, "shards = 4\nhttp_listen = \"127.0.0.1:8080\"\n").unwrap();
+    let out = ferry_command()
+        .args(["config", "check"])
+        .arg(&path)
+        .args(["--http-listen", "0.0.0.0:9090"])
+        .env("FERRY_SHARDS", "6")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("shards = 6"), "FERRY_SHARDS wins over the file: {printed}");
+    assert!(printed.contains("http_listen = \"0.0.0.0:9090\""), "the flag wins over the file: {printed}");
+    // A bad value from the env is refused like a bad value in the file.
+    let out = ferry_command().args(["config", "check"]).arg(&path).env("FERRY_SHARDS", "99").output().unwrap();
+    assert!(!out.status.success(), "33+ shards accepted: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shards"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn a_closed_stdout_ends_a_command_quietly() {
     // `ferry config check FILE | head -0`: the reader is gone before ferry writes. Unix tools exit

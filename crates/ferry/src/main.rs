@@ -82,8 +82,13 @@ enum ClusterCommand {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Validate FILE and print the effective config (defaults filled in) as TOML.
-    Check { file: std::path::PathBuf },
+    /// Validate FILE and print the effective config as TOML: defaults, then FILE, then the same
+    /// `FERRY_*` env vars and flags `ferry serve` takes (secrets masked).
+    Check {
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        overrides: Box<Overrides>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -214,7 +219,7 @@ fn main() -> std::process::ExitCode {
                 init_logging("info");
                 ferry_cloudsim::run_cli(a).await
             }
-            Command::Config { command: ConfigCommand::Check { file } } => config_check(file),
+            Command::Config { command: ConfigCommand::Check { file, overrides } } => config_check(file, *overrides),
             Command::Cluster { command: ClusterCommand::Status(a) } => cluster_status::run(a).await,
             Command::Probe(a) => probe::run(a).await,
         }
@@ -682,8 +687,9 @@ async fn watch(a: WatchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn config_check(file: std::path::PathBuf) -> anyhow::Result<()> {
-    let overrides = Overrides { config: Some(file), ..Overrides::default() };
+fn config_check(file: std::path::PathBuf, overrides: Overrides) -> anyhow::Result<()> {
+    // FILE is the file checked, whatever `--config` / FERRY_CONFIG say.
+    let overrides = Overrides { config: Some(file), ..overrides };
     let config = FerryConfig::load(&overrides)?;
     output::line(toml::to_string_pretty(&config.masked())?)?;
     Ok(())

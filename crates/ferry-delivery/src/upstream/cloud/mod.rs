@@ -5,13 +5,15 @@
 //!   type and its object; `biz_opaque_callback_data` is ferry's message id, the *marker*; the
 //!   caller's own value stays in ferry and is echoed in the callbacks it relays) and is POSTed to
 //!   `{base_url}/{api_version}/{phone_number_id}/messages` with the sender's bearer token, in a
-//!   tokio task: first the number's pacer (`throughput_per_sec`, shared by every shard), then the
-//!   request with `request_timeout_ms`. One client for the node (`ferry_webhooks::https_client`:
+//!   tokio task: a reservation in the number's pacer (`pacer.rs`: `throughput_per_sec`, shared
+//!   by every shard), the dispatch mark, the request's send slot (one interval after the
+//!   number's previous one), then the request with `request_timeout_ms`. One client for the node (`ferry_webhooks::https_client`:
 //!   pooled, rustls, HTTP/2 by ALPN). The answer comes back through [`Upstream::next_events`],
 //!   always as attempt 0 ("the latest"): a submit of a message whose request is still running
 //!   (the core's ack timeout) sends nothing new.
 //! - **Answers** (`ferry_cloud::codes::classify`, the one table): 200 → accepted with the wamid;
-//!   transient → retry; 130429 → the sender backs off; 131056 → the recipient backs off; 131049
+//!   transient → retry; 130429 → the number pauses in its pacer (every shard's requests of it)
+//!   and the message is sent again in the next free slot; 131056 → the recipient backs off; 131049
 //!   → the marketing-limit rule; permanent → failed with Meta's code and title; number-level
 //!   (190, 10, 200, 131048, 131031, 368, 131042, 131045) → the sender backs off at least
 //!   `blocked_probe_secs` and the number shows as blocked (`ferry_cloud_number_blocked`) until a
@@ -19,7 +21,8 @@
 //!   sent); a timeout or a connection lost once the request went out → **in doubt** for
 //!   `reconcile_secs`: a webhook status naming its marker settles it (it adopts the wamid); a
 //!   resubmit after the wait is resent (`on_unresolved = resend`, counted) or failed (`fail`).
-//! - **In doubt across a crash**: once the pacer lets a request go, and before it is written, the
+//! - **In doubt across a crash**: once the pacer reserves a place for a request (at most a fifth
+//!   of a second's worth per number wait for their slots), and before it is written, the
 //!   message gets a durable *dispatch mark* in its shard (`Shard::mark_dispatched_durably`; it
 //!   leaves with the queue key). Every (re)start of the upstream reads the marks: those messages
 //!   may have been posted by the previous process (or loop), so each is in doubt for
@@ -33,6 +36,7 @@
 
 pub mod config;
 pub mod hub;
+mod pacer;
 mod request;
 
 use std::collections::{HashMap, HashSet};
@@ -46,12 +50,12 @@ use ferry_cloud::codes;
 use ferry_model::{ErrorCode, MessageId, MessageKey, MessageStatus};
 use ferry_shard::Shard;
 use ferry_webhooks::HttpClient;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use self::config::{CloudConfig, OnUnresolved, ResolvedNumber};
 use self::hub::{CloudHub, StatusReport, WebhookEvent, WebhookItem};
+use self::pacer::Pacer;
 use self::request::{cloud_body, outcome_for, post};
 use super::{Attempt, Connect, EventToken, Outcome, RecipientRef, Stalled, Submitted, Upstream, UpstreamEvent};
 use crate::stats::{LinkState, ShardDeliveryStats};
@@ -85,7 +89,7 @@ pub struct NumberState {
     pub phone_number_id: String,
     url: hyper::Uri,
     authorization: hyper::header::HeaderValue,
-    pacer: DefaultDirectRateLimiter,
+    pacer: Pacer,
     /// The code of the number-level refusal that blocks it, 0 when it is not blocked.
     blocked: AtomicU32,
     gauge: metrics::Gauge,
@@ -149,8 +153,8 @@ impl CloudShared {
                     phone_number_id: n.phone_number_id,
                     url,
                     authorization,
-                    // A burst of one: requests leave evenly spaced (Meta counts per second).
-                    pacer: RateLimiter::direct(Quota::per_second(rate).allow_burst(NonZeroU32::MIN)),
+                    // Requests leave evenly spaced when they leave (Meta counts arrivals).
+                    pacer: Pacer::new(rate.get()),
                     blocked: AtomicU32::new(0),
                     gauge,
                 }),

@@ -30,13 +30,14 @@ pub(super) fn cloud_body(payload: &[u8], message_id: &str) -> Result<Bytes, Stri
     serde_json::to_vec(&v).map(Bytes::from).map_err(|e| e.to_string())
 }
 
-/// One request: the number's pacer, the message's dispatch mark (durable), then the POST within
-/// `request_timeout`.
+/// One request: a reservation in the number's pacer, the message's dispatch mark (durable), the
+/// request's send slot, then the POST within `request_timeout` (see `pacer.rs` for why the slot
+/// comes after the mark).
 ///
 /// Cancel-safe in the sense that matters: dropping it mid-request leaves the message in the
 /// core's hands (it resends after its timeout), and its mark makes a restart treat it as in doubt.
 pub(super) async fn post(shared: &CloudShared, shard: &Shard, seq: u64, number: &NumberState, body: Bytes) -> Outcome {
-    number.pacer.until_ready().await;
+    let reservation = number.pacer.reserve().await;
     // The mark goes to disk before the request does: after a crash, a marked message may have
     // been posted, an unmarked one was not.
     let marked = match shard.mark_dispatched_durably(vec![seq], ferry_model::clock::system_now_ms()) {
@@ -46,6 +47,7 @@ pub(super) async fn post(shared: &CloudShared, shard: &Shard, seq: u64, number: 
     if let Err(e) = marked {
         return Outcome::Retry { detail: format!("cannot record the dispatch mark: {e}") };
     }
+    let slot = number.pacer.slot(reservation).await;
     let request = hyper::Request::post(number.url.clone())
         .header(hyper::header::AUTHORIZATION, number.authorization.clone())
         .header(hyper::header::CONTENT_TYPE, "application/json")
@@ -89,7 +91,23 @@ pub(super) async fn post(shared: &CloudShared, shard: &Shard, seq: u64, number: 
         }
     };
     metrics::counter!(REQUESTS_TOTAL, "outcome" => outcome_label(&outcome)).increment(1);
-    outcome
+    match outcome {
+        // 130429: the number slows down in its pacer (every shard's requests of it), and this
+        // message takes the next free slot after the pause; its recipient keeps its place.
+        Outcome::BackOff { scope: Scope::Sender, retry_after, reason: BackOffReason::RateLimited, .. }
+            if retry_after.is_zero() =>
+        {
+            let pause = number.pacer.refused(slot);
+            tracing::debug!(phone_number_id = %number.phone_number_id, ?pause, "130429: the number pauses");
+            Outcome::Resend
+        }
+        outcome => {
+            if matches!(outcome, Outcome::Accepted { .. }) {
+                number.pacer.accepted();
+            }
+            outcome
+        }
+    }
 }
 
 fn outcome_label(o: &Outcome) -> &'static str {
