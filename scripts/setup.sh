@@ -20,6 +20,10 @@ if [ "${1:-}" = "--k8s-validator" ]; then
       exit 1
     fi
   fi
+  # Tests call this concurrently: one at a time makes (or checks) the venv.
+  mkdir -p "$HOME/.cache"
+  exec 9>"$HOME/.cache/ferry-k8s-venv.lock"
+  flock 9
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >&2
   if [ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null | awk '{print $NF}')" != "$version" ]; then
     if ! "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$version" >&2; then
