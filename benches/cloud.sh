@@ -32,6 +32,9 @@ RECIPIENTS=${RECIPIENTS:-10000}
 WEBHOOK_BATCH=${WEBHOOK_BATCH:-100}
 USER_WEBHOOK_BATCH=${USER_WEBHOOK_BATCH:-100}
 PACE_SECS=${PACE_SECS:-30}
+# 1: ferry speaks HTTP/2 to cloudsim (`cloud.http2_prior_knowledge`), as it does to Meta over TLS;
+# 0: HTTP/1.1, one connection per request in flight.
+HTTP2=${HTTP2:-1}
 SCENARIOS=${SCENARIOS:-throughput pacing}
 cd "$(dirname "$0")/.."
 if [ -n "${FERRY_BIN:-}" ]; then
@@ -111,6 +114,7 @@ max_statuses_per_post = $USER_WEBHOOK_BATCH
 [cloud]
 app_secret = "bench-secret"
 verify_token = "bench-verify"
+http2_prior_knowledge = $([ "$HTTP2" = 1 ] && echo true || echo false)
 EOF
     for i in $(seq "$n"); do
         local id phone
@@ -200,6 +204,16 @@ print(f"taken by cloudsim: all {count} by {taken_at:.2f} s = {count / taken_at:.
 print(f"statuses relayed to the user's webhook: every read by {relayed_at:.2f} s; "
       f"unique {last['sink']['unique']} {last['sink']['by_status']}, repeats {last['sink']['repeats']}, posts {last['sink']['posts']}")
 print(f"end to end (accepted → read relayed): {count / relayed_at:.0f} msg/s")
+# Where the time goes: per second, what cloudsim had taken and what the user had been told.
+print("timeline (s: taken by cloudsim / sent, delivered, read relayed):")
+line, mark = [], 1.0
+for p in polls:
+    at = p["t"] - start
+    if at >= mark:
+        by = p["sink"]["by_status"]
+        line.append(f"{at:.1f}: {p['cloud']['unique_messages']} / {by.get('sent', 0)}, {by.get('delivered', 0)}, {by.get('read', 0)}")
+        mark = int(at) + 1.0
+print("  " + "; ".join(line))
 per = lambda s: f"{s:.1f} s = {s * 1000 * 1000 / count:.0f} ms per 1,000 messages"
 print(f"CPU: ferry {per(cpu[0])}; cloudsim {per(cpu[1])}; user-webhook receiver {per(cpu[2])}")
 PY

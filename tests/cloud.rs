@@ -343,7 +343,10 @@ async fn metric(ferry: &FerryProcess, name: &str, labels: &str) -> f64 {
 async fn an_in_doubt_send_is_settled_by_its_webhook_and_not_sent_twice() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ferry.toml");
-    std::fs::write(&config, "[cloud]\nrequest_timeout_ms = 500\nreconcile_secs = 30\n").unwrap();
+    // Over HTTP/2 (h2c prior knowledge): a timed-out request is a reset stream, not a closed
+    // connection, and is in doubt all the same.
+    std::fs::write(&config, "[cloud]\nrequest_timeout_ms = 500\nreconcile_secs = 30\nhttp2_prior_knowledge = true\n")
+        .unwrap();
     let data = dir.path().join("data");
     let cloudsim = [
         "--slow-rate",
@@ -370,6 +373,7 @@ async fn an_in_doubt_send_is_settled_by_its_webhook_and_not_sent_twice() {
     }
     let stats = rig.cloudsim.stats().await;
     assert_eq!(stats["slow_answers"], 5, "every send was answered late: {stats}");
+    assert_eq!(stats["http2_requests"], stats["requests"], "every request came over HTTP/2: {stats}");
     assert_eq!(stats["messages_taken"], 5, "none sent twice: {stats}");
     assert_eq!(stats["duplicate_messages"], 0, "{stats}");
     assert_eq!(metric(&rig.ferry, "ferry_cloud_in_doubt_total", "").await, 5.0);

@@ -121,8 +121,8 @@ impl CloudSim {
     }
 }
 
-/// Accepts connections and serves each over HTTP/1.1 until `stop`; a response carrying
-/// [`DropConnection`] closes its connection without being written.
+/// Accepts connections and serves each over HTTP/1.1 or HTTP/2 (prior knowledge) until `stop`; a
+/// response carrying [`DropConnection`] is never written (its connection or stream is cut).
 ///
 /// Cancel safety: a task's whole body; dropping it (at stop) aborts every connection task.
 async fn accept_loop(listener: TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>) {
@@ -154,8 +154,11 @@ async fn accept_loop(listener: TcpListener, router: axum::Router, mut stop: watc
                     Ok(response)
                 }
             });
-            let connection =
-                hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            // HTTP/1.1, or HTTP/2 when the client opens with its preface (prior knowledge, as
+            // `cloud.http2_prior_knowledge` does): Meta serves HTTP/2. An injected drop closes an
+            // HTTP/1.1 connection and resets an HTTP/2 stream, both "lost after the body went out".
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "cloudsim connection ended");
             }

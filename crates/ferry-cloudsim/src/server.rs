@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ferry_cloud::codes::{self, KnownCode};
@@ -406,11 +406,15 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 async fn send(
     State(shared): State<Arc<Shared>>,
     Path((version, phone_number_id)): Path<(String, String)>,
+    http_version: Version,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let sequence = shared.sequence.fetch_add(1, Ordering::Relaxed);
     bump(&shared.counters.requests, 1);
+    if http_version == Version::HTTP_2 {
+        bump(&shared.counters.http2_requests, 1);
+    }
     let config = &shared.config;
     if !version.starts_with('v') {
         let details = format!("unknown api version `{version}`: expected e.g. v23.0");

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 pub struct Stats {
     /// Send requests received (any outcome, including dropped and refused ones).
     pub requests: u64,
+    /// Of those, requests that came over HTTP/2 (the rest came over HTTP/1.1).
+    #[serde(default)]
+    pub http2_requests: u64,
     /// Sends taken (the message went to the recipient): answered 200, or taken and then dropped or
     /// answered late by a fault.
     pub messages_taken: u64,
@@ -82,6 +85,7 @@ pub struct NumberStats {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) requests: AtomicU64,
+    pub(crate) http2_requests: AtomicU64,
     pub(crate) messages_taken: AtomicU64,
     pub(crate) unique_messages: AtomicU64,
     pub(crate) duplicate_messages: AtomicU64,
@@ -115,6 +119,7 @@ impl Counters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Stats {
             requests: get(&self.requests),
+            http2_requests: get(&self.http2_requests),
             messages_taken: get(&self.messages_taken),
             unique_messages: get(&self.unique_messages),
             duplicate_messages: get(&self.duplicate_messages),

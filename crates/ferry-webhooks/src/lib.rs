@@ -202,6 +202,17 @@ fn client(config: &WebhookConfig) -> Result<HttpClient, String> {
 /// offers it by ALPN, else HTTP/1.1 (plain `http://` is HTTP/1.1). Cheap to clone: clones share
 /// the pool.
 pub fn https_client(extra_roots: Vec<CertificateDer<'static>>) -> Result<HttpClient, String> {
+    client_with(extra_roots, false)
+}
+
+/// [`https_client`] that speaks only HTTP/2: to `http://` URLs without asking first (h2c with prior
+/// knowledge; `cloud.http2_prior_knowledge`), so every request in flight to a host shares one
+/// connection instead of one connection each.
+pub fn http2_client(extra_roots: Vec<CertificateDer<'static>>) -> Result<HttpClient, String> {
+    client_with(extra_roots, true)
+}
+
+fn client_with(extra_roots: Vec<CertificateDer<'static>>, http2_only: bool) -> Result<HttpClient, String> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in extra_roots {
@@ -222,7 +233,7 @@ pub fn https_client(extra_roots: Vec<CertificateDer<'static>>) -> Result<HttpCli
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
+    Ok(Client::builder(TokioExecutor::new()).http2_only(http2_only).build(connector))
 }
 
 /// What a secret prints as.

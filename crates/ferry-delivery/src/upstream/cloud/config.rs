@@ -41,6 +41,11 @@ pub struct CloudConfig {
     /// A number Meta refused at number level (190, 10, 200, 131048, 131031, 368, 131042, 131045)
     /// is tried again after at least this many seconds (one probe; then 4^X backoff).
     pub blocked_probe_secs: u64,
+    /// Speak HTTP/2 to an `http://` base URL without asking first (h2c "prior knowledge"), as
+    /// `ferry cloudsim` accepts. Off: `http://` is HTTP/1.1, and `https://` negotiates HTTP/2 by
+    /// ALPN (as graph.facebook.com offers) either way. HTTP/2 multiplexes the requests over few
+    /// connections instead of one connection per request in flight.
+    pub http2_prior_knowledge: bool,
     /// The business numbers ferry sends from.
     pub numbers: Vec<CloudNumber>,
 }
@@ -82,6 +87,7 @@ impl Default for CloudConfig {
             reconcile_secs: 60,
             on_unresolved: OnUnresolved::Resend,
             blocked_probe_secs: 60,
+            http2_prior_knowledge: false,
             numbers: Vec::new(),
         }
     }

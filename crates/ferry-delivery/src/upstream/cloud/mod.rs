@@ -7,8 +7,10 @@
 //!   `{base_url}/{api_version}/{phone_number_id}/messages` with the sender's bearer token, in a
 //!   tokio task: a reservation in the number's pacer (`pacer.rs`: `throughput_per_sec`, shared
 //!   by every shard), the dispatch mark, the request's send slot (one interval after the
-//!   number's previous one), then the request with `request_timeout_ms`. One client for the node (`ferry_webhooks::https_client`:
-//!   pooled, rustls, HTTP/2 by ALPN). The answer comes back through [`Upstream::next_events`],
+//!   number's previous one), then the request with `request_timeout_ms`. One client for the
+//!   node (`ferry_webhooks::https_client`: pooled, rustls, HTTP/2 by ALPN; with
+//!   `http2_prior_knowledge`, `http2_client`: HTTP/2 also to `http://`, requests multiplexed on
+//!   one connection). The answer comes back through [`Upstream::next_events`],
 //!   always as attempt 0 ("the latest"): a submit of a message whose request is still running
 //!   (the core's ack timeout) sends nothing new.
 //! - **Answers** (`ferry_cloud::codes::classify`, the one table): 200 → accepted with the wamid;
@@ -131,7 +133,11 @@ impl CloudShared {
     /// Builds the node's Cloud upstream state from a checked `[cloud]` (see
     /// [`CloudConfig::resolve`]) and its resolved numbers.
     pub fn new(config: &CloudConfig, numbers: Vec<ResolvedNumber>, shards: usize) -> Result<Arc<CloudShared>, String> {
-        let client = ferry_webhooks::https_client(Vec::new())?;
+        let client = if config.http2_prior_knowledge {
+            ferry_webhooks::http2_client(Vec::new())?
+        } else {
+            ferry_webhooks::https_client(Vec::new())?
+        };
         let base = config.base_url.trim_end_matches('/');
         let mut by_sender = HashMap::new();
         let mut ids = HashMap::new();
