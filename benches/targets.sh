@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Accept latency at half of the maximum sustained rate (issue 4's latency target), measured against
-# a real `ferry serve` process with its in-process chat server, driven by `ferry loadgen` from a
-# second process on the same machine.
+# a real `ferry serve` process, driven by `ferry loadgen` from a second process on the same
+# machine. CHAT=external (the default) runs the chat server as a third process (`ferry chatsim`,
+# `ferry serve --upstream`; loadgen opens every recipient's customer-service window first);
+# CHAT=inprocess uses the one `ferry serve` embeds.
 #
 # 0. Warm-up: one message per recipient, so sessions are set up before measuring.
 # 1. As fast as possible for $DURATION: the end-to-end (acked) rate is the maximum sustained rate.
@@ -21,6 +23,8 @@ BATCH=${BATCH:-100}
 CONCURRENCY=${CONCURRENCY:-16}
 DURATION=${DURATION:-15s}
 RECIPIENTS=${RECIPIENTS:-10000}
+CHAT=${CHAT:-external}
+case "$CHAT" in external|inprocess) ;; *) echo "CHAT must be external or inprocess, got '$CHAT'" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 if [ -n "${FERRY_BIN:-}" ]; then
     ferry="$FERRY_BIN"
@@ -34,10 +38,26 @@ fi
 
 work=$(mktemp -d)
 export FERRY_ADMIN_PASSWORD="bench-$RANDOM-$RANDOM"
+chat_pid=
+upstream=()
+open_windows=()
+trap 'kill $serve_pid $chat_pid 2>/dev/null; wait $serve_pid $chat_pid 2>/dev/null; rm -rf "$work"' EXIT
+if [ "$CHAT" = external ]; then
+    "$ferry" chatsim --listen 127.0.0.1:0 >"$work/chat.out" 2>"$work/chat.err" &
+    chat_pid=$!
+    for _ in $(seq 300); do
+        grep -q "listening on" "$work/chat.out" 2>/dev/null && break
+        kill -0 $chat_pid 2>/dev/null || { cat "$work/chat.err" >&2; echo "ferry chatsim exited" >&2; exit 1; }
+        sleep 0.1
+    done
+    chat_addr=$(sed -n 's/^.*listening on //p' "$work/chat.out" | head -1)
+    [ -n "$chat_addr" ] || { cat "$work/chat.out" "$work/chat.err" >&2; echo "ferry chatsim never listened" >&2; exit 1; }
+    upstream=(--upstream "$chat_addr")
+    open_windows=(--open-windows)
+fi
 "$ferry" serve --shards "$SHARDS" --data-dir "$work/data" --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
-    >"$work/serve.out" 2>"$work/serve.err" &
+    "${upstream[@]}" >"$work/serve.out" 2>"$work/serve.err" &
 serve_pid=$!
-trap 'kill $serve_pid 2>/dev/null; wait $serve_pid 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 300); do
     grep -q "grpc listening" "$work/serve.out" 2>/dev/null && break
     kill -0 $serve_pid 2>/dev/null || { cat "$work/serve.err" >&2; echo "ferry serve exited" >&2; exit 1; }
@@ -52,10 +72,10 @@ export FERRY_TOKEN
 common=(--target "$target" --chatsim "$chatsim" --batch "$BATCH" --concurrency "$CONCURRENCY"
         --recipients "$RECIPIENTS" --duration "$DURATION" --quiet)
 
-echo "== ferry serve --shards $SHARDS; loadgen --batch $BATCH --concurrency $CONCURRENCY, $RECIPIENTS recipients"
+echo "== ferry serve --shards $SHARDS, chat server $CHAT; loadgen --batch $BATCH --concurrency $CONCURRENCY, $RECIPIENTS recipients"
 echo "-- 0. warm-up: one message per recipient sets up every encryption session (X3DH, both sides)"
 "$ferry" loadgen --target "$target" --chatsim "$chatsim" --batch 100 --concurrency 8 --recipients "$RECIPIENTS" \
-    --count "$RECIPIENTS" --quiet >/dev/null
+    --count "$RECIPIENTS" "${open_windows[@]}" --quiet >/dev/null
 echo "-- 1. as fast as possible"
 "$ferry" loadgen "${common[@]}" --json "$work/max.json" | tee "$work/max.txt"
 max=$(python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['acked_per_sec'] or 0))" "$work/max.json")

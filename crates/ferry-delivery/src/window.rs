@@ -167,12 +167,25 @@ impl Admission {
     }
 }
 
-/// Runs a queue scan where it cannot stall the other tasks of this tokio worker. A 1,024-record
-/// `scan_queue_range` takes p50 1.46 ms, p99 13.9 ms on a loaded machine (the ignored test
-/// `queue_reads_cost`): on the multi-thread runtime (`ferry serve`) `block_in_place` hands the
-/// worker's other tasks (accepts among them) to another thread for the scan's duration. Point reads
-/// (`get_queued`, p99 39 µs) stay inline: the hand-off would cost about as much. On a
-/// current-thread runtime (unit tests) the scan just runs.
+/// Most records a scan may return and still run inline on the tokio worker (see [`off_worker`]).
+const INLINE_SCAN_RECORDS: u64 = 64;
+
+/// Runs a queue scan of at most `records` records where it cannot stall the other tasks of this
+/// tokio worker, unless it is small ([`INLINE_SCAN_RECORDS`]). A 1,024-record `scan_queue_range`
+/// takes p50 1.46 ms, p99 13.9 ms on a loaded machine (the ignored test `queue_reads_cost`): on
+/// the multi-thread runtime (`ferry serve`) `block_in_place` hands the worker's other tasks
+/// (accepts among them) to another thread for the scan's duration. A small scan runs inline: the
+/// hand-off costs more than it (a thread wake-up, often a new blocking thread). Under unary sends
+/// each commit wakes the delivery loop for a scan of a few records; handing each off made tokio
+/// run 250 threads and put ms on the accept path. On a current-thread runtime (unit tests) the
+/// scan just runs.
+pub(crate) fn off_worker_if_large<T>(records: u64, scan: impl FnOnce() -> T) -> T {
+    if records <= INLINE_SCAN_RECORDS { scan() } else { off_worker(scan) }
+}
+
+/// Runs `scan` where it cannot stall the other tasks of this tokio worker (`block_in_place` on the
+/// multi-thread runtime, inline on a current-thread one). Point reads (`get_queued`, p99 39 µs)
+/// stay inline: the hand-off would cost about as much.
 pub(crate) fn off_worker<T>(scan: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(scan),
@@ -225,7 +238,8 @@ impl<U: Upstream> ShardLoop<U> {
             let limit = room.min(SCAN_CHUNK).min(budget);
             budget -= limit;
             let (shard, cursor) = (&self.shard, self.cursor);
-            let chunk = match off_worker(|| shard.scan_queue_range(cursor, until, limit)) {
+            let at_most = (until - cursor).min(limit as u64);
+            let chunk = match off_worker_if_large(at_most, || shard.scan_queue_range(cursor, until, limit)) {
                 Ok(chunk) => chunk,
                 Err(e) => {
                     tracing::error!(shard = %self.shard.id(), error = %e, "cannot read the queue; retrying");

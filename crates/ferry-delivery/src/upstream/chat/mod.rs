@@ -41,6 +41,7 @@ use crate::failpoint::{self, Point};
 use crate::stats::ShardDeliveryStats;
 use crate::supervise::{Joined, TaskSet};
 
+mod key_agreement;
 mod link;
 mod session;
 

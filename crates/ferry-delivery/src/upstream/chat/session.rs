@@ -2,7 +2,8 @@
 //!
 //! A session encrypts with message counters reserved durably first (`ferry-session`): from the
 //! cache (a new reservation), from the shard's `sessions` column family, or by a new key
-//! agreement (`FetchPreKeyBundle` + X3DH). Each runs as a background task of the upstream.
+//! agreement (`FetchPreKeyBundle` + X3DH, computed on the low-priority threads of
+//! `key_agreement.rs`). Each runs as a background task of the upstream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,9 +99,16 @@ pub(super) async fn prepare_session(
                             _ => SessionFailure::Temporary(format!("pre-key bundle fetch failed: {status}")),
                         })?
                         .into_inner();
-                    let bundle = PreKeyBundle::try_from(bundle).map_err(|e| temporary(&e))?;
-                    let session = SendingSession::initiate(&d.identity, &bundle).map_err(|e| temporary(&e))?;
-                    (session, SessionSource::Setup)
+                    // The key agreement itself (signature check, X3DH) runs on the low-priority
+                    // key-agreement threads, never on a tokio worker (`key_agreement.rs`).
+                    let identity = d.identity.clone();
+                    let agreed = super::key_agreement::run(move || {
+                        let bundle = PreKeyBundle::try_from(bundle).map_err(|e| e.to_string())?;
+                        SendingSession::initiate(&identity, &bundle).map_err(|e| e.to_string())
+                    })
+                    .await
+                    .ok_or_else(|| SessionFailure::Temporary("the key agreement panicked".to_owned()))?;
+                    (agreed.map_err(SessionFailure::Temporary)?, SessionSource::Setup)
                 }
             }
         }
