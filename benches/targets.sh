@@ -39,31 +39,30 @@ fi
 work=$(mktemp -d)
 export FERRY_ADMIN_PASSWORD="bench-$RANDOM-$RANDOM"
 chat_pid=
+serve_pid=
 upstream=()
 open_windows=()
 trap 'kill $serve_pid $chat_pid 2>/dev/null; wait $serve_pid $chat_pid 2>/dev/null; rm -rf "$work"' EXIT
+# wait_line PID OUT ERR PATTERN NAME: waits until process PID prints PATTERN to OUT (30 s).
+wait_line() {
+    for _ in $(seq 300); do
+        grep -q "$4" "$2" 2>/dev/null && return 0
+        kill -0 "$1" 2>/dev/null || { cat "$3" >&2; echo "$5 exited" >&2; exit 1; }
+        sleep 0.1
+    done
+    grep -q "$4" "$2" || { cat "$3" >&2; echo "$5 never listened" >&2; exit 1; }
+}
 if [ "$CHAT" = external ]; then
     "$ferry" chatsim --listen 127.0.0.1:0 >"$work/chat.out" 2>"$work/chat.err" &
     chat_pid=$!
-    for _ in $(seq 300); do
-        grep -q "listening on" "$work/chat.out" 2>/dev/null && break
-        kill -0 $chat_pid 2>/dev/null || { cat "$work/chat.err" >&2; echo "ferry chatsim exited" >&2; exit 1; }
-        sleep 0.1
-    done
-    chat_addr=$(sed -n 's/^.*listening on //p' "$work/chat.out" | head -1)
-    [ -n "$chat_addr" ] || { cat "$work/chat.out" "$work/chat.err" >&2; echo "ferry chatsim never listened" >&2; exit 1; }
-    upstream=(--upstream "$chat_addr")
+    wait_line $chat_pid "$work/chat.out" "$work/chat.err" "listening on" "ferry chatsim"
+    upstream=(--upstream "$(sed -n 's/^chatsim: listening on //p' "$work/chat.out")")
     open_windows=(--open-windows)
 fi
 "$ferry" serve --shards "$SHARDS" --data-dir "$work/data" --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
     "${upstream[@]}" >"$work/serve.out" 2>"$work/serve.err" &
 serve_pid=$!
-for _ in $(seq 300); do
-    grep -q "grpc listening" "$work/serve.out" 2>/dev/null && break
-    kill -0 $serve_pid 2>/dev/null || { cat "$work/serve.err" >&2; echo "ferry serve exited" >&2; exit 1; }
-    sleep 0.1
-done
-grep -q "grpc listening" "$work/serve.out" || { cat "$work/serve.err" >&2; echo "ferry serve never listened" >&2; exit 1; }
+wait_line $serve_pid "$work/serve.out" "$work/serve.err" "grpc listening" "ferry serve"
 target="http://$(sed -n 's/^ferry: grpc listening on //p' "$work/serve.out")"
 chatsim="http://$(sed -n 's/^ferry: upstream //p' "$work/serve.out")"
 http="http://$(sed -n 's/^ferry: http listening on //p' "$work/serve.out")"
