@@ -777,3 +777,43 @@ async fn statuses_match_by_wamid_a_failure_after_sent_fails_and_inbound_is_dedup
     assert_eq!(of_a, ["sent", "delivered"], "the wamid-matched status reached the user");
     rig.ferry.terminate();
 }
+
+/// Meta reports some number-level refusals only in a `failed` status webhook (131031 account
+/// locked, 131042 payment, 131048 spam limit): the number is blocked as if its request had been
+/// refused (shown in `/v1/health` and the metric), and its next message stays queued instead of
+/// being sent from a locked account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_level_code_in_a_failed_status_blocks_the_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, "[cloud]\nblocked_probe_secs = 3600\n").unwrap();
+    let data = dir.path().join("data");
+    let rig = start_rig(&data, &["--webhook-delay-ms", "3600000"], &["--config", config.to_str().unwrap()]).await;
+    let (ferry, recipient) = (&rig.ferry, "16315557101");
+    let send = |body: &str| json!({"to": format!("+{recipient}"), "type": "text", "text": {"body": body}});
+    let first = send_json(ferry.http_addr, "/v1/messages", &send("before the lock")).await;
+    let wamid = wamid_once_sent(ferry, &first).await;
+    let errors = json!([{"code": 131031, "title": "Business Account locked",
+        "error_data": {"details": "The account has been locked."}}]);
+    let failed = json!({"id": wamid, "status": "failed", "timestamp": "1700000100", "recipient_id": recipient,
+        "biz_opaque_callback_data": first, "errors": errors});
+    post_webhook(ferry, json!({"statuses": [failed]})).await;
+    let record = get_message(ferry, &first).await;
+    assert_eq!((record.status.as_str(), record.error.as_ref().map(|e| e.code)), ("failed", Some(131031)), "{record:?}");
+
+    let blocked = format!("phone_number_id=\"{PHONE_NUMBER_ID}\"");
+    assert_eq!(metric(ferry, "ferry_cloud_number_blocked", &blocked).await, 1.0, "blocked by the status");
+    let (status, body) = http_get(ferry.http_addr, "/v1/health").await;
+    assert_eq!(status, 200, "{body}");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    let number = &health["cloud"]["numbers"][0];
+    assert_eq!((&number["status"], &number["blocked_code"]), (&json!("blocked"), &json!(131031)), "{health}");
+
+    // The next message of the number waits queued: nothing more is taken from a locked account.
+    let taken = rig.cloudsim.stats().await["messages_taken"].as_u64().unwrap();
+    let second = send_json(ferry.http_addr, "/v1/messages", &send("after the lock")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(get_message(ferry, &second).await.status, "accepted", "kept queued");
+    assert_eq!(rig.cloudsim.stats().await["messages_taken"].as_u64().unwrap(), taken, "not sent");
+    rig.ferry.terminate();
+}

@@ -89,7 +89,7 @@ async fn receive(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: 
     };
     let shards = cloud.hub.shard_count();
     let mut events = Vec::new();
-    for (_, s) in payload.statuses() {
+    for (metadata, s) in payload.statuses() {
         let marker = s.biz_opaque_callback_data.as_deref().unwrap_or("");
         let key = MessageId::decode(marker).filter(|k| state.coordinator.issued_here(k) && k.shard.index() < shards);
         // Without ferry's marker the status is matched by wamid in the recipient's shard (where
@@ -117,6 +117,7 @@ async fn receive(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: 
             status: s.status,
             at_ms: seconds_to_ms(&s.timestamp),
             error,
+            phone_number_id: metadata.phone_number_id.clone(),
         };
         events.push((shard, WebhookEvent::Status(report)));
     }

@@ -23,6 +23,8 @@ pub struct StatusReport {
     pub at_ms: Option<i64>,
     /// Of a `failed` status: the first error's code, title and details.
     pub error: Option<(u32, String, String)>,
+    /// Meta's id of the business number the webhook is about (its `metadata`).
+    pub phone_number_id: String,
 }
 
 /// What a webhook carried for one shard.

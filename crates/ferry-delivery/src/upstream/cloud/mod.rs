@@ -59,7 +59,10 @@ use self::config::{CloudConfig, OnUnresolved, ResolvedNumber};
 use self::hub::{CloudHub, StatusReport, WebhookEvent, WebhookItem};
 use self::pacer::Pacer;
 use self::request::{cloud_body, outcome_for, post};
-use super::{Attempt, Connect, EventToken, Outcome, RecipientRef, Stalled, Submitted, Upstream, UpstreamEvent};
+use super::{
+    Attempt, BackOffReason, Connect, EventToken, Outcome, RecipientRef, Scope, Stalled, Submitted, Upstream,
+    UpstreamEvent,
+};
 use crate::stats::{LinkState, ShardDeliveryStats};
 
 /// Gauge: 1 while a business number is blocked by a number-level refusal (label
@@ -94,6 +97,8 @@ pub struct NumberState {
     pacer: Pacer,
     /// The code of the number-level refusal that blocks it, 0 when it is not blocked.
     blocked: AtomicU32,
+    /// When the latest number-level refusal came (`None`: not blocked).
+    blocked_at: std::sync::Mutex<Option<tokio::time::Instant>>,
     gauge: metrics::Gauge,
 }
 
@@ -103,7 +108,15 @@ impl NumberState {
         Some(self.blocked.load(Ordering::Relaxed)).filter(|c| *c != 0)
     }
 
+    /// How much longer a blocked number waits before its next request (the probe): `None` when it
+    /// is not blocked or its latest refusal is `probe` old.
+    fn blocked_for(&self, probe: Duration) -> Option<Duration> {
+        let at = (*self.blocked_at.lock().unwrap_or_else(|e| e.into_inner()))?;
+        Some(probe.saturating_sub(at.elapsed())).filter(|left| !left.is_zero())
+    }
+
     fn set_blocked(&self, code: u32) {
+        *self.blocked_at.lock().unwrap_or_else(|e| e.into_inner()) = (code != 0).then(tokio::time::Instant::now);
         if self.blocked.swap(code, Ordering::Relaxed) != code {
             self.gauge.set(if code == 0 { 0.0 } else { 1.0 });
             if code == 0 {
@@ -162,6 +175,7 @@ impl CloudShared {
                     // Requests leave evenly spaced when they leave (Meta counts arrivals).
                     pacer: Pacer::new(rate.get()),
                     blocked: AtomicU32::new(0),
+                    blocked_at: std::sync::Mutex::new(None),
                     gauge,
                 }),
             );
@@ -394,6 +408,14 @@ impl Upstream for CloudUpstream {
             self.answer_now(a.message_id, Outcome::Failed { code: code.code(), title: code.title().into(), details });
             return Submitted::Sent;
         };
+        if let Some(left) = number.blocked_for(self.shared.blocked_probe) {
+            // Blocked by a refusal this shard did not see (another shard's request, or a
+            // `failed` status): hold the number's messages here too until the probe is due.
+            let detail = format!("business number {} is blocked by Meta", number.phone_number_id);
+            let reason = BackOffReason::RateLimited;
+            self.answer_now(a.message_id, Outcome::BackOff { scope: Scope::Sender, retry_after: left, reason, detail });
+            return Submitted::Sent;
+        }
         let body = match cloud_body(a.payload, a.message_id) {
             Ok(b) => b,
             Err(details) => {
@@ -562,6 +584,31 @@ impl CloudUpstream {
         }
     }
 
+    /// A `failed` status whose code is about the number, not the message, acts on the number as
+    /// a refused request does (`request.rs`): 130429 pauses it in its pacer, across every shard,
+    /// and the message (if still held) is resent in the next free slot; a number-level code (190,
+    /// 131031, 131042, ...) blocks it (`/v1/health`, `ferry_cloud_number_blocked`) until a probe
+    /// or an operator's unblock. Without it, only this shard's gate for the sender backed off.
+    fn number_level_status(&self, phone_number_id: &str, code: u32, outcome: Outcome) -> Outcome {
+        let Some(number) = self.shared.numbers.values().find(|n| n.phone_number_id == phone_number_id) else {
+            return outcome;
+        };
+        match outcome {
+            Outcome::BackOff { scope: Scope::Sender, retry_after, reason: BackOffReason::RateLimited, .. }
+                if retry_after.is_zero() =>
+            {
+                let pause = number.pacer.refused(tokio::time::Instant::now());
+                tracing::debug!(%phone_number_id, ?pause, "130429 in a failed status: the number pauses");
+                Outcome::Resend
+            }
+            Outcome::BackOff { scope: Scope::Sender, .. } => {
+                number.set_blocked(code);
+                outcome
+            }
+            outcome => outcome,
+        }
+    }
+
     fn on_status(&mut self, mut s: StatusReport, token: EventToken, out: &mut Vec<UpstreamEvent>) {
         if s.message_id.is_empty() {
             // No marker: match by wamid (recorded with the message's `sent`).
@@ -606,6 +653,7 @@ impl CloudUpstream {
             let (code, title, details) = s.error.unwrap_or((codes::SOMETHING_WENT_WRONG, String::new(), String::new()));
             self.in_doubt.remove(&s.message_id);
             let outcome = outcome_for(&self.shared, code, title.clone(), details.clone(), None, 400);
+            let outcome = self.number_level_status(&s.phone_number_id, code, outcome);
             if matches!(outcome, Outcome::Failed { .. }) {
                 self.settle_recovered(&s.message_id, &outcome);
             }
