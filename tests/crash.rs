@@ -7,11 +7,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
+use ferry_model::phone;
 use ferry_model::routing::{shard_for_idempotency_key, shard_for_recipient};
-use ferry_model::{ShardId, phone};
 use ferry_proto::v1;
 use ferry_shard::storage::idempotency_key;
-use ferry_shard::{NodeLayout, Shard, ShardConfig, SharedResources};
+use ferry_shard::{NodeLayout, Shard, ShardConfig, SharedResources, StorageLayout};
 use support::{
     ChatSimProcess, FerryProcess, LoadOutcome, SendLoad, assert_all_kept, chat_stats, connect, ferry_command, http_get,
     text, wait_for,
@@ -21,14 +21,10 @@ use tonic::Code;
 
 /// The shards of a node whose process is gone, opened in this process (to look at what it left).
 fn open_shards(data: &Path, shards: u16) -> (SharedResources, Vec<Shard>) {
-    let layout = NodeLayout::open_or_create(data, shards).unwrap();
+    // The layout asked for does not matter: the data dir exists and keeps its own.
+    let layout = NodeLayout::open_or_create(data, shards, StorageLayout::SharedDatabase).unwrap();
     let resources = ferry_shard::test_support::resources();
-    let opened = (0..shards)
-        .map(|i| {
-            let dir = layout.shard_dir(i);
-            Shard::open(&dir, ShardId(i), shards, layout.meta.node_id, &resources, &ShardConfig::default()).unwrap()
-        })
-        .collect();
+    let opened = ferry_shard::open_node_shards(&layout, &resources, &ShardConfig::default()).unwrap();
     (resources, opened)
 }
 
@@ -91,6 +87,7 @@ async fn every_acknowledged_send_survives_sigkill() {
     assert!(!errors.is_empty(), "the kill cut no send in flight");
     let distinct: HashSet<&String> = ids.iter().collect();
     assert_eq!(distinct.len(), ids.len(), "an id was answered twice");
+    assert!(dir.path().join("shards").is_dir(), "a new data dir keeps every shard in one database (format 2)");
     // What the kill left: intents of keys whose record had not reached its key shard (only the
     // replay at start-up can answer a retry of those with their message's id).
     let unrecorded = {

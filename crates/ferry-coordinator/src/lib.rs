@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use ferry_model::clock::SharedClock;
 use ferry_model::message::OutboundMessage;
 use ferry_model::{ApiError, ErrorCode, MessageId, ShardId, WaId, phone};
-use ferry_shard::{NodeLayout, Shard, ShardError, ShardStats, SharedResources};
+use ferry_shard::{NodeLayout, Shard, ShardError, ShardStats, SharedResources, StorageLayout, open_node_shards};
 
 use crate::idempotency::Keys;
 use crate::send::Core;
@@ -120,19 +120,10 @@ impl Coordinator {
     ///
     /// Cancel safety: as [`Coordinator::open`].
     pub async fn open_with_clock(config: &CoordinatorConfig, clock: SharedClock) -> Result<Coordinator, OpenError> {
-        let (layout, resources) = Coordinator::open_layout(config)?;
-        let mut shards = Vec::with_capacity(config.shards as usize);
-        for i in 0..config.shards {
-            let dir = layout.shard_dir(i);
-            shards.push(Arc::new(Shard::open(
-                &dir,
-                ShardId(i),
-                config.shards,
-                layout.meta.node_id,
-                &resources,
-                &config.shard,
-            )?));
-        }
+        let create_as =
+            if config.storage.shared_wal { StorageLayout::SharedDatabase } else { StorageLayout::DatabasePerShard };
+        let (layout, resources) = Coordinator::open_layout(config, create_as)?;
+        let shards = open_node_shards(&layout, &resources, &config.shard)?.into_iter().map(Arc::new).collect();
         let coordinator = Coordinator::with_shards(config, clock, layout, resources, shards)?;
         Keys::replay_intents(&coordinator.core.shards).await?;
         Ok(coordinator)
@@ -152,7 +143,14 @@ impl Coordinator {
         clock: SharedClock,
         mut replication: impl FnMut(u16) -> ferry_shard::Replication<N>,
     ) -> Result<Coordinator, OpenError> {
-        let (layout, resources) = Coordinator::open_layout(config)?;
+        let (layout, resources) = Coordinator::open_layout(config, StorageLayout::DatabasePerShard)?;
+        if layout.storage() != StorageLayout::DatabasePerShard {
+            return Err(OpenError::Shard(ShardError::Layout(format!(
+                "data dir {} was created by a single node (all shards in one database, format 2); \
+                 a replicated node needs a data dir of its own",
+                layout.root.display()
+            ))));
+        }
         let mut shards = Vec::with_capacity(config.shards as usize);
         for i in 0..config.shards {
             let dir = layout.shard_dir(i);
@@ -164,9 +162,12 @@ impl Coordinator {
         Coordinator::with_shards(config, clock, layout, resources, shards)
     }
 
-    fn open_layout(config: &CoordinatorConfig) -> Result<(NodeLayout, SharedResources), OpenError> {
+    fn open_layout(
+        config: &CoordinatorConfig,
+        create_as: StorageLayout,
+    ) -> Result<(NodeLayout, SharedResources), OpenError> {
         config.validate().map_err(OpenError::Config)?;
-        let layout = NodeLayout::open_or_create(&config.data_dir, config.shards)?;
+        let layout = NodeLayout::open_or_create(&config.data_dir, config.shards, create_as)?;
         let resources = SharedResources::new(&config.storage)?;
         Ok((layout, resources))
     }

@@ -1,5 +1,6 @@
-//! One ferry shard: its own RocksDB instance in its own directory, and one writer thread that
-//! group-commits every pending append as a single synced `WriteBatch`.
+//! One ferry shard: its column families in RocksDB (in a database shared by a single node's
+//! shards, or one of its own: [`layout`]), and one writer thread that group-commits every pending
+//! append as a single synced `WriteBatch`.
 //!
 //! Where it sits: `ferry-ingest` (gRPC) → `ferry-coordinator` (validate, route, idempotency) →
 //! **`ferry-shard`** (durable append) → later the delivery loop reads the shard's queue.
@@ -27,13 +28,15 @@
 //! apart from the shards), [`storage`] (on-disk format: column families, key and value encoding),
 //! [`settle`] (recording acks, failures and receipts; statuses never go backwards),
 //! [`resources`] (block cache, write-buffer manager and thread pools shared by all shards of a
-//! node), [`writer`] (the group-commit thread), [`layout`] (the data dir: node file, shard dirs),
+//! node), [`writer`] (the group-commit thread), [`layout`] (the data dir: node file, its two
+//! formats), [`node_db`] (a single node's shards in one database, one WAL),
 //! [`shard`] (the handle the coordinator uses), and [`raft`] (replicated shards, issue #12: openraft
 //! types, log store and state machine over the shard's database; not wired into the node yet).
 
 pub mod apply;
 pub mod auth_store;
 pub mod layout;
+pub mod node_db;
 pub mod raft;
 pub mod resources;
 pub mod settle;
@@ -44,7 +47,8 @@ pub mod test_support;
 pub mod writer;
 
 pub use apply::{EntryOp, OpOutcome, ShardApplied, ShardEntry, ShardState};
-pub use layout::{NodeLayout, NodeMeta};
+pub use layout::{NodeLayout, NodeMeta, StorageLayout};
+pub use node_db::{NodeDb, open_node_shards};
 pub use resources::{SharedResources, StorageTuning};
 pub use settle::{FailureReason, InboundRecord, Settlement};
 pub use shard::{RaftStatus, Replication, Shard, ShardConfig, ShardStats};

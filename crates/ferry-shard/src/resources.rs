@@ -26,6 +26,12 @@ pub struct StorageTuning {
     pub compaction_threads: i32,
     /// Open SST files per shard (-1 = unlimited).
     pub max_open_files_per_shard: i32,
+    /// Whether a **new** single-node data dir keeps every shard in one RocksDB (one column-family
+    /// set per shard, one WAL), so one WAL sync makes the group commits of all shards durable
+    /// (format 2 of the data dir, see `crate::layout`). `false`: one RocksDB per shard, each with
+    /// its own WAL (format 1). A data dir keeps the layout it was created with; a replicated node
+    /// always has one database per shard (a Raft snapshot is a checkpoint of one).
+    pub shared_wal: bool,
 }
 
 impl Default for StorageTuning {
@@ -37,6 +43,7 @@ impl Default for StorageTuning {
             flush_threads: 1,
             compaction_threads: 2,
             max_open_files_per_shard: 256,
+            shared_wal: true,
         }
     }
 }
@@ -84,13 +91,18 @@ impl SharedResources {
         Ok(SharedResources { block_cache, write_buffer_manager, env, tuning: tuning.clone() })
     }
 
-    pub(crate) fn apply_db_options(&self, opts: &mut Options) {
+    /// Options of a database holding `shards` shards (1: a shard's own database; the shard count:
+    /// a node's shared database, `crate::node_db`).
+    pub(crate) fn apply_db_options(&self, opts: &mut Options, shards: u16) {
         opts.set_env(&self.env);
         opts.set_write_buffer_manager(&self.write_buffer_manager);
         opts.set_max_background_jobs(self.tuning.flush_threads + self.tuning.compaction_threads);
-        opts.set_max_open_files(self.tuning.max_open_files_per_shard);
+        let open_files = self.tuning.max_open_files_per_shard;
+        opts.set_max_open_files(if open_files < 0 { -1 } else { open_files.saturating_mul(i32::from(shards)) });
         // Several column families share one WAL: cap it so a quiet CF cannot pin old WAL files.
-        opts.set_max_total_wal_size(64 * MIB as u64);
+        // A shared database has more of them (and more writes per WAL file): a bigger cap, up to
+        // 256 MiB, so quiet families are not flushed into tiny files all the time.
+        opts.set_max_total_wal_size(64 * MIB as u64 * u64::from(shards.clamp(1, 4)));
         opts.set_keep_log_file_num(2);
         opts.set_max_log_file_size(8 * MIB);
         opts.set_enable_pipelined_write(true);

@@ -14,6 +14,7 @@ use openraft::{Raft, RaftNetworkFactory};
 
 use crate::ShardError;
 use crate::apply::ShardState;
+use crate::node_db::NodeDb;
 use crate::raft::forward::{decode_forward_request, encode_forward_reply};
 use crate::raft::proposer::{Proposer, ready_term};
 use crate::raft::state_machine::Published;
@@ -63,6 +64,12 @@ impl Default for ShardConfig {
 }
 
 impl ShardConfig {
+    /// `status_retention_secs` and `status_events_retention_secs` in milliseconds.
+    pub(crate) fn retention_ms(&self) -> (i64, i64) {
+        let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        (ms(self.status_retention_secs), ms(self.status_events_retention_secs))
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.queue_capacity == 0 || self.max_batch_messages == 0 {
             return Err("shard.queue_capacity and shard.max_batch_messages must be at least 1".into());
@@ -176,23 +183,33 @@ struct Opened {
     pending: Arc<AtomicUsize>,
 }
 
+/// Where a shard's store is.
+enum StoreAt<'a> {
+    /// A database of its own in this directory.
+    Dir(&'a Path, &'a SharedResources),
+    /// Its column families in the node's shared database.
+    Shared(&'a NodeDb),
+}
+
 impl Opened {
     fn open(
-        dir: &Path,
+        at: StoreAt<'_>,
         id: ShardId,
         shard_count: u16,
         node_id: u64,
-        resources: &SharedResources,
         config: &ShardConfig,
         cluster_identity: Option<(u64, [u8; 32])>,
     ) -> Result<Opened, ShardError> {
-        let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let webhook_floor = Arc::new(AtomicU64::new(u64::MAX));
-        let events = EventRetention {
-            retention_ms: ms(config.status_events_retention_secs),
-            webhook_floor: webhook_floor.clone(),
+        let (store, webhook_floor) = match at {
+            StoreAt::Dir(dir, resources) => {
+                let webhook_floor = Arc::new(AtomicU64::new(u64::MAX));
+                let (status_retention_ms, retention_ms) = config.retention_ms();
+                let events = EventRetention { retention_ms, webhook_floor: webhook_floor.clone() };
+                (Store::open(dir, id.0, resources, status_retention_ms, events)?, webhook_floor)
+            }
+            StoreAt::Shared(db) => db.store(id.0)?,
         };
-        let store = Arc::new(Store::open(dir, id.0, resources, ms(config.status_retention_secs), events)?);
+        let store = Arc::new(store);
         init_meta(&store, id, shard_count, node_id)?;
         if let Some((id_space, identity_key)) = cluster_identity {
             init_cluster_identity(&store, id, id_space, identity_key)?;
@@ -248,7 +265,7 @@ impl Opened {
 }
 
 impl Shard {
-    /// Opens the shard's database in `dir` and starts its writer thread.
+    /// Opens the shard's database in `dir` (a database of its own) and starts its writer thread.
     pub fn open(
         dir: &Path,
         id: ShardId,
@@ -257,7 +274,27 @@ impl Shard {
         resources: &SharedResources,
         config: &ShardConfig,
     ) -> Result<Shard, ShardError> {
-        let opened = Opened::open(dir, id, shard_count, node_id, resources, config, None)?;
+        let opened = Opened::open(StoreAt::Dir(dir, resources), id, shard_count, node_id, config, None)?;
+        tracing::info!(shard = %id, next_seq = opened.state.next_seq, dir = %dir.display(), "shard open");
+        Shard::start_writer(opened, id, node_id, config)
+    }
+
+    /// Opens the shard's column families in the node's shared database `db` (see
+    /// [`crate::node_db`]) and starts its writer thread.
+    pub fn open_in(
+        db: &NodeDb,
+        id: ShardId,
+        shard_count: u16,
+        node_id: u64,
+        config: &ShardConfig,
+    ) -> Result<Shard, ShardError> {
+        let opened = Opened::open(StoreAt::Shared(db), id, shard_count, node_id, config, None)?;
+        tracing::info!(shard = %id, next_seq = opened.state.next_seq, "shard open (shared database)");
+        Shard::start_writer(opened, id, node_id, config)
+    }
+
+    /// A single node's shard: its writer thread, and the node always leads it.
+    fn start_writer(opened: Opened, id: ShardId, node_id: u64, config: &ShardConfig) -> Result<Shard, ShardError> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let crashed = Arc::new(AtomicBool::new(false));
         let next_seq = opened.state.next_seq;
@@ -276,7 +313,6 @@ impl Shard {
             .name(format!("shard-{:02}-writer", id.0))
             .spawn(move || writer.run(rx))
             .map_err(|e| ShardError::Layout(format!("cannot start writer thread: {e}")))?;
-        tracing::info!(shard = %id, next_seq, dir = %dir.display(), "shard open");
         // A single node always leads its shards.
         let (leads, leading) = tokio::sync::watch::channel(true);
         let running = Running { tx, writer: handle, crashed, raft: None, leading };
@@ -303,7 +339,7 @@ impl Shard {
     ) -> Result<Shard, ShardError> {
         let r = replication;
         let identity = Some((r.id_space, r.identity_key));
-        let opened = Opened::open(dir, id, shard_count, r.node_id, resources, config, identity)?;
+        let opened = Opened::open(StoreAt::Dir(dir, resources), id, shard_count, r.node_id, config, identity)?;
         let log = LogStore::open(opened.store.clone())?;
         let sm = StateMachine::open(opened.store.clone(), id, r.snapshot_root.clone())?;
         sm.publish_to(Published {

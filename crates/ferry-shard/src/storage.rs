@@ -1,7 +1,10 @@
 //! The on-disk format of a shard. **Config may evolve loosely; this format may not.** Any change
 //! to a key or value layout bumps [`FORMAT_VERSION`] and comes with a migration.
 //!
-//! One RocksDB instance per shard, in `<data_dir>/shard-NN/` (see [`crate::layout`]).
+//! A shard's column families live in a RocksDB of its own (`<data_dir>/shard-NN/`, data dir format
+//! 1), or, under the names `shard-NN/<cf>`, in the one RocksDB of a single node's shards
+//! (`<data_dir>/shards/`, format 2, `crate::node_db`); see [`crate::layout`]. Keys and values are
+//! the same in both.
 //!
 //! ## Column families
 //!
@@ -529,7 +532,10 @@ pub struct DiskUsage {
 /// writer thread.
 pub struct Store {
     pub(crate) shard: u16,
-    pub(crate) db: DB,
+    /// The shard's own database, or the node's shared one (`crate::node_db`).
+    pub(crate) db: Arc<DB>,
+    /// Each column family's name in `db` (see [`shard_cf_descriptors`]).
+    cf_names: Vec<(&'static str, String)>,
     /// Failpoint for tests: reads of this seq's status record fail (`u64::MAX`: none do).
     pub(crate) fail_status_read: std::sync::atomic::AtomicU64,
     /// Failpoint for tests: this many of the next outbox scans fail.
@@ -548,21 +554,18 @@ fn injected_rocks_error() -> Option<rocksdb::Error> {
     DB::open(&Options::default(), missing).err()
 }
 
-impl Store {
-    /// Opens (creating if needed) the shard database in `dir` with the node's shared resources.
-    pub fn open(
-        dir: &Path,
-        shard: u16,
-        resources: &SharedResources,
-        status_retention_ms: i64,
-        events: EventRetention,
-    ) -> Result<Store, ShardError> {
-        let mut db_opts = Options::default();
-        db_opts.create_if_missing(true);
-        db_opts.create_missing_column_families(true);
-        resources.apply_db_options(&mut db_opts);
-
-        let cfs = ALL_CFS.iter().map(|name| {
+/// The column families of one shard, named `{prefix}{name}` for every name of [`ALL_CFS`], with
+/// the shard's compaction filters. `prefix` is empty in a database of the shard's own, and
+/// [`shared_cf_prefix`] in a node's shared database (`crate::node_db`).
+pub(crate) fn shard_cf_descriptors(
+    prefix: &str,
+    resources: &SharedResources,
+    status_retention_ms: i64,
+    events: &EventRetention,
+) -> Vec<ColumnFamilyDescriptor> {
+    ALL_CFS
+        .iter()
+        .map(|name| {
             let mut cf_opts = Options::default();
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&resources.block_cache);
@@ -615,21 +618,60 @@ impl Store {
                 // (and so unfiltered) for a long time.
                 cf_opts.set_periodic_compaction_seconds((retention_ms / 1000).clamp(600, 86_400) as u64);
             }
-            ColumnFamilyDescriptor::new(*name, cf_opts)
-        });
+            ColumnFamilyDescriptor::new(format!("{prefix}{name}"), cf_opts)
+        })
+        .collect()
+}
+
+/// The prefix of shard `shard`'s column-family names in a node's shared database: `shard-07/`
+/// (so `shard-07/queue`, `shard-07/status`, ...).
+pub fn shared_cf_prefix(shard: u16) -> String {
+    format!("shard-{shard:02}/")
+}
+
+impl Store {
+    /// Opens (creating if needed) the shard database in `dir` with the node's shared resources:
+    /// a database of the shard's own, with its own WAL (the layout of a replicated node, and of a
+    /// single node's data dir of format 1; see `crate::layout`).
+    pub fn open(
+        dir: &Path,
+        shard: u16,
+        resources: &SharedResources,
+        status_retention_ms: i64,
+        events: EventRetention,
+    ) -> Result<Store, ShardError> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        resources.apply_db_options(&mut db_opts, 1);
+        let cfs = shard_cf_descriptors("", resources, status_retention_ms, &events);
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs).map_err(|source| ShardError::Rocks { shard, source })?;
-        Ok(Store {
+        Ok(Store::in_db(Arc::new(db), shard, ""))
+    }
+
+    /// The store of shard `shard` in `db`, whose column families for it are named with `prefix`
+    /// (they must exist: created when `db` was opened).
+    pub(crate) fn in_db(db: Arc<DB>, shard: u16, prefix: &str) -> Store {
+        Store {
             shard,
             db,
+            cf_names: ALL_CFS.iter().map(|name| (*name, format!("{prefix}{name}"))).collect(),
             fail_status_read: std::sync::atomic::AtomicU64::new(u64::MAX),
             fail_outbox_scans: std::sync::atomic::AtomicU64::new(0),
             fail_writes: std::sync::atomic::AtomicU64::new(0),
             fail_event_settles: std::sync::atomic::AtomicU64::new(0),
-        })
+        }
+    }
+
+    /// Whether the database is the shard's own (not a node's shared one): what a Raft snapshot,
+    /// a checkpoint of the whole database, needs.
+    pub(crate) fn owns_database(&self) -> bool {
+        self.cf_names.first().is_some_and(|(name, full)| *name == full.as_str())
     }
 
     pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column family created at open")
+        let full = self.cf_names.iter().find(|(n, _)| *n == name).map_or(name, |(_, full)| full.as_str());
+        self.db.cf_handle(full).expect("column family created at open")
     }
 
     /// For failpoints: a real `rocksdb::Error` (its constructor is private), from opening a
@@ -664,7 +706,8 @@ impl Store {
     }
 
     /// WAL syncs since the database was opened, as RocksDB counts them (`rocksdb.dbstats`,
-    /// "Cumulative WAL: N writes, M syncs, …"; counts below 10,000 are printed exactly).
+    /// "Cumulative WAL: N writes, M syncs, …"; counts below 10,000 are printed exactly). In a
+    /// node's shared database, the syncs of every shard.
     pub(crate) fn wal_syncs(&self) -> Option<u64> {
         let stats = self.db.property_value("rocksdb.dbstats").ok()??;
         let line = stats.lines().find_map(|l| l.trim().strip_prefix("Cumulative WAL:"))?;

@@ -212,7 +212,7 @@ impl Inner {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(snapshot_error)?;
         }
-        rocksdb::checkpoint::Checkpoint::new(&self.store.db)
+        rocksdb::checkpoint::Checkpoint::new(&*self.store.db)
             .and_then(|c| c.create_checkpoint(&dir))
             .map_err(|e| snapshot_error(format!("checkpoint {}: {e}", dir.display())))?;
         let previous = self.recorded_snapshot()?;
@@ -295,6 +295,12 @@ impl StateMachine {
     /// snapshots under `snapshot_root`. Refuses a database whose snapshot install was interrupted.
     pub fn open(store: Arc<Store>, shard: ShardId, snapshot_root: PathBuf) -> Result<StateMachine, ShardError> {
         let corrupt = |what: String| ShardError::Corrupt { shard: shard.0, what };
+        if !store.owns_database() {
+            // A snapshot is a checkpoint of the whole database: it must hold this shard alone.
+            return Err(ShardError::Layout(format!(
+                "shard {shard}: a replicated shard needs a database of its own (data dir format 1)"
+            )));
+        }
         if let Some(id) = store
             .db
             .get_cf(store.cf(CF_RAFT_STATE), RAFT_STATE_INSTALLING)

@@ -375,6 +375,22 @@ impl Upstream for CloudUpstream {
                 }
             }
         }
+        let Some(number) = self.shared.numbers.get(a.recipient.sender).cloned() else {
+            let details = format!("no [[cloud.numbers]] entry for sender {}", a.recipient.sender);
+            let code = ErrorCode::InvalidParameter;
+            self.answer_now(a.message_id, Outcome::Failed { code: code.code(), title: code.title().into(), details });
+            return Submitted::Sent;
+        };
+        if let Some(left) = number.blocked_for(self.shared.blocked_probe) {
+            // Blocked by a refusal this shard did not see (another shard's request, or a
+            // `failed` status): hold the number's messages here too until the probe is due. An
+            // in-doubt message stays in doubt: it is resent (or failed) only once the number is
+            // open again.
+            let detail = format!("business number {} is blocked by Meta", number.phone_number_id);
+            let reason = BackOffReason::RateLimited;
+            self.answer_now(a.message_id, Outcome::BackOff { scope: Scope::Sender, retry_after: left, reason, detail });
+            return Submitted::Sent;
+        }
         if self.in_doubt.remove(a.message_id) {
             match self.shared.on_unresolved {
                 OnUnresolved::Fail => {
@@ -402,20 +418,6 @@ impl Upstream for CloudUpstream {
             self.answer_now(a.message_id, Outcome::Failed { code: code.code(), title: code.title().into(), details });
             return Submitted::Sent;
         };
-        let Some(number) = self.shared.numbers.get(a.recipient.sender).cloned() else {
-            let details = format!("no [[cloud.numbers]] entry for sender {}", a.recipient.sender);
-            let code = ErrorCode::InvalidParameter;
-            self.answer_now(a.message_id, Outcome::Failed { code: code.code(), title: code.title().into(), details });
-            return Submitted::Sent;
-        };
-        if let Some(left) = number.blocked_for(self.shared.blocked_probe) {
-            // Blocked by a refusal this shard did not see (another shard's request, or a
-            // `failed` status): hold the number's messages here too until the probe is due.
-            let detail = format!("business number {} is blocked by Meta", number.phone_number_id);
-            let reason = BackOffReason::RateLimited;
-            self.answer_now(a.message_id, Outcome::BackOff { scope: Scope::Sender, retry_after: left, reason, detail });
-            return Submitted::Sent;
-        }
         let body = match cloud_body(a.payload, a.message_id) {
             Ok(b) => b,
             Err(details) => {

@@ -1,0 +1,96 @@
+//! A single node's shards in one RocksDB (data dir format 2, `node_db`): each shard keeps its own
+//! data, sequence numbers and status across a reopen, every group commit still syncs the (shared)
+//! WAL before it answers, and a format-1 data dir still opens as one database per shard.
+
+use ferry_shard::settle::status_base;
+use ferry_shard::test_support::{message, resources};
+use ferry_shard::{NodeLayout, Settlement, Shard, ShardConfig, StorageLayout, open_node_shards};
+
+fn open(dir: &std::path::Path, shards: u16, create_as: StorageLayout) -> Vec<Shard> {
+    let layout = NodeLayout::open_or_create(dir, shards, create_as).unwrap();
+    open_node_shards(&layout, &resources(), &ShardConfig::default()).unwrap()
+}
+
+async fn append(shard: &Shard, n: u32) -> u64 {
+    shard.append_durably(vec![message(n)]).unwrap().await.unwrap()[0].seq
+}
+
+#[tokio::test]
+async fn shards_in_one_database_keep_their_own_data_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = open(dir.path(), 3, StorageLayout::SharedDatabase);
+    assert!(dir.path().join("shards").is_dir(), "format 2: one database under shards/");
+    assert!(!dir.path().join("shard-00").exists(), "format 2 has no per-shard database");
+
+    // Shard 0 gets three messages, shard 2 one, shard 1 none: every shard numbers its own from 1.
+    let zero: Vec<u64> = [append(&shards[0], 1).await, append(&shards[0], 2).await, append(&shards[0], 3).await].into();
+    let two = append(&shards[2], 4).await;
+    assert_eq!(zero, vec![1, 2, 3]);
+    assert_eq!(two, 1, "shard 2's first seq is its own, not the next of the shared database");
+    // Shard 0 settles its first message: it leaves shard 0's queue only.
+    let base = status_base(&shards[0].get_queued(1).unwrap().unwrap());
+    shards[0]
+        .settle_durably(vec![Settlement::Sent { seq: 1, message: base, at_ms: 2_000 }], None)
+        .unwrap()
+        .await
+        .unwrap();
+    for shard in &shards {
+        shard.close();
+    }
+    drop(shards);
+
+    let shards = open(dir.path(), 3, StorageLayout::DatabasePerShard);
+    let next: Vec<u64> = shards.iter().map(|s| s.committed_next_seq()).collect();
+    assert_eq!(next, vec![4, 1, 2], "each shard's next seq survives the reopen");
+    assert!(shards[0].get_queued(1).unwrap().is_none(), "settled: out of shard 0's queue");
+    assert_eq!(shards[0].get_status(1).unwrap().map(|s| s.wa_id), Some(message(1).record.wa_id));
+    assert_eq!(shards[0].get_queued(2).unwrap().map(|r| r.wa_id), Some(message(2).record.wa_id));
+    assert_eq!(shards[2].get_queued(1).unwrap().map(|r| r.wa_id), Some(message(4).record.wa_id));
+    assert!(shards[2].get_status(1).unwrap().is_none(), "shard 0's status is not shard 2's");
+    assert!(shards[1].get_queued(1).unwrap().is_none(), "shard 1 was never written");
+    for shard in &shards {
+        shard.close();
+    }
+}
+
+#[tokio::test]
+async fn every_group_commit_in_a_shared_database_syncs_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = open(dir.path(), 2, StorageLayout::SharedDatabase);
+    let syncs_before = shards[0].wal_syncs_for_test();
+    let batches_before: u64 = shards.iter().map(|s| s.stats().batches).sum();
+    // One commit at a time, alternating shards: none can share another's sync.
+    for n in 0..6 {
+        append(&shards[(n % 2) as usize], n).await;
+    }
+    let batches = shards.iter().map(|s| s.stats().batches).sum::<u64>() - batches_before;
+    let syncs = shards[1].wal_syncs_for_test() - syncs_before;
+    assert_eq!(batches, 6);
+    assert_eq!(
+        syncs, batches,
+        "each commit synced the shared WAL before it answered ({syncs} syncs, {batches} batches)"
+    );
+    for shard in &shards {
+        shard.close();
+    }
+}
+
+#[tokio::test]
+async fn a_data_dir_of_format_1_still_opens_one_database_per_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = open(dir.path(), 2, StorageLayout::DatabasePerShard);
+    assert!(dir.path().join("shard-00").is_dir() && dir.path().join("shard-01").is_dir());
+    append(&shards[1], 7).await;
+    for shard in &shards {
+        shard.close();
+    }
+    drop(shards);
+
+    // Opened by a node that would create format 2: the data dir keeps format 1.
+    let shards = open(dir.path(), 2, StorageLayout::SharedDatabase);
+    assert!(!dir.path().join("shards").exists(), "no shared database was created beside the shard dirs");
+    assert_eq!(shards[1].get_queued(1).unwrap().map(|r| r.wa_id), Some(message(7).record.wa_id));
+    for shard in &shards {
+        shard.close();
+    }
+}
