@@ -267,6 +267,39 @@ fn a_data_dir_refuses_another_shard_count() {
     assert!(stderr.contains("created with 8 shards but 4"), "{stderr}");
 }
 
+/// A single node's data dir (format 2: every shard in one database) is not a replica's: a cluster
+/// node refuses it instead of creating empty per-shard databases beside the single node's data.
+#[test]
+fn a_cluster_node_refuses_a_single_nodes_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let ferry = FerryProcess::spawn(dir.path(), 2);
+    assert_eq!(ferry.terminate().code(), Some(0));
+    let listen = format!("127.0.0.1:{}", support::cluster::free_port());
+    let peers = format!("1={listen}");
+    let mut child = ferry_command()
+        .args(["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--shards", "2"])
+        .args(["--auth", "disabled", "--node-id", "1", "--cluster-listen", &listen, "--peers", &peers])
+        .args(["--replication-factor", "1", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the cluster node started on a single node's data dir");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("a replicated node needs a data dir of its own"), "{stderr}");
+    assert!(!dir.path().join("shard-00").exists(), "no per-shard database was created");
+}
+
 #[test]
 fn bad_config_is_one_clear_line_and_nonzero_exit() {
     let out = ferry_command().args(["serve", "--shards", "33"]).output().unwrap();
