@@ -24,7 +24,7 @@
 //!   no wall clock, no randomness, no writer memory.
 //!
 //! Modules: [`apply`] (a group commit's entry applied to the state machine, deterministically),
-//! [`auth_store`] (the node's users and hashed tokens, in `<data_dir>/auth/`, a RocksDB
+//! [`cf_options`] (column-family options and retention filters), [`auth_store`] (the node's users and hashed tokens, in `<data_dir>/auth/`, a RocksDB
 //! apart from the shards), [`storage`] (on-disk format: column families, key and value encoding),
 //! [`settle`] (recording acks, failures and receipts; statuses never go backwards),
 //! [`resources`] (block cache, write-buffer manager and thread pools shared by all shards of a
@@ -35,6 +35,7 @@
 
 pub mod apply;
 pub mod auth_store;
+pub mod cf_options;
 pub mod layout;
 pub mod node_db;
 pub mod raft;

@@ -19,10 +19,11 @@ use ferry_model::ShardId;
 use rocksdb::{DB, Options};
 
 use crate::ShardError;
+use crate::cf_options::{shard_cf_descriptors, shared_cf_prefix};
 use crate::layout::{NodeLayout, StorageLayout};
 use crate::resources::SharedResources;
 use crate::shard::{Shard, ShardConfig};
-use crate::storage::{EventRetention, Store, shard_cf_descriptors, shared_cf_prefix};
+use crate::storage::{EventRetention, Store};
 
 /// The open shared database of a node, before its shards are opened.
 pub struct NodeDb {
@@ -52,9 +53,10 @@ impl NodeDb {
             cfs.extend(shard_cf_descriptors(&shared_cf_prefix(shard), resources, status_retention_ms, &events));
             webhook_floors.push(floor);
         }
-        // The error names no shard: it is every shard's (0 stands for the node).
-        let db =
-            DB::open_cf_descriptors(&db_opts, dir, cfs).map_err(|source| ShardError::Rocks { shard: 0, source })?;
+        // Every shard's database: the error names the directory, not one shard.
+        let db = DB::open_cf_descriptors(&db_opts, dir, cfs).map_err(|source| {
+            ShardError::Layout(format!("cannot open the shards' database {}: {source}", dir.display()))
+        })?;
         Ok(NodeDb { db: Arc::new(db), webhook_floors })
     }
 
