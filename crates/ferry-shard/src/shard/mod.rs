@@ -1,5 +1,8 @@
 //! The handle to one shard: its store (for reads from any thread) and the mailbox of its writer.
 
+mod config;
+mod open;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -7,13 +10,13 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 use ferry_model::ShardId;
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use openraft::{Raft, RaftNetworkFactory};
 
+pub use self::config::{ShardConfig, ShardStats};
+use self::open::{Opened, Running, StoreAt};
 use crate::ShardError;
-use crate::apply::ShardState;
 use crate::node_db::NodeDb;
 use crate::raft::forward::{decode_forward_request, encode_forward_reply};
 use crate::raft::proposer::{Proposer, ready_term};
@@ -22,75 +25,12 @@ use crate::raft::{ForwardError, ForwardFuture, Forwarder, LogStore, ShardRaft, S
 use crate::resources::SharedResources;
 use crate::settle::Settlement;
 use crate::storage::{
-    CallbackRecord, ContactRecord, EventRetention, FORMAT_VERSION, HeldRecord, IdempotencyIntent, IdempotencyRecord,
-    META_FORMAT_VERSION, META_ID_SPACE, META_IDENTITY_KEY, META_NEXT_SEQ, META_NODE_ID, META_SHARD,
-    META_WEBHOOK_CURSOR, QueueRecord, StatusRecord, Store, session_key,
+    CallbackRecord, ContactRecord, HeldRecord, IdempotencyIntent, IdempotencyRecord, META_WEBHOOK_CURSOR, QueueRecord,
+    StatusRecord, Store, session_key,
 };
 use crate::writer::{
     AppendOutcome, Committed, HeldAction, NewMessage, Planner, ResolvedHeld, WriteOp, Writer, WriterCounters, join_op,
 };
-
-/// Per-shard knobs (config keys under `[shard]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ShardConfig {
-    /// Messages that may wait for the writer before sends are refused with 1015.
-    pub queue_capacity: usize,
-    /// Most messages committed in one synced write.
-    pub max_batch_messages: usize,
-    /// How long the status of a message that left the queue is kept (for `GetMessage`), in
-    /// seconds. Records older than this are dropped at compaction.
-    pub status_retention_secs: u64,
-    /// How long status events (the outbox read by `WatchStatuses` and the webhook sender) are
-    /// kept, in seconds. An event the webhook has not accepted yet is kept however old it is.
-    pub status_events_retention_secs: u64,
-    /// Whether a webhook is configured: the shard then keeps a webhook cursor and no status event
-    /// at or past it is dropped. Set by the node when a webhook URL is configured; not a config key
-    /// of its own.
-    #[serde(skip)]
-    pub callbacks: bool,
-}
-
-impl Default for ShardConfig {
-    fn default() -> Self {
-        ShardConfig {
-            queue_capacity: 16_384,
-            max_batch_messages: 4_096,
-            status_retention_secs: 30 * 24 * 3600,
-            status_events_retention_secs: 3600,
-            callbacks: false,
-        }
-    }
-}
-
-impl ShardConfig {
-    /// `status_retention_secs` and `status_events_retention_secs` in milliseconds.
-    pub(crate) fn retention_ms(&self) -> (i64, i64) {
-        let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        (ms(self.status_retention_secs), ms(self.status_events_retention_secs))
-    }
-
-    pub fn validate(&self) -> Result<(), String> {
-        if self.queue_capacity == 0 || self.max_batch_messages == 0 {
-            return Err("shard.queue_capacity and shard.max_batch_messages must be at least 1".into());
-        }
-        Ok(())
-    }
-}
-
-/// Point-in-time counters of a shard.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ShardStats {
-    pub appended: u64,
-    pub batches: u64,
-    pub synced_writes: u64,
-    pub pending: usize,
-    pub estimated_queue_len: u64,
-    /// Approximate number of held messages (paced templates), from RocksDB's estimate.
-    pub estimated_held_len: u64,
-    /// Messages that left the queue (acked or failed).
-    pub settled: u64,
-}
 
 /// Releases a held writer when dropped.
 #[doc(hidden)]
@@ -160,108 +100,6 @@ pub struct Replication<N> {
     pub identity_key: [u8; 32],
     /// Where the group's snapshot checkpoints live (outside the database directory).
     pub snapshot_root: PathBuf,
-}
-
-/// A shard's started writer (or proposer) and its group.
-struct Running {
-    tx: Sender<WriteOp>,
-    writer: JoinHandle<()>,
-    crashed: Arc<AtomicBool>,
-    raft: Option<Raft<ShardRaft>>,
-    leading: tokio::sync::watch::Receiver<bool>,
-}
-
-/// A shard's database and the state its writer starts from.
-struct Opened {
-    store: Arc<Store>,
-    state: ShardState,
-    webhook_floor: Arc<AtomicU64>,
-    identity_key: [u8; 32],
-    committed: Arc<Committed>,
-    queue_low_watermark: Arc<AtomicU64>,
-    counters: Arc<WriterCounters>,
-    pending: Arc<AtomicUsize>,
-}
-
-/// Where a shard's store is.
-enum StoreAt<'a> {
-    /// A database of its own in this directory.
-    Dir(&'a Path, &'a SharedResources),
-    /// Its column families in the node's shared database.
-    Shared(&'a NodeDb),
-}
-
-impl Opened {
-    fn open(
-        at: StoreAt<'_>,
-        id: ShardId,
-        shard_count: u16,
-        node_id: u64,
-        config: &ShardConfig,
-        cluster_identity: Option<(u64, [u8; 32])>,
-    ) -> Result<Opened, ShardError> {
-        let (store, webhook_floor) = match at {
-            StoreAt::Dir(dir, resources) => {
-                let webhook_floor = Arc::new(AtomicU64::new(u64::MAX));
-                let (status_retention_ms, retention_ms) = config.retention_ms();
-                let events = EventRetention { retention_ms, webhook_floor: webhook_floor.clone() };
-                (Store::open(dir, id.0, resources, status_retention_ms, events)?, webhook_floor)
-            }
-            StoreAt::Shared(db) => db.store(id.0)?,
-        };
-        let store = Arc::new(store);
-        init_meta(&store, id, shard_count, node_id)?;
-        if let Some((id_space, identity_key)) = cluster_identity {
-            init_cluster_identity(&store, id, id_space, identity_key)?;
-        }
-        let identity_key = init_identity_key(&store, id)?;
-        // Before the state is read: marks whose message is no longer queued are dropped.
-        init_dispatch_marks(&store, id)?;
-        let state = ShardState::load(&store, id)?;
-        if config.callbacks {
-            webhook_floor.store(init_webhook_cursor(&store, id, state.next_outbox_seq)?, Ordering::Release);
-        }
-        let committed = Arc::new(Committed {
-            next_seq: AtomicU64::new(state.next_seq),
-            appended: tokio::sync::Notify::new(),
-            next_outbox_seq: tokio::sync::watch::Sender::new(state.next_outbox_seq),
-            released: std::sync::Mutex::new(Vec::new()),
-        });
-        Ok(Opened {
-            queue_low_watermark: Arc::new(AtomicU64::new(state.low_watermark)),
-            store,
-            state,
-            webhook_floor,
-            identity_key,
-            committed,
-            counters: Arc::new(WriterCounters::default()),
-            pending: Arc::new(AtomicUsize::new(0)),
-        })
-    }
-
-    fn into_shard(self, id: ShardId, node_id: u64, config: &ShardConfig, w: Running) -> Shard {
-        let Running { tx, writer, crashed, raft, leading } = w;
-        Shard {
-            id,
-            node_id,
-            id_space: self.state.id_space,
-            store: self.store,
-            tx,
-            closed: AtomicBool::new(false),
-            pending: self.pending,
-            capacity: config.queue_capacity,
-            counters: self.counters,
-            committed: self.committed,
-            identity_key: self.identity_key,
-            queue_low_watermark: self.queue_low_watermark,
-            webhook_cursor: self.webhook_floor,
-            writer: Mutex::new(Some(writer)),
-            crashed,
-            raft,
-            leading,
-            always_leads: None,
-        }
-    }
 }
 
 impl Shard {
@@ -896,126 +734,4 @@ impl Drop for Shard {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-/// Checks (or, for a new database, writes) the shard's identity. A database from before
-/// `meta/id_space` gets it (= its node id, what its ids already carry).
-fn init_meta(store: &Store, id: ShardId, shard_count: u16, node_id: u64) -> Result<(), ShardError> {
-    let corrupt = |what: String| ShardError::Corrupt { shard: id.0, what };
-    let mut shard_value = id.0.to_be_bytes().to_vec();
-    shard_value.extend_from_slice(&shard_count.to_be_bytes());
-    match store.get_meta(META_FORMAT_VERSION)? {
-        None => {
-            let mut batch = rocksdb::WriteBatch::default();
-            let meta = store.cf(crate::storage::CF_META);
-            batch.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
-            batch.put_cf(meta, META_SHARD, &shard_value);
-            batch.put_cf(meta, META_NODE_ID, node_id.to_be_bytes());
-            batch.put_cf(meta, META_ID_SPACE, node_id.to_be_bytes());
-            batch.put_cf(meta, META_NEXT_SEQ, 1u64.to_be_bytes());
-            let mut sync = rocksdb::WriteOptions::default();
-            sync.set_sync(true);
-            store.db.write_opt(batch, &sync).map_err(|source| ShardError::Rocks { shard: id.0, source })?;
-            Ok(())
-        }
-        Some(v) => {
-            if v.as_slice() != FORMAT_VERSION.to_be_bytes() {
-                return Err(corrupt(format!("storage format {v:?}, this ferry reads {FORMAT_VERSION}")));
-            }
-            if store.get_meta(META_SHARD)?.as_deref() != Some(shard_value.as_slice()) {
-                return Err(corrupt(format!("database is not shard {id} of {shard_count}")));
-            }
-            if store.get_meta_u64(META_NODE_ID)? != Some(node_id) {
-                return Err(corrupt("database belongs to another node (node_id differs)".into()));
-            }
-            store.get_meta_u64(META_NEXT_SEQ)?.ok_or_else(|| corrupt("missing next_seq".into()))?;
-            if store.get_meta_u64(META_ID_SPACE)?.is_none() {
-                let mut batch = rocksdb::WriteBatch::default();
-                batch.put_cf(store.cf(crate::storage::CF_META), META_ID_SPACE, node_id.to_be_bytes());
-                let mut sync = rocksdb::WriteOptions::default();
-                sync.set_sync(true);
-                store.db.write_opt(batch, &sync).map_err(|source| ShardError::Rocks { shard: id.0, source })?;
-            }
-            Ok(())
-        }
-    }
-}
-
-/// Reads the persisted webhook cursor; a shard that never had a webhook starts it at the next event
-/// (callbacks cover status changes from the first start with a webhook on).
-fn init_webhook_cursor(store: &Store, id: ShardId, next_outbox_seq: u64) -> Result<u64, ShardError> {
-    if let Some(cursor) = store.get_meta_u64(META_WEBHOOK_CURSOR)? {
-        return Ok(cursor);
-    }
-    let mut batch = rocksdb::WriteBatch::default();
-    batch.put_cf(store.cf(crate::storage::CF_META), META_WEBHOOK_CURSOR, next_outbox_seq.to_be_bytes());
-    let mut sync = rocksdb::WriteOptions::default();
-    sync.set_sync(true);
-    store.db.write_opt(batch, &sync).map_err(|source| ShardError::Rocks { shard: id.0, source })?;
-    Ok(next_outbox_seq)
-}
-
-/// Deletes (synced) every dispatch mark whose message is no longer queued. Apply never writes
-/// one now (it marks only queued messages, and a queue removal takes the mark along); this
-/// repairs data dirs written by the first build with marks, where a mark racing its message's
-/// settle stayed forever. A write outside the writer: a replicated shard must not need it.
-fn init_dispatch_marks(store: &Store, id: ShardId) -> Result<(), ShardError> {
-    let mut batch = rocksdb::WriteBatch::default();
-    for (seq, _) in store.dispatch_marks()? {
-        if store.get_queued(seq)?.is_none() {
-            batch.delete_cf(store.cf(crate::storage::CF_DISPATCHED), crate::storage::queue_key(seq));
-        }
-    }
-    if !batch.is_empty() {
-        let mut sync = rocksdb::WriteOptions::default();
-        sync.set_sync(true);
-        store.db.write_opt(batch, &sync).map_err(|source| ShardError::Rocks { shard: id.0, source })?;
-    }
-    Ok(())
-}
-
-/// A replicated shard's id space and identity secret are the group's (the same on every replica):
-/// a new database takes them; one that holds others belongs to another cluster and is refused.
-fn init_cluster_identity(store: &Store, id: ShardId, id_space: u64, identity_key: [u8; 32]) -> Result<(), ShardError> {
-    let fresh = store.get_meta(crate::storage::META_RAFT_APPLIED)?.is_none()
-        && store.get_meta_u64(META_NEXT_SEQ)? == Some(1)
-        && store.get_meta(META_IDENTITY_KEY)?.is_none();
-    let space = store.get_meta_u64(META_ID_SPACE)?;
-    let key = store.get_meta(META_IDENTITY_KEY)?;
-    if space == Some(id_space) && key.as_deref() == Some(identity_key.as_slice()) {
-        return Ok(());
-    }
-    if !fresh {
-        return Err(ShardError::Corrupt {
-            shard: id.0,
-            what: "the database belongs to another cluster (its id space or identity key differs from this \
-                   cluster's: check cluster.cluster_id and cluster.secret)"
-                .into(),
-        });
-    }
-    let mut batch = rocksdb::WriteBatch::default();
-    let meta = store.cf(crate::storage::CF_META);
-    batch.put_cf(meta, META_ID_SPACE, id_space.to_be_bytes());
-    batch.put_cf(meta, META_IDENTITY_KEY, identity_key);
-    let mut sync = rocksdb::WriteOptions::default();
-    sync.set_sync(true);
-    store.db.write_opt(batch, &sync).map_err(|source| ShardError::Rocks { shard: id.0, source })?;
-    Ok(())
-}
-
-/// Reads the shard's identity secret, drawing and storing (synced) one if the shard has none yet.
-fn init_identity_key(store: &Store, id: ShardId) -> Result<[u8; 32], ShardError> {
-    if let Some(v) = store.get_meta(META_IDENTITY_KEY)? {
-        return v
-            .as_slice()
-            .try_into()
-            .map_err(|_| ShardError::Corrupt { shard: id.0, what: "meta identity_key is not 32 bytes".into() });
-    }
-    let key: [u8; 32] = rand::random();
-    let mut batch = rocksdb::WriteBatch::default();
-    batch.put_cf(store.cf(crate::storage::CF_META), META_IDENTITY_KEY, key);
-    let mut sync = rocksdb::WriteOptions::default();
-    sync.set_sync(true);
-    store.db.write_opt(batch, &sync).map_err(|source| ShardError::Rocks { shard: id.0, source })?;
-    Ok(key)
 }
