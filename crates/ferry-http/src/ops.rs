@@ -105,6 +105,15 @@ fn describe() {
         "ferry_shard_appended_total",
         "Messages durably appended to the shard since start (whether or not the caller was still there)."
     );
+    describe_counter!("ferry_shard_synced_writes_total", "Batches the shard's writer wrote with a WAL sync.");
+    describe_counter!(
+        "ferry_shard_unsynced_writes_total",
+        "Batches of delivery bookkeeping written without a sync, answered once a later sync covered them."
+    );
+    describe_counter!(
+        "ferry_shard_settle_syncs_total",
+        "WAL syncs the shard's writer made itself because no other write covered its unsynced batches in time."
+    );
     describe_gauge!(
         "ferry_held_messages",
         "Paced templates' messages held for quality assessment (RocksDB estimate of the held keys)."
@@ -286,6 +295,10 @@ pub fn sample(state: &HttpState) {
         metrics::gauge!("ferry_queue_depth", "shard" => label.clone()).set(stats.estimated_queue_len as f64);
         metrics::gauge!("ferry_held_messages", "shard" => label.clone()).set(stats.estimated_held_len as f64);
         metrics::counter!("ferry_shard_appended_total", "shard" => label.clone()).absolute(stats.appended);
+        metrics::counter!("ferry_shard_synced_writes_total", "shard" => label.clone()).absolute(stats.synced_writes);
+        metrics::counter!("ferry_shard_unsynced_writes_total", "shard" => label.clone())
+            .absolute(stats.unsynced_writes);
+        metrics::counter!("ferry_shard_settle_syncs_total", "shard" => label.clone()).absolute(stats.settle_syncs);
         if let Some(r) = shard.raft_status() {
             metrics::gauge!("ferry_raft_term", "shard" => label.clone()).set(r.term as f64);
             metrics::gauge!("ferry_raft_is_leader", "shard" => label.clone())

@@ -45,6 +45,7 @@ pub mod shard;
 pub mod storage;
 #[doc(hidden)]
 pub mod test_support;
+mod wal_clock;
 pub mod writer;
 
 pub use apply::{EntryOp, OpOutcome, ShardApplied, ShardEntry, ShardState};

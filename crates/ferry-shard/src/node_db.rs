@@ -5,7 +5,9 @@
 //! numbers, exactly as with a database of its own. What they share is the WAL: when several
 //! writers commit at once, RocksDB's write group writes their batches to the WAL together and
 //! syncs it **once** for all of them, where databases of their own would sync one WAL each. No
-//! answer changes: every writer still returns from a synced write before it answers (`writer`).
+//! answer changes: every writer answers a batch only once it is durable (`writer`). A batch the writer
+//! writes unsynced (a settle) is made durable by the next synced write of *any* shard
+//! (`wal_clock`).
 //!
 //! What a shared database costs: a write stall (too many L0 files, the memtable budget) in one
 //! shard's column families stalls every shard's writes, and a corrupt WAL takes every shard down
@@ -24,10 +26,13 @@ use crate::layout::{NodeLayout, StorageLayout};
 use crate::resources::SharedResources;
 use crate::shard::{Shard, ShardConfig};
 use crate::storage::{EventRetention, Store};
+use crate::wal_clock::WalClock;
 
 /// The open shared database of a node, before its shards are opened.
 pub struct NodeDb {
     db: Arc<DB>,
+    /// Which unsynced writes of `db` are durable, whichever shard wrote them.
+    wal_clock: Arc<WalClock>,
     /// Per shard: the webhook cursor its outbox's compaction filter reads (set by the shard's open).
     webhook_floors: Vec<Arc<AtomicU64>>,
 }
@@ -57,7 +62,7 @@ impl NodeDb {
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs).map_err(|source| {
             ShardError::Layout(format!("cannot open the shards' database {}: {source}", dir.display()))
         })?;
-        Ok(NodeDb { db: Arc::new(db), webhook_floors })
+        Ok(NodeDb { db: Arc::new(db), wal_clock: Arc::default(), webhook_floors })
     }
 
     /// Shard `shard`'s store and the webhook floor its compaction filter reads.
@@ -68,7 +73,7 @@ impl NodeDb {
                 self.webhook_floors.len()
             ))
         })?;
-        Ok((Store::in_db(self.db.clone(), shard, &shared_cf_prefix(shard)), floor))
+        Ok((Store::in_db(self.db.clone(), self.wal_clock.clone(), shard, &shared_cf_prefix(shard)), floor))
     }
 }
 

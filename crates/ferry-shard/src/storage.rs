@@ -187,6 +187,7 @@ use rocksdb::{DB, Options, ReadOptions};
 use crate::ShardError;
 use crate::cf_options::shard_cf_descriptors;
 use crate::resources::SharedResources;
+use crate::wal_clock::WalClock;
 
 pub use rocksdb::Error as RocksError;
 
@@ -537,6 +538,8 @@ pub struct Store {
     pub(crate) db: Arc<DB>,
     /// Each column family's name in `db` (see [`shard_cf_descriptors`]).
     cf_names: Vec<(&'static str, String)>,
+    /// Which of `db`'s unsynced writer batches are durable (shared by every store of `db`).
+    wal_clock: Arc<WalClock>,
     /// Failpoint for tests: reads of this seq's status record fail (`u64::MAX`: none do).
     pub(crate) fail_status_read: std::sync::atomic::AtomicU64,
     /// Failpoint for tests: this many of the next outbox scans fail.
@@ -572,16 +575,18 @@ impl Store {
         resources.apply_db_options(&mut db_opts, 1);
         let cfs = shard_cf_descriptors("", resources, status_retention_ms, &events);
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs).map_err(|source| ShardError::Rocks { shard, source })?;
-        Ok(Store::in_db(Arc::new(db), shard, ""))
+        Ok(Store::in_db(Arc::new(db), Arc::default(), shard, ""))
     }
 
     /// The store of shard `shard` in `db`, whose column families for it are named with `prefix`
-    /// (they must exist: created when `db` was opened).
-    pub(crate) fn in_db(db: Arc<DB>, shard: u16, prefix: &str) -> Store {
+    /// (they must exist: created when `db` was opened). `wal_clock` is `db`'s, shared by every
+    /// store in it.
+    pub(crate) fn in_db(db: Arc<DB>, wal_clock: Arc<WalClock>, shard: u16, prefix: &str) -> Store {
         Store {
             shard,
             db,
             cf_names: ALL_CFS.iter().map(|name| (*name, format!("{prefix}{name}"))).collect(),
+            wal_clock,
             fail_status_read: std::sync::atomic::AtomicU64::new(u64::MAX),
             fail_outbox_scans: std::sync::atomic::AtomicU64::new(0),
             fail_writes: std::sync::atomic::AtomicU64::new(0),
@@ -609,8 +614,8 @@ impl Store {
         }
     }
 
-    /// The writer's batch write: `db.write_opt`, unless the write failpoint is on (then nothing
-    /// is written and the write fails as RocksDB's would).
+    /// A batch write: `db.write_opt`, unless the write failpoint is on (then nothing is written
+    /// and the write fails as RocksDB's would).
     pub(crate) fn write_batch(
         &self,
         batch: rocksdb::WriteBatch,
@@ -623,6 +628,42 @@ impl Store {
             return Err(e);
         }
         self.db.write_opt(batch, opts)
+    }
+
+    /// The writer's synced batch write: durable when it returns `Ok`, and so is every unsynced
+    /// write of the database that returned before it started (see [`crate::wal_clock`]).
+    pub(crate) fn write_synced(&self, batch: rocksdb::WriteBatch) -> Result<(), rocksdb::Error> {
+        let mut sync = rocksdb::WriteOptions::default();
+        sync.set_sync(true);
+        let covers = self.wal_clock.sync_starts();
+        self.write_batch(batch, &sync)?;
+        self.wal_clock.synced(covers);
+        Ok(())
+    }
+
+    /// The writer's unsynced batch write: visible to reads at once, durable once
+    /// [`Store::is_durable`] says so of the ticket it returns.
+    pub(crate) fn write_unsynced(&self, batch: rocksdb::WriteBatch) -> Result<u64, rocksdb::Error> {
+        self.write_batch(batch, &rocksdb::WriteOptions::default())?;
+        Ok(self.wal_clock.written())
+    }
+
+    /// Syncs the WAL: every unsynced write that returned before this call is durable after it.
+    pub(crate) fn sync_wal(&self) -> Result<(), rocksdb::Error> {
+        let covers = self.wal_clock.sync_starts();
+        self.db.flush_wal(true)?;
+        self.wal_clock.synced(covers);
+        Ok(())
+    }
+
+    /// Gets a token whenever a sync of the database covers more unsynced writes.
+    pub(crate) fn watch_syncs(&self) -> crossbeam_channel::Receiver<()> {
+        self.wal_clock.watch()
+    }
+
+    /// Whether the unsynced write of `ticket` ([`Store::write_unsynced`]) is durable.
+    pub(crate) fn is_durable(&self, ticket: u64) -> bool {
+        self.wal_clock.is_durable(ticket)
     }
 
     /// Whether the event-settle failpoint trips now (counts the hit).

@@ -3,7 +3,8 @@
 //! Each shard has exactly one writer, an OS thread that owns the shard's sequence counter. It
 //! blocks for the first pending [`WriteOp`], takes every other op already waiting (up to
 //! `max_batch_messages`), writes all of them as **one** RocksDB `WriteBatch` with `sync = true`
-//! (the WAL is fsynced before `write` returns), and only then completes each op's reply. So many
+//! (the WAL is fsynced before `write` returns; lazy batches, below, are synced later), and only
+//! then completes each op's reply. So many
 //! concurrent sends share one fsync (group commit), and no reply is sent before its data is on
 //! disk. If the write fails, every op of the batch gets the error and nothing of it is reported
 //! durable.
@@ -14,15 +15,27 @@
 //! entry's writes to the batch from the entry and the shard's on-disk state alone, and returns
 //! one outcome per op, from which the replies are sent once the batch is durable.
 //!
+//! **Lazy batches.** A batch of nothing but ops no client waits on ([`WriteOp::is_lazy`]: the
+//! delivery loop's settles, the webhook cursor, intent and dispatch-mark clean-ups) is written
+//! *without* a sync, so that it does not hold the next appends behind an fsync of its own. Its
+//! callers are answered, and what it changed is published to readers (the status-event
+//! watermark, the queue's low watermark), only once it is durable: when a later synced write of
+//! the same database covers it (this writer's next append, or any shard's in a shared database;
+//! see [`crate::wal_clock`]), or else when the writer syncs the WAL itself after
+//! `shard.settle_sync_delay_ms` (2 ms; `0` turns lazy batches off). Until then its writes are visible to point reads (`GetMessage` may show
+//! `sent` a few milliseconds before it is durable) but to no stream, webhook or delivery decision.
+//!
 //! The writer is a thread rather than a tokio task because RocksDB's synced write blocks; the
 //! async side only awaits a oneshot reply.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use ferry_model::{MessageId, ShardId};
-use rocksdb::{WriteBatch, WriteOptions};
+use rocksdb::WriteBatch;
 use tokio::sync::oneshot;
 
 use crate::ShardError;
@@ -190,6 +203,20 @@ impl WriteOp {
             WriteOp::Hold { weight, .. } => *weight,
         }
     }
+
+    /// Whether a batch of such ops may be written unsynced and answered once a later sync covers
+    /// it (see the module docs): no client waits on it, and nothing is handed to an upstream on
+    /// the strength of it before its answer. Appends, idempotency records, dispatch marks (written
+    /// before a send), sessions and held releases (a release is delivered) are synced at once.
+    pub(crate) fn is_lazy(&self) -> bool {
+        matches!(
+            self,
+            WriteOp::Settle { .. }
+                | WriteOp::SetWebhookCursor { .. }
+                | WriteOp::ClearIntents { .. }
+                | WriteOp::ClearDispatched { .. }
+        )
+    }
 }
 
 /// Counters the writer keeps (read by metrics and benchmarks).
@@ -198,6 +225,10 @@ pub struct WriterCounters {
     pub appended: AtomicU64,
     pub batches: AtomicU64,
     pub synced_writes: AtomicU64,
+    /// Lazy batches written unsynced (see the module docs).
+    pub unsynced_writes: AtomicU64,
+    /// WAL syncs the writer made itself because no other write covered its lazy batches in time.
+    pub settle_syncs: AtomicU64,
     pub settled: AtomicU64,
 }
 
@@ -365,6 +396,22 @@ impl Planner {
     }
 }
 
+/// What a durable commit tells readers and callers.
+pub(crate) struct Publication {
+    /// The status-event watermark after the commit, if the commit added events.
+    next_outbox_seq: Option<u64>,
+    low_watermark: Option<u64>,
+    released: Vec<u64>,
+    replies: Vec<(Waiter, OpOutcome)>,
+}
+
+/// A lazy batch written unsynced, waiting to be durable.
+pub(crate) struct Unsynced {
+    ticket: u64,
+    written_at: Instant,
+    publication: Publication,
+}
+
 pub(crate) struct Writer {
     pub(crate) store: Arc<Store>,
     pub(crate) max_batch_messages: usize,
@@ -378,15 +425,41 @@ pub(crate) struct Writer {
     pub(crate) state: ShardState,
     /// Test support (`Shard::crash_for_test`): set, the writer commits nothing more and stops.
     pub(crate) crashed: Arc<AtomicBool>,
+    /// How long a lazy batch waits for another write's sync (`shard.settle_sync_delay_ms`; zero:
+    /// none is lazy).
+    pub(crate) lazy_sync_delay: Duration,
+    /// Lazy batches written but not yet known durable, oldest first.
+    pub(crate) unsynced: VecDeque<Unsynced>,
 }
 
 impl Writer {
     /// Runs until every sender of `rx` is dropped; then returns after finishing what it took.
     pub(crate) fn run(mut self, rx: Receiver<WriteOp>) {
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
         let mut stopping = false;
-        while !stopping && let Ok(first) = rx.recv() {
+        let syncs = self.store.watch_syncs();
+        while !stopping {
+            self.publish_durable();
+            let first = match self.unsynced.front() {
+                None => match rx.recv() {
+                    Ok(op) => op,
+                    Err(_) => break,
+                },
+                Some(oldest) => {
+                    let wait = (oldest.written_at + self.lazy_sync_delay).saturating_duration_since(Instant::now());
+                    crossbeam_channel::select! {
+                        recv(rx) -> op => match op {
+                            Ok(op) => op,
+                            Err(_) => break,
+                        },
+                        // Some write synced the WAL: publish what it covered, then wait again.
+                        recv(syncs) -> _ => continue,
+                        default(wait) => {
+                            self.sync_unsynced();
+                            continue;
+                        }
+                    }
+                }
+            };
             let mut ops = Vec::new();
             let mut weight = 0;
             let mut next = Some(first);
@@ -396,7 +469,8 @@ impl Writer {
                     break;
                 }
                 if let WriteOp::Hold { release, weight: held } = op {
-                    self.commit(std::mem::take(&mut ops), std::mem::take(&mut weight), &sync);
+                    self.commit(std::mem::take(&mut ops), std::mem::take(&mut weight));
+                    self.sync_unsynced();
                     let _ = release.recv();
                     self.pending.fetch_sub(held, Ordering::AcqRel);
                 } else {
@@ -407,16 +481,18 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            self.commit(ops, weight, &sync);
+            self.commit(ops, weight);
             if self.crashed.load(Ordering::Acquire) {
                 break;
             }
         }
+        self.sync_unsynced();
         tracing::debug!(shard = %self.state.shard, "writer stopped");
     }
 
-    /// One group commit: plan, apply, one synced write, then the replies.
-    fn commit(&mut self, ops: Vec<WriteOp>, weight: usize, sync: &WriteOptions) {
+    /// One group commit: plan, apply, one write (synced unless every op is lazy), then the
+    /// replies once it is durable.
+    fn commit(&mut self, ops: Vec<WriteOp>, weight: usize) {
         if ops.is_empty() {
             return;
         }
@@ -425,39 +501,49 @@ impl Writer {
             return;
         }
         let shard = self.state.shard;
+        let lazy = !self.lazy_sync_delay.is_zero() && ops.iter().all(WriteOp::is_lazy);
         let (entry, waiters) = self.planner.plan(ops);
         let mut batch = WriteBatch::default();
         let applied = apply(&entry, &mut batch, &self.store, &self.state);
-        let result = self.store.write_batch(batch, sync);
-        self.counters.synced_writes.fetch_add(1, Ordering::Relaxed);
+        let result = if lazy {
+            self.counters.unsynced_writes.fetch_add(1, Ordering::Relaxed);
+            self.store.write_unsynced(batch).map(Some)
+        } else {
+            self.counters.synced_writes.fetch_add(1, Ordering::Relaxed);
+            self.store.write_synced(batch).map(|()| None)
+        };
         self.pending.fetch_sub(weight, Ordering::AcqRel);
         let outbox_before = self.state.next_outbox_seq;
         match result {
-            Ok(()) => {
+            Ok(ticket) => {
                 self.state.commit(&entry, &applied);
                 self.counters.appended.fetch_add(applied.appended, Ordering::Relaxed);
                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
                 self.counters.settled.fetch_add(applied.settled, Ordering::Relaxed);
-                if applied.appended > 0 {
-                    self.committed.next_seq.store(self.state.next_seq, Ordering::Release);
-                    self.committed.appended.notify_one();
-                }
-                if self.state.next_outbox_seq != outbox_before {
-                    self.committed.next_outbox_seq.send_replace(self.state.next_outbox_seq);
-                }
-                if let Some(mark) = applied.low_watermark {
-                    self.queue_low_watermark.store(mark, Ordering::Release);
-                }
-                if !applied.released.is_empty() {
-                    self.committed.released.lock().unwrap_or_else(|e| e.into_inner()).extend(&applied.released);
-                    self.committed.appended.notify_one();
-                }
-                for (waiter, outcome) in waiters.into_iter().zip(applied.ops) {
-                    waiter.answer(shard, outcome);
+                let publication = Publication {
+                    next_outbox_seq: (self.state.next_outbox_seq != outbox_before)
+                        .then_some(self.state.next_outbox_seq),
+                    low_watermark: applied.low_watermark,
+                    released: applied.released,
+                    replies: waiters.into_iter().zip(applied.ops).collect(),
+                };
+                match ticket {
+                    Some(ticket) => {
+                        self.unsynced.push_back(Unsynced { ticket, written_at: Instant::now(), publication })
+                    }
+                    None => {
+                        // Durable, and so is every lazy batch written before it.
+                        self.publish_durable();
+                        if applied.appended > 0 {
+                            self.committed.next_seq.store(self.state.next_seq, Ordering::Release);
+                            self.committed.appended.notify_one();
+                        }
+                        self.publish(publication);
+                    }
                 }
             }
             Err(e) => {
-                tracing::error!(%shard, error = %e, "synced write failed; failing its batch");
+                tracing::error!(%shard, error = %e, lazy, "batch write failed; failing its batch");
                 // Sequence numbers of a failed batch are not reused (the planner handed them out),
                 // nor are its status-event numbers: a later success persists higher ones, so ids
                 // and event seqs stay unique whether or not the failed write reached disk.
@@ -470,5 +556,59 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Tells readers and callers what a durable commit changed.
+    fn publish(&self, publication: Publication) {
+        let shard = self.state.shard;
+        if let Some(next) = publication.next_outbox_seq {
+            self.committed.next_outbox_seq.send_replace(next);
+        }
+        if let Some(mark) = publication.low_watermark {
+            self.queue_low_watermark.store(mark, Ordering::Release);
+        }
+        if !publication.released.is_empty() {
+            self.committed.released.lock().unwrap_or_else(|e| e.into_inner()).extend(&publication.released);
+            self.committed.appended.notify_one();
+        }
+        for (waiter, outcome) in publication.replies {
+            waiter.answer(shard, outcome);
+        }
+    }
+
+    /// Publishes the lazy batches some sync has made durable, in the order they were written.
+    fn publish_durable(&mut self) {
+        while let Some(oldest) = self.unsynced.front()
+            && self.store.is_durable(oldest.ticket)
+        {
+            if let Some(done) = self.unsynced.pop_front() {
+                self.publish(done.publication);
+            }
+        }
+    }
+
+    /// Makes every lazy batch durable now (a WAL sync unless one already covered them), and
+    /// publishes them. If the sync fails, their callers get the error (they write them again).
+    fn sync_unsynced(&mut self) {
+        if self.crashed.load(Ordering::Acquire) {
+            // A crash: their callers see `Stopped`.
+            self.unsynced.clear();
+            return;
+        }
+        let Some(newest) = self.unsynced.back() else { return };
+        if !self.store.is_durable(newest.ticket) {
+            self.counters.settle_syncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = self.store.sync_wal() {
+                let shard = self.state.shard;
+                tracing::error!(%shard, error = %e, "WAL sync failed; failing the batches it was to make durable");
+                for done in self.unsynced.drain(..) {
+                    for (waiter, _) in done.publication.replies {
+                        waiter.fail(ShardError::Rocks { shard: shard.0, source: e.clone() });
+                    }
+                }
+                return;
+            }
+        }
+        self.publish_durable();
     }
 }

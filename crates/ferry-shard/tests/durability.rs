@@ -3,6 +3,9 @@
 //!
 //! - Every group commit syncs the WAL: RocksDB's own count of WAL syncs (`rocksdb.dbstats`,
 //!   "Cumulative WAL: … syncs") advances by one with each batch the writer commits.
+//! - A batch of nothing but settles is written unsynced and answered only once a sync covers it:
+//!   the next append's, or, when none comes within `shard.settle_sync_delay_ms`, a WAL sync of the
+//!   writer's own. Its status events reach no reader before that.
 //! - A failed write fails every op of its batch: with the write failpoint on, no append of that
 //!   batch is answered with an id, no settle of it is answered done, and nothing of it is readable;
 //!   the next batch is written, and no sequence number of the failed one is reused.
@@ -40,6 +43,72 @@ async fn every_group_commit_syncs_the_wal() {
     let syncs = shard.wal_syncs_for_test() - syncs_before;
     assert_eq!(batches, 6, "five single appends and one group commit");
     assert_eq!(syncs, batches, "every committed batch synced the WAL once ({syncs} syncs for {batches} batches)");
+    shard.close();
+}
+
+fn lazy_config(settle_sync_delay_ms: u64) -> ShardConfig {
+    ShardConfig { settle_sync_delay_ms, ..ShardConfig::default() }
+}
+
+#[tokio::test]
+async fn a_settle_alone_waits_for_the_next_append_to_make_it_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = resources();
+    // A minute: within this test, only an append can make the settle durable.
+    let shard = Shard::open(dir.path(), ShardId(0), 1, 9, &res, &lazy_config(60_000)).unwrap();
+    let first = shard.append_durably(vec![message(1)]).unwrap().await.unwrap()[0].seq;
+    let base = status_base(&shard.get_queued(first).unwrap().unwrap());
+    let (syncs_before, outbox_before) = (shard.wal_syncs_for_test(), shard.committed_next_outbox_seq());
+
+    let settle =
+        shard.settle_durably(vec![Settlement::Sent { seq: first, message: base, at_ms: 2_000 }], None).unwrap();
+    tokio::pin!(settle);
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut settle).await;
+    assert!(early.is_err(), "a settle written unsynced was answered before any sync: {early:?}");
+    assert_eq!(shard.stats().unsynced_writes, 1, "the settle was written, unsynced");
+    assert_eq!(shard.wal_syncs_for_test(), syncs_before, "nothing synced the WAL yet");
+    assert_eq!(shard.committed_next_outbox_seq(), outbox_before, "its status event reached no reader yet");
+
+    // The next append's synced write covers the settle written before it.
+    shard.append_durably(vec![message(2)]).unwrap().await.unwrap();
+    settle.await.unwrap();
+    assert_eq!(shard.wal_syncs_for_test() - syncs_before, 1, "the append's sync made both durable");
+    assert!(shard.committed_next_outbox_seq() > outbox_before, "the settle's status event is published");
+    assert_eq!(shard.stats().settle_syncs, 0, "the writer needed no sync of its own");
+    shard.close();
+}
+
+/// Opens a shard with `settle_sync_delay_ms`, appends a message, then settles it in a batch of its
+/// own and waits for the answer. Returns the shard, its directory and RocksDB's count of WAL syncs
+/// just before the settle.
+async fn settle_alone(settle_sync_delay_ms: u64) -> (Shard, tempfile::TempDir, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = Shard::open(dir.path(), ShardId(0), 1, 9, &resources(), &lazy_config(settle_sync_delay_ms)).unwrap();
+    let first = shard.append_durably(vec![message(1)]).unwrap().await.unwrap()[0].seq;
+    let base = status_base(&shard.get_queued(first).unwrap().unwrap());
+    let syncs_before = shard.wal_syncs_for_test();
+    shard
+        .settle_durably(vec![Settlement::Sent { seq: first, message: base, at_ms: 2_000 }], None)
+        .unwrap()
+        .await
+        .unwrap();
+    (shard, dir, syncs_before)
+}
+
+#[tokio::test]
+async fn a_settle_nothing_else_covers_is_synced_by_its_writer() {
+    let (shard, _dir, syncs_before) = settle_alone(20).await;
+    // The writer's own sync is `FlushWAL(true)` (RocksDB: "flushes and syncs the WAL"), which
+    // `rocksdb.dbstats` does not count among its WAL syncs; the writer counts it.
+    let stats = shard.stats();
+    assert_eq!((stats.unsynced_writes, stats.settle_syncs), (1, 1), "written unsynced, then synced by the writer");
+    assert_eq!(shard.wal_syncs_for_test(), syncs_before, "no synced write covered it: the writer's sync did");
+    shard.close();
+
+    // Off (`0`): a settle is one synced write, as an append is.
+    let (shard, _dir, syncs_before) = settle_alone(0).await;
+    assert_eq!(shard.stats().unsynced_writes, 0);
+    assert_eq!(shard.wal_syncs_for_test() - syncs_before, 1);
     shard.close();
 }
 

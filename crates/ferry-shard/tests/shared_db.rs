@@ -1,6 +1,7 @@
 //! A single node's shards in one RocksDB (data dir format 2, `node_db`): each shard keeps its own
 //! data, sequence numbers and status across a reopen, every group commit still syncs the (shared)
-//! WAL before it answers, and a format-1 data dir still opens as one database per shard.
+//! WAL before it answers, a settle written unsynced by one shard is made durable by another shard's
+//! append (the WAL they share), and a format-1 data dir still opens as one database per shard.
 
 use ferry_shard::settle::status_base;
 use ferry_shard::test_support::{message, resources};
@@ -70,6 +71,32 @@ async fn every_group_commit_in_a_shared_database_syncs_the_wal() {
         syncs, batches,
         "each commit synced the shared WAL before it answered ({syncs} syncs, {batches} batches)"
     );
+    for shard in &shards {
+        shard.close();
+    }
+}
+
+#[tokio::test]
+async fn another_shards_append_makes_a_settle_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = NodeLayout::open_or_create(dir.path(), 2, StorageLayout::SharedDatabase).unwrap();
+    // A minute: within this test, no writer syncs a settle by itself.
+    let config = ShardConfig { settle_sync_delay_ms: 60_000, ..ShardConfig::default() };
+    let shards = open_node_shards(&layout, &resources(), &config).unwrap();
+    let first = append(&shards[0], 1).await;
+    let base = status_base(&shards[0].get_queued(first).unwrap().unwrap());
+    let settle =
+        shards[0].settle_durably(vec![Settlement::Sent { seq: first, message: base, at_ms: 2_000 }], None).unwrap();
+    tokio::pin!(settle);
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut settle).await;
+    assert!(early.is_err(), "answered before any sync: {early:?}");
+
+    // Shard 1's append syncs the shared WAL, which holds shard 0's settle: shard 0's writer is
+    // woken by that sync and answers.
+    append(&shards[1], 2).await;
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(5), &mut settle).await;
+    assert!(answered.is_ok(), "shard 1's synced append did not make shard 0's settle durable");
+    assert_eq!(shards[0].stats().settle_syncs, 0, "shard 0's writer synced nothing itself");
     for shard in &shards {
         shard.close();
     }

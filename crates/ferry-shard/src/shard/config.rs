@@ -10,6 +10,11 @@ pub struct ShardConfig {
     pub queue_capacity: usize,
     /// Most messages committed in one synced write.
     pub max_batch_messages: usize,
+    /// How long a batch of delivery bookkeeping (settles, the webhook cursor) written without a
+    /// sync may wait for another write's WAL sync to make it durable before the writer syncs the
+    /// WAL itself, in milliseconds. Its callers are answered only once it is durable. `0` syncs
+    /// every batch at once (settles then hold the next appends behind fsyncs of their own).
+    pub settle_sync_delay_ms: u64,
     /// How long the status of a message that left the queue is kept (for `GetMessage`), in
     /// seconds. Records older than this are dropped at compaction.
     pub status_retention_secs: u64,
@@ -28,6 +33,7 @@ impl Default for ShardConfig {
         ShardConfig {
             queue_capacity: 16_384,
             max_batch_messages: 4_096,
+            settle_sync_delay_ms: 2,
             status_retention_secs: 30 * 24 * 3600,
             status_events_retention_secs: 3600,
             callbacks: false,
@@ -46,6 +52,12 @@ impl ShardConfig {
         if self.queue_capacity == 0 || self.max_batch_messages == 0 {
             return Err("shard.queue_capacity and shard.max_batch_messages must be at least 1".into());
         }
+        if self.settle_sync_delay_ms > 1_000 {
+            return Err(format!(
+                "shard.settle_sync_delay_ms must be at most 1000 (a settle waits that long to be durable), got {}",
+                self.settle_sync_delay_ms
+            ));
+        }
         Ok(())
     }
 }
@@ -56,6 +68,10 @@ pub struct ShardStats {
     pub appended: u64,
     pub batches: u64,
     pub synced_writes: u64,
+    /// Batches of delivery bookkeeping written unsynced (made durable by a later sync).
+    pub unsynced_writes: u64,
+    /// WAL syncs a writer made itself for such batches (no other write covered them in time).
+    pub settle_syncs: u64,
     pub pending: usize,
     pub estimated_queue_len: u64,
     /// Approximate number of held messages (paced templates), from RocksDB's estimate.

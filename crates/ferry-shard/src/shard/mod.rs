@@ -146,6 +146,8 @@ impl Shard {
             planner: Planner { next_seq, last_at_ms: opened.state.at_ms },
             state: opened.state.clone(),
             crashed: crashed.clone(),
+            lazy_sync_delay: std::time::Duration::from_millis(config.settle_sync_delay_ms),
+            unsynced: std::collections::VecDeque::new(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("shard-{:02}-writer", id.0))
@@ -372,6 +374,16 @@ impl Shard {
         })
     }
 
+    /// Submits the op `op` builds around its reply channel; [`answer`] awaits the reply.
+    fn request<T>(
+        &self,
+        op: impl FnOnce(crate::writer::Reply<T>) -> WriteOp,
+    ) -> Result<oneshot::Receiver<Result<T, ShardError>>, ShardError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(op(reply))?;
+        Ok(rx)
+    }
+
     /// Appends `messages` to the queue and resolves once they are durable (WAL synced), with one
     /// outcome per message in order. The submission is synchronous (it fails fast when the shard
     /// is overloaded); the returned future only awaits the writer.
@@ -382,10 +394,8 @@ impl Shard {
         &self,
         messages: Vec<NewMessage>,
     ) -> Result<impl Future<Output = Result<Vec<AppendOutcome>, ShardError>> + use<>, ShardError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(WriteOp::Append { messages, reply })?;
-        let shard = self.id.0;
-        Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
+        let rx = self.request(|reply| WriteOp::Append { messages, reply })?;
+        Ok(answer(rx, self.id.0))
     }
 
     /// Writes idempotency records durably (used for keys whose key shard is this one).
@@ -393,10 +403,8 @@ impl Shard {
         &self,
         entries: Vec<(Vec<u8>, IdempotencyRecord)>,
     ) -> Result<impl Future<Output = Result<(), ShardError>> + use<>, ShardError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(WriteOp::PutIdempotency { entries, reply })?;
-        let shard = self.id.0;
-        Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
+        let rx = self.request(|reply| WriteOp::PutIdempotency { entries, reply })?;
+        Ok(answer(rx, self.id.0))
     }
 
     /// Removes messages from the queue durably (synced). Removing an absent sequence is a no-op.
@@ -404,14 +412,13 @@ impl Shard {
         &self,
         seqs: Vec<u64>,
     ) -> Result<impl Future<Output = Result<(), ShardError>> + use<>, ShardError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(WriteOp::Remove { seqs, reply })?;
-        let shard = self.id.0;
-        Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
+        let rx = self.request(|reply| WriteOp::Remove { seqs, reply })?;
+        Ok(answer(rx, self.id.0))
     }
 
-    /// Records outcomes durably (synced): acked and failed messages leave the queue and get their
-    /// status record in the same batch; receipts move statuses forward. `low_watermark`, when given,
+    /// Records outcomes durably: acked and failed messages leave the queue and get their status
+    /// record in the same batch (on a single node written unsynced and answered once a later sync
+    /// covers it: `writer.rs`, lazy batches); receipts move statuses forward. `low_watermark`, when given,
     /// is persisted as the queue's low watermark (every queue key below it is deleted).
     ///
     /// Never refused for capacity: recording an ack must not wait behind sends.
@@ -420,12 +427,10 @@ impl Shard {
         entries: Vec<Settlement>,
         low_watermark: Option<u64>,
     ) -> Result<impl Future<Output = Result<(), ShardError>> + use<>, ShardError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(WriteOp::Settle { entries, low_watermark, reply })?;
-        let shard = self.id.0;
         // The writer publishes the watermark it wrote (never above a released message still
         // queued) once the batch is durable.
-        Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
+        let rx = self.request(|reply| WriteOp::Settle { entries, low_watermark, reply })?;
+        Ok(answer(rx, self.id.0))
     }
 
     /// Resolves held messages durably (synced): each of `seqs` still in `held` is released into the
@@ -440,10 +445,8 @@ impl Shard {
         action: HeldAction,
         at_ms: i64,
     ) -> Result<impl Future<Output = Result<ResolvedHeld, ShardError>> + use<>, ShardError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(WriteOp::ResolveHeld { seqs, action, at_ms, reply })?;
-        let shard = self.id.0;
-        Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
+        let rx = self.request(|reply| WriteOp::ResolveHeld { seqs, action, at_ms, reply })?;
+        Ok(answer(rx, self.id.0))
     }
 
     /// Up to `max` seqs of held messages released into the queue since the last call (durable;
@@ -470,11 +473,9 @@ impl Shard {
         &self,
         entries: Vec<(String, String, Vec<u8>)>,
     ) -> Result<impl Future<Output = Result<(), ShardError>> + use<>, ShardError> {
-        let (reply, rx) = oneshot::channel();
         let entries = entries.into_iter().map(|(s, r, snap)| (session_key(&s, &r), snap)).collect();
-        self.submit(WriteOp::PutSessions { entries, reply })?;
-        let shard = self.id.0;
-        Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
+        let rx = self.request(|reply| WriteOp::PutSessions { entries, reply })?;
+        Ok(answer(rx, self.id.0))
     }
 
     /// Marks queued messages durably (synced) as possibly handed to an upstream that cannot
@@ -487,10 +488,8 @@ impl Shard {
         seqs: Vec<u64>,
         at_ms: i64,
     ) -> Result<impl Future<Output = Result<(), ShardError>> + use<>, ShardError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(WriteOp::MarkDispatched { seqs, at_ms, reply })?;
-        let shard = self.id.0;
-        Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
+        let rx = self.request(|reply| WriteOp::MarkDispatched { seqs, at_ms, reply })?;
+        Ok(answer(rx, self.id.0))
     }
 
     /// Deletes dispatch marks of messages the upstream answered it did not take (a refusal), so a
@@ -563,10 +562,8 @@ impl Shard {
         next: u64,
     ) -> Result<impl Future<Output = Result<(), ShardError>> + use<>, ShardError> {
         self.note_webhook_progress(next);
-        let (reply, rx) = oneshot::channel();
-        self.submit(WriteOp::SetWebhookCursor { next, reply })?;
-        let shard = self.id.0;
-        Ok(async move { rx.await.unwrap_or(Err(ShardError::Stopped(shard))) })
+        let rx = self.request(|reply| WriteOp::SetWebhookCursor { next, reply })?;
+        Ok(answer(rx, self.id.0))
     }
 
     /// When `user` last wrote to `business` (the customer-service window), if ever.
@@ -700,6 +697,8 @@ impl Shard {
             appended: self.counters.appended.load(Ordering::Relaxed),
             batches: self.counters.batches.load(Ordering::Relaxed),
             synced_writes: self.counters.synced_writes.load(Ordering::Relaxed),
+            unsynced_writes: self.counters.unsynced_writes.load(Ordering::Relaxed),
+            settle_syncs: self.counters.settle_syncs.load(Ordering::Relaxed),
             pending: self.pending.load(Ordering::Relaxed),
             estimated_queue_len: self.store.estimated_queue_len(),
             estimated_held_len: self.store.estimated_held_len(),
@@ -728,6 +727,12 @@ impl Shard {
             let _ = h.join();
         }
     }
+}
+
+/// The writer's reply to a [`Shard::request`], or `Stopped` if the writer went away first.
+/// Dropping the future does not cancel the op.
+async fn answer<T>(rx: oneshot::Receiver<Result<T, ShardError>>, shard: u16) -> Result<T, ShardError> {
+    rx.await.unwrap_or(Err(ShardError::Stopped(shard)))
 }
 
 impl Drop for Shard {
