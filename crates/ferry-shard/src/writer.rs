@@ -2,12 +2,11 @@
 //!
 //! Each shard has exactly one writer, an OS thread that owns the shard's sequence counter. It
 //! blocks for the first pending [`WriteOp`], takes every other op already waiting (up to
-//! `max_batch_messages`), writes all of them as **one** RocksDB `WriteBatch` with `sync = true`
-//! (the WAL is fsynced before `write` returns; lazy batches, below, are synced later), and only
-//! then completes each op's reply. So many
-//! concurrent sends share one fsync (group commit), and no reply is sent before its data is on
-//! disk. If the write fails, every op of the batch gets the error and nothing of it is reported
-//! durable.
+//! `max_batch_messages` messages, and as many ops), writes all of them as **one** RocksDB
+//! `WriteBatch` with `sync = true` (the WAL is fsynced before `write` returns; lazy batches,
+//! below, are synced later), and only then completes each op's reply. So many concurrent sends
+//! share one fsync (group commit), and no reply is sent before its data is on disk. If the write
+//! fails, every op of the batch gets the error and nothing of it is reported durable.
 //!
 //! A group commit is planned here and applied by [`crate::apply`]: [`Planner`] moves the ops out
 //! of their requests into a [`ShardEntry`] and decides what only the writer may (the first
@@ -438,6 +437,9 @@ impl Writer {
         let mut stopping = false;
         let syncs = self.store.watch_syncs();
         while !stopping {
+            if self.crashed.load(Ordering::Acquire) {
+                break;
+            }
             self.publish_durable();
             let first = match self.unsynced.front() {
                 None => match rx.recv() {
@@ -446,6 +448,13 @@ impl Writer {
                 },
                 Some(oldest) => {
                     let wait = (oldest.written_at + self.lazy_sync_delay).saturating_duration_since(Instant::now());
+                    if wait.is_zero() {
+                        // Due: sync before taking more. `select!` prefers a ready op to its
+                        // timeout, so a steady stream of lazy ops would otherwise put this off
+                        // for as long as the stream lasts.
+                        self.sync_unsynced();
+                        continue;
+                    }
                     crossbeam_channel::select! {
                         recv(rx) -> op => match op {
                             Ok(op) => op,
@@ -477,7 +486,9 @@ impl Writer {
                     weight += op.weight();
                     ops.push(op);
                 }
-                if weight < self.max_batch_messages {
+                // Bounded by ops too: settles and clean-ups weigh nothing, and a steady stream of
+                // them would otherwise keep one batch open for as long as it lasts.
+                if weight < self.max_batch_messages && ops.len() < self.max_batch_messages {
                     next = rx.try_recv().ok();
                 }
             }

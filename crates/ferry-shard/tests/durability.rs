@@ -5,7 +5,8 @@
 //!   "Cumulative WAL: … syncs") advances by one with each batch the writer commits.
 //! - A batch of nothing but settles is written unsynced and answered only once a sync covers it:
 //!   the next append's, or, when none comes within `shard.settle_sync_delay_ms`, a WAL sync of the
-//!   writer's own. Its status events reach no reader before that.
+//!   writer's own (also while other lazy ops keep coming). Its status events reach no reader before
+//!   that.
 //! - A failed write fails every op of its batch: with the write failpoint on, no append of that
 //!   batch is answered with an id, no settle of it is answered done, and nothing of it is readable;
 //!   the next batch is written, and no sequence number of the failed one is reused.
@@ -109,6 +110,32 @@ async fn a_settle_nothing_else_covers_is_synced_by_its_writer() {
     let (shard, _dir, syncs_before) = settle_alone(0).await;
     assert_eq!(shard.stats().unsynced_writes, 0);
     assert_eq!(shard.wal_syncs_for_test() - syncs_before, 1);
+    shard.close();
+}
+
+#[tokio::test]
+async fn a_steady_stream_of_lazy_ops_does_not_put_off_a_settles_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = std::sync::Arc::new(Shard::open(dir.path(), ShardId(0), 1, 9, &resources(), &lazy_config(20)).unwrap());
+    let first = shard.append_durably(vec![message(1)]).unwrap().await.unwrap()[0].seq;
+    let base = status_base(&shard.get_queued(first).unwrap().unwrap());
+    // Another thread keeps the writer's mailbox non-empty with lazy ops (no appends anywhere).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = {
+        let (shard, stop) = (shard.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                shard.clear_intents(Vec::new());
+            }
+        })
+    };
+    let settle =
+        shard.settle_durably(vec![Settlement::Sent { seq: first, message: base, at_ms: 2_000 }], None).unwrap();
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(3), settle).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stream.join().unwrap();
+    assert!(answered.is_ok(), "the settle waited past its 20 ms delay for as long as lazy ops kept coming");
+    assert!(shard.stats().settle_syncs >= 1, "the writer synced it itself");
     shard.close();
 }
 
