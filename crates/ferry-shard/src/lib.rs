@@ -43,6 +43,7 @@ pub mod resources;
 pub mod settle;
 pub mod shard;
 pub mod storage;
+mod store;
 #[doc(hidden)]
 pub mod test_support;
 mod wal_clock;
