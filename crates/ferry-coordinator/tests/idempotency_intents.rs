@@ -119,7 +119,10 @@ async fn a_send_dropped_mid_write_leaves_its_key_answered_for_the_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_key_shard_delays_the_key_record_but_never_drops_it() {
     let dir = tempfile::tempdir().unwrap();
-    let config = CoordinatorConfig::for_test(dir.path(), 8);
+    let mut config = CoordinatorConfig::for_test(dir.path(), 8);
+    // A database per shard, so a writer per shard: the key shard's can be blocked while the
+    // message's shard appends (in a shared database one writer serves both).
+    config.storage.shared_wal = false;
     let sender = phone::normalize(&config.default_sender, &config.country_code).unwrap();
     let to = "+16315551234";
     let wa = phone::normalize(to, "1").unwrap();

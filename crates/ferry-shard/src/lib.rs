@@ -1,6 +1,7 @@
 //! One ferry shard: its column families in RocksDB (in a database shared by a single node's
-//! shards, or one of its own: [`layout`]), and one writer thread that group-commits every pending
-//! append as a single synced `WriteBatch`.
+//! shards, or one of its own: [`layout`]), and the writer thread of its database, which
+//! group-commits every pending append (of every shard of that database) as a single synced
+//! `WriteBatch`.
 //!
 //! Where it sits: `ferry-ingest` (gRPC) → `ferry-coordinator` (validate, route, idempotency) →
 //! **`ferry-shard`** (durable append) → later the delivery loop reads the shard's queue.
@@ -9,8 +10,8 @@
 //! - Only this crate opens RocksDB. Other crates see [`Shard`], [`QueueRecord`] and friends.
 //! - No append is reported as done before the batch holding it was written with a synced WAL
 //!   ([`writer`]). A failed write fails every request of its batch; none is reported durable.
-//! - Nothing but the shard's one writer thread writes to its database, so sequence numbers are
-//!   assigned in commit order without locks.
+//! - Nothing but the one writer thread of a database writes to it (a replicated shard: its
+//!   proposer and Raft's apply), so sequence numbers are assigned in commit order without locks.
 //! - The in-memory mailbox is bounded (in messages): a full shard answers
 //!   [`ShardError::Overloaded`] at once instead of queueing without bound.
 //!
@@ -38,6 +39,7 @@ pub mod auth_store;
 pub mod cf_options;
 pub mod layout;
 pub mod node_db;
+mod ops;
 pub mod raft;
 pub mod resources;
 pub mod settle;

@@ -1,13 +1,14 @@
 //! A single node's shards in one RocksDB (data dir format 2, see [`crate::layout`]).
 //!
 //! Every shard keeps its own column families (`shard-NN/queue`, `shard-NN/status`, ...: the
-//! format of [`crate::storage`], under a prefix), its own writer thread and its own sequence
-//! numbers, exactly as with a database of its own. What they share is the WAL: when several
-//! writers commit at once, RocksDB's write group writes their batches to the WAL together and
-//! syncs it **once** for all of them, where databases of their own would sync one WAL each. No
-//! answer changes: every writer answers a batch only once it is durable (`writer`). A batch the writer
-//! writes unsynced (a settle) is made durable by the next synced write of *any* shard
-//! (`wal_clock`).
+//! format of [`crate::storage`], under a prefix), its own state and its own sequence numbers,
+//! exactly as with a database of its own. What they share is the WAL and its **one writer
+//! thread** (`writer`, TiKV's layout: one RocksDB and one write pool for every region of a
+//! store): the ops of every shard waiting together are planned into one `WriteBatch` and made
+//! durable by one write with one sync, where databases of their own would sync one WAL each and
+//! eight writers of one database would each wake, queue in RocksDB's write group and wait for each
+//! other. No answer changes: the writer answers a batch only once it is durable. A batch it
+//! writes unsynced (only settles) is made durable by the next synced write (`wal_clock`).
 //!
 //! What a shared database costs: a write stall (too many L0 files, the memtable budget) in one
 //! shard's column families stalls every shard's writes, and a corrupt WAL takes every shard down
@@ -93,7 +94,7 @@ pub fn open_node_shards(
         StorageLayout::SharedDatabase => {
             let dir = layout.shared_db_dir();
             let db = NodeDb::open(&dir, shard_count, resources, config)?;
-            (0..shard_count).map(|i| Shard::open_in(&db, ShardId(i), shard_count, node_id, config)).collect()
+            Shard::open_all_in(&db, shard_count, node_id, config)
         }
     }
 }

@@ -121,13 +121,20 @@ impl Store {
         batch: rocksdb::WriteBatch,
         opts: &rocksdb::WriteOptions,
     ) -> Result<(), rocksdb::Error> {
-        if self.fail_writes.load(Ordering::Relaxed) > 0
-            && self.fail_writes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
-            && let Some(e) = injected_rocks_error()
-        {
+        if let Some(e) = self.take_write_failure() {
             return Err(e);
         }
         self.db.write_opt(batch, opts)
+    }
+
+    /// Whether the write failpoint trips now (counts the hit): the error the write fails with.
+    pub(crate) fn take_write_failure(&self) -> Option<rocksdb::Error> {
+        if self.fail_writes.load(Ordering::Relaxed) > 0
+            && self.fail_writes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
+        {
+            return injected_rocks_error();
+        }
+        None
     }
 
     /// The writer's synced batch write: durable when it returns `Ok`, and so is every unsynced

@@ -1,28 +1,34 @@
-//! The group-commit writer: stage "append durably" of a shard.
+//! The group-commit writer: stage "append durably" of a single node's shards.
 //!
-//! Each shard has exactly one writer, an OS thread that owns the shard's sequence counter. It
-//! blocks for the first pending [`WriteOp`], takes every other op already waiting (up to
-//! `max_batch_messages` messages, and as many ops), writes all of them as **one** RocksDB
+//! Every database has exactly one writer, an OS thread: a node's shared database (format 2 of the
+//! data dir, [`crate::node_db`]) one for all its shards, a shard's database of its own one for
+//! that shard. The writer owns each of its shards' sequence counters (a [`ShardWriter`] per
+//! shard, a *slot*). It blocks for the first pending [`WriteOp`] of any of its shards, takes every
+//! other op already waiting (up to `max_batch_messages` messages, and as many ops, in all),
+//! plans each shard's ops into that shard's entry, writes all of them as **one** RocksDB
 //! `WriteBatch` with `sync = true` (the WAL is fsynced before `write` returns; lazy batches,
-//! below, are synced later), and only then completes each op's reply. So many concurrent sends
-//! share one fsync (group commit), and no reply is sent before its data is on disk. If the write
-//! fails, every op of the batch gets the error and nothing of it is reported durable.
+//! below, are synced later), and only then completes each op's reply. So many concurrent sends,
+//! of every shard, share one write and one fsync (group commit) and one wake-up of one thread, and
+//! no reply is sent before its data is on disk. If the write fails, every op of the batch (of
+//! every shard in it) gets the error and nothing of it is reported durable.
 //!
-//! A group commit is planned here and applied by [`crate::apply`]: [`Planner`] moves the ops out
-//! of their requests into a [`ShardEntry`] and decides what only the writer may (the first
-//! sequence number, hence every appended message's id, and the entry's clock); `apply` adds the
-//! entry's writes to the batch from the entry and the shard's on-disk state alone, and returns
-//! one outcome per op, from which the replies are sent once the batch is durable.
+//! A group commit is planned by [`Planner`] (`ops.rs`: it moves a shard's ops out of their
+//! requests into a [`crate::apply::ShardEntry`] and decides what only the writer may: the first
+//! sequence number, hence every appended message's id, and the entry's clock) and applied by
+//! [`crate::apply`], which adds the entry's writes to the batch from the entry and the shard's
+//! on-disk state alone (each shard's writes go to its own column families) and returns one
+//! outcome per op, from which the replies are sent once the batch is durable.
 //!
 //! **Lazy batches.** A batch of nothing but ops no client waits on ([`WriteOp::is_lazy`]: the
 //! delivery loop's settles, the webhook cursor, intent and dispatch-mark clean-ups) is written
 //! *without* a sync, so that it does not hold the next appends behind an fsync of its own. Its
 //! callers are answered, and what it changed is published to readers (the status-event
 //! watermark, the queue's low watermark), only once it is durable: when a later synced write of
-//! the same database covers it (this writer's next append, or any shard's in a shared database;
-//! see [`crate::wal_clock`]), or else when the writer syncs the WAL itself after
-//! `shard.settle_sync_delay_ms` (2 ms; `0` turns lazy batches off). Until then its writes are visible to point reads (`GetMessage` may show
-//! `sent` a few milliseconds before it is durable) but to no stream, webhook or delivery decision.
+//! the same database covers it (the writer's next batch with an append; see
+//! [`crate::wal_clock`]), or else when the writer syncs the WAL itself after
+//! `shard.settle_sync_delay_ms` (2 ms; `0` turns lazy batches off). Until then its writes are
+//! visible to point reads (`GetMessage` may show `sent` a few milliseconds before it is durable)
+//! but to no stream, webhook or delivery decision.
 //!
 //! The writer is a thread rather than a tokio task because RocksDB's synced write blocks; the
 //! async side only awaits a oneshot reply.
@@ -32,191 +38,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
-use ferry_model::{MessageId, ShardId};
+use crossbeam_channel::{Receiver, Sender};
 use rocksdb::WriteBatch;
-use tokio::sync::oneshot;
 
 use crate::ShardError;
-use crate::apply::{EntryOp, OpOutcome, ShardEntry, ShardState, apply};
-use crate::settle::{FailureReason, Settlement};
-use crate::storage::{IdempotencyRecord, QueueRecord, Store};
+use crate::apply::{OpOutcome, ShardApplied, ShardEntry, ShardState, apply};
+use crate::storage::Store;
 
-/// Where the idempotency record of a new message goes (see `storage` module docs).
-#[derive(Debug, Clone)]
-pub enum IdempotencyPlacement {
-    /// This shard is also the key shard: the record is written in the same batch as the message.
-    Here { key: Vec<u8>, payload_hash: Vec<u8> },
-    /// Another shard owns the key: an intent is written with the message; the coordinator then
-    /// writes the record to `key_shard` and clears the intent.
-    Elsewhere { key_shard: u16, key: Vec<u8>, payload_hash: Vec<u8> },
-}
+pub use crate::ops::{AppendAnswer, AppendOutcome, HeldAction, IdempotencyPlacement, NewMessage, ResolvedHeld};
+pub(crate) use crate::ops::{Planner, Reply, Waiter, WriteOp, join_op, split_op};
 
-impl IdempotencyPlacement {
-    /// The storage key and the payload hash, wherever the key shard is.
-    pub fn key(&self) -> (&[u8], &[u8]) {
-        match self {
-            IdempotencyPlacement::Here { key, payload_hash }
-            | IdempotencyPlacement::Elsewhere { key, payload_hash, .. } => (key, payload_hash),
-        }
-    }
-}
-
-/// One message to append to the queue.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    pub record: QueueRecord,
-    pub idempotency: Option<IdempotencyPlacement>,
-    /// `Some(template name)`: a paced template's message, written to `held` instead of `queue`
-    /// (see the storage docs, "Paced templates"); `record.held_at_ms` should be set.
-    pub held_template: Option<String>,
-}
-
-/// The result of one durable append.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppendOutcome {
-    pub seq: u64,
-    pub message_id: MessageId,
-    /// The message was written to `held` (a paced template's).
-    pub held: bool,
-    /// Whether the message was written, or its idempotency key had answered before.
-    pub answer: AppendAnswer,
-}
-
-/// What an append did with one message (decided at apply, so the same on every replica).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AppendAnswer {
-    /// Written under `seq`.
-    #[default]
-    New,
-    /// Its idempotency key answered `message_id` before, for the same message: nothing written
-    /// (`seq` and `message_id` are the first send's).
-    Replay,
-    /// Its idempotency key answered another message before: nothing written, the send is refused
-    /// (`seq` and `message_id` are the first send's).
-    KeyConflict,
-}
-
-/// What to do with held messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeldAction {
-    /// Into the queue under the same seq, delivered like any accepted message.
-    Release,
-    /// Failed for good with this reason (132015 "Template is paused").
-    Drop(FailureReason),
-}
-
-/// What one resolve of held messages did (sequence numbers). Seqs that were no longer held (already
-/// resolved by a concurrent call) are in none of the lists.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResolvedHeld {
-    pub released: Vec<u64>,
-    pub dropped: Vec<u64>,
-    /// Failed with 410 instead: their TTL passed while they were held.
-    pub expired: Vec<u64>,
-}
-
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, ShardError>>;
-
-/// A unit of work for the writer. Ops arriving together are committed together.
-pub(crate) enum WriteOp {
-    Append {
-        messages: Vec<NewMessage>,
-        reply: Reply<Vec<AppendOutcome>>,
-    },
-    PutIdempotency {
-        entries: Vec<(Vec<u8>, IdempotencyRecord)>,
-        reply: Reply<()>,
-    },
-    ClearIntents {
-        seqs: Vec<u64>,
-    },
-    /// Removes messages from the queue (after the server acked them, or they expired).
-    Remove {
-        seqs: Vec<u64>,
-        reply: Reply<()>,
-    },
-    /// Records outcomes: queue removals and status changes in one batch (see [`crate::settle`]),
-    /// and advances the queue's low watermark.
-    Settle {
-        entries: Vec<Settlement>,
-        low_watermark: Option<u64>,
-        reply: Reply<()>,
-    },
-    /// Moves held messages out of `held`: into the queue, or to `failed` (see [`HeldAction`]).
-    /// Messages whose TTL passed by `at_ms` fail with 410 whatever the action.
-    ResolveHeld {
-        seqs: Vec<u64>,
-        action: HeldAction,
-        at_ms: i64,
-        reply: Reply<ResolvedHeld>,
-    },
-    /// Records that the webhook receiver accepted every status event below `next` (`meta/webhook_cursor`).
-    SetWebhookCursor {
-        next: u64,
-        reply: Reply<()>,
-    },
-    /// Marks queued messages as possibly handed to an upstream that cannot deduplicate
-    /// (`dispatched`, see the storage docs); the marks leave with the queue keys.
-    MarkDispatched {
-        seqs: Vec<u64>,
-        at_ms: i64,
-        reply: Reply<()>,
-    },
-    /// Deletes dispatch marks: the upstream answered that it did not take the messages.
-    ClearDispatched {
-        seqs: Vec<u64>,
-    },
-    /// Stores encryption-session snapshots (`sender ++ 0 ++ recipient` → snapshot).
-    PutSessions {
-        entries: Vec<(Vec<u8>, Vec<u8>)>,
-        reply: Reply<()>,
-    },
-    /// Commits what was taken so far, then stops the writer.
-    Stop,
-    /// Test support: blocks the writer until `release` is dropped, counting `weight` against the
-    /// mailbox meanwhile (see `Shard::hold_writer_for_test`).
-    Hold {
-        release: crossbeam_channel::Receiver<()>,
-        weight: usize,
-    },
-}
-
-impl WriteOp {
-    /// How many messages this op counts against the mailbox capacity.
-    pub(crate) fn weight(&self) -> usize {
-        match self {
-            WriteOp::Append { messages, .. } => messages.len(),
-            WriteOp::ClearIntents { .. } | WriteOp::ClearDispatched { .. } => 0,
-            WriteOp::Remove { seqs, .. } => seqs.len(),
-            // Settlements and sessions free or hold no queue space: never refused for capacity
-            // (the delivery loop must always be able to record an ack). An idempotency record
-            // follows a message already accepted: refusing it would leave the key unanswered.
-            WriteOp::PutIdempotency { .. }
-            | WriteOp::Settle { .. }
-            | WriteOp::PutSessions { .. }
-            | WriteOp::MarkDispatched { .. }
-            | WriteOp::SetWebhookCursor { .. }
-            | WriteOp::ResolveHeld { .. }
-            | WriteOp::Stop => 0,
-            WriteOp::Hold { weight, .. } => *weight,
-        }
-    }
-
-    /// Whether a batch of such ops may be written unsynced and answered once a later sync covers
-    /// it (see the module docs): no client waits on it, and nothing is handed to an upstream on
-    /// the strength of it before its answer. Appends, idempotency records, dispatch marks (written
-    /// before a send), sessions and held releases (a release is delivered) are synced at once.
-    pub(crate) fn is_lazy(&self) -> bool {
-        matches!(
-            self,
-            WriteOp::Settle { .. }
-                | WriteOp::SetWebhookCursor { .. }
-                | WriteOp::ClearIntents { .. }
-                | WriteOp::ClearDispatched { .. }
-        )
-    }
-}
+/// An op for one of the writer's shards: the shard's slot in the writer, and the op.
+pub(crate) type SlotOp = (usize, WriteOp);
 
 /// Counters the writer keeps (read by metrics and benchmarks).
 #[derive(Debug, Default)]
@@ -245,156 +78,6 @@ pub struct Committed {
     pub released: std::sync::Mutex<Vec<u64>>,
 }
 
-/// The writer's half of a group commit (plan): the next sequence number to hand out and the
-/// clock of the last entry. Nothing else of the writer's memory goes into an entry.
-#[derive(Debug)]
-pub(crate) struct Planner {
-    /// Sequence numbers are handed out here and never again, even when the batch holding them
-    /// fails (a later success persists a higher `next_seq`).
-    pub(crate) next_seq: u64,
-    pub(crate) last_at_ms: i64,
-}
-
-/// Whom to answer for one op of an entry.
-pub(crate) enum Waiter {
-    None,
-    Append(Reply<Vec<AppendOutcome>>),
-    Done(Reply<()>),
-    Resolved(Reply<ResolvedHeld>),
-}
-
-impl Waiter {
-    pub(crate) fn fail(self, err: ShardError) {
-        // A dropped receiver means the caller went away.
-        match self {
-            Waiter::None => {}
-            Waiter::Append(reply) => drop(reply.send(Err(err))),
-            Waiter::Done(reply) => drop(reply.send(Err(err))),
-            Waiter::Resolved(reply) => drop(reply.send(Err(err))),
-        }
-    }
-
-    pub(crate) fn answer(self, shard: ShardId, outcome: OpOutcome) {
-        match (self, outcome) {
-            (Waiter::None, _) => {}
-            (Waiter::Append(reply), OpOutcome::Appended(outcomes)) => drop(reply.send(Ok(outcomes))),
-            (Waiter::Done(reply), OpOutcome::Done) => drop(reply.send(Ok(()))),
-            (Waiter::Resolved(reply), OpOutcome::Resolved(outcome)) => drop(reply.send(Ok(outcome))),
-            (waiter, OpOutcome::Failed(err)) => waiter.fail(err),
-            (waiter, _) => {
-                waiter.fail(ShardError::Corrupt { shard: shard.0, what: "op outcome of another kind".into() })
-            }
-        }
-    }
-}
-
-/// Moves one op out of its request: the entry op and whom to answer.
-pub(crate) fn split_op(op: WriteOp) -> (EntryOp, Waiter) {
-    match op {
-        WriteOp::Append { messages, reply } => (EntryOp::Append { messages }, Waiter::Append(reply)),
-        WriteOp::PutIdempotency { entries, reply } => (EntryOp::PutIdempotency { entries }, Waiter::Done(reply)),
-        WriteOp::ClearIntents { seqs } => (EntryOp::ClearIntents { seqs }, Waiter::None),
-        WriteOp::Remove { seqs, reply } => (EntryOp::Remove { seqs }, Waiter::Done(reply)),
-        WriteOp::Settle { entries, low_watermark, reply } => {
-            (EntryOp::Settle { entries, low_watermark }, Waiter::Done(reply))
-        }
-        WriteOp::ResolveHeld { seqs, action, at_ms, reply } => {
-            (EntryOp::ResolveHeld { seqs, action, at_ms }, Waiter::Resolved(reply))
-        }
-        WriteOp::SetWebhookCursor { next, reply } => (EntryOp::SetWebhookCursor { next }, Waiter::Done(reply)),
-        WriteOp::PutSessions { entries, reply } => (EntryOp::PutSessions { entries }, Waiter::Done(reply)),
-        WriteOp::MarkDispatched { seqs, at_ms, reply } => {
-            (EntryOp::MarkDispatched { seqs, at_ms }, Waiter::Done(reply))
-        }
-        WriteOp::ClearDispatched { seqs } => (EntryOp::ClearDispatched { seqs }, Waiter::None),
-        WriteOp::Hold { .. } | WriteOp::Stop => unreachable!("holds and stops are handled by the writer loop"),
-    }
-}
-
-/// The op of an entry as a request again, answering through `reply`-style channels: how a leader
-/// serves ops forwarded by another node. `None` for ops no request carries.
-pub(crate) fn join_op(op: EntryOp) -> (WriteOp, Pending) {
-    match op {
-        EntryOp::Append { messages } => {
-            let (reply, rx) = oneshot::channel();
-            (WriteOp::Append { messages, reply }, Pending::Append(rx))
-        }
-        EntryOp::PutIdempotency { entries } => {
-            let (reply, rx) = oneshot::channel();
-            (WriteOp::PutIdempotency { entries, reply }, Pending::Done(rx))
-        }
-        EntryOp::ClearIntents { seqs } => (WriteOp::ClearIntents { seqs }, Pending::None),
-        EntryOp::Remove { seqs } => {
-            let (reply, rx) = oneshot::channel();
-            (WriteOp::Remove { seqs, reply }, Pending::Done(rx))
-        }
-        EntryOp::Settle { entries, low_watermark } => {
-            let (reply, rx) = oneshot::channel();
-            (WriteOp::Settle { entries, low_watermark, reply }, Pending::Done(rx))
-        }
-        EntryOp::ResolveHeld { seqs, action, at_ms } => {
-            let (reply, rx) = oneshot::channel();
-            (WriteOp::ResolveHeld { seqs, action, at_ms, reply }, Pending::Resolved(rx))
-        }
-        EntryOp::SetWebhookCursor { next } => {
-            let (reply, rx) = oneshot::channel();
-            (WriteOp::SetWebhookCursor { next, reply }, Pending::Done(rx))
-        }
-        EntryOp::PutSessions { entries } => {
-            let (reply, rx) = oneshot::channel();
-            (WriteOp::PutSessions { entries, reply }, Pending::Done(rx))
-        }
-        EntryOp::MarkDispatched { seqs, at_ms } => {
-            let (reply, rx) = oneshot::channel();
-            (WriteOp::MarkDispatched { seqs, at_ms, reply }, Pending::Done(rx))
-        }
-        EntryOp::ClearDispatched { seqs } => (WriteOp::ClearDispatched { seqs }, Pending::None),
-    }
-}
-
-/// The receiving end of a [`join_op`]'s request.
-pub(crate) enum Pending {
-    None,
-    Append(oneshot::Receiver<Result<Vec<AppendOutcome>, ShardError>>),
-    Done(oneshot::Receiver<Result<(), ShardError>>),
-    Resolved(oneshot::Receiver<Result<ResolvedHeld, ShardError>>),
-}
-
-impl Pending {
-    /// The op's answer as a reply of an entry (`Stopped` if the writer went away).
-    pub(crate) async fn wait(self, shard: u16) -> Result<crate::raft::OpReply, ShardError> {
-        use crate::raft::OpReply;
-        let stopped = ShardError::Stopped(shard);
-        match self {
-            Pending::None => Ok(OpReply::Done),
-            Pending::Append(rx) => rx.await.unwrap_or(Err(stopped)).map(OpReply::Appended),
-            Pending::Done(rx) => rx.await.unwrap_or(Err(stopped)).map(|()| OpReply::Done),
-            Pending::Resolved(rx) => rx.await.unwrap_or(Err(stopped)).map(OpReply::Resolved),
-        }
-    }
-}
-
-impl Planner {
-    /// Turns the ops of one group commit into an entry (the decisions only the writer makes) and
-    /// the replies to send once it is applied and durable, one per op.
-    pub(crate) fn plan(&mut self, ops: Vec<WriteOp>) -> (ShardEntry, Vec<Waiter>) {
-        let at_ms = crate::storage::now_ms().max(self.last_at_ms);
-        self.last_at_ms = at_ms;
-        let first_seq = self.next_seq;
-        let mut entry_ops = Vec::with_capacity(ops.len());
-        let mut waiters = Vec::with_capacity(ops.len());
-        for op in ops {
-            let (op, waiter) = split_op(op);
-            if let EntryOp::Append { messages } = &op {
-                self.next_seq += messages.len() as u64;
-            }
-            entry_ops.push(op);
-            waiters.push(waiter);
-        }
-        (ShardEntry { at_ms, first_seq, ops: Arc::new(entry_ops) }, waiters)
-    }
-}
-
 /// What a durable commit tells readers and callers.
 pub(crate) struct Publication {
     /// The status-event watermark after the commit, if the commit added events.
@@ -411,9 +94,9 @@ pub(crate) struct Unsynced {
     publication: Publication,
 }
 
-pub(crate) struct Writer {
+/// One shard's part of a writer: its planner, its state and what it publishes.
+pub(crate) struct ShardWriter {
     pub(crate) store: Arc<Store>,
-    pub(crate) max_batch_messages: usize,
     pub(crate) pending: Arc<AtomicUsize>,
     pub(crate) counters: Arc<WriterCounters>,
     pub(crate) committed: Arc<Committed>,
@@ -422,32 +105,58 @@ pub(crate) struct Writer {
     pub(crate) planner: Planner,
     /// The state machine's in-memory part as of the last durable batch (see [`crate::apply`]).
     pub(crate) state: ShardState,
-    /// Test support (`Shard::crash_for_test`): set, the writer commits nothing more and stops.
+    /// Test support (`Shard::crash_for_test`): set, the writer commits nothing more of this shard
+    /// and drops it.
     pub(crate) crashed: Arc<AtomicBool>,
+    /// Lazy batches written but not yet known durable, oldest first.
+    pub(crate) unsynced: VecDeque<Unsynced>,
+    /// Dropped once the writer is done with the shard: what `Shard::close` waits for.
+    pub(crate) _done: Sender<()>,
+}
+
+/// The ops of one shard in a group commit.
+struct SlotOps {
+    slot: usize,
+    ops: Vec<WriteOp>,
+    weight: usize,
+}
+
+/// One shard's entry of a group commit, applied to the batch, before the write.
+struct Planned {
+    slot: usize,
+    weight: usize,
+    entry: ShardEntry,
+    waiters: Vec<Waiter>,
+    applied: ShardApplied,
+}
+
+/// The writer of one database: its shards (`None` once stopped) and its loop.
+pub(crate) struct Writer {
+    pub(crate) slots: Vec<Option<ShardWriter>>,
+    pub(crate) max_batch_messages: usize,
     /// How long a lazy batch waits for another write's sync (`shard.settle_sync_delay_ms`; zero:
     /// none is lazy).
     pub(crate) lazy_sync_delay: Duration,
-    /// Lazy batches written but not yet known durable, oldest first.
-    pub(crate) unsynced: VecDeque<Unsynced>,
 }
 
 impl Writer {
-    /// Runs until every sender of `rx` is dropped; then returns after finishing what it took.
-    pub(crate) fn run(mut self, rx: Receiver<WriteOp>) {
-        let mut stopping = false;
-        let syncs = self.store.watch_syncs();
-        while !stopping {
-            if self.crashed.load(Ordering::Acquire) {
+    /// Runs until every shard is stopped (or every sender of `rx` is dropped); then returns after
+    /// finishing what it took.
+    pub(crate) fn run(mut self, rx: Receiver<SlotOp>) {
+        let Some(syncs) = self.slots.iter().flatten().next().map(|w| w.store.watch_syncs()) else { return };
+        loop {
+            self.drop_crashed();
+            if self.slots.iter().all(Option::is_none) {
                 break;
             }
             self.publish_durable();
-            let first = match self.unsynced.front() {
+            let first = match self.oldest_unsynced() {
                 None => match rx.recv() {
                     Ok(op) => op,
                     Err(_) => break,
                 },
-                Some(oldest) => {
-                    let wait = (oldest.written_at + self.lazy_sync_delay).saturating_duration_since(Instant::now());
+                Some(written_at) => {
+                    let wait = (written_at + self.lazy_sync_delay).saturating_duration_since(Instant::now());
                     if wait.is_zero() {
                         // Due: sync before taking more. `select!` prefers a ready op to its
                         // timeout, so a steady stream of lazy ops would otherwise put this off
@@ -469,65 +178,178 @@ impl Writer {
                     }
                 }
             };
-            let mut ops = Vec::new();
-            let mut weight = 0;
+            let mut group: Vec<SlotOps> = Vec::new();
+            let (mut weight, mut count) = (0, 0);
+            let mut stopping = None;
             let mut next = Some(first);
-            while let Some(op) = next.take() {
-                if let WriteOp::Stop = op {
-                    stopping = true;
-                    break;
-                }
-                if let WriteOp::Hold { release, weight: held } = op {
-                    self.commit(std::mem::take(&mut ops), std::mem::take(&mut weight));
-                    self.sync_unsynced();
-                    let _ = release.recv();
-                    self.pending.fetch_sub(held, Ordering::AcqRel);
-                } else {
-                    weight += op.weight();
-                    ops.push(op);
+            while let Some((slot, op)) = next.take() {
+                match op {
+                    WriteOp::Stop => {
+                        // Commits what was taken so far, then stops the shard; its later ops
+                        // find no slot (their callers see `Stopped`).
+                        stopping = Some(slot);
+                        break;
+                    }
+                    WriteOp::Hold { release, weight: held } => {
+                        self.commit(std::mem::take(&mut group));
+                        self.sync_unsynced();
+                        let _ = release.recv();
+                        if let Some(Some(w)) = self.slots.get(slot) {
+                            w.pending.fetch_sub(held, Ordering::AcqRel);
+                        }
+                    }
+                    op => {
+                        if matches!(self.slots.get(slot), Some(Some(_))) {
+                            weight += op.weight();
+                            count += 1;
+                            match group.iter_mut().find(|g| g.slot == slot) {
+                                Some(g) => {
+                                    g.weight += op.weight();
+                                    g.ops.push(op);
+                                }
+                                None => group.push(SlotOps { slot, weight: op.weight(), ops: vec![op] }),
+                            }
+                        }
+                    }
                 }
                 // Bounded by ops too: settles and clean-ups weigh nothing, and a steady stream of
                 // them would otherwise keep one batch open for as long as it lasts.
-                if weight < self.max_batch_messages && ops.len() < self.max_batch_messages {
+                if weight < self.max_batch_messages && count < self.max_batch_messages {
                     next = rx.try_recv().ok();
                 }
             }
-            self.commit(ops, weight);
-            if self.crashed.load(Ordering::Acquire) {
-                break;
+            self.commit(group);
+            if let Some(slot) = stopping {
+                self.stop(slot);
             }
         }
         self.sync_unsynced();
-        tracing::debug!(shard = %self.state.shard, "writer stopped");
+        tracing::debug!(shards = self.slots.len(), "writer stopped");
     }
 
-    /// One group commit: plan, apply, one write (synced unless every op is lazy), then the
-    /// replies once it is durable.
-    fn commit(&mut self, ops: Vec<WriteOp>, weight: usize) {
-        if ops.is_empty() {
-            return;
+    /// Drops the shards `Shard::crash_for_test` crashed: what they had not made durable is lost
+    /// (their callers see `Stopped`).
+    fn drop_crashed(&mut self) {
+        for slot in &mut self.slots {
+            if slot.as_ref().is_some_and(|w| w.crashed.load(Ordering::Acquire)) {
+                *slot = None;
+            }
         }
-        if self.crashed.load(Ordering::Acquire) {
-            // A crash: what was not committed is lost (its callers see `Stopped`).
-            return;
+    }
+
+    /// Stops one shard: its lazy batches are made durable and answered, then it is dropped.
+    fn stop(&mut self, slot: usize) {
+        self.drop_crashed();
+        self.sync_unsynced();
+        if let Some(w) = self.slots.get_mut(slot).and_then(Option::take) {
+            tracing::debug!(shard = %w.state.shard, "shard's writer stopped");
         }
-        let shard = self.state.shard;
-        let lazy = !self.lazy_sync_delay.is_zero() && ops.iter().all(WriteOp::is_lazy);
-        let (entry, waiters) = self.planner.plan(ops);
+    }
+
+    /// When the oldest lazy batch not known durable was written, if any.
+    fn oldest_unsynced(&self) -> Option<Instant> {
+        self.slots.iter().flatten().filter_map(|w| w.unsynced.front().map(|u| u.written_at)).min()
+    }
+
+    /// One group commit: each shard's ops planned and applied into one batch, one write (synced
+    /// unless every op is lazy), then the replies once it is durable.
+    fn commit(&mut self, group: Vec<SlotOps>) {
+        let lazy = !self.lazy_sync_delay.is_zero() && group.iter().all(|g| g.ops.iter().all(WriteOp::is_lazy));
         let mut batch = WriteBatch::default();
-        let applied = apply(&entry, &mut batch, &self.store, &self.state);
-        let result = if lazy {
+        let mut planned = Vec::with_capacity(group.len());
+        for SlotOps { slot, ops, weight } in group {
+            let Some(Some(w)) = self.slots.get_mut(slot) else { continue };
+            if ops.is_empty() {
+                continue;
+            }
+            if w.crashed.load(Ordering::Acquire) {
+                // A crash: what was not committed is lost (its callers see `Stopped`).
+                w.pending.fetch_sub(weight, Ordering::AcqRel);
+                continue;
+            }
+            let (entry, waiters) = w.planner.plan(ops);
+            let applied = apply(&entry, &mut batch, &w.store, &w.state);
+            planned.push(Planned { slot, weight, entry, waiters, applied });
+        }
+        let Some(store) = planned.first().and_then(|p| self.slots[p.slot].as_ref()).map(|w| w.store.clone()) else {
+            return;
+        };
+        // Every shard's failpoint is consulted (a test may arm any of them): one failed write
+        // fails the whole batch, as a failed RocksDB write does.
+        let injected =
+            planned.iter().filter_map(|p| self.slots[p.slot].as_ref()).find_map(|w| w.store.take_write_failure());
+        let result = match injected {
+            Some(e) => Err(e),
+            None if lazy => store.write_unsynced(batch).map(Some),
+            None => store.write_synced(batch).map(|()| None),
+        };
+        if matches!(result, Ok(None)) {
+            // Durable, and so is every lazy batch written before it, of every shard.
+            self.publish_durable();
+        }
+        for Planned { slot, weight, entry, waiters, applied } in planned {
+            let Some(Some(w)) = self.slots.get_mut(slot) else { continue };
+            w.finish(weight, lazy, &result, &entry, waiters, applied);
+        }
+    }
+
+    /// Publishes the lazy batches some sync has made durable, in the order each shard wrote them.
+    fn publish_durable(&mut self) {
+        for w in self.slots.iter_mut().flatten() {
+            w.publish_durable();
+        }
+    }
+
+    /// Makes every lazy batch durable now (a WAL sync unless one already covered them), and
+    /// publishes them. If the sync fails, their callers get the error (they write them again).
+    fn sync_unsynced(&mut self) {
+        self.drop_crashed();
+        let newest = self.slots.iter().flatten().filter_map(|w| w.unsynced.back().map(|u| u.ticket)).max();
+        let Some(newest) = newest else { return };
+        let Some(store) = self.slots.iter().flatten().next().map(|w| w.store.clone()) else { return };
+        if !store.is_durable(newest) {
+            for w in self.slots.iter().flatten().filter(|w| !w.unsynced.is_empty()) {
+                w.counters.settle_syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Err(e) = store.sync_wal() {
+                tracing::error!(error = %e, "WAL sync failed; failing the batches it was to make durable");
+                for w in self.slots.iter_mut().flatten() {
+                    let shard = w.state.shard;
+                    for done in w.unsynced.drain(..) {
+                        for (waiter, _) in done.publication.replies {
+                            waiter.fail(ShardError::Rocks { shard: shard.0, source: e.clone() });
+                        }
+                    }
+                }
+                return;
+            }
+        }
+        self.publish_durable();
+    }
+}
+
+impl ShardWriter {
+    /// After the group commit's write: the shard's state and replies, as the write went.
+    fn finish(
+        &mut self,
+        weight: usize,
+        lazy: bool,
+        result: &Result<Option<u64>, rocksdb::Error>,
+        entry: &ShardEntry,
+        waiters: Vec<Waiter>,
+        applied: ShardApplied,
+    ) {
+        let shard = self.state.shard;
+        if lazy {
             self.counters.unsynced_writes.fetch_add(1, Ordering::Relaxed);
-            self.store.write_unsynced(batch).map(Some)
         } else {
             self.counters.synced_writes.fetch_add(1, Ordering::Relaxed);
-            self.store.write_synced(batch).map(|()| None)
-        };
+        }
         self.pending.fetch_sub(weight, Ordering::AcqRel);
         let outbox_before = self.state.next_outbox_seq;
         match result {
             Ok(ticket) => {
-                self.state.commit(&entry, &applied);
+                self.state.commit(entry, &applied);
                 self.counters.appended.fetch_add(applied.appended, Ordering::Relaxed);
                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
                 self.counters.settled.fetch_add(applied.settled, Ordering::Relaxed);
@@ -540,11 +362,9 @@ impl Writer {
                 };
                 match ticket {
                     Some(ticket) => {
-                        self.unsynced.push_back(Unsynced { ticket, written_at: Instant::now(), publication })
+                        self.unsynced.push_back(Unsynced { ticket: *ticket, written_at: Instant::now(), publication })
                     }
                     None => {
-                        // Durable, and so is every lazy batch written before it.
-                        self.publish_durable();
                         if applied.appended > 0 {
                             self.committed.next_seq.store(self.state.next_seq, Ordering::Release);
                             self.committed.appended.notify_one();
@@ -587,7 +407,7 @@ impl Writer {
         }
     }
 
-    /// Publishes the lazy batches some sync has made durable, in the order they were written.
+    /// Publishes this shard's lazy batches some sync has made durable, in the order written.
     fn publish_durable(&mut self) {
         while let Some(oldest) = self.unsynced.front()
             && self.store.is_durable(oldest.ticket)
@@ -596,30 +416,5 @@ impl Writer {
                 self.publish(done.publication);
             }
         }
-    }
-
-    /// Makes every lazy batch durable now (a WAL sync unless one already covered them), and
-    /// publishes them. If the sync fails, their callers get the error (they write them again).
-    fn sync_unsynced(&mut self) {
-        if self.crashed.load(Ordering::Acquire) {
-            // A crash: their callers see `Stopped`.
-            self.unsynced.clear();
-            return;
-        }
-        let Some(newest) = self.unsynced.back() else { return };
-        if !self.store.is_durable(newest.ticket) {
-            self.counters.settle_syncs.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = self.store.sync_wal() {
-                let shard = self.state.shard;
-                tracing::error!(%shard, error = %e, "WAL sync failed; failing the batches it was to make durable");
-                for done in self.unsynced.drain(..) {
-                    for (waiter, _) in done.publication.replies {
-                        waiter.fail(ShardError::Rocks { shard: shard.0, source: e.clone() });
-                    }
-                }
-                return;
-            }
-        }
-        self.publish_durable();
     }
 }

@@ -2,6 +2,8 @@
 //! data, sequence numbers and status across a reopen, every group commit still syncs the (shared)
 //! WAL before it answers, a settle written unsynced by one shard is made durable by another shard's
 //! append (the WAL they share), and a format-1 data dir still opens as one database per shard.
+//! One writer thread serves every shard of the database: ops of several shards waiting together
+//! are one write with one sync, and closing or crashing one shard leaves the others writing.
 
 use ferry_shard::settle::status_base;
 use ferry_shard::test_support::{message, resources};
@@ -97,6 +99,57 @@ async fn another_shards_append_makes_a_settle_durable() {
     let answered = tokio::time::timeout(std::time::Duration::from_secs(5), &mut settle).await;
     assert!(answered.is_ok(), "shard 1's synced append did not make shard 0's settle durable");
     assert_eq!(shards[0].stats().settle_syncs, 0, "shard 0's writer synced nothing itself");
+    for shard in &shards {
+        shard.close();
+    }
+}
+
+#[tokio::test]
+async fn appends_of_several_shards_waiting_together_are_one_write_with_one_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = open(dir.path(), 4, StorageLayout::SharedDatabase);
+    let syncs_before = shards[0].wal_syncs_for_test();
+    let pause = shards[0].pause_writer_for_test();
+    let appends: Vec<_> = shards
+        .iter()
+        .zip(1..)
+        .map(|(shard, n)| tokio::spawn(shard.append_durably(vec![message(n)]).unwrap()))
+        .collect();
+    // Pausing shard 0's writer pauses every shard's: they have one.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!appends.iter().any(|a| a.is_finished()), "an append was answered while the node's writer was paused");
+    drop(pause);
+    for (append, shard) in appends.into_iter().zip(&shards) {
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), append).await.expect("answered");
+        assert_eq!(outcome.unwrap().unwrap()[0].seq, 1, "shard {} numbers its own messages", shard.id());
+    }
+    let syncs = shards[0].wal_syncs_for_test() - syncs_before;
+    assert_eq!(syncs, 1, "four shards' appends taken together: one write, one WAL sync ({syncs} syncs)");
+    for shard in &shards {
+        shard.close();
+    }
+}
+
+#[tokio::test]
+async fn closing_or_crashing_one_shard_leaves_the_others_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = open(dir.path(), 3, StorageLayout::SharedDatabase);
+    append(&shards[0], 1).await;
+    shards[0].close();
+    let refused = shards[0].append_durably(vec![message(2)]).err();
+    assert!(matches!(refused, Some(ferry_shard::ShardError::Stopped(0))), "{refused:?}");
+    assert_eq!(append(&shards[1], 3).await, 1, "shard 1 still writes after shard 0 closed");
+    shards[1].crash_for_test();
+    assert_eq!(append(&shards[2], 4).await, 1, "shard 2 still writes after shard 1 crashed");
+    assert_eq!(append(&shards[2], 5).await, 2);
+    for shard in &shards {
+        shard.close();
+    }
+    drop(shards);
+
+    let shards = open(dir.path(), 3, StorageLayout::SharedDatabase);
+    let next: Vec<u64> = shards.iter().map(|s| s.committed_next_seq()).collect();
+    assert_eq!(next, vec![2, 2, 3], "what each shard committed before the close or crash is there");
     for shard in &shards {
         shard.close();
     }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 pub struct ShardConfig {
     /// Messages that may wait for the writer before sends are refused with 1015.
     pub queue_capacity: usize,
-    /// Most messages committed in one synced write.
+    /// Most messages committed in one synced write (in a shared database, of all its shards).
     pub max_batch_messages: usize,
     /// How long a batch of delivery bookkeeping (settles, the webhook cursor) written without a
     /// sync may wait for another write's WAL sync to make it durable before the writer syncs the

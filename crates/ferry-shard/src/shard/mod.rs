@@ -4,9 +4,11 @@
 //! job: `writes.rs` (the write ops, answered once durable), `reads.rs` (point reads and scans),
 //! `replicated.rs` (a replica of a Raft group: opening, status, leader gate, forwarded ops),
 //! `test_hooks.rs` (failpoints, holds, in-process crash), `open.rs` (reading a store's state at
-//! open) and `config.rs` (`[shard]` knobs, counters).
+//! open), `mailbox.rs` (the way to the writer, and waiting for it at close) and `config.rs`
+//! (`[shard]` knobs, counters).
 
 mod config;
+mod mailbox;
 mod open;
 mod reads;
 mod replicated;
@@ -16,13 +18,12 @@ mod writes;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
-use crossbeam_channel::Sender;
 use ferry_model::ShardId;
 use openraft::Raft;
 
 pub use self::config::{ShardConfig, ShardStats};
+use self::mailbox::{Mailbox, SharedThread, WriterThread};
 use self::open::{Opened, Running, StoreAt};
 pub use self::replicated::{RaftStatus, Replication};
 pub use self::test_hooks::WriterHold;
@@ -31,7 +32,7 @@ use crate::node_db::NodeDb;
 use crate::raft::ShardRaft;
 use crate::resources::SharedResources;
 use crate::storage::Store;
-use crate::writer::{Committed, Planner, WriteOp, Writer, WriterCounters};
+use crate::writer::{Committed, Planner, ShardWriter, WriteOp, Writer, WriterCounters};
 
 /// One shard. Shared (`Arc`) by the coordinator, which appends, and the delivery loop, which
 /// reads the queue and settles; [`Shard::close`] stops its writer.
@@ -41,7 +42,7 @@ pub struct Shard {
     /// `meta/id_space`: bytes 2..10 of this shard's message ids.
     id_space: u64,
     store: Arc<Store>,
-    tx: Sender<WriteOp>,
+    tx: Mailbox,
     closed: AtomicBool,
     pending: Arc<AtomicUsize>,
     capacity: usize,
@@ -51,7 +52,7 @@ pub struct Shard {
     queue_low_watermark: Arc<AtomicU64>,
     /// The webhook cursor (`u64::MAX` without a webhook); also the outbox compaction filter's floor.
     webhook_cursor: Arc<AtomicU64>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: Mutex<Option<WriterThread>>,
     /// Test support: set by [`Shard::crash_for_test`].
     crashed: Arc<AtomicBool>,
     /// The shard's Raft group, when replicated.
@@ -74,51 +75,84 @@ impl Shard {
     ) -> Result<Shard, ShardError> {
         let opened = Opened::open(StoreAt::Dir(dir, resources), id, shard_count, node_id, config, None)?;
         tracing::info!(shard = %id, next_seq = opened.state.next_seq, dir = %dir.display(), "shard open");
-        Shard::start_writer(opened, id, node_id, config)
+        let mut shards = Shard::start_writer(vec![(id, opened)], node_id, config, format!("shard-{:02}-writer", id.0))?;
+        Ok(shards.remove(0))
     }
 
-    /// Opens the shard's column families in the node's shared database `db` (see
-    /// [`crate::node_db`]) and starts its writer thread.
-    pub fn open_in(
+    /// Opens every shard's column families in the node's shared database `db` (see
+    /// [`crate::node_db`]) and starts the one writer thread of them all.
+    pub fn open_all_in(
         db: &NodeDb,
-        id: ShardId,
         shard_count: u16,
         node_id: u64,
         config: &ShardConfig,
-    ) -> Result<Shard, ShardError> {
-        let opened = Opened::open(StoreAt::Shared(db), id, shard_count, node_id, config, None)?;
-        tracing::info!(shard = %id, next_seq = opened.state.next_seq, "shard open (shared database)");
-        Shard::start_writer(opened, id, node_id, config)
+    ) -> Result<Vec<Shard>, ShardError> {
+        let mut opened = Vec::with_capacity(usize::from(shard_count));
+        for id in (0..shard_count).map(ShardId) {
+            let shard = Opened::open(StoreAt::Shared(db), id, shard_count, node_id, config, None)?;
+            tracing::info!(shard = %id, next_seq = shard.state.next_seq, "shard open (shared database)");
+            opened.push((id, shard));
+        }
+        Shard::start_writer(opened, node_id, config, "node-writer".into())
     }
 
-    /// A single node's shard: its writer thread, and the node always leads it.
-    fn start_writer(opened: Opened, id: ShardId, node_id: u64, config: &ShardConfig) -> Result<Shard, ShardError> {
+    /// A single node's shards of one database: one writer thread for all of them (`writer.rs`),
+    /// and the node always leads them.
+    fn start_writer(
+        opened: Vec<(ShardId, Opened)>,
+        node_id: u64,
+        config: &ShardConfig,
+        thread_name: String,
+    ) -> Result<Vec<Shard>, ShardError> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let crashed = Arc::new(AtomicBool::new(false));
-        let next_seq = opened.state.next_seq;
+        let mut slots = Vec::with_capacity(opened.len());
+        let mut parts = Vec::with_capacity(opened.len());
+        for (id, opened) in opened {
+            let crashed = Arc::new(AtomicBool::new(false));
+            let (done, done_rx) = crossbeam_channel::bounded(0);
+            slots.push(Some(ShardWriter {
+                store: opened.store.clone(),
+                pending: opened.pending.clone(),
+                counters: opened.counters.clone(),
+                committed: opened.committed.clone(),
+                queue_low_watermark: opened.queue_low_watermark.clone(),
+                planner: Planner { next_seq: opened.state.next_seq, last_at_ms: opened.state.at_ms },
+                state: opened.state.clone(),
+                crashed: crashed.clone(),
+                unsynced: std::collections::VecDeque::new(),
+                _done: done,
+            }));
+            parts.push((id, opened, crashed, done_rx));
+        }
         let writer = Writer {
-            store: opened.store.clone(),
+            slots,
             max_batch_messages: config.max_batch_messages,
-            pending: opened.pending.clone(),
-            counters: opened.counters.clone(),
-            committed: opened.committed.clone(),
-            queue_low_watermark: opened.queue_low_watermark.clone(),
-            planner: Planner { next_seq, last_at_ms: opened.state.at_ms },
-            state: opened.state.clone(),
-            crashed: crashed.clone(),
             lazy_sync_delay: std::time::Duration::from_millis(config.settle_sync_delay_ms),
-            unsynced: std::collections::VecDeque::new(),
         };
         let handle = std::thread::Builder::new()
-            .name(format!("shard-{:02}-writer", id.0))
+            .name(thread_name)
             .spawn(move || writer.run(rx))
             .map_err(|e| ShardError::Layout(format!("cannot start writer thread: {e}")))?;
-        // A single node always leads its shards.
-        let (leads, leading) = tokio::sync::watch::channel(true);
-        let running = Running { tx, writer: handle, crashed, raft: None, leading };
-        let mut shard = opened.into_shard(id, node_id, config, running);
-        shard.always_leads = Some(leads);
-        Ok(shard)
+        let thread = SharedThread::new(handle, parts.len());
+        let shards = parts
+            .into_iter()
+            .enumerate()
+            .map(|(slot, (id, opened, crashed, done))| {
+                // A single node always leads its shards.
+                let (leads, leading) = tokio::sync::watch::channel(true);
+                let running = Running {
+                    tx: Mailbox::Slot(tx.clone(), slot),
+                    writer: WriterThread::Shared { done, thread: thread.clone() },
+                    crashed,
+                    raft: None,
+                    leading,
+                };
+                let mut shard = opened.into_shard(id, node_id, config, running);
+                shard.always_leads = Some(leads);
+                shard
+            })
+            .collect();
+        Ok(shards)
     }
 
     pub fn id(&self) -> ShardId {
@@ -196,9 +230,9 @@ impl Shard {
         if !self.closed.swap(true, Ordering::AcqRel) {
             let _ = self.tx.send(WriteOp::Stop);
         }
-        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(h) = handle {
-            let _ = h.join();
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writer) = writer {
+            writer.wait();
         }
     }
 }

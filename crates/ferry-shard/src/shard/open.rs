@@ -4,12 +4,11 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
-use crossbeam_channel::Sender;
 use ferry_model::ShardId;
 use openraft::Raft;
 
+use super::mailbox::{Mailbox, WriterThread};
 use super::{Shard, ShardConfig};
 use crate::ShardError;
 use crate::apply::ShardState;
@@ -20,12 +19,12 @@ use crate::storage::{
     EventRetention, FORMAT_VERSION, META_FORMAT_VERSION, META_ID_SPACE, META_IDENTITY_KEY, META_NEXT_SEQ, META_NODE_ID,
     META_SHARD, META_WEBHOOK_CURSOR, Store,
 };
-use crate::writer::{Committed, WriteOp, WriterCounters};
+use crate::writer::{Committed, WriterCounters};
 
 /// A shard's started writer (or proposer) and its group.
 pub(super) struct Running {
-    pub(super) tx: Sender<WriteOp>,
-    pub(super) writer: JoinHandle<()>,
+    pub(super) tx: Mailbox,
+    pub(super) writer: WriterThread,
     pub(super) crashed: Arc<AtomicBool>,
     pub(super) raft: Option<Raft<ShardRaft>>,
     pub(super) leading: tokio::sync::watch::Receiver<bool>,

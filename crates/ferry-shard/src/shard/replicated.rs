@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use ferry_model::ShardId;
 use openraft::{Raft, RaftNetworkFactory};
 
+use super::mailbox::{Mailbox, WriterThread};
 use super::open::{Opened, Running, StoreAt};
 use super::{Shard, ShardConfig};
 use crate::ShardError;
@@ -110,7 +111,8 @@ impl Shard {
             .spawn(move || proposer.run(rx))
             .map_err(|e| ShardError::Layout(format!("cannot start proposer thread: {e}")))?;
         tracing::info!(shard = %id, node = r.node_id, dir = %dir.display(), "replicated shard open");
-        let running = Running { tx, writer: handle, crashed, raft: Some(raft), leading };
+        let running =
+            Running { tx: Mailbox::Own(tx), writer: WriterThread::Own(handle), crashed, raft: Some(raft), leading };
         Ok(opened.into_shard(id, r.node_id, config, running))
     }
 

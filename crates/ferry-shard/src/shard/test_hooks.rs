@@ -13,7 +13,8 @@ pub struct WriterHold {
 
 impl Shard {
     /// Test support: blocks this shard's writer and fills its mailbox until the returned guard
-    /// is dropped, so tests can observe backpressure deterministically.
+    /// is dropped, so tests can observe backpressure deterministically. The writer of a node's
+    /// shared database is every shard's: all of them wait meanwhile.
     #[doc(hidden)]
     pub fn hold_writer_for_test(&self) -> WriterHold {
         let (tx, release) = crossbeam_channel::bounded(0);
