@@ -8,8 +8,8 @@
 //!   upstream, `cloud.numbers` lists each business number: `status` `sending`, or `blocked` with
 //!   Meta's `blocked_code`. Always 200: the body says what is wrong.
 //! - `GET /healthz` (liveness): 200 while the process serves HTTP.
-//! - `GET /readyz` (readiness): 200 when the node is not draining, every shard is open, no
-//!   shard's delivery loop is restarting after a panic, and at least one shard is connected to
+//! - `GET /readyz` (readiness): 200 when the node is not draining, every shard is open and its
+//!   writer thread alive, no shard's delivery loop is restarting after a panic, and at least one shard is connected to
 //!   the chat server; 503 otherwise. A node with some links down
 //!   stays ready: it still accepts durably and those shards deliver once their link is back; a
 //!   node with every link down is taken out of rotation. The JSON body says why.
@@ -245,6 +245,8 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
         .map(|(i, _)| format!("shard-{i:02}"))
         .collect();
     let shards = state.coordinator.shards();
+    let writer_dead: Vec<String> =
+        shards.iter().filter(|s| s.writer_stopped()).map(|s| format!("shard-{:02}", s.id().0)).collect();
     let leaderless: Vec<String> = (shards.iter())
         .filter(|s| s.raft_status().is_some_and(|r| r.leader.is_none()))
         .map(|s| format!("shard-{:02}", s.id().0))
@@ -253,6 +255,11 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     let delivering = shards.iter().filter(|s| *s.leading().borrow()).count();
     let reason = if state.lifecycle.is_draining() {
         Some("draining: shutting down, finishing in-flight requests".to_owned())
+    } else if !writer_dead.is_empty() {
+        Some(format!(
+            "the writer of {} died (a panic): its sends and settles fail; restart the node",
+            writer_dead.join(", ")
+        ))
     } else if !leaderless.is_empty() {
         Some(format!("{} has no raft leader (an election is under way or a quorum is down)", leaderless.join(", ")))
     } else if open < states.len() {

@@ -151,6 +151,8 @@ pub(crate) enum WriteOp {
         release: crossbeam_channel::Receiver<()>,
         weight: usize,
     },
+    /// Test support: the thread that takes it panics (see `Shard::panic_writer_for_test`).
+    PanicForTest,
 }
 
 impl WriteOp {
@@ -169,7 +171,8 @@ impl WriteOp {
             | WriteOp::MarkDispatched { .. }
             | WriteOp::SetWebhookCursor { .. }
             | WriteOp::ResolveHeld { .. }
-            | WriteOp::Stop => 0,
+            | WriteOp::Stop
+            | WriteOp::PanicForTest => 0,
             WriteOp::Hold { weight, .. } => *weight,
         }
     }
@@ -251,7 +254,9 @@ pub(crate) fn split_op(op: WriteOp) -> (EntryOp, Waiter) {
             (EntryOp::MarkDispatched { seqs, at_ms }, Waiter::Done(reply))
         }
         WriteOp::ClearDispatched { seqs } => (EntryOp::ClearDispatched { seqs }, Waiter::None),
-        WriteOp::Hold { .. } | WriteOp::Stop => unreachable!("holds and stops are handled by the writer loop"),
+        WriteOp::Hold { .. } | WriteOp::Stop | WriteOp::PanicForTest => {
+            unreachable!("holds, stops and test panics are handled by the writer loop")
+        }
     }
 }
 

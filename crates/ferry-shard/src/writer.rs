@@ -184,6 +184,7 @@ impl Writer {
             let mut next = Some(first);
             while let Some((slot, op)) = next.take() {
                 match op {
+                    WriteOp::PanicForTest => panic!("the writer panicked (test support)"),
                     WriteOp::Stop => {
                         // Commits what was taken so far, then stops the shard; its later ops
                         // find no slot (their callers see `Stopped`).

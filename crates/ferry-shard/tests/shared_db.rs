@@ -174,3 +174,35 @@ async fn a_data_dir_of_format_1_still_opens_one_database_per_shard() {
         shard.close();
     }
 }
+
+#[tokio::test]
+async fn a_dead_writer_fails_every_write_at_once_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = open(dir.path(), 2, StorageLayout::SharedDatabase);
+    assert_eq!(append(&shards[1], 1).await, 1);
+    assert!(!shards[0].writer_stopped() && !shards[1].writer_stopped());
+    shards[0].panic_writer_for_test();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !shards[1].writer_stopped() {
+        assert!(std::time::Instant::now() < deadline, "the writer's death was never noticed");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(shards[0].writer_stopped(), "one writer for both shards: both report it");
+    // Nothing hangs: a write is refused at once, or its answer is `Stopped`.
+    let outcome = match shards[1].append_durably(vec![message(2)]) {
+        Err(e) => Err(e),
+        Ok(answer) => tokio::time::timeout(std::time::Duration::from_secs(5), answer).await.expect("answered"),
+    };
+    assert!(matches!(outcome, Err(ferry_shard::ShardError::Stopped(1))), "{outcome:?}");
+    for shard in &shards {
+        shard.close();
+    }
+    assert!(!shards[1].writer_stopped(), "a closed shard's writer is not reported dead");
+    drop(shards);
+
+    let shards = open(dir.path(), 2, StorageLayout::SharedDatabase);
+    assert_eq!(shards[1].committed_next_seq(), 2, "what was answered before the panic is there");
+    for shard in &shards {
+        shard.close();
+    }
+}

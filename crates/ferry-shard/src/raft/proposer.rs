@@ -95,6 +95,7 @@ impl Proposer {
                         stopping = true;
                         break;
                     }
+                    WriteOp::PanicForTest => panic!("the proposer panicked (test support)"),
                     WriteOp::Hold { release, weight: held } => {
                         // Test support, as in the writer: nothing is proposed while held.
                         self.dispatch(

@@ -53,6 +53,16 @@ impl SharedThread {
 }
 
 impl WriterThread {
+    /// Whether the thread is done with the shard: after a close, or because it died (a panic).
+    pub(crate) fn is_done(&self) -> bool {
+        match self {
+            WriterThread::Own(handle) => handle.is_finished(),
+            WriterThread::Shared { done, .. } => {
+                matches!(done.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected))
+            }
+        }
+    }
+
     /// Waits until the writer is done with the shard (it has committed what the shard submitted
     /// before its `Stop`); the last shard of a shared writer joins the thread.
     pub(crate) fn wait(self) {

@@ -219,6 +219,15 @@ impl Shard {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Whether the thread that writes for this shard (a single node's writer, a replica's
+    /// proposer) has died while the shard is open: a panic. Every write then fails at once with
+    /// [`ShardError::Stopped`] (nothing hangs) and `/readyz` says so; only a restart of the node
+    /// brings it back (its writes are durable up to the last answered one).
+    pub fn writer_stopped(&self) -> bool {
+        !self.is_closed()
+            && self.writer.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(WriterThread::is_done)
+    }
+
     /// RocksDB's size figures (SST bytes, pending compaction bytes), for metrics.
     pub fn disk_usage(&self) -> crate::storage::DiskUsage {
         self.store.disk_usage()

@@ -35,6 +35,13 @@ impl Shard {
         WriterHold { _tx: tx }
     }
 
+    /// Test support: the thread that writes for this shard panics when it takes this op (in a
+    /// node's shared database, every shard's writer).
+    #[doc(hidden)]
+    pub fn panic_writer_for_test(&self) {
+        let _ = self.tx.send(WriteOp::PanicForTest);
+    }
+
     /// Failpoint for tests: the next `n` outbox scans fail (as a read error would).
     #[doc(hidden)]
     pub fn failpoint_fail_outbox_scans(&self, n: u64) {
